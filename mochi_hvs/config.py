@@ -1,0 +1,268 @@
+"""Typed configuration: dataclasses, strict YAML loading, dotted CLI overrides, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and file in the message."""
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how views are made."""
+
+    name: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder
+    root: str | None = None  # None: the dataset's default location
+    image_size: int = 28
+    augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
+    num_views: int = 2
+    augment_on: str = "auto"  # auto (device for in-memory sets) | device (batched, on the training device) | cpu
+    train_subset: int | None = None  # train on a fixed, class-balanced subset of this size
+    workers: int = 2
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and projection head."""
+
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool (CIFAR-style)
+    head: str = "mlp"  # mlp (MoCo-v2) | linear (MoCo-v1)
+    head_hidden_dim: int | None = None  # None: the backbone's feature width
+    feature_dim: int = 128
+    bn_splits: int = 8  # BatchNorm groups across the global batch; each process gets bn_splits / world_size
+
+
+@dataclass
+class MocoConfig:
+    """The MoCo contrastive task."""
+
+    queue_size: int = 4096
+    momentum: float = 0.99
+    momentum_schedule: str = "constant"  # constant | cosine (towards 1.0 over training)
+    temperature: float = 0.1
+    symmetric: bool = False
+    shuffle_bn: bool = True  # shuffle the key batch before the key encoder
+
+
+@dataclass
+class OptimConfig:
+    """SGD, learning-rate schedule and run length."""
+
+    batch_size: int = 256  # global batch (summed over processes)
+    lr: float = 0.06  # learning rate at base_batch_size
+    base_batch_size: int | None = None  # None: lr is used as is; else lr * batch_size / base_batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 200
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"  # cosine | step | constant
+    lr_milestones: list[int] = field(default_factory=lambda: [120, 160])  # epochs, for step
+    grad_clip: float | None = None  # max global gradient norm
+
+
+@dataclass
+class EvalConfig:
+    """The kNN monitor used during and at the end of training."""
+
+    knn_every: int = 0  # epochs between kNN evaluations (0: only at the end)
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
+    knn_test_subset: int | None = None
+    knn_random_baseline: bool = True  # also evaluate a randomly initialised backbone at the end
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    """A whole pretraining run."""
+
+    name: str = "moco_v2"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
+    channels_last: bool | None = None  # None: on for CUDA
+    log_every: int = 20  # steps between logged metrics
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder of this run's checkpoints, TensorBoard events and metrics."""
+        return Path(self.output_dir) / self.name
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder"),
+    "data.augmentation": ("mocov2", "mocov2_small"),
+    "data.augment_on": ("auto", "device", "cpu"),
+    "model.arch": ("resnet18", "resnet34", "resnet50"),
+    "model.head": ("mlp", "linear"),
+    "moco.momentum_schedule": ("constant", "cosine"),
+    "optim.schedule": ("cosine", "step", "constant"),
+    "amp": ("auto", "none", "bf16", "fp16"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`; int is accepted where float is expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    """Write a nested mapping onto a dataclass instance, strictly."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, key + ".", source)
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key, source))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value` into the dotted key and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set: expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a Config from a YAML file and `key=value` overrides, then validate it."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        _apply(cfg, values, "", str(path))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply(cfg, _nest(key, value), "", "--set")
+    validate(cfg, str(path) if path is not None else "<defaults>")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any], source: str = "<checkpoint>") -> Config:
+    """Rebuild a Config from `dataclasses.asdict` output (as stored in checkpoints)."""
+    cfg = Config()
+    _apply(cfg, values, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def _check(condition: bool, source: str, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{source}: '{key}' {message}")
+
+
+def validate(cfg: Config, source: str) -> None:
+    """Reject impossible values with a message that names the key and the file."""
+    for key, options in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        _check(value in options, source, key, f"must be one of {', '.join(options)}; got {value!r}")
+    _check(
+        cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
+        source, "device", f"must be auto, cpu, cuda or cuda:N; got {cfg.device!r}",
+    )
+    batch = cfg.optim.batch_size
+    _check(batch > 0, source, "optim.batch_size", f"must be positive; got {batch}")
+    _check(
+        cfg.moco.queue_size > 0 and cfg.moco.queue_size % batch == 0,
+        source, "moco.queue_size",
+        f"must be a positive multiple of the global batch optim.batch_size={batch}; got {cfg.moco.queue_size}",
+    )
+    _check(cfg.moco.temperature > 0, source, "moco.temperature", f"must be > 0; got {cfg.moco.temperature}")
+    _check(0.0 <= cfg.moco.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {cfg.moco.momentum}")
+    _check(cfg.optim.lr > 0, source, "optim.lr", f"must be > 0; got {cfg.optim.lr}")
+    _check(cfg.optim.epochs > 0, source, "optim.epochs", f"must be positive; got {cfg.optim.epochs}")
+    _check(cfg.optim.weight_decay >= 0, source, "optim.weight_decay", "must be >= 0")
+    _check(0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, source, "optim.warmup_epochs",
+           f"must be in [0, optim.epochs]; got {cfg.optim.warmup_epochs}")
+    _check(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, source, "optim.grad_clip", "must be > 0 or null")
+    _check(cfg.model.bn_splits >= 1 and batch % cfg.model.bn_splits == 0, source, "model.bn_splits",
+           f"must be >= 1 and divide optim.batch_size={batch}; got {cfg.model.bn_splits}")
+    _check(cfg.model.feature_dim > 0, source, "model.feature_dim", "must be positive")
+    _check(cfg.data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {cfg.data.num_views}")
+    _check(cfg.data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {cfg.data.image_size}")
+    _check(cfg.data.workers >= 0, source, "data.workers", "must be >= 0")
+    _check(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, source, "data.mean", "and data.std need 3 values")
+    _check(cfg.data.train_subset is None or cfg.data.train_subset >= batch, source, "data.train_subset",
+           f"must be null or at least one batch ({batch})")
+    _check(cfg.eval.knn_k > 0, source, "eval.knn_k", "must be positive")
+    _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
+    _check(cfg.log_every > 0, source, "log_every", "must be positive")
+    _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (YAML- and checkpoint-safe)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,34 @@
+"""Installation of mochi_hvs."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mochi_hvs",
+    version="0.1.0",
+    description="MoCo-v2 contrastive pretraining with hard negative mixing (MoCHi) and hard view selection (HVS)",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mochi_hvs", "mochi_hvs.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.2",
+        "torchvision>=0.17",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4"],
+        "gpu": ["faiss-gpu-cu12"],
+        "bench": ["lightly>=1.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mochi-pretrain=mochi_hvs.pretrain:main",
+        ],
+    },
+)

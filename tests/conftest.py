@@ -1,0 +1,29 @@
+"""Shared fixtures: a small, fast training configuration on the real embedded dataset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mochi_hvs.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """A few seconds of real MoCo training: 256 Fashion-MNIST images, batch 32, ResNet-18 at 28 px."""
+    return [
+        f"output_dir={tmp_path}", "name=tiny", "data.train_subset=256", "optim.batch_size=32",
+        "moco.queue_size=128", "model.bn_splits=4", "optim.epochs=2", "log_every=2",
+        "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    return load_config(None, tiny_overrides)

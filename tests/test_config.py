@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from mochi_hvs.config import ConfigError, config_from_dict, load_config, to_dict
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_map_onto_typed_fields(tmp_path):
+    path = write(tmp_path, "moco:\n  queue_size: 1024\noptim:\n  lr: 1\n  batch_size: 128\n")
+    cfg = load_config(path, ["optim.lr=0.06", "moco.queue_size=4096", "data.root=/x"])
+    assert cfg.moco.queue_size == 4096
+    assert cfg.optim.lr == 0.06 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.batch_size == 128
+    assert cfg.data.root == "/x"
+
+
+def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
+    cfg = load_config(write(tmp_path, "optim:\n  lr: 1\n"))
+    assert isinstance(cfg.optim.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("moco:\n  queue_sz: 10\n", "moco.queue_sz"),
+        ("optim:\n  lr: fast\n", "optim.lr"),
+        ("optim:\n  epochs: 2.5\n", "optim.epochs"),
+        ("model:\n  small_stem: 1\n", "model.small_stem"),
+        ("moco:\n  temperature: 0\n", "moco.temperature"),
+        ("moco:\n  temperature: -0.2\n", "moco.temperature"),
+        ("moco:\n  queue_size: 1000\n", "moco.queue_size"),
+        ("moco:\n  queue_size: 0\n", "moco.queue_size"),
+        ("model:\n  arch: resnet7\n", "model.arch"),
+        ("data: 3\n", "data"),
+        ("model:\n  bn_splits: 3\n", "model.bn_splits"),
+        ("devcie: cpu\n", "devcie"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert f"'{key}'" in message
+    assert str(path) in message
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'moco.queue_size'"):
+        load_config(write(tmp_path, "moco:\n  queue_sz: 10\n"))
+
+
+def test_override_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'optim.lrr'"):
+        load_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_queue_must_be_multiple_of_global_batch():
+    load_config(None, ["optim.batch_size=256", "moco.queue_size=4096"])
+    with pytest.raises(ConfigError, match="multiple of the global batch"):
+        load_config(None, ["optim.batch_size=512", "moco.queue_size=4352"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "moco: [unclosed\n"))
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["moco.symmetric=true", "optim.grad_clip=1.5"])
+    assert config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_recipes_load(path):
+    load_config(path)
+
+
+def test_paper_recipes_hold_the_published_values():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cifar = load_config(root / "cifar10" / "moco_v2_r18.yaml")
+    assert (cifar.model.small_stem, cifar.moco.queue_size, cifar.moco.momentum, cifar.moco.temperature) == (True, 4096, 0.99, 0.1)
+    assert (cifar.optim.lr, cifar.optim.batch_size, cifar.optim.weight_decay, cifar.optim.schedule) == (0.06, 512, 5e-4, "cosine")
+    assert cifar.model.bn_splits > 1
+    imagenet = load_config(root / "imagenet" / "moco_v2_r50.yaml")
+    assert (imagenet.model.arch, imagenet.moco.queue_size, imagenet.moco.momentum, imagenet.moco.temperature) == (
+        "resnet50", 65536, 0.999, 0.2)
+    assert (imagenet.optim.lr, imagenet.optim.batch_size, imagenet.optim.weight_decay, imagenet.optim.epochs) == (
+        0.03, 256, 1e-4, 200)
+    assert imagenet.model.head == "mlp" and imagenet.data.augmentation == "mocov2"
