@@ -1,0 +1,53 @@
+"""MoCo-v2 "aug+" view transforms (torchvision) and the clean evaluation transform."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+# Published MoCo-v2 aug+ parameters (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning").
+CROP_SCALE = (0.2, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+JITTER = (0.4, 0.4, 0.4, 0.1)
+JITTER_P = 0.8
+GRAYSCALE_P = 0.2
+BLUR_SIGMA = (0.1, 2.0)
+BLUR_P = 0.5
+FLIP_P = 0.5
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """Odd Gaussian kernel covering about 10% of the image side (23 px at 224, as in SimCLR/MoCo-v2)."""
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+def post_crop_transform(augmentation: str, image_size: int, mean: list[float], std: list[float]) -> v2.Compose:
+    """Everything after the random resized crop: jitter, grayscale, blur (aug+ only), flip, normalise.
+
+    Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor.
+    """
+    steps: list[v2.Transform] = [
+        v2.RandomApply([v2.ColorJitter(*JITTER)], p=JITTER_P),
+        v2.RandomGrayscale(p=GRAYSCALE_P),
+    ]
+    if augmentation == "mocov2":
+        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(image_size), sigma=BLUR_SIGMA)], p=BLUR_P))
+    elif augmentation != "mocov2_small":
+        raise ValueError(f"unknown augmentation {augmentation!r}")
+    steps += [
+        v2.RandomHorizontalFlip(p=FLIP_P),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ]
+    return v2.Compose(steps)
+
+
+def clean_transform(image_size: int, mean: list[float], std: list[float], native_size: int | None) -> v2.Compose:
+    """Deterministic evaluation view: resize + centre crop (ImageNet ratio 0.875) or identity for native-size sets."""
+    if native_size == image_size:
+        resize: list[v2.Transform] = []
+    elif native_size is not None and native_size < image_size:
+        resize = [v2.Resize(image_size, antialias=True)]
+    else:
+        resize = [v2.Resize(int(round(image_size / 0.875)), antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

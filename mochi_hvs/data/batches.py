@@ -1,0 +1,87 @@
+"""Per-step multi-view batches on the training device, from either augmentation path.
+
+`device` path: the uint8 images sit on the training device and BatchViewAugmenter makes the views
+there, from a generator seeded by (seed, epoch, batch, rank). `cpu` path: torchvision transforms
+per sample in DataLoader workers. Both follow the same EpochSampler order and yield dicts with
+views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .batch_augment import BatchViewAugmenter
+from .datasets import ImageSet
+from .loader import VIEW_STREAM, EpochSampler, mixed_seed, pretrain_loader
+
+
+class DeviceAugmentedBatches:
+    """In-memory images on the device, augmented a whole batch at a time."""
+
+    def __init__(self, images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if images.array is None:
+            raise ValueError("data.augment_on=device needs an in-memory dataset (fashion_mnist, cifar, stl10)")
+        self.sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
+        self.pixels = torch.from_numpy(images.array.copy()).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(images.labels).to(device)
+        self.augment = BatchViewAugmenter(data_cfg.num_views, data_cfg.image_size, data_cfg.augmentation,
+                                          data_cfg.mean, data_cfg.std)
+        self.local_batch = local_batch
+        self.seed = seed
+        self.rank = rank
+        self.device = device
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch and the first batch to produce."""
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.local_batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, start = self.sampler.epoch, self.sampler.start_batch
+        order = torch.tensor([i for i, _ in self.sampler], dtype=torch.long).view(-1, self.local_batch)
+        generator = torch.Generator(device=self.device)
+        for offset, cpu_index in enumerate(order):
+            index = cpu_index.to(self.device, non_blocking=True)
+            generator.manual_seed(mixed_seed(self.seed, VIEW_STREAM, epoch, start + offset, self.rank))
+            images = self.pixels.index_select(0, index)
+            if images.shape[1] == 1:
+                images = images.expand(-1, 3, -1, -1)
+            views, boxes = self.augment(images, generator)
+            yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index}
+
+
+class LoaderBatches:
+    """torchvision transforms per sample in DataLoader workers, moved to the device per batch."""
+
+    def __init__(self, images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.loader = pretrain_loader(images, data_cfg, local_batch, seed, rank, world_size,
+                                      pin_memory=device.type == "cuda")
+        self.sampler: EpochSampler = self.loader.sampler
+        self.device = device
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch and the first batch to produce."""
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            yield {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+
+def build_batches(images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
+                  rank: int = 0, world_size: int = 1) -> DeviceAugmentedBatches | LoaderBatches:
+    """The batch source data.augment_on asks for (auto: device for in-memory sets, else cpu)."""
+    where = data_cfg.augment_on
+    if where == "auto":
+        where = "device" if images.array is not None else "cpu"
+    cls = DeviceAugmentedBatches if where == "device" else LoaderBatches
+    return cls(images, data_cfg, local_batch, seed, device, rank, world_size)

@@ -1,0 +1,167 @@
+"""Labelled image sets from disk: the embedded Fashion-MNIST, CIFAR, STL-10 and ImageFolder trees."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset is missing or unreadable; the message says how to fix it."""
+
+
+@dataclass
+class ImageSet:
+    """Images with integer labels (-1 where unlabelled), held in memory or as a list of files."""
+
+    labels: np.ndarray
+    classes: list[str]
+    array: np.ndarray | None = None  # (N, H, W, C) uint8, C in {1, 3}
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> torch.Tensor | Image.Image:
+        """One image: a (3, H, W) uint8 tensor when in memory, else an RGB PIL image."""
+        if self.array is not None:
+            chw = torch.from_numpy(self.array[index]).permute(2, 0, 1)
+            return chw.expand(3, -1, -1) if chw.shape[0] == 1 else chw
+        with Image.open(self.files[index]) as img:
+            return img.convert("RGB")
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        """The images at `indices`, in that order."""
+        return ImageSet(
+            labels=self.labels[indices],
+            classes=self.classes,
+            array=None if self.array is None else self.array[indices],
+            files=None if self.files is None else [self.files[i] for i in indices],
+        )
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a deterministic subset with (nearly) equal counts per class."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    # Round-robin over classes in a random order: rank of each item within its class.
+    shuffled = labels[order]
+    rank = np.empty(len(labels), dtype=np.int64)
+    for cls in np.unique(shuffled):
+        members = np.flatnonzero(shuffled == cls)
+        rank[members] = np.arange(len(members))
+    chosen = order[np.lexsort((np.arange(len(labels)), rank))[:size]]
+    return np.sort(chosen)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DatasetError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {root}. Install the embedded dataset with "
+        f"`{FASHION_MNIST_INSTALL}`, or set data.root to a folder holding the four IDX files "
+        "(train/t10k-images-idx3-ubyte, train/t10k-labels-idx1-ubyte, optionally .gz)."
+    )
+
+
+def load_fashion_mnist(root: str | None, train: bool) -> ImageSet:
+    """Fashion-MNIST (official split) from the IDX files of Debian's dataset-fashion-mnist."""
+    folder = Path(root or FASHION_MNIST_ROOT)
+    prefix = "train" if train else "t10k"
+    images = _read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    return ImageSet(labels=labels, classes=FASHION_MNIST_CLASSES, array=images[..., None])
+
+
+def _require_root(name: str, root: str | None, expected: str) -> Path:
+    if root is None:
+        raise DatasetError(f"data.name={name} needs data.root: the folder that contains {expected}")
+    path = Path(root)
+    if not path.exists():
+        raise DatasetError(f"data.root={root} does not exist (data.name={name} expects {expected} there)")
+    return path
+
+
+def load_cifar(name: str, root: str | None, train: bool) -> ImageSet:
+    """CIFAR-10/100 from the standard python-pickle batches (no download)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
+    path = _require_root(name, root, f"{folder}/")
+    if path.name == folder:
+        path = path.parent
+    try:
+        ds = cls(str(path), train=train, download=False)
+    except RuntimeError as err:
+        raise DatasetError(f"{name}: {path / folder} is missing or incomplete ({err})") from err
+    return ImageSet(labels=np.asarray(ds.targets, dtype=np.int64), classes=list(ds.classes), array=ds.data)
+
+
+def load_stl10(root: str | None, split: str) -> ImageSet:
+    """STL-10 from the standard binary files; split is train, test, unlabeled or train+unlabeled."""
+    from torchvision.datasets import STL10
+
+    path = _require_root("stl10", root, "stl10_binary/")
+    if path.name == "stl10_binary":
+        path = path.parent
+    try:
+        ds = STL10(str(path), split=split, download=False)
+    except RuntimeError as err:
+        raise DatasetError(f"stl10: {path / 'stl10_binary'} is missing or incomplete ({err})") from err
+    return ImageSet(labels=ds.labels.astype(np.int64), classes=list(ds.classes), array=ds.data.transpose(0, 2, 3, 1))
+
+
+def load_image_folder(root: str | None, split: str) -> ImageSet:
+    """An ImageFolder tree in ImageNet layout: root/{train,val}/<class>/<image>."""
+    from torchvision.datasets import ImageFolder
+
+    path = _require_root("imagefolder", root, "train/<class>/*.jpg and val/<class>/*.jpg")
+    folder = path / split
+    if not folder.is_dir():
+        raise DatasetError(f"imagefolder: {folder} not found (expected root/{split}/<class>/<image>)")
+    try:
+        ds = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DatasetError(f"imagefolder: {folder}: {err}") from err
+    files, labels = zip(*ds.samples)
+    return ImageSet(labels=np.asarray(labels, dtype=np.int64), classes=list(ds.classes), files=list(files))
+
+
+def load_images(name: str, root: str | None, split: str) -> ImageSet:
+    """Dispatch on the dataset name. `split`: pretrain (all images for SSL), train (labelled) or test."""
+    if split not in ("pretrain", "train", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root, train=split != "test")
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, root, train=split != "test")
+    if name == "stl10":
+        return load_stl10(root, {"pretrain": "train+unlabeled", "train": "train", "test": "test"}[split])
+    if name == "imagefolder":
+        return load_image_folder(root, "val" if split == "test" else "train")
+    raise DatasetError(f"unknown dataset {name!r}")
