@@ -1,0 +1,23 @@
+"""The MoCo contrastive logits and InfoNCE loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_logits(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Cosine logits (B, 1 + K): column 0 is q.k (the positive), then q against each negative."""
+    positive = (q * k).sum(dim=1, keepdim=True)
+    return torch.cat([positive, q @ negatives.t()], dim=1)
+
+
+def info_nce(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean cross-entropy of logits / T with the positive in column 0."""
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits / temperature, target)
+
+
+def positive_rank_top1(logits: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose positive (column 0) scores strictly above every negative."""
+    return (logits[:, 0:1] > logits[:, 1:]).all(dim=1).float().mean()

@@ -1,0 +1,26 @@
+"""torchvision ResNet backbones with an optional small-image stem."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import torchvision
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+def build_backbone(arch: str, small_stem: bool = False) -> tuple[nn.Module, int]:
+    """A randomly initialised torchvision ResNet without its classifier, and its feature width.
+
+    small_stem: 3x3 stride-1 first convolution and no max-pool, for 32 px images (as in the
+    MoCo CIFAR recipe). The classifier is replaced by Identity, so the module returns pooled
+    features and keeps torchvision's parameter names (export and loading stay trivial).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
+    net = getattr(torchvision.models, arch)(weights=None)
+    if small_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    width = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, width

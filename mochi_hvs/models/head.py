@@ -1,0 +1,15 @@
+"""Projection heads."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def projection_head(in_dim: int, out_dim: int, kind: str = "mlp", hidden_dim: int | None = None) -> nn.Module:
+    """MoCo-v2's 2-layer MLP (Linear-ReLU-Linear) or MoCo-v1's single linear layer."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden = hidden_dim or in_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    raise ValueError(f"unknown head {kind!r}")

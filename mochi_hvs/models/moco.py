@@ -1,0 +1,77 @@
+"""The MoCo module: query encoder, momentum (key) encoder and the memory queue."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import MocoConfig, ModelConfig
+from ..distributed import shuffle_batch
+from ..queue import MemoryQueue
+from .backbone import build_backbone
+from .head import projection_head
+from .split_bn import convert_split_bn
+
+
+class Encoder(nn.Module):
+    """Backbone followed by the projection head; returns L2-normalised embeddings."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+class MoCo(nn.Module):
+    """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients) and the queue."""
+
+    def __init__(self, model_cfg: ModelConfig, moco_cfg: MocoConfig, channels_last: bool = False,
+                 bn_splits: int | None = None) -> None:
+        """bn_splits: BatchNorm groups on this device (default: model_cfg.bn_splits, i.e. one process)."""
+        super().__init__()
+        backbone, width = build_backbone(model_cfg.arch, model_cfg.small_stem)
+        splits = model_cfg.bn_splits if bn_splits is None else bn_splits
+        if splits > 1:
+            convert_split_bn(backbone, splits)
+        head = projection_head(width, model_cfg.feature_dim, model_cfg.head, model_cfg.head_hidden_dim)
+        self.encoder_q = Encoder(backbone, head, channels_last)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.encoder_k.requires_grad_(False)
+        self.queue = MemoryQueue(moco_cfg.queue_size, model_cfg.feature_dim)
+        self.shuffle_bn = moco_cfg.shuffle_bn
+        self.feature_width = width
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query encoder's backbone: what gets evaluated and exported."""
+        return self.encoder_q.backbone
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        """f_k <- m * f_k + (1 - m) * f_q for every parameter, as one fused foreach op."""
+        key_params = list(self.encoder_k.parameters())
+        query_params = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_lerp_(key_params, query_params, 1.0 - momentum)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised query embeddings (with gradient)."""
+        return self.encoder_q(x)
+
+    @torch.no_grad()
+    def key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised key embeddings; the batch is shuffled around f_k so BN groups differ from f_q's."""
+        if not self.shuffle_bn:
+            return self.encoder_k(x)
+        shuffled, restore = shuffle_batch(x, generator)
+        return restore(self.encoder_k(shuffled))
