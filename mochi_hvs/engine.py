@@ -1,0 +1,311 @@
+"""The training loop: steps, schedules, AMP, checkpoint/resume, logging and the kNN monitor."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_atomic
+from .config import Config, to_dict
+from .data.batches import build_batches
+from .data.datasets import balanced_subset, load_images
+from .data.loader import mixed_seed
+from .distributed import DistEnv, all_gather_cat, init_distributed
+from .evaluation.knn import KnnMonitor, KnnResult
+from .models.moco import MoCo
+from .runtime import autocast, resolve_amp, resolve_device, seed_everything
+from .schedule import lr_multiplier, momentum_at
+from .step import MoCoStep
+from .tracking import RunLogger
+
+SHUFFLE_STREAM = 2
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
+
+
+class MetricWindow:
+    """Per-step device scalars gathered between two log points; reduced with one host sync."""
+
+    def __init__(self, first_step: int) -> None:
+        self.first_step = first_step
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.data_wait = 0.0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, torch.Tensor], data_wait: float, images: int) -> None:
+        """Record one step."""
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(value.detach().float())
+        self.data_wait += data_wait
+        self.images += images
+
+    def __len__(self) -> int:
+        return len(self.values.get("loss", []))
+
+    def reduce(self) -> tuple[dict[str, float], int | None]:
+        """Means of each metric plus throughput, and the first step whose loss is not finite (or None)."""
+        stacked = {key: torch.stack(vals).cpu() for key, vals in self.values.items()}
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        losses = stacked["loss"]
+        bad = (~torch.isfinite(losses)).nonzero()
+        first_bad = self.first_step + int(bad[0]) if len(bad) else None
+        means = {key: float(vals.mean()) for key, vals in stacked.items()}
+        means["images_per_s"] = self.images / elapsed
+        means["data_wait_frac"] = self.data_wait / elapsed
+        return means, first_bad
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch, batches done in it, and the global step."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+
+
+class Trainer:
+    """Builds data, model and optimiser from a Config and runs (or resumes) pretraining."""
+
+    def __init__(self, cfg: Config, resume: Path | None = None, env: DistEnv | None = None) -> None:
+        self.cfg = cfg
+        self.env = env or init_distributed("cuda" if cfg.device.startswith("cuda") or
+                                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.device, self.env.local_rank)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if cfg.optim.batch_size % self.env.world_size:
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide over {self.env.world_size} processes")
+        if cfg.model.bn_splits % self.env.world_size and cfg.model.bn_splits > 1:
+            raise ValueError(f"model.bn_splits={cfg.model.bn_splits} must be 1 or a multiple of the "
+                             f"{self.env.world_size} processes")
+        self.local_batch = cfg.optim.batch_size // self.env.world_size
+        seed_everything(cfg.seed)
+
+        images = load_images(cfg.data.name, cfg.data.root, "pretrain")
+        if cfg.data.train_subset:
+            images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
+        self.batches = build_batches(images, cfg.data, self.local_batch, cfg.seed, self.device,
+                                     self.env.rank, self.env.world_size)
+        self.steps_per_epoch = self.batches.sampler.batches_per_epoch
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+
+        local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
+        self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits).to(self.device)
+        self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
+        self.step_fn = MoCoStep(self.model, cfg.moco.temperature, cfg.moco.symmetric)
+        self.optimizer = torch.optim.SGD(
+            self.model.encoder_q.parameters(), lr=self.base_lr, momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        milestones = [m * self.steps_per_epoch for m in cfg.optim.lr_milestones]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, self.total_steps, warmup, cfg.optim.schedule, milestones),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.position = Position()
+        self.last_metrics: dict[str, float] = {}
+        self.stop_requested = False
+        self._knn: KnnMonitor | None = None
+        self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
+        if resume is not None:
+            self.load(resume)
+
+    @property
+    def base_lr(self) -> float:
+        """The configured lr, linearly scaled when optim.base_batch_size is set."""
+        optim = self.cfg.optim
+        return optim.lr * (optim.batch_size / optim.base_batch_size if optim.base_batch_size else 1.0)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The run's rolling checkpoint file."""
+        return self.cfg.run_dir / LAST
+
+    # ----------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, queue, optimiser, schedules, position, RNG."""
+        return {
+            "format": FORMAT,
+            "config": to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.position.epoch,
+            "batch_in_epoch": self.position.batch_in_epoch,
+            "global_step": self.position.global_step,
+            "rng": capture_rng(),
+        }
+
+    def save(self) -> Path | None:
+        """Atomically write the rolling checkpoint (main process only)."""
+        if not self.env.is_main:
+            return None
+        return save_atomic(self.state_dict(), self.checkpoint_path)
+
+    def load(self, path: Path) -> None:
+        """Restore a checkpoint written by `save`."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.position = Position(state["epoch"], state["batch_in_epoch"], state["global_step"])
+        restore_rng(state["rng"])
+        if self.env.is_main:
+            print(f"resumed from {path} at epoch {self.position.epoch + 1}, "
+                  f"batch {self.position.batch_in_epoch}, step {self.position.global_step}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ step
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached device scalars."""
+        step = self.position.global_step
+        momentum = momentum_at(step, self.total_steps, self.cfg.moco.momentum, self.cfg.moco.momentum_schedule)
+        self.model.momentum_update(momentum)
+        generator = torch.Generator(device=self.device).manual_seed(
+            mixed_seed(self.cfg.seed, SHUFFLE_STREAM, step, self.env.rank))
+        with autocast(self.device, self.amp_dtype):
+            out = self.step_fn(batch["views"], generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.encoder_q.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.model.queue.enqueue(all_gather_cat(out.keys.float()))
+        return {**out.metrics, "lr": torch.tensor(self.optimizer.param_groups[0]["lr"]),
+                "momentum": torch.tensor(momentum)}
+
+    # ------------------------------------------------------------------ loop
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and stop after the current step."""
+        self.stop_requested = True
+
+    def _flush(self, window: MetricWindow, bar: tqdm | None) -> None:
+        if not len(window):
+            return
+        metrics, first_bad = window.reduce()
+        self.last_metrics = metrics
+        if first_bad is not None:
+            kept = self.checkpoint_path if self.checkpoint_path.is_file() else "none written yet"
+            raise TrainingDiverged(
+                f"loss became non-finite at step {first_bad} (epoch {self.position.epoch + 1}); "
+                f"training stopped. Last good checkpoint: {kept}"
+            )
+        self.logger.log(self.position.global_step, {f"train/{k}": v for k, v in metrics.items()},
+                        epoch=self.position.epoch + 1)
+        if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['proxy_top1']:.2f}",
+                            img_s=f"{metrics['images_per_s']:.0f}", refresh=False)
+
+    def _run_epoch(self) -> None:
+        pos = self.position
+        self.batches.set_epoch(pos.epoch, pos.batch_in_epoch)
+        bar = tqdm(total=self.steps_per_epoch, initial=pos.batch_in_epoch, disable=not self.env.is_main,
+                   desc=f"epoch {pos.epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True, leave=False)
+        window = MetricWindow(pos.global_step)
+        global_batch = self.cfg.optim.batch_size
+        tick = time.perf_counter()
+        for batch in self.batches:
+            waited = time.perf_counter() - tick
+            window.add(self.train_step(batch), waited, global_batch)
+            pos.global_step += 1
+            pos.batch_in_epoch += 1
+            bar.update(1)
+            if pos.global_step % self.cfg.log_every == 0:
+                self._flush(window, bar)
+                window = MetricWindow(pos.global_step)
+            if self.stop_requested or (self.cfg.checkpoint_every and pos.global_step % self.cfg.checkpoint_every == 0):
+                self._flush(window, bar)
+                window = MetricWindow(pos.global_step)
+                self.save()
+                if self.stop_requested:
+                    bar.close()
+                    raise Interrupted(f"stopped at step {pos.global_step}; checkpoint {self.checkpoint_path} "
+                                      "holds everything: continue with --resume auto")
+            tick = time.perf_counter()
+        self._flush(window, bar)
+        bar.close()
+        pos.epoch += 1
+        pos.batch_in_epoch = 0
+        self.save()
+        if self.env.is_main and self.last_metrics:
+            m = self.last_metrics
+            tqdm.write(f"epoch {pos.epoch}/{self.cfg.optim.epochs}: loss {m['loss']:.3f}, proxy top-1 "
+                       f"{m['proxy_top1']:.3f}, {m['images_per_s']:.0f} img/s, data wait {100 * m['data_wait_frac']:.1f}%")
+
+    def knn_monitor(self) -> KnnMonitor:
+        """The kNN evaluator (datasets loaded on first use)."""
+        if self._knn is None:
+            self._knn = KnnMonitor(self.cfg, self.device, self.amp_dtype, self.channels_last)
+        return self._knn
+
+    def evaluate_knn(self) -> KnnResult:
+        """kNN accuracy of the current query backbone, logged."""
+        result = self.knn_monitor().evaluate(self.model.backbone)
+        self.logger.log(self.position.global_step, {"knn/top1": result.top1, "knn/top5": result.top5},
+                        epoch=self.position.epoch, k=result.k)
+        return result
+
+    def random_init_knn(self) -> KnnResult:
+        """kNN accuracy of the same backbone at its random initialisation (before any step)."""
+        trained = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
+        self.model.backbone.load_state_dict(self.initial_backbone_state)
+        try:
+            return self.knn_monitor().evaluate(self.model.backbone)
+        finally:
+            self.model.backbone.load_state_dict(trained)
+
+    def train(self) -> dict[str, Any]:
+        """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds."""
+        previous = {sig: signal.signal(sig, lambda *_: self.request_stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        start = time.perf_counter()
+        start_step = self.position.global_step
+        try:
+            while self.position.epoch < self.cfg.optim.epochs:
+                self._run_epoch()
+                every = self.cfg.eval.knn_every
+                if every and self.position.epoch % every == 0 and self.position.epoch < self.cfg.optim.epochs:
+                    result = self.evaluate_knn()
+                    if self.env.is_main:
+                        tqdm.write(f"epoch {self.position.epoch}: kNN top-1 {result.top1:.2f}%")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return {"steps": self.position.global_step - start_step,
+                "train_seconds": round(time.perf_counter() - start, 1)}
+
+    def fit(self) -> dict[str, Any]:
+        """Train, then report kNN of the trained backbone beside its random initialisation."""
+        summary = self.train()
+        trained = self.evaluate_knn()
+        summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
+                       knn_top5=None if trained.top5 is None else round(trained.top5, 2))
+        if self.cfg.eval.knn_random_baseline:
+            summary["random_init_knn_top1"] = round(self.random_init_knn().top1, 2)
+        self.logger.close()
+        if self.env.is_main:
+            (self.cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
