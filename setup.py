@@ -20,6 +20,8 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "pillow>=9.0",
+        "faiss-cpu>=1.7.4",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "test": ["pytest>=7.4"],
