@@ -26,6 +26,7 @@ class DataConfig:
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
     num_views: int = 2
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range (aug+: 0.2-1)
     augment_on: str = "auto"  # auto (device for in-memory sets) | device (batched, on the training device) | cpu
     train_subset: int | None = None  # train on a fixed, class-balanced subset of this size
     workers: int = 2
@@ -253,6 +254,9 @@ def validate(cfg: Config, source: str) -> None:
     _check(cfg.model.feature_dim > 0, source, "model.feature_dim", "must be positive")
     _check(cfg.data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {cfg.data.num_views}")
     _check(cfg.data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {cfg.data.image_size}")
+    scale = cfg.data.crop_scale
+    _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "data.crop_scale",
+           f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
     _check(cfg.data.workers >= 0, source, "data.workers", "must be >= 0")
     _check(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, source, "data.mean", "and data.std need 3 values")
     _check(cfg.data.train_subset is None or cfg.data.train_subset >= batch, source, "data.train_subset",

@@ -118,3 +118,15 @@ def test_augmenter_photometric_rates():
     expected = 0.8 * 0.8  # jitter applied (0.8) and not turned grey (0.8)
     assert abs(colour_changed.float().mean().item() - expected) < 0.04
     assert math.isclose(aug.kernel_size, 3)
+
+
+def test_augmenter_honours_the_configured_crop_scale():
+    images = torch.randint(0, 256, (64, 3, 28, 28), dtype=torch.uint8)
+    for low in (0.2, 0.6):
+        aug = ba.BatchViewAugmenter(2, 28, "mocov2", [0.5] * 3, [0.25] * 3, crop_scale=(low, 1.0))
+        _, boxes = aug(images, torch.Generator().manual_seed(3))
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        # Rounding crop sides to whole pixels moves the area by at most about one pixel row/column.
+        assert area.min() >= low - 2 / 28
+        if low == 0.2:
+            assert area.min() < 0.5

@@ -40,6 +40,7 @@ def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
         ("moco:\n  queue_size: 0\n", "moco.queue_size"),
         ("model:\n  arch: resnet7\n", "model.arch"),
         ("data: 3\n", "data"),
+        ("data:\n  crop_scale: [0.5, 0.2]\n", "data.crop_scale"),
         ("model:\n  bn_splits: 3\n", "model.bn_splits"),
         ("devcie: cpu\n", "devcie"),
     ],
@@ -91,8 +92,9 @@ def test_shipped_recipes_load(path):
 def test_paper_recipes_hold_the_published_values():
     root = Path(__file__).resolve().parents[1] / "configs"
     cifar = load_config(root / "cifar10" / "moco_v2_r18.yaml")
-    assert (cifar.model.small_stem, cifar.moco.queue_size, cifar.moco.momentum, cifar.moco.temperature) == (True, 4096, 0.99, 0.1)
-    assert (cifar.optim.lr, cifar.optim.batch_size, cifar.optim.weight_decay, cifar.optim.schedule) == (0.06, 512, 5e-4, "cosine")
+    moco, optim = cifar.moco, cifar.optim
+    assert (cifar.model.small_stem, moco.queue_size, moco.momentum, moco.temperature) == (True, 4096, 0.99, 0.1)
+    assert (optim.lr, optim.batch_size, optim.weight_decay, optim.schedule) == (0.06, 512, 5e-4, "cosine")
     assert cifar.model.bn_splits > 1
     imagenet = load_config(root / "imagenet" / "moco_v2_r50.yaml")
     assert (imagenet.model.arch, imagenet.moco.queue_size, imagenet.moco.momentum, imagenet.moco.temperature) == (

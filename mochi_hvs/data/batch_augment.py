@@ -175,12 +175,14 @@ class BatchViewAugmenter:
 
     def __init__(
         self, num_views: int, image_size: int, augmentation: str, mean: list[float], std: list[float],
+        crop_scale: tuple[float, float] = CROP_SCALE,
     ) -> None:
         if augmentation not in ("mocov2", "mocov2_small"):
             raise ValueError(f"unknown augmentation {augmentation!r}")
         self.num_views = num_views
         self.image_size = image_size
         self.blur = augmentation == "mocov2"
+        self.crop_scale = tuple(crop_scale)
         self.kernel_size = blur_kernel_size(image_size)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -189,7 +191,7 @@ class BatchViewAugmenter:
         """Views (B, V, 3, S, S) float32 normalised, boxes (B, V, 4) normalised to [0, 1]."""
         batch, _, height, width = images.shape
         n, device = batch * self.num_views, images.device
-        pixels = sample_crop_boxes(n, height, width, generator, device)
+        pixels = sample_crop_boxes(n, height, width, generator, device, scale=self.crop_scale)
         source = torch.arange(batch, device=device).repeat_interleave(self.num_views)
         x = resized_crops(images.float().div_(255.0), pixels, source, self.image_size).clamp_(0.0, 1.0)
         flip = torch.rand(n, generator=generator, device=device) < FLIP_P

@@ -8,7 +8,7 @@ views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -28,7 +28,7 @@ class DeviceAugmentedBatches:
         self.pixels = torch.from_numpy(images.array.copy()).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(images.labels).to(device)
         self.augment = BatchViewAugmenter(data_cfg.num_views, data_cfg.image_size, data_cfg.augmentation,
-                                          data_cfg.mean, data_cfg.std)
+                                          data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale))
         self.local_batch = local_batch
         self.seed = seed
         self.rank = rank

@@ -7,7 +7,7 @@ batches it would have seen.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .augment import clean_transform, post_crop_transform
 from .datasets import ImageSet
 from .views import ViewSampler
-
 
 ORDER_STREAM, VIEW_STREAM = 0, 1
 
@@ -91,7 +90,8 @@ class CleanDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {"image": self.transform(self.images.image(index)), "label": int(self.images.labels[index]), "index": index}
+        image = self.transform(self.images.image(index))
+        return {"image": image, "label": int(self.images.labels[index]), "index": index}
 
 
 def native_size(images: ImageSet) -> int | None:
@@ -105,7 +105,8 @@ def pretrain_loader(
 ) -> DataLoader:
     """Loader of multi-view batches; its `.sampler` is the EpochSampler to drive per epoch."""
     post = post_crop_transform(data_cfg.augmentation, data_cfg.image_size, data_cfg.mean, data_cfg.std)
-    dataset = MultiViewDataset(images, ViewSampler(data_cfg.num_views, data_cfg.image_size, post), seed)
+    views = ViewSampler(data_cfg.num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
+    dataset = MultiViewDataset(images, views, seed)
     sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
     return DataLoader(
         dataset, batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=data_cfg.workers,
