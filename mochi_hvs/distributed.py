@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -49,7 +49,9 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def shuffle_batch(x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+def shuffle_batch(
+    x: torch.Tensor, generator: torch.Generator | None,
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """Permute a batch on this device; returns the shuffled batch and the function that undoes it."""
     perm = torch.randperm(x.shape[0], generator=generator, device=generator.device if generator else x.device)
     perm = perm.to(x.device)

@@ -90,7 +90,8 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         if cfg.optim.batch_size % self.env.world_size:
-            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide over {self.env.world_size} processes")
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide over "
+                             f"{self.env.world_size} processes")
         if cfg.model.bn_splits % self.env.world_size and cfg.model.bn_splits > 1:
             raise ValueError(f"model.bn_splits={cfg.model.bn_splits} must be 1 or a multiple of the "
                              f"{self.env.world_size} processes")
@@ -254,7 +255,8 @@ class Trainer:
         if self.env.is_main and self.last_metrics:
             m = self.last_metrics
             tqdm.write(f"epoch {pos.epoch}/{self.cfg.optim.epochs}: loss {m['loss']:.3f}, proxy top-1 "
-                       f"{m['proxy_top1']:.3f}, {m['images_per_s']:.0f} img/s, data wait {100 * m['data_wait_frac']:.1f}%")
+                       f"{m['proxy_top1']:.3f}, {m['images_per_s']:.0f} img/s, "
+                       f"data wait {100 * m['data_wait_frac']:.1f}%")
 
     def knn_monitor(self) -> KnnMonitor:
         """The kNN evaluator (datasets loaded on first use)."""

@@ -16,7 +16,8 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, Training
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the pretraining entry point."""
-    parser = argparse.ArgumentParser(prog="mochi-pretrain", description="Contrastive pretraining (MoCo-v2, MoCHi, HVS).")
+    parser = argparse.ArgumentParser(prog="mochi-pretrain",
+                                     description="Contrastive pretraining (MoCo-v2, MoCHi, HVS).")
     parser.add_argument("--config", help="YAML recipe (defaults apply where it is silent)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set optim.lr=0.06 moco.queue_size=4096")

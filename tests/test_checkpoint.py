@@ -85,7 +85,9 @@ def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
     second.train()
     assert_same_state(weights(straight), weights(second))
     assert torch.equal(straight.model.queue.features, second.model.queue.features)
-    for a, b in zip(straight.optimizer.state_dict()["state"].values(), second.optimizer.state_dict()["state"].values()):
+    states = zip(straight.optimizer.state_dict()["state"].values(), second.optimizer.state_dict()["state"].values(),
+                 strict=True)
+    for a, b in states:
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
 

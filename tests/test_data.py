@@ -119,7 +119,7 @@ def test_view_sampler_boxes_describe_the_crops():
     assert (boxes >= 0).all() and (boxes <= 1).all()
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert (area >= 0.2 - 0.05).all()
-    for view, box in zip(views, boxes):
+    for view, box in zip(views, boxes, strict=True):
         white_fraction = float(view.mean())
         top, bottom = float(box[1]), float(box[3])
         expected = max(0.0, min(bottom, 0.5) - top) / (bottom - top)
@@ -139,7 +139,7 @@ def test_batches_are_a_function_of_seed_epoch_and_batch(source):
     assert first[0]["boxes"].shape == (16, 2, 4)
     assert torch.equal(first[0]["label"], torch.as_tensor(images.labels[first[0]["index"].numpy()]))
     again = list(source(images, cfg.data, 16, seed=5, device=torch.device("cpu")))
-    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(first, again))
+    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(first, again, strict=True))
     a.set_epoch(0, start_batch=2)
     resumed = list(a)
     assert len(resumed) == 2 and torch.equal(resumed[0]["views"], first[2]["views"])
@@ -153,4 +153,4 @@ def test_cpu_batches_do_not_depend_on_worker_count():
     for workers in (0, 2):
         cfg = load_config(None, [f"data.workers={workers}", "data.augment_on=cpu"])
         outs.append(list(LoaderBatches(images, cfg.data, 8, seed=1, device=torch.device("cpu"))))
-    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(*outs))
+    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(*outs, strict=True))

@@ -16,7 +16,7 @@ def small_moco(**moco_kw) -> MoCo:
 
 def test_key_encoder_starts_as_copy_and_gets_no_gradients():
     model = small_moco()
-    for (nq, pq), (nk, pk) in zip(model.encoder_q.named_parameters(), model.encoder_k.named_parameters()):
+    for (nq, pq), (nk, pk) in zip(model.encoder_q.named_parameters(), model.encoder_k.named_parameters(), strict=True):
         assert nq == nk and torch.equal(pq, pk) and pq is not pk
         assert not pk.requires_grad
     x = torch.randn(4, 3, 28, 28)
@@ -63,7 +63,7 @@ def test_split_bn_uses_per_split_statistics():
     for s in range(splits):
         members = x[s::splits]  # sample n belongs to group n % splits
         ref = nn.BatchNorm2d(c)
-        ref.load_state_dict({k: v for k, v in split.state_dict().items() if k != "num_batches_tracked"}, strict=False)
+        ref.load_state_dict({k: v for k, v in split.state_dict().items() if k != "num_batches_tracked"}, strict=True)
         ref.running_mean.zero_()
         ref.running_var.fill_(1)
         expected = ref(members)

@@ -148,7 +148,7 @@ def load_image_folder(root: str | None, split: str) -> ImageSet:
         ds = ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError) as err:
         raise DatasetError(f"imagefolder: {folder}: {err}") from err
-    files, labels = zip(*ds.samples)
+    files, labels = zip(*ds.samples, strict=True)
     return ImageSet(labels=np.asarray(labels, dtype=np.int64), classes=list(ds.classes), files=list(files))
 
 
