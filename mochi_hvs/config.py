@@ -76,11 +76,13 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """The kNN monitor used during and at the end of training."""
+    """The kNN monitor used during and at the end of training (and by eval/knn.py)."""
 
     knn_every: int = 0  # epochs between kNN evaluations (0: only at the end)
-    knn_k: int = 200
+    knn_k: int | list[int] = field(default_factory=lambda: [20, 200])  # the largest is logged during training
     knn_temperature: float = 0.07
+    knn_backend: str = "auto"  # auto (Faiss when installed) | faiss | torch (chunked matrix products)
+    knn_fp16: bool = False  # half-precision bank in the search (halves its memory)
     knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
     knn_test_subset: int | None = None
     knn_random_baseline: bool = True  # also evaluate a randomly initialised backbone at the end
@@ -120,6 +122,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "moco.momentum_schedule": ("constant", "cosine"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
+    "eval.knn_backend": ("auto", "faiss", "torch"),
 }
 
 
@@ -261,7 +264,8 @@ def validate(cfg: Config, source: str) -> None:
     _check(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, source, "data.mean", "and data.std need 3 values")
     _check(cfg.data.train_subset is None or cfg.data.train_subset >= batch, source, "data.train_subset",
            f"must be null or at least one batch ({batch})")
-    _check(cfg.eval.knn_k > 0, source, "eval.knn_k", "must be positive")
+    knn_k = cfg.eval.knn_k if isinstance(cfg.eval.knn_k, list) else [cfg.eval.knn_k]
+    _check(bool(knn_k) and min(knn_k) > 0, source, "eval.knn_k", f"must be positive (one value or a list); got {knn_k}")
     _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")

@@ -51,3 +51,11 @@ def clean_transform(image_size: int, mean: list[float], std: list[float], native
     else:
         resize = [v2.Resize(int(round(image_size / 0.875)), antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def supervised_transform(image_size: int, mean: list[float], std: list[float]) -> v2.Compose:
+    """Training view for linear probes and fine-tuning: RandomResizedCrop + horizontal flip, normalised."""
+    return v2.Compose([
+        v2.ToImage(), v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(p=FLIP_P),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+    ])

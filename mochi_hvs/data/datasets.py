@@ -165,3 +165,17 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
     if name == "imagefolder":
         return load_image_folder(root, "val" if split == "test" else "train")
     raise DatasetError(f"unknown dataset {name!r}")
+
+
+def labelled_splits(
+    name: str, root: str | None, train_subset: int | None = None, test_subset: int | None = None, seed: int = 0,
+) -> tuple[ImageSet, ImageSet]:
+    """The labelled training images and the test images, each optionally cut to a fixed class-balanced subset."""
+    train = load_images(name, root, "train")
+    train = train.subset(np.flatnonzero(train.labels >= 0))
+    test = load_images(name, root, "test")
+    if train_subset:
+        train = train.subset(balanced_subset(train.labels, train_subset, seed))
+    if test_subset:
+        test = test.subset(balanced_subset(test.labels, test_subset, seed))
+    return train, test

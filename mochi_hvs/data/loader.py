@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .augment import clean_transform, post_crop_transform
+from .augment import clean_transform, post_crop_transform, supervised_transform
 from .datasets import ImageSet
 from .views import ViewSampler
 
@@ -80,7 +81,7 @@ class MultiViewDataset(Dataset):
 
 
 class CleanDataset(Dataset):
-    """Evaluation samples: one deterministic view, the label and the index."""
+    """Labelled samples: one view made by `transform` (clean or augmented), the label and the index."""
 
     def __init__(self, images: ImageSet, transform) -> None:
         self.images = images
@@ -116,7 +117,20 @@ def pretrain_loader(
 
 
 def eval_loader(images: ImageSet, data_cfg, batch_size: int, workers: int | None = None) -> DataLoader:
-    """Loader of clean images in dataset order."""
+    """Loader of clean images in dataset order; under torch.distributed, this process's shard (padded to equal size)."""
     transform = clean_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, native_size(images))
     workers = data_cfg.workers if workers is None else workers
-    return DataLoader(CleanDataset(images, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
+    dataset = CleanDataset(images, transform)
+    sampler = DistributedSampler(dataset, shuffle=False) if dist.is_available() and dist.is_initialized() else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
+
+
+def supervised_loader(images: ImageSet, data_cfg, batch_size: int, seed: int, workers: int | None = None) -> DataLoader:
+    """Shuffled (seeded) loader of augmented labelled images, for linear probes and fine-tuning.
+
+    The last partial batch is dropped when there is more than one batch (a lone sample breaks BatchNorm).
+    """
+    transform = supervised_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std)
+    workers = data_cfg.workers if workers is None else workers
+    return DataLoader(CleanDataset(images, transform), batch_size=batch_size, shuffle=True, drop_last=len(images) > batch_size,
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed))

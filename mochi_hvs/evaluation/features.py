@@ -6,7 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from ..distributed import all_gather_cat
 from ..runtime import autocast
 
 
@@ -19,27 +21,29 @@ def extract_features(
 
     The backbone runs in eval mode (BatchNorm running statistics, nothing updated) and is put back
     in the mode it was in. Rows are placed by the sample index each batch carries, so the result is
-    in dataset order whatever order the loader produces.
+    in dataset order whatever order the loader produces. Under torch.distributed each process
+    extracts its shard and the (index, feature, label) triples of all processes are gathered, so
+    the padding a DistributedSampler adds (repeated samples) lands on rows already filled.
     """
     was_training = backbone.training
     backbone.eval()
-    size = len(loader.dataset)
-    features: torch.Tensor | None = None
-    labels = torch.full((size,), -1, dtype=torch.long, device=device)
+    indices, outputs, labels = [], [], []
     try:
-        for batch in loader:
+        for batch in tqdm(loader, desc="features", leave=False, disable=len(loader) < 10):
             images = batch["image"].to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
                 out = backbone(images).float()
-            if normalize:
-                out = F.normalize(out, dim=1)
-            if features is None:
-                features = torch.zeros(size, out.shape[1], device=device)
-            index = batch["index"].to(device)
-            features.index_copy_(0, index, out)
-            labels.index_copy_(0, index, batch["label"].to(device))
+            outputs.append(F.normalize(out, dim=1) if normalize else out)
+            indices.append(batch["index"].to(device))
+            labels.append(batch["label"].to(device))
     finally:
         backbone.train(was_training)
-    return features, labels
+    index = all_gather_cat(torch.cat(indices))
+    rows = all_gather_cat(torch.cat(outputs))
+    size = len(loader.dataset)
+    features = torch.zeros(size, rows.shape[1], device=device).index_copy_(0, index, rows)
+    all_labels = torch.full((size,), -1, dtype=torch.long, device=device)
+    all_labels.index_copy_(0, index, all_gather_cat(torch.cat(labels)))
+    return features, all_labels

@@ -2,35 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..data.datasets import balanced_subset, load_images
+from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
 from .features import extract_features
+from .search import MAX_BLOCK, search
+
+
+def knn_votes(
+    neighbour_sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, k: int, temperature: float,
+) -> torch.Tensor:
+    """Class scores (M, C) from the first k of each row's neighbours (sorted by similarity): sum of exp(sim / T)."""
+    weights = (neighbour_sims[:, :k] / temperature).exp()
+    scores = torch.zeros(neighbour_sims.shape[0], num_classes, device=neighbour_sims.device)
+    return scores.scatter_add_(1, neighbour_labels[:, :k], weights)
+
+
+def knn_scores_by_k(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, ks: Sequence[int],
+    temperature: float, backend: str = "auto", fp16: bool = False, max_block: int = MAX_BLOCK,
+) -> dict[int, torch.Tensor]:
+    """Weighted-kNN class scores for every k in `ks`, from one search for the largest k."""
+    sims, idx = search(bank, queries, max(ks), backend, fp16, max_block)
+    neighbour_labels = bank_labels.to(idx.device)[idx]
+    return {k: knn_votes(sims, neighbour_labels, num_classes, k, temperature) for k in ks}
 
 
 def weighted_knn_scores(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-    k: int, temperature: float, chunk: int = 1024,
+    k: int, temperature: float, chunk: int = 1024, backend: str = "torch", fp16: bool = False,
 ) -> torch.Tensor:
     """Class scores (M, C): sum over the k most similar bank items of exp(sim / T), per class.
 
     Features are expected L2-normalised (similarity = dot product). Queries are processed in chunks
-    so memory stays O(chunk x N) rather than O(M x N).
+    of at most `chunk`, so memory stays O(chunk x N) rather than O(M x N).
     """
-    k = min(k, bank.shape[0])
-    scores = torch.zeros(queries.shape[0], num_classes, device=queries.device)
-    for start in range(0, queries.shape[0], chunk):
-        sim = queries[start:start + chunk] @ bank.t()
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        scores[start:start + chunk].scatter_add_(1, bank_labels[top_idx], weights)
-    return scores
+    return knn_scores_by_k(bank, bank_labels, queries, num_classes, [k], temperature, backend, fp16,
+                           max_block=chunk * bank.shape[0])[k]
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
@@ -49,34 +63,43 @@ class KnnResult:
     top5: float | None
 
 
+def knn_ks(cfg: Config) -> list[int]:
+    """The configured k values, sorted (eval.knn_k holds one value or a list)."""
+    return sorted(set(cfg.eval.knn_k if isinstance(cfg.eval.knn_k, list) else [cfg.eval.knn_k]))
+
+
 class KnnMonitor:
     """kNN accuracy of a backbone: labelled training images as the bank, the test split as queries."""
 
     def __init__(self, cfg: Config, device: torch.device, amp_dtype: torch.dtype | None = None,
                  channels_last: bool = False) -> None:
         data = cfg.data
-        bank = load_images(data.name, data.root, "train")
-        test = load_images(data.name, data.root, "test")
-        labelled = np.flatnonzero(bank.labels >= 0)
-        bank = bank.subset(labelled)
-        if cfg.eval.knn_train_subset:
-            bank = bank.subset(balanced_subset(bank.labels, cfg.eval.knn_train_subset, cfg.seed))
-        if cfg.eval.knn_test_subset:
-            test = test.subset(balanced_subset(test.labels, cfg.eval.knn_test_subset, cfg.seed))
+        bank, test = labelled_splits(data.name, data.root, cfg.eval.knn_train_subset, cfg.eval.knn_test_subset,
+                                     cfg.seed)
         self.num_classes = len(bank.classes)
         self.bank_loader = eval_loader(bank, data, cfg.eval.batch_size, workers=0)
         self.test_loader = eval_loader(test, data, cfg.eval.batch_size, workers=0)
-        self.k = cfg.eval.knn_k
+        self.ks = knn_ks(cfg)
         self.temperature = cfg.eval.knn_temperature
+        self.backend = cfg.eval.knn_backend
+        self.fp16 = cfg.eval.knn_fp16
         self.device = device
         self.amp_dtype = amp_dtype
         self.channels_last = channels_last
 
-    def evaluate(self, backbone: nn.Module) -> KnnResult:
-        """Extract bank and test features with `backbone` and classify the test set."""
+    def evaluate_all(self, backbone: nn.Module) -> list[KnnResult]:
+        """Extract bank and test features with `backbone` and classify the test set, for every configured k."""
         options = dict(amp_dtype=self.amp_dtype, channels_last=self.channels_last)
         bank, bank_labels = extract_features(backbone, self.bank_loader, self.device, **options)
         test, test_labels = extract_features(backbone, self.test_loader, self.device, **options)
-        scores = weighted_knn_scores(bank, bank_labels, test, self.num_classes, self.k, self.temperature)
-        acc = topk_accuracy(scores, test_labels)
-        return KnnResult(k=self.k, top1=acc[1], top5=acc.get(5))
+        scores = knn_scores_by_k(bank, bank_labels, test, self.num_classes, self.ks, self.temperature,
+                                 self.backend, self.fp16)
+        results = []
+        for k, by_class in scores.items():
+            acc = topk_accuracy(by_class, test_labels)
+            results.append(KnnResult(k=k, top1=acc[1], top5=acc.get(5)))
+        return results
+
+    def evaluate(self, backbone: nn.Module) -> KnnResult:
+        """The result for the largest configured k (the one monitored during training)."""
+        return self.evaluate_all(backbone)[-1]

@@ -19,8 +19,14 @@ def build_backbone(arch: str, small_stem: bool = False) -> tuple[nn.Module, int]
         raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
     net = getattr(torchvision.models, arch)(weights=None)
     if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
+        use_small_stem(net)
     width = net.fc.in_features
     net.fc = nn.Identity()
     return net, width
+
+
+def use_small_stem(net: nn.Module) -> nn.Module:
+    """Replace a ResNet's 7x7 stride-2 first conv and max-pool by a 3x3 stride-1 conv and no pooling (in place)."""
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net

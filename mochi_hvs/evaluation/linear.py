@@ -1,0 +1,146 @@
+"""Linear probe of a frozen backbone: the classic protocol (augmented images), or fast on cached features."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data.datasets import ImageSet, labelled_splits
+from ..data.loader import eval_loader, supervised_loader
+from ..runtime import autocast
+from .features import extract_features
+from .knn import topk_accuracy
+from .supervised import (
+    changed_tensors,
+    classification_accuracy,
+    image_batches,
+    sgd_with_schedule,
+    snapshot,
+    train_classifier,
+)
+
+MODES = ("classic", "cached", "sklearn")
+
+
+class BackboneChanged(RuntimeError):
+    """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""
+
+
+@dataclass
+class LinearSettings:
+    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs)."""
+
+    mode: str = "classic"  # classic (augmented images through the frozen backbone) | cached | sklearn
+    epochs: int = 100
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256  # cached mode: 0 trains full-batch
+    schedule: str = "step"  # step (lr / 10 at 60% and 80% of training) | cosine
+    train_subset: int | None = None  # class-balanced subset of the labelled training images
+    test_subset: int | None = None
+    sklearn_c: float = 1.0  # inverse L2 regularisation of the logistic regression (sklearn mode)
+    sklearn_max_iter: int = 1000
+    seed: int = 0
+
+
+def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
+    """A linear classifier initialised as in MoCo's linear probe: weights N(0, 0.01), bias 0."""
+    head = nn.Linear(width, num_classes).to(device)
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, epoch: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches of cached features (one batch of everything when batch_size is 0)."""
+    size = batch_size or len(labels)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    order = order.to(features.device)
+    for start in range(0, len(labels), size):
+        rows = order[start:start + size]
+        yield features[rows], labels[rows]
+
+
+class LinearProbe:
+    """Trains a linear classifier on a frozen backbone and reports top-1/top-5 on the test split."""
+
+    def __init__(self, cfg: Config, settings: LinearSettings, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> None:
+        if settings.mode not in MODES:
+            raise ValueError(f"unknown linear-probe mode {settings.mode!r}; choose one of {', '.join(MODES)}")
+        self.cfg = cfg
+        self.settings = settings
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.train, self.test = labelled_splits(cfg.data.name, cfg.data.root, settings.train_subset,
+                                                settings.test_subset, settings.seed)
+        self.num_classes = len(self.train.classes)
+
+    def evaluate(self, backbone: nn.Module, width: int) -> dict[str, float]:
+        """Top-1/top-5 of the probe; raises BackboneChanged if any backbone tensor moved."""
+        backbone = backbone.to(self.device).eval().requires_grad_(False)
+        before = snapshot(backbone)
+        run = {"classic": self._classic, "cached": self._cached, "sklearn": self._sklearn}[self.settings.mode]
+        metrics = run(backbone, width)
+        changed = changed_tensors(backbone, before)
+        if changed:
+            raise BackboneChanged(f"linear probe changed {len(changed)} backbone tensors, e.g. {changed[:3]}")
+        return metrics
+
+    def _loader(self, images: ImageSet):
+        return eval_loader(images, self.cfg.data, self.cfg.eval.batch_size)
+
+    def _fit_head(self, forward_features, epoch_batches, steps_per_epoch: int, width: int) -> nn.Linear:
+        s = self.settings
+        head = new_head(width, self.num_classes, self.device)
+        optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
+                                                 s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
+        train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs,
+                         self.device, f"linear ({s.mode})")
+        return head
+
+    def _classic(self, backbone: nn.Module, width: int) -> dict[str, float]:
+        loader = supervised_loader(self.train, self.cfg.data, self.settings.batch_size, self.settings.seed)
+
+        def frozen_features(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                return backbone(images).float()
+
+        head = self._fit_head(frozen_features, lambda _: image_batches(loader), len(loader), width)
+        test_batches = image_batches(self._loader(self.test))
+        return classification_accuracy(lambda x: head(frozen_features(x)), test_batches, self.device)
+
+    def _features(self, backbone: nn.Module) -> tuple[torch.Tensor, ...]:
+        options = dict(amp_dtype=self.amp_dtype, normalize=False)
+        train = extract_features(backbone, self._loader(self.train), self.device, **options)
+        test = extract_features(backbone, self._loader(self.test), self.device, **options)
+        return (*train, *test)
+
+    def _cached(self, backbone: nn.Module, width: int) -> dict[str, float]:
+        s = self.settings
+        train, train_labels, test, test_labels = self._features(backbone)
+        steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
+        head = self._fit_head(
+            lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch), steps, width)
+        return classification_accuracy(head, [(test, test_labels)], self.device)
+
+    def _sklearn(self, backbone: nn.Module, width: int) -> dict[str, float]:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        train, train_labels, test, test_labels = self._features(backbone)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=self.settings.sklearn_c,
+                                                                   max_iter=self.settings.sklearn_max_iter))
+        model.fit(train.cpu().numpy(), train_labels.cpu().numpy())
+        scores = np.zeros((len(test_labels), self.num_classes), dtype=np.float32)
+        scores[:, model.classes_] = model.predict_proba(test.cpu().numpy())
+        acc = topk_accuracy(torch.from_numpy(scores), test_labels.cpu())
+        return {"top1": acc[1], "top5": acc.get(5, float("nan"))}

@@ -1,0 +1,100 @@
+"""Exact maximum-inner-product search of queries in a feature bank: Faiss, or chunked torch.
+
+Both backends return the k most similar bank rows per query, sorted by decreasing similarity, and
+never hold the whole (queries x bank) similarity matrix: queries go through in chunks whose
+similarity block stays under `max_block` elements.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BACKENDS = ("auto", "faiss", "torch")
+MAX_BLOCK = 2**27  # similarity elements per query chunk (512 MiB in float32)
+
+
+def faiss_available() -> bool:
+    """True when the faiss package imports."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """auto: Faiss when installed, torch otherwise (see benchmarks/knn_vs_sklearn.py for the measured ratio)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "faiss" if faiss_available() else "torch"
+    if backend == "faiss" and not faiss_available():
+        raise ImportError("kNN backend 'faiss' asked for but faiss is not installed (pip install faiss-cpu)")
+    return backend
+
+
+def query_chunk(bank_size: int, max_block: int = MAX_BLOCK) -> int:
+    """How many queries fit in one similarity block of at most `max_block` elements."""
+    return max(1, max_block // max(1, bank_size))
+
+
+def _faiss_index(bank: torch.Tensor, fp16: bool) -> tuple[object, bool, object]:
+    """A flat inner-product index holding `bank` on the bank's GPU when Faiss has GPU support, else on the CPU.
+
+    Returns (index, on_gpu, resources); the GPU resources must stay referenced while the index is used.
+    """
+    import faiss
+    import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch tensors)
+
+    dim = bank.shape[1]
+    on_gpu = bank.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    resources = None
+    if on_gpu:
+        resources = faiss.StandardGpuResources()
+        config = faiss.GpuIndexFlatConfig()
+        config.device = bank.device.index or 0
+        config.useFloat16 = fp16
+        index = faiss.GpuIndexFlatIP(resources, dim, config)
+    elif fp16:
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(bank.float().contiguous() if on_gpu else bank.float().cpu().contiguous())
+    return index, on_gpu, resources
+
+
+def faiss_search(bank: torch.Tensor, queries: torch.Tensor, k: int, fp16: bool = False,
+                 max_block: int = MAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (similarities, indices) with a Faiss flat inner-product index, queries in chunks."""
+    index, on_gpu, _resources = _faiss_index(bank, fp16)
+    chunk = query_chunk(bank.shape[0], max_block)
+    sims, idx = [], []
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start:start + chunk].float().contiguous()
+        s, i = index.search(q if on_gpu else q.cpu(), k)
+        sims.append(s.to(queries.device))
+        idx.append(i.to(queries.device))
+    return torch.cat(sims), torch.cat(idx)
+
+
+def torch_search(bank: torch.Tensor, queries: torch.Tensor, k: int, fp16: bool = False,
+                 max_block: int = MAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (similarities, indices) by matrix products and torch.topk, queries in chunks."""
+    dtype = torch.float16 if fp16 and bank.is_cuda else torch.bfloat16 if fp16 else torch.float32
+    bank = bank.to(dtype)
+    chunk = query_chunk(bank.shape[0], max_block)
+    sims, idx = [], []
+    for start in range(0, queries.shape[0], chunk):
+        sim = queries[start:start + chunk].to(dtype) @ bank.t()
+        s, i = sim.float().topk(k, dim=1)
+        sims.append(s)
+        idx.append(i)
+    return torch.cat(sims), torch.cat(idx)
+
+
+def search(bank: torch.Tensor, queries: torch.Tensor, k: int, backend: str = "auto", fp16: bool = False,
+           max_block: int = MAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k (clipped to the bank size) most similar bank rows of each query: (similarities, indices), sorted."""
+    k = min(k, bank.shape[0])
+    run = faiss_search if resolve_backend(backend) == "faiss" else torch_search
+    return run(bank, queries, k, fp16, max_block)

@@ -1,0 +1,92 @@
+"""Semi-supervised evaluation: fine-tune backbone + a new linear head on a small labelled subset."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data.datasets import ImageSet, labelled_splits
+from ..data.loader import eval_loader, supervised_loader
+from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
+from ..runtime import autocast
+from .linear import new_head
+from .supervised import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
+
+
+@dataclass
+class SemisupSettings:
+    """Which labels to use and how to fine-tune; defaults follow SwAV's semi-supervised protocol (20 epochs,
+    backbone lr 0.01, head lr 0.2, lr / 10 at 60% and 80%)."""
+
+    label_fraction: float | None = None  # e.g. 0.01 or 0.1: class-stratified, fixed by seed
+    labels_per_class: int | None = None
+    split_file: str | None = None  # image file names (or indices for in-memory sets), one per line
+    epochs: int = 20
+    lr_backbone: float = 0.01
+    lr_head: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    schedule: str = "step"
+    test_subset: int | None = None  # None: the full test split
+    seed: int = 0
+
+
+def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
+    """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
+    given = [name for name in ("label_fraction", "labels_per_class", "split_file") if getattr(settings, name)]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --label-fraction, --labels-per-class or --split-file"
+                         + (f" (got {', '.join(given)})" if given else ""))
+    if settings.label_fraction:
+        return fraction_subset(images.labels, settings.label_fraction, settings.seed)
+    if settings.labels_per_class:
+        return per_class_subset(images.labels, settings.labels_per_class, settings.seed)
+    return split_file_subset(images, settings.split_file)
+
+
+def subset_fingerprint(indices: np.ndarray) -> str:
+    """A short hash of the chosen indices, recorded with the results so subsets can be compared across runs."""
+    return hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+class SemisupFinetune:
+    """Fine-tunes the backbone (in place) with a new head on the labelled subset; top-1/top-5 on the test split."""
+
+    def __init__(self, cfg: Config, settings: SemisupSettings, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.device = device
+        self.amp_dtype = amp_dtype
+        train, self.test = labelled_splits(cfg.data.name, cfg.data.root, None, settings.test_subset, settings.seed)
+        self.indices = labelled_subset(train, settings)
+        self.train = train.subset(self.indices)
+        self.num_classes = len(train.classes)
+
+    def evaluate(self, backbone: nn.Module, width: int) -> dict[str, float]:
+        """Fine-tune (this changes `backbone`) and return top-1/top-5 plus the subset size."""
+        s = self.settings
+        backbone = backbone.to(self.device).requires_grad_(True)
+        head = new_head(width, self.num_classes, self.device)
+        model = nn.Sequential(backbone, head)
+        loader = supervised_loader(self.train, self.cfg.data, min(s.batch_size, len(self.train)), s.seed)
+        groups = [{"params": backbone.parameters(), "lr": s.lr_backbone}, {"params": head.parameters(), "lr": s.lr_head}]
+        optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader))
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp_dtype):
+                return model(images).float()
+
+        model.train()
+        train_classifier(forward, lambda _: image_batches(loader), optimizer, scheduler, s.epochs, self.device,
+                         "semi-supervised")
+        model.eval()
+        test_batches = image_batches(eval_loader(self.test, self.cfg.data, self.cfg.eval.batch_size))
+        metrics = classification_accuracy(forward, test_batches, self.device)
+        return {**metrics, "labelled_images": len(self.indices)}
