@@ -194,9 +194,15 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a Config from a YAML file and `key=value` overrides, then validate it."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Build a Config from a YAML file and `key=value` overrides, then validate it.
+
+    base: values applied before the file (e.g. the config stored in a checkpoint), defaults where absent.
+    """
     cfg = Config()
+    if base is not None:
+        _apply(cfg, base, "", "<checkpoint config>")
     if path is not None:
         path = Path(path)
         if not path.is_file():

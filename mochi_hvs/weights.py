@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import FORMAT, CheckpointError, load_file
-from .models.backbone import build_backbone
 
 OUR_BACKBONE_PREFIX = "encoder_q.backbone."
 MOCO_PREFIX = "module.encoder_q."
@@ -127,10 +126,3 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -
     result = backbone.load_state_dict(state, strict=False)
     return LoadReport(len(matched), list(result.missing_keys), list(result.unexpected_keys))
 
-
-def backbone_from_file(path: str | Path, random_init: bool = False) -> tuple[nn.Module, int, WeightsMeta, LoadReport]:
-    """Build the backbone the file describes and load its weights (or keep the random init, for baselines)."""
-    state, meta = read_backbone_state(path)
-    backbone, width = build_backbone(meta.arch, meta.small_stem)
-    report = LoadReport(0, missing=list(backbone.state_dict())) if random_init else load_backbone_weights(backbone, state)
-    return backbone, width, meta, report

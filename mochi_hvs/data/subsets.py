@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError
 from .datasets import DatasetError, ImageSet
 
 
@@ -20,7 +21,7 @@ def _take_per_class(labels: np.ndarray, counts: dict[int, int], seed: int) -> np
 def fraction_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """About `fraction` of each class (rounded, at least one image per class), fixed by `seed`."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction must be in (0, 1]; got {fraction}")
+        raise ConfigError(f"label fraction must be in (0, 1]; got {fraction}")
     classes, sizes = np.unique(labels[labels >= 0], return_counts=True)
     counts = {int(c): max(1, math.floor(fraction * n + 0.5)) for c, n in zip(classes, sizes, strict=True)}
     return _take_per_class(labels, counts, seed)
@@ -29,7 +30,7 @@ def fraction_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.nd
 def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     """`per_class` images of each class (all of a smaller class), fixed by `seed`."""
     if per_class < 1:
-        raise ValueError(f"labels per class must be >= 1; got {per_class}")
+        raise ConfigError(f"labels per class must be >= 1; got {per_class}")
     return _take_per_class(labels, {int(c): per_class for c in np.unique(labels[labels >= 0])}, seed)
 
 

@@ -56,8 +56,8 @@ def _draw_canvas(items: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     return image, objects
 
 
-def make_split(out: Path, split: str, num_images: int, seed: int, canvas: int = 96, max_objects: int = 3,
-               scale: tuple[float, float] = (1.0, 2.0), fashion_root: str | None = None) -> Path:
+def make_split(out: Path, split: str, num_images: int, seed: int, canvas: int = 64, max_objects: int = 3,
+               scale: tuple[float, float] = (1.0, 1.5), fashion_root: str | None = None) -> Path:
     """Write one split (images and COCO annotations) and return the annotation file."""
     source = load_fashion_mnist(fashion_root, train=split == "train")
     items, labels = source.array[..., 0], source.labels
@@ -80,7 +80,7 @@ def make_split(out: Path, split: str, num_images: int, seed: int, canvas: int = 
 
 
 def make_fashion_detection(out: str | Path, train_images: int = 2000, val_images: int = 500, seed: int = 0,
-                           canvas: int = 96, fashion_root: str | None = None) -> Path:
+                           canvas: int = 64, fashion_root: str | None = None) -> Path:
     """Write the train and val splits under `out`; returns `out`."""
     out = Path(out)
     make_split(out, "train", train_images, seed, canvas, fashion_root=fashion_root)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=500)
-    parser.add_argument("--canvas", type=int, default=96, help="canvas side in pixels")
+    parser.add_argument("--canvas", type=int, default=64, help="canvas side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,11 +18,13 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
 from ..models.backbone import use_small_stem
 from ..schedule import lr_multiplier
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights
+from .settings import setting
 
 NORMS = ("sync", "frozen")
 COCO_METRICS = ("AP", "AP50", "AP75")
@@ -30,34 +32,33 @@ COCO_METRICS = ("AP", "AP50", "AP75")
 
 @dataclass
 class DetectionSettings:
-    """Fine-tuning schedule and model options (the defaults suit the generated Fashion-MNIST set on a CPU)."""
+    """Fine-tuning schedule and model options (torchvision/detectron2 defaults where they apply)."""
 
-    train: list[str] = field(default_factory=list)  # ROOT:SPLIT sets, concatenated
-    val: str = ""
-    iterations: int = 1500
-    batch_size: int = 8  # images per step
-    lr: float = 0.02  # at batch 16 (detectron2's reference), scaled linearly with batch_size
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 100
-    milestones: list[float] = field(default_factory=lambda: [0.75, 0.92])  # fractions of training; lr / 10 at each
-    norm: str = "sync"  # sync: trainable BatchNorm (SyncBatchNorm under torch.distributed), as MoCo's detection
-    #                     configs; frozen: FrozenBatchNorm2d with the pretrained statistics (torchvision's default)
-    trainable_layers: int = 5  # ResNet stages fine-tuned, counted from the top (5: all)
-    min_size: int = 800  # shorter image side after resizing
-    max_size: int = 1333
-    proposals: int = 2000  # RPN proposals kept per training image (torchvision/detectron2 default 2000)
-    roi_batch: int = 512  # sampled RoIs per training image for the box head (default 512)
-    workers: int = 2
-    seed: int = 0
-
+    train: list[str] = setting([], "training sets as ROOT:SPLIT (COCO or VOC layout), concatenated")
+    val: str = setting("", "validation set as ROOT:SPLIT")
+    iterations: int = setting(1500, "SGD iterations")
+    batch_size: int = setting(8, "images per iteration")
+    lr: float = setting(0.02, "learning rate at batch 16 (detectron2's reference), scaled linearly with batch size")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "SGD weight decay")
+    warmup_iterations: int = setting(100, "linear warm-up iterations")
+    milestones: list[float] = setting([0.75, 0.92], "fractions of training where the lr is divided by 10")
+    norm: str = setting("sync", "sync: trainable BatchNorm (SyncBatchNorm under torch.distributed), as in MoCo's "
+                                "detection configs; frozen: FrozenBatchNorm2d with the pretrained statistics")
+    trainable_layers: int = setting(5, "ResNet stages fine-tuned, counted from the top (5: all, 0: none)")
+    min_size: int = setting(800, "shorter image side after resizing")
+    max_size: int = setting(1333, "longer image side limit after resizing")
+    proposals: int = setting(2000, "RPN proposals kept per training image")
+    roi_batch: int = setting(512, "RoIs sampled per training image for the box head")
+    workers: int = setting(2, "data-loading worker processes")
+    seed: int = setting(0, "seed of the head initialisation, shuffling and flips")
 
 def build_detector(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, num_classes: int,
                    settings: DetectionSettings, mean: list[float], std: list[float]
                    ) -> tuple[FasterRCNN, LoadReport]:
     """Faster R-CNN with a ResNet-FPN backbone of `meta.arch`, its ResNet loaded from `state` (None: random init)."""
     if settings.norm not in NORMS:
-        raise ValueError(f"unknown detection norm {settings.norm!r}; choose one of {', '.join(NORMS)}")
+        raise ConfigError(f"unknown detection norm {settings.norm!r}; choose one of {', '.join(NORMS)}")
     norm_layer = FrozenBatchNorm2d if settings.norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(backbone_name=meta.arch, weights=None, norm_layer=norm_layer,
                                    trainable_layers=settings.trainable_layers)

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..runtime import autocast
 from .features import extract_features
 from .knn import topk_accuracy
+from .settings import setting
 from .supervised import (
     changed_tensors,
     classification_accuracy,
@@ -35,19 +36,19 @@ class BackboneChanged(RuntimeError):
 class LinearSettings:
     """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs)."""
 
-    mode: str = "classic"  # classic (augmented images through the frozen backbone) | cached | sklearn
-    epochs: int = 100
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256  # cached mode: 0 trains full-batch
-    schedule: str = "step"  # step (lr / 10 at 60% and 80% of training) | cosine
-    train_subset: int | None = None  # class-balanced subset of the labelled training images
-    test_subset: int | None = None
-    sklearn_c: float = 1.0  # inverse L2 regularisation of the logistic regression (sklearn mode)
-    sklearn_max_iter: int = 1000
-    seed: int = 0
-
+    mode: str = setting("classic", "classic: augmented images through the frozen backbone every epoch; cached: "
+                        "features computed once, linear layer trained on them; sklearn: logistic regression")
+    epochs: int = setting(100, "training epochs (classic and cached)")
+    lr: float = setting(30.0, "SGD learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "SGD weight decay")
+    batch_size: int = setting(256, "mini-batch size; 0 in cached mode trains full-batch")
+    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
+    train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
+    test_subset: int | None = setting(None, "class-balanced subset of the test images")
+    sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
+    sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
+    seed: int = setting(0, "seed of subsets, shuffling and augmentation")
 
 def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
     """A linear classifier initialised as in MoCo's linear probe: weights N(0, 0.01), bias 0."""
@@ -74,7 +75,7 @@ class LinearProbe:
     def __init__(self, cfg: Config, settings: LinearSettings, device: torch.device,
                  amp_dtype: torch.dtype | None = None) -> None:
         if settings.mode not in MODES:
-            raise ValueError(f"unknown linear-probe mode {settings.mode!r}; choose one of {', '.join(MODES)}")
+            raise ConfigError(f"unknown linear-probe mode {settings.mode!r}; choose one of {', '.join(MODES)}")
         self.cfg = cfg
         self.settings = settings
         self.device = device

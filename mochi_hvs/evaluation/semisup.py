@@ -9,12 +9,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
 from ..runtime import autocast
 from .linear import new_head
+from .settings import setting
 from .supervised import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 
 
@@ -23,25 +24,25 @@ class SemisupSettings:
     """Which labels to use and how to fine-tune; defaults follow SwAV's semi-supervised protocol (20 epochs,
     backbone lr 0.01, head lr 0.2, lr / 10 at 60% and 80%)."""
 
-    label_fraction: float | None = None  # e.g. 0.01 or 0.1: class-stratified, fixed by seed
-    labels_per_class: int | None = None
-    split_file: str | None = None  # image file names (or indices for in-memory sets), one per line
-    epochs: int = 20
-    lr_backbone: float = 0.01
-    lr_head: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    schedule: str = "step"
-    test_subset: int | None = None  # None: the full test split
-    seed: int = 0
-
+    label_fraction: float | None = setting(None, "fraction of each class to label, e.g. 0.01 or 0.1 (stratified)")
+    labels_per_class: int | None = setting(None, "labelled images per class")
+    split_file: str | None = setting(None, "file listing the labelled images, one per line: file names (e.g. the "
+                                           "ImageNet 1%%/10%% lists) or, for in-memory sets, indices")
+    epochs: int = setting(20, "fine-tuning epochs")
+    lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
+    lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "SGD weight decay")
+    batch_size: int = setting(256, "mini-batch size (capped at the subset size)")
+    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
+    test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
+    seed: int = setting(0, "seed of the labelled subset, shuffling, augmentation and head initialisation")
 
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
     """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
     given = [name for name in ("label_fraction", "labels_per_class", "split_file") if getattr(settings, name)]
     if len(given) != 1:
-        raise ValueError("give exactly one of --label-fraction, --labels-per-class or --split-file"
+        raise ConfigError("give exactly one of --label-fraction, --labels-per-class or --split-file"
                          + (f" (got {', '.join(given)})" if given else ""))
     if settings.label_fraction:
         return fraction_subset(images.labels, settings.label_fraction, settings.seed)

@@ -1,0 +1,133 @@
+"""Shared plumbing of the eval/ command-line entry points.
+
+Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar),
+`--config`/`--set` (data, device and eval settings, as for pretraining; without --config the data, device, amp and
+seed settings of the checkpoint's own config are used when it has one; eval.* keeps its defaults, i.e. the
+full labelled sets and k = 20, 200), `--random-init` (the same architecture at a seeded random initialisation:
+the baseline) and `--results` (a JSON-lines file that gets one line per run). Evaluator-specific options are
+generated from the evaluator's settings dataclass (see settings.py), so flags and defaults are defined once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import CheckpointError
+from ..config import Config, ConfigError, load_config
+from ..data.datasets import DatasetError
+from ..models.backbone import build_backbone
+from ..runtime import DeviceError, resolve_amp, resolve_device, seed_everything
+from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
+from .linear import BackboneChanged
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FloatingPointError, BackboneChanged)
+DEFAULT_RESULTS = "eval_results.jsonl"
+INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes from a checkpoint's config
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every evaluator shares: weights, config, baseline switch and results file."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--checkpoint", required=True,
+                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar")
+    parser.add_argument("--config", help="YAML recipe for data/device/eval settings (default: the checkpoint's own)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set device=cpu data.root=/data")
+    parser.add_argument("--random-init", action="store_true",
+                        help="evaluate the same architecture at a seeded random initialisation (the baseline)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
+    return parser
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator needs: config, device, the backbone (loaded or random) and where its weights came from."""
+
+    cfg: Config
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    state: dict[str, torch.Tensor] | None  # None with --random-init
+    meta: WeightsMeta
+    backbone: nn.Module
+    width: int
+    report: LoadReport
+
+
+def prepare(args: argparse.Namespace) -> EvalContext:
+    """Read the weights, resolve the config and device, and build the backbone (seeded)."""
+    state, meta = read_backbone_state(args.checkpoint)
+    inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
+    cfg = load_config(args.config, args.set, base=None if args.config else inherited)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    seed_everything(cfg.seed)
+    backbone, width = build_backbone(meta.arch, meta.small_stem)
+    if args.random_init:
+        state, report = None, LoadReport(0, missing=list(backbone.state_dict()))
+    else:
+        report = load_backbone_weights(backbone, state)
+    print(f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): {report.summary()}",
+          file=sys.stderr)
+    return EvalContext(cfg, device, amp_dtype, state, meta, backbone.to(device), width, report)
+
+
+def results_table(title: str, metrics: dict[str, Any]) -> str:
+    """A two-column table of metric names and values."""
+    width = max(len(name) for name in metrics)
+    lines = [title, "-" * max(len(title), width + 12)]
+    for name, value in metrics.items():
+        shown = f"{value:10.2f}" if isinstance(value, float) else f"{value!s:>10}"
+        lines.append(f"{name:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def append_result(path: str | Path, entry: dict[str, Any]) -> Path:
+    """Append one JSON line to the results file (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return path
+
+
+def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
+                 metrics: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record of one evaluation: what was measured, on which weights and data, with which settings."""
+    return {
+        "evaluator": evaluator,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "weights": {"format": ctx.meta.source, "arch": ctx.meta.arch, "small_stem": ctx.meta.small_stem,
+                    "random_init": args.random_init, "loaded_tensors": ctx.report.loaded},
+        "data": {"name": ctx.cfg.data.name, "root": ctx.cfg.data.root, "image_size": ctx.cfg.data.image_size},
+        "seed": ctx.cfg.seed,
+        "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings,
+        "metrics": metrics,
+    }
+
+
+def run_evaluation(evaluator: str, args: argparse.Namespace,
+                   evaluate: Callable[[EvalContext], tuple[Any, dict[str, Any]]]) -> int:
+    """Prepare, evaluate, print the table and append the JSON line; user errors print one line and return 2."""
+    try:
+        ctx = prepare(args)
+        settings, metrics = evaluate(ctx)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    title = f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
+    print(results_table(title, metrics))
+    path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
+    print(f"appended to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,85 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from mochi_hvs.export import (
+    export_backbone,
+    from_detectron2,
+    from_detectron2_key,
+    main,
+    to_detectron2,
+    to_detectron2_key,
+)
+from mochi_hvs.models.backbone import build_backbone
+from weight_files import official_moco, our_checkpoint
+
+# Names as MoCo's convert-pretrain-to-detectron2.py produces them (detectron2 ResNet naming).
+KNOWN = {
+    "conv1.weight": "stem.conv1.weight",
+    "bn1.running_var": "stem.conv1.norm.running_var",
+    "layer1.0.conv3.weight": "res2.0.conv3.weight",
+    "layer1.0.bn3.bias": "res2.0.conv3.norm.bias",
+    "layer1.0.downsample.0.weight": "res2.0.shortcut.weight",
+    "layer1.0.downsample.1.running_mean": "res2.0.shortcut.norm.running_mean",
+    "layer4.2.bn2.num_batches_tracked": "res5.2.conv2.norm.num_batches_tracked",
+}
+
+
+@pytest.mark.parametrize(("ours", "d2"), KNOWN.items())
+def test_detectron2_key_mapping_both_ways(ours, d2):
+    assert to_detectron2_key(ours) == d2
+    assert from_detectron2_key(d2) == ours
+
+
+def test_every_resnet50_key_maps_to_a_distinct_detectron2_key_and_back():
+    keys = list(build_backbone("resnet50")[0].state_dict())
+    mapped = [to_detectron2_key(k) for k in keys]
+    assert len(set(mapped)) == len(keys)
+    assert all(k.startswith(("stem.", "res2.", "res3.", "res4.", "res5.")) for k in mapped)
+    assert not any("layer" in k or "bn" in k or "downsample" in k for k in mapped)
+    assert [from_detectron2_key(k) for k in mapped] == keys
+
+
+def test_detectron2_round_trip_recovers_the_weights(tmp_path):
+    expected = official_moco(tmp_path / "moco.pth.tar", "resnet50")
+    export_backbone(tmp_path / "moco.pth.tar", "detectron2", tmp_path / "r50.pkl")
+    with open(tmp_path / "r50.pkl", "rb") as handle:
+        obj = pickle.load(handle)
+    assert obj["matching_heuristics"] is True and obj["__author__"]
+    assert all(isinstance(v, np.ndarray) for v in obj["model"].values())
+    np.testing.assert_array_equal(obj["model"]["res2.0.shortcut.norm.running_mean"],
+                                  expected["layer1.0.downsample.1.running_mean"].numpy())
+    recovered = from_detectron2(obj)
+    assert recovered.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(recovered[key], value), key
+    assert to_detectron2(recovered)["model"].keys() == obj["model"].keys()
+
+
+def test_torchvision_export_loads_into_resnet50_missing_only_fc(tmp_path):
+    official_moco(tmp_path / "moco.pth.tar", "resnet50")
+    assert main(["--checkpoint", str(tmp_path / "moco.pth.tar"), "--format", "torchvision",
+                 "--out", str(tmp_path / "r50.pth")]) == 0
+    state = torch.load(tmp_path / "r50.pth", weights_only=True)
+    result = torchvision.models.resnet50().load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "absent.pth"), "--format", "detectron2",
+                 "--out", str(tmp_path / "x.pkl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint not found") and "\n" not in err
+    assert not (tmp_path / "x.pkl").exists()
+
+
+def test_export_from_our_checkpoint(tmp_path):
+    expected = our_checkpoint(tmp_path / "last.pth")
+    _, line = export_backbone(tmp_path / "last.pth", "detectron2", tmp_path / "r18.pkl")
+    assert "resnet18" in line and "mochi_hvs" in line
+    with open(tmp_path / "r18.pkl", "rb") as handle:
+        recovered = from_detectron2(pickle.load(handle))
+    assert all(torch.equal(recovered[k], v) for k, v in expected.items()) and recovered.keys() == expected.keys()

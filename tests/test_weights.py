@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from mochi_hvs.checkpoint import CheckpointError
+from mochi_hvs.config import load_config
+from mochi_hvs.export import export_backbone
+from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.weights import WeightsError, infer_arch, load_backbone_weights, read_backbone_state
+from weight_files import official_moco, our_checkpoint, torchvision_state
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_our_training_checkpoint(tmp_path):
+    cfg = load_config(None, ["model.arch=resnet34", "model.small_stem=true", "optim.batch_size=32",
+                             "moco.queue_size=64"])
+    expected = our_checkpoint(tmp_path / "last.pth", cfg)
+    state, meta = read_backbone_state(tmp_path / "last.pth")
+    assert (meta.source, meta.arch, meta.small_stem) == ("mochi_hvs", "resnet34", True)
+    assert meta.config["model"]["arch"] == "resnet34"
+    assert_same(state, expected)
+
+
+def test_exported_backbone_reads_back_identically(tmp_path):
+    expected = our_checkpoint(tmp_path / "last.pth")
+    export_backbone(tmp_path / "last.pth", "torchvision", tmp_path / "backbone.pth")
+    state, meta = read_backbone_state(tmp_path / "backbone.pth")
+    assert (meta.source, meta.arch, meta.small_stem, meta.config) == ("torchvision", "resnet18", False, None)
+    assert_same(state, expected)
+
+
+def test_official_moco_format_drops_head_and_key_encoder(tmp_path):
+    expected = official_moco(tmp_path / "moco_v2_800ep_pretrain.pth.tar")
+    state, meta = read_backbone_state(tmp_path / "moco_v2_800ep_pretrain.pth.tar")
+    assert (meta.source, meta.arch) == ("moco", "resnet50")
+    assert not any(k.startswith("fc.") for k in state)
+    assert_same(state, expected)
+
+
+def test_plain_torchvision_state_drops_fc(tmp_path):
+    expected = torchvision_state(tmp_path / "r18.pth")
+    state, meta = read_backbone_state(tmp_path / "r18.pth")
+    assert (meta.source, meta.arch, meta.small_stem) == ("torchvision", "resnet18", False)
+    assert_same(state, expected)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("small_stem", [False, True])
+def test_architecture_and_stem_are_inferred(arch, small_stem):
+    backbone, _ = build_backbone(arch, small_stem)
+    assert infer_arch(backbone.state_dict()) == (arch, small_stem)
+
+
+def test_loading_copies_weights_and_reports(tmp_path):
+    expected = torchvision_state(tmp_path / "r18.pth")
+    state, _ = read_backbone_state(tmp_path / "r18.pth")
+    del state["layer4.1.bn2.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    backbone, _ = build_backbone("resnet18")
+    report = load_backbone_weights(backbone, state)
+    assert report.missing == ["layer4.1.bn2.weight"] and report.unexpected == ["extra.weight"]
+    assert report.loaded == len(expected) - 1
+    assert torch.equal(backbone.state_dict()["layer1.0.conv1.weight"], expected["layer1.0.conv1.weight"])
+
+
+def test_shape_mismatch_and_no_match_are_errors(tmp_path):
+    torchvision_state(tmp_path / "r18.pth")
+    state, _ = read_backbone_state(tmp_path / "r18.pth")
+    small, _ = build_backbone("resnet18", small_stem=True)
+    with pytest.raises(WeightsError, match="wrong shape.*conv1.weight"):
+        load_backbone_weights(small, state)
+    backbone, _ = build_backbone("resnet18")
+    before = backbone.state_dict()["conv1.weight"].clone()
+    with pytest.raises(WeightsError, match="match no parameter"):
+        load_backbone_weights(backbone, {f"encoder.{k}": v for k, v in state.items()})
+    assert torch.equal(backbone.state_dict()["conv1.weight"], before)
+
+
+def test_unreadable_and_unknown_files_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_backbone_state(tmp_path / "absent.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_backbone_state(tmp_path / "garbage.pth")
+    torch.save({"net": {"w": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match="unrecognised weights format"):
+        read_backbone_state(tmp_path / "other.pth")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError, match="not a ResNet backbone"):
+        read_backbone_state(tmp_path / "partial.pth")
