@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from weight_files import official_moco, our_checkpoint
 
 from mochi_hvs.export import (
     export_backbone,
@@ -14,7 +15,6 @@ from mochi_hvs.export import (
     to_detectron2_key,
 )
 from mochi_hvs.models.backbone import build_backbone
-from weight_files import official_moco, our_checkpoint
 
 # Names as MoCo's convert-pretrain-to-detectron2.py produces them (detectron2 ResNet naming).
 KNOWN = {

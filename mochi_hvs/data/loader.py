@@ -125,12 +125,14 @@ def eval_loader(images: ImageSet, data_cfg, batch_size: int, workers: int | None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
 
 
-def supervised_loader(images: ImageSet, data_cfg, batch_size: int, seed: int, workers: int | None = None) -> DataLoader:
+def supervised_loader(images: ImageSet, data_cfg, batch_size: int, seed: int,
+                      workers: int | None = None) -> DataLoader:
     """Shuffled (seeded) loader of augmented labelled images, for linear probes and fine-tuning.
 
     The last partial batch is dropped when there is more than one batch (a lone sample breaks BatchNorm).
     """
     transform = supervised_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     workers = data_cfg.workers if workers is None else workers
-    return DataLoader(CleanDataset(images, transform), batch_size=batch_size, shuffle=True, drop_last=len(images) > batch_size,
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(CleanDataset(images, transform), batch_size=batch_size, shuffle=True,
+                      drop_last=len(images) > batch_size, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed))

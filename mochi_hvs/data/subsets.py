@@ -45,7 +45,8 @@ def split_file_subset(images: ImageSet, path: str | Path) -> np.ndarray:
         try:
             wanted = np.array(sorted({int(e) for e in entries}), dtype=np.int64)
         except ValueError as err:
-            raise DatasetError(f"{path}: an in-memory dataset needs integer image indices, one per line ({err})") from err
+            raise DatasetError(f"{path}: an in-memory dataset needs integer image indices, one per line "
+                               f"({err})") from err
         bad = wanted[(wanted < 0) | (wanted >= len(images))]
         if len(bad):
             raise DatasetError(f"{path}: indices out of range 0..{len(images) - 1}: {bad[:5].tolist()}")

@@ -150,8 +150,10 @@ def load_detection_sets(settings: DetectionSettings) -> tuple[ConcatDataset, Det
     return ConcatDataset(train_sets), val
 
 
-def detection_transfer(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, settings: DetectionSettings,
-                       mean: list[float], std: list[float], device: torch.device) -> tuple[dict[str, float], LoadReport]:
+def detection_transfer(
+    state: dict[str, torch.Tensor] | None, meta: WeightsMeta, settings: DetectionSettings, mean: list[float],
+    std: list[float], device: torch.device,
+) -> tuple[dict[str, float], LoadReport]:
     """Fine-tune a Faster R-CNN from the backbone weights and return its COCO AP/AP50/AP75 on the validation set."""
     train, val = load_detection_sets(settings)
     torch.manual_seed(settings.seed)

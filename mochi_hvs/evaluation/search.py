@@ -80,7 +80,7 @@ def faiss_search(bank: torch.Tensor, queries: torch.Tensor, k: int, fp16: bool =
 def torch_search(bank: torch.Tensor, queries: torch.Tensor, k: int, fp16: bool = False,
                  max_block: int = MAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (similarities, indices) by matrix products and torch.topk, queries in chunks."""
-    dtype = torch.float16 if fp16 and bank.is_cuda else torch.bfloat16 if fp16 else torch.float32
+    dtype = torch.float16 if fp16 else torch.float32
     bank = bank.to(dtype)
     chunk = query_chunk(bank.shape[0], max_block)
     sims, idx = [], []

@@ -77,7 +77,8 @@ class SemisupFinetune:
         head = new_head(width, self.num_classes, self.device)
         model = nn.Sequential(backbone, head)
         loader = supervised_loader(self.train, self.cfg.data, min(s.batch_size, len(self.train)), s.seed)
-        groups = [{"params": backbone.parameters(), "lr": s.lr_backbone}, {"params": head.parameters(), "lr": s.lr_head}]
+        groups = [{"params": backbone.parameters(), "lr": s.lr_backbone},
+                  {"params": head.parameters(), "lr": s.lr_head}]
         optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader))
 
         def forward(images: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ def train_classifier(
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int,
     device: torch.device, desc: str,
 ) -> float:
-    """Cross-entropy training: for each epoch, one step per (inputs, labels) batch; returns the last epoch's mean loss."""
+    """Cross-entropy training, one step per (inputs, labels) batch of each epoch; returns the last epoch's mean loss."""
     mean_loss = float("nan")
     bar = tqdm(range(epochs), desc=desc, leave=False)
     for epoch in bar:

@@ -1,0 +1,63 @@
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from mochi_hvs.config import DataConfig
+from mochi_hvs.data.datasets import ImageSet
+from mochi_hvs.data.loader import CleanDataset, eval_loader
+from mochi_hvs.evaluation.features import extract_features
+
+SIZE = 11  # odd: a 2-process DistributedSampler pads one repeated sample
+
+
+def tiny_images() -> ImageSet:
+    rng = np.random.default_rng(0)
+    return ImageSet(labels=np.arange(SIZE) % 3, classes=["a", "b", "c"],
+                    array=rng.integers(0, 255, size=(SIZE, 8, 8, 1), dtype=np.uint8))
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+
+
+def reference() -> tuple[torch.Tensor, torch.Tensor]:
+    images, cfg = tiny_images(), DataConfig(image_size=8)
+    loader = eval_loader(images, cfg, batch_size=4, workers=0)
+    net = tiny_net()
+    x = torch.stack([loader.dataset[i]["image"] for i in range(SIZE)])
+    return nn.functional.normalize(net(x), dim=1).detach(), torch.as_tensor(images.labels)
+
+
+def test_rows_follow_dataset_order_whatever_the_loader_order():
+    images, cfg = tiny_images(), DataConfig(image_size=8)
+    dataset = CleanDataset(images, eval_loader(images, cfg, 4, workers=0).dataset.transform)
+    shuffled = DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1))
+    features, labels = extract_features(tiny_net(), shuffled, torch.device("cpu"))
+    expected, expected_labels = reference()
+    assert torch.allclose(features, expected, atol=1e-6)
+    assert torch.equal(labels, expected_labels)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        loader = eval_loader(tiny_images(), DataConfig(image_size=8), batch_size=2, workers=0)
+        assert len(loader.sampler) == (SIZE + 1) // 2  # this process's padded shard, not the whole set
+        features, labels = extract_features(tiny_net(), loader, torch.device("cpu"))
+        torch.save((features, labels), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_extraction_gathers_by_index(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    expected, expected_labels = reference()
+    for rank in range(2):
+        features, labels = torch.load(tmp_path / f"rank{rank}.pt")
+        assert features.shape == expected.shape
+        assert torch.allclose(features, expected, atol=1e-6)
+        assert torch.equal(labels, expected_labels)

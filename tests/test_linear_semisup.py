@@ -1,0 +1,73 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from mochi_hvs.evaluation.linear import BackboneChanged, LinearProbe, LinearSettings
+from mochi_hvs.evaluation.semisup import SemisupFinetune, SemisupSettings
+from mochi_hvs.evaluation.supervised import changed_tensors, snapshot
+from mochi_hvs.models.backbone import build_backbone
+
+CPU = torch.device("cpu")
+
+
+def small_stem_backbone():
+    torch.manual_seed(0)
+    return build_backbone("resnet18")
+
+
+@pytest.mark.parametrize(("mode", "epochs", "batch_size", "lr"), [("classic", 1, 64, 30.0), ("cached", 40, 0, 0.3)])
+def test_linear_probe_leaves_the_backbone_unchanged(tiny_cfg, mode, epochs, batch_size, lr):
+    backbone, width = small_stem_backbone()
+    backbone.train()  # the probe must switch BatchNorm to eval itself
+    before = snapshot(backbone)
+    settings = LinearSettings(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, train_subset=300, test_subset=200)
+    metrics = LinearProbe(tiny_cfg, settings, CPU).evaluate(backbone, width)
+    assert changed_tensors(backbone, before) == []
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    if mode == "cached":  # 40 full-batch epochs are enough to beat chance (10%) even on random-init features
+        assert metrics["top1"] > 20
+
+
+def test_sklearn_probe_beats_chance(tiny_cfg):
+    backbone, width = small_stem_backbone()
+    settings = LinearSettings(mode="sklearn", train_subset=300, test_subset=200, sklearn_max_iter=200)
+    assert LinearProbe(tiny_cfg, settings, CPU).evaluate(backbone, width)["top1"] > 20
+
+
+class Drifting(nn.Module):
+    """A backbone that (wrongly) changes its own weights when called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 8))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.net[1].bias.add_(1.0)
+        return self.net(x)
+
+
+def test_the_sanity_check_catches_a_changed_backbone(tiny_cfg):
+    settings = LinearSettings(mode="cached", epochs=1, train_subset=50, test_subset=20)
+    with pytest.raises(BackboneChanged, match="net.1.bias"):
+        LinearProbe(tiny_cfg, settings, CPU).evaluate(Drifting(), 8)
+
+
+def test_semisup_finetunes_backbone_and_head_on_the_labelled_subset(tiny_cfg):
+    backbone, width = small_stem_backbone()
+    before = snapshot(backbone)
+    settings = SemisupSettings(labels_per_class=4, epochs=1, batch_size=20, test_subset=100)
+    finetune = SemisupFinetune(tiny_cfg, settings, CPU)
+    metrics = finetune.evaluate(backbone, width)
+    assert metrics["labelled_images"] == 40 and len(finetune.train) == 40
+    assert changed_tensors(backbone, before)  # fine-tuning, unlike the probe, trains the backbone
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+
+
+def test_semisup_head_and_backbone_learning_rates_are_separate(tiny_cfg):
+    backbone, width = small_stem_backbone()
+    before = snapshot(backbone)
+    settings = SemisupSettings(labels_per_class=4, epochs=1, lr_backbone=0.0, test_subset=50)
+    SemisupFinetune(tiny_cfg, settings, CPU).evaluate(backbone, width)
+    changed = changed_tensors(backbone, before)
+    assert changed and all("running" in k or "num_batches" in k for k in changed)  # only BatchNorm statistics
