@@ -22,6 +22,7 @@ setup(
         "pillow>=9.0",
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
+        "pycocotools>=2.0.7",
     ],
     extras_require={
         "test": ["pytest>=7.4"],
@@ -31,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mochi-pretrain=mochi_hvs.pretrain:main",
+            "mochi-export=mochi_hvs.export:main",
         ],
     },
 )

@@ -65,7 +65,17 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> tuple[
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as handle:
             pickle.dump(to_detectron2(state), handle)
-    return out, f"exported {meta.arch} backbone ({len(state)} tensors, from a {meta.source} file) to {out} as {fmt}"
+    line = f"exported {meta.arch} backbone ({len(state)} tensors, from a {meta.source} file) to {out} as {fmt}"
+    if fmt == "detectron2" and meta.config:
+        data = meta.config["data"]
+        line += (f"; it was pretrained on inputs normalised with data.mean/std, so run detectron2 with "
+                 f"MODEL.PIXEL_MEAN \"{pixel_values(data['mean'])}\" MODEL.PIXEL_STD \"{pixel_values(data['std'])}\"")
+    return out, line
+
+
+def pixel_values(values: list[float]) -> str:
+    """detectron2's 0-255 scale, e.g. [0.485, 0.456, 0.406] -> '[123.675, 116.28, 103.53]'."""
+    return "[" + ", ".join(f"{255 * v:.3f}".rstrip("0").rstrip(".") for v in values) + "]"
 
 
 def main(argv: list[str] | None = None) -> int:

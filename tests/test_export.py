@@ -83,3 +83,9 @@ def test_export_from_our_checkpoint(tmp_path):
     with open(tmp_path / "r18.pkl", "rb") as handle:
         recovered = from_detectron2(pickle.load(handle))
     assert all(torch.equal(recovered[k], v) for k, v in expected.items()) and recovered.keys() == expected.keys()
+
+
+def test_detectron2_pixel_statistics_hint():
+    from mochi_hvs.export import pixel_values
+
+    assert pixel_values([0.485, 0.456, 0.406]) == "[123.675, 116.28, 103.53]"
