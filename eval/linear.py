@@ -2,24 +2,19 @@
 
 import sys
 
-from mochi_hvs.evaluation.cli import base_parser, run_evaluation
+from mochi_hvs.evaluation.cli import run_settings_cli
 from mochi_hvs.evaluation.linear import MODES, LinearProbe, LinearSettings
-from mochi_hvs.evaluation.settings import add_settings_arguments, settings_from_args
 from mochi_hvs.evaluation.supervised import SCHEDULES
+
+
+def evaluate(ctx, settings):
+    """Top-1/top-5 of the probe."""
+    return settings, LinearProbe(ctx.cfg, settings, ctx.device, ctx.amp_dtype).evaluate(ctx.backbone, ctx.width)
 
 
 def main(argv=None) -> int:
     """Parse, evaluate, report."""
-    parser = base_parser("eval/linear.py", __doc__.splitlines()[0])
-    add_settings_arguments(parser, LinearSettings, {"mode": MODES, "schedule": SCHEDULES})
-    args = parser.parse_args(argv)
-    settings = settings_from_args(LinearSettings, args)
-
-    def evaluate(ctx):
-        probe = LinearProbe(ctx.cfg, settings, ctx.device, ctx.amp_dtype)
-        return settings, probe.evaluate(ctx.backbone, ctx.width)
-
-    return run_evaluation("linear", args, evaluate)
+    return run_settings_cli("linear", __doc__, LinearSettings, {"mode": MODES, "schedule": SCHEDULES}, evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -174,6 +175,13 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
             _apply(current, value, key + ".", source)
         else:
             setattr(obj, name, _coerce(value, hints[name], key, source))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The `--config FILE` and `--set key=value ...` options shared by the command-line entry points."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set optim.lr=0.06 data.root=/data device=cpu")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .checkpoint import CheckpointError, resolve_resume
-from .config import ConfigError, load_config
+from .config import ConfigError, add_config_arguments, load_config
 from .data.datasets import DatasetError
 from .engine import Interrupted, Trainer, TrainingDiverged
 from .runtime import DeviceError
@@ -18,9 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the pretraining entry point."""
     parser = argparse.ArgumentParser(prog="mochi-pretrain",
                                      description="Contrastive pretraining (MoCo-v2, MoCHi, HVS).")
-    parser.add_argument("--config", help="YAML recipe (defaults apply where it is silent)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. --set optim.lr=0.06 moco.queue_size=4096")
+    add_config_arguments(parser, "YAML recipe (defaults apply where it is silent)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the run's last checkpoint (auto) or from a checkpoint file")
     return parser

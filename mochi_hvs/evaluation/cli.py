@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CheckpointError
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, add_config_arguments, load_config
 from ..data.datasets import DatasetError
 from ..models.backbone import build_backbone
 from ..runtime import DeviceError, resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
 from .linear import BackboneChanged
+from .settings import add_settings_arguments, settings_from_args
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FloatingPointError, BackboneChanged)
 DEFAULT_RESULTS = "eval_results.jsonl"
@@ -41,9 +42,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--checkpoint", required=True,
                         help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar")
-    parser.add_argument("--config", help="YAML recipe for data/device/eval settings (default: the checkpoint's own)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. --set device=cpu data.root=/data")
+    add_config_arguments(parser, "YAML recipe for data/device/eval settings (default: the checkpoint's data settings)")
     parser.add_argument("--random-init", action="store_true",
                         help="evaluate the same architecture at a seeded random initialisation (the baseline)")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
@@ -115,6 +114,17 @@ def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, set
         "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings,
         "metrics": metrics,
     }
+
+
+def run_settings_cli(evaluator: str, description: str, settings_cls: type, choices: dict[str, tuple[str, ...]],
+                     evaluate: Callable[[EvalContext, Any], tuple[Any, dict[str, Any]]],
+                     argv: list[str] | None = None) -> int:
+    """A whole eval/ entry point: shared options plus one per settings field, then run_evaluation."""
+    parser = base_parser(f"eval/{evaluator}.py", description)
+    add_settings_arguments(parser, settings_cls, choices)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(settings_cls, args)
+    return run_evaluation(evaluator, args, lambda ctx: evaluate(ctx, settings))
 
 
 def run_evaluation(evaluator: str, args: argparse.Namespace,
