@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,19 @@ def test_detectron2_pixel_statistics_hint():
     from mochi_hvs.export import pixel_values
 
     assert pixel_values([0.485, 0.456, 0.406]) == "[123.675, 116.28, 103.53]"
+
+
+def test_detectron2_recipes_hold_moco_transfer_settings():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "detectron2"
+    base = yaml.safe_load((root / "Base-RCNN-C4-SyncBN.yaml").read_text())
+    assert base["MODEL"]["RESNETS"]["NORM"] == "SyncBN" and base["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
+    for name, iterations in (("pascal_voc_R_50_C4_24k_moco.yaml", 24000), ("coco_R_50_C4_2x_moco.yaml", 180000)):
+        recipe = yaml.safe_load((root / name).read_text())
+        assert (root / recipe["_BASE_"]).is_file()
+        assert recipe["SOLVER"]["MAX_ITER"] == iterations and recipe["INPUT"]["FORMAT"] == "RGB"
+        assert recipe["MODEL"]["PIXEL_MEAN"] == [123.675, 116.28, 103.53]
+        assert recipe["MODEL"]["PIXEL_STD"] == [58.395, 57.12, 57.375]
+        assert recipe["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False
+    assert yaml.safe_load((root / "coco_R_50_C4_2x_moco.yaml").read_text())["MODEL"]["MASK_ON"] is True
