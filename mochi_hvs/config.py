@@ -59,6 +59,23 @@ class MocoConfig:
 
 
 @dataclass
+class MochiConfig:
+    """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
+
+    enabled: bool = False
+    num_hard: int = 1024  # N: hardest queue negatives per query to mix from
+    num_mix: int = 1024  # s: synthetic negatives mixing two hard negatives
+    num_query_mix: int = 256  # s': harder synthetic negatives mixing the (detached) query with a hard negative
+    query_mix_max: float = 0.5  # query weight b ~ U(0, query_mix_max)
+    warmup_epochs: int = 10  # plain MoCo-v2 before this epoch
+    retrieval: str = "torch"  # torch (exact top-k over the logits already computed) | faiss
+    faiss_index: str = "flat"  # flat (exact) | ivf (approximate, for large banks)
+    faiss_nlist: int = 256
+    faiss_nprobe: int = 16
+    path: str = "fast"  # fast (from logits, no mixed features) | reference (explicit normalised features)
+
+
+@dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
 
@@ -84,6 +101,8 @@ class EvalConfig:
     knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
     knn_test_subset: int | None = None
     knn_random_baseline: bool = True  # also evaluate a randomly initialised backbone at the end
+    analysis_every: int = 0  # epochs between alignment/uniformity of embeddings on a held-out batch (0: off)
+    analysis_samples: int = 512  # size of that held-out batch (test split)
     batch_size: int = 512
 
 
@@ -102,6 +121,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
+    mochi: MochiConfig = field(default_factory=MochiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -118,6 +138,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.head": ("mlp", "linear"),
     "moco.momentum_schedule": ("constant", "cosine"),
+    "mochi.retrieval": ("torch", "faiss"),
+    "mochi.faiss_index": ("flat", "ivf"),
+    "mochi.path": ("fast", "reference"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
 }
@@ -191,18 +214,38 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return values
+
+
+def _apply_file(cfg: Config, path: Path, chain: tuple[Path, ...] = ()) -> None:
+    """Apply a recipe onto cfg, after the recipe it names as `base:` (a path relative to it), recursively."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(str(p) for p in chain)})")
+    values = _read_yaml(path)
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be the path of another recipe, got {base!r}")
+        _apply_file(cfg, path.parent / base, (*chain, path))
+    _apply(cfg, values, "", str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a Config from a YAML file and `key=value` overrides, then validate it."""
+    """Build a Config from a YAML recipe (and its `base:` chain) and `key=value` overrides, then validate it."""
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        _apply(cfg, values, "", str(path))
+        _apply_file(cfg, path)
     for text in overrides or []:
         key, value = parse_override(text)
         _apply(cfg, _nest(key, value), "", "--set")
@@ -263,8 +306,25 @@ def validate(cfg: Config, source: str) -> None:
            f"must be null or at least one batch ({batch})")
     _check(cfg.eval.knn_k > 0, source, "eval.knn_k", "must be positive")
     _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
+    _check(cfg.eval.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
+    _check(cfg.eval.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
+    _validate_mochi(cfg, source)
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
+
+
+def _validate_mochi(cfg: Config, source: str) -> None:
+    mochi = cfg.mochi
+    _check(not mochi.enabled or 2 <= mochi.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
+           f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {mochi.num_hard}")
+    _check(mochi.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {mochi.num_mix}")
+    _check(mochi.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {mochi.num_query_mix}")
+    _check(not mochi.enabled or mochi.num_mix + mochi.num_query_mix > 0, source, "mochi.num_mix",
+           "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
+    _check(0 < mochi.query_mix_max <= 1, source, "mochi.query_mix_max", f"must be in (0, 1]; got {mochi.query_mix_max}")
+    _check(mochi.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
+    _check(mochi.faiss_nlist > 0 and 0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
+           f"must be in [1, mochi.faiss_nlist={mochi.faiss_nlist}]; got {mochi.faiss_nprobe}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
