@@ -76,6 +76,21 @@ class MochiConfig:
 
 
 @dataclass
+class HvsConfig:
+    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample."""
+
+    enabled: bool = False
+    num_views: int = 4  # V candidates per image (the view sampler draws this many when enabled)
+    mode: str = "hardest"  # hardest | easiest | random (the latter two for ablations)
+    scorer: str = "query"  # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper)
+    select_every: int = 1  # select every n steps; other steps train views (0, 1), themselves a random pair
+    start_epoch: int = 0  # plain MoCo-v2 on views (0, 1) before this epoch
+    score_resolution: int | None = None  # score on views downscaled to this side (None: full resolution)
+    score_with_mochi: bool = False  # include MoCHi's synthetic negatives in the scoring loss (once mixing runs)
+    reuse_keys: bool = True  # train on the keys computed in scoring (same momentum weights) instead of re-forwarding
+
+
+@dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
 
@@ -122,6 +137,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
     mochi: MochiConfig = field(default_factory=MochiConfig)
+    hvs: HvsConfig = field(default_factory=HvsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -141,6 +157,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mochi.retrieval": ("torch", "faiss"),
     "mochi.faiss_index": ("flat", "ivf"),
     "mochi.path": ("fast", "reference"),
+    "hvs.mode": ("hardest", "easiest", "random"),
+    "hvs.scorer": ("query", "momentum"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
 }
@@ -204,6 +222,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _expects_text(cfg: Config, key: str) -> bool:
+    """True when the dotted key names a str (or optional str) field."""
+    node: Any = cfg
+    *parents, name = key.split(".")
+    for part in parents:
+        node = getattr(node, part, None)
+        if not dataclasses.is_dataclass(node):
+            return False
+    tp = typing.get_type_hints(type(node)).get(name)
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
 def _nest(key: str, value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     node = out
@@ -248,6 +278,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_file(cfg, path)
     for text in overrides or []:
         key, value = parse_override(text)
+        if value is not None and not isinstance(value, str) and _expects_text(cfg, key):
+            value = text.split("=", 1)[1].strip()  # name=off or name=2024 stay text, not YAML's bool / int
         _apply(cfg, _nest(key, value), "", "--set")
     validate(cfg, str(path) if path is not None else "<defaults>")
     return cfg
@@ -309,6 +341,7 @@ def validate(cfg: Config, source: str) -> None:
     _check(cfg.eval.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(cfg.eval.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
     _validate_mochi(cfg, source)
+    _validate_hvs(cfg, source)
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
 
@@ -325,6 +358,24 @@ def _validate_mochi(cfg: Config, source: str) -> None:
     _check(mochi.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
     _check(mochi.faiss_nlist > 0 and 0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
            f"must be in [1, mochi.faiss_nlist={mochi.faiss_nlist}]; got {mochi.faiss_nprobe}")
+
+
+def _validate_hvs(cfg: Config, source: str) -> None:
+    hvs = cfg.hvs
+    _check(hvs.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {hvs.num_views}")
+    _check(not hvs.enabled or cfg.data.num_views in (2, hvs.num_views), source, "data.num_views",
+           f"is set by hvs.num_views={hvs.num_views} when hvs.enabled; leave it at 2 (got {cfg.data.num_views})")
+    _check(hvs.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {hvs.select_every}")
+    _check(hvs.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
+    _check(hvs.score_resolution is None or 8 <= hvs.score_resolution <= cfg.data.image_size, source,
+           "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
+    _check(not (hvs.enabled and hvs.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
+           "needs mochi.enabled")
+
+
+def views_per_image(cfg: Config) -> int:
+    """How many views the sampler draws per image: hvs.num_views with HVS, else data.num_views."""
+    return cfg.hvs.num_views if cfg.hvs.enabled else cfg.data.num_views
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

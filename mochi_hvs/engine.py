@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -14,12 +15,13 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_atomic
-from .config import Config, to_dict
+from .config import Config, to_dict, views_per_image
 from .data.batches import build_batches
 from .data.datasets import balanced_subset, load_images
 from .distributed import DistEnv, all_gather_cat, init_distributed
 from .evaluation.embedding import EmbeddingAnalysis
 from .evaluation.knn import KnnMonitor, KnnResult
+from .hvs import HardViewSelector
 from .mochi import HardNegativeMixer
 from .models.moco import MoCo
 from .retrieval import build_retrieval
@@ -101,7 +103,8 @@ class Trainer:
         images = load_images(cfg.data.name, cfg.data.root, "pretrain")
         if cfg.data.train_subset:
             images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
-        self.batches = build_batches(images, cfg.data, self.local_batch, cfg.seed, self.device,
+        data_cfg = dataclasses.replace(cfg.data, num_views=views_per_image(cfg))
+        self.batches = build_batches(images, data_cfg, self.local_batch, cfg.seed, self.device,
                                      self.env.rank, self.env.world_size)
         self.steps_per_epoch = self.batches.sampler.batches_per_epoch
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
@@ -109,7 +112,9 @@ class Trainer:
         local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
         self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits).to(self.device)
         self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
-        self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, self._build_mixer())
+        mixer = self._build_mixer()
+        self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
+                                       self._build_selector(mixer), cfg.hvs.score_with_mochi)
         self.optimizer = torch.optim.SGD(
             self.model.encoder_q.parameters(), lr=self.base_lr, momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
@@ -125,6 +130,7 @@ class Trainer:
         self.stop_requested = False
         self._knn: KnnMonitor | None = None
         self._analysis: EmbeddingAnalysis | None = None
+        self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
         self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
         if resume is not None:
             self.load(resume)
@@ -138,6 +144,19 @@ class Trainer:
                                     mochi.faiss_nprobe)
         return HardNegativeMixer(retrieval, mochi.num_hard, mochi.num_mix, mochi.num_query_mix,
                                  mochi.query_mix_max, reference=mochi.path == "reference")
+
+    def _build_selector(self, mixer: HardNegativeMixer | None) -> HardViewSelector | None:
+        """The HVS view selector when hvs.enabled."""
+        hvs = self.cfg.hvs
+        if not hvs.enabled:
+            return None
+        return HardViewSelector(self.model, self.cfg.moco.temperature, self.cfg.moco.symmetric, hvs.mode,
+                                hvs.scorer, hvs.score_resolution, hvs.reuse_keys, mixer)
+
+    def selecting(self, step: int) -> bool:
+        """True when HVS picks this step's pairs: enabled, from hvs.start_epoch, every hvs.select_every steps."""
+        hvs = self.cfg.hvs
+        return hvs.enabled and self.position.epoch >= hvs.start_epoch and step % hvs.select_every == 0
 
     @property
     def mixing(self) -> bool:
@@ -200,7 +219,8 @@ class Trainer:
         self.model.momentum_update(momentum)
         rng = StepRandom(self.cfg.seed, step, self.env.rank, self.device)
         with autocast(self.device, self.amp_dtype):
-            out = self.step_fn(batch["views"], rng, batch["label"], mix=self.mixing)
+            out = self.step_fn(batch["views"], rng, batch["label"], mix=self.mixing, boxes=batch["boxes"],
+                               select=self.selecting(step))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if self.cfg.optim.grad_clip:
@@ -210,6 +230,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
+        for key, values in out.per_sample.items():
+            self.epoch_samples.setdefault(key, []).append(values.detach())
         return {**out.metrics, "lr": torch.tensor(self.optimizer.param_groups[0]["lr"]),
                 "momentum": torch.tensor(momentum)}
 
@@ -264,6 +286,9 @@ class Trainer:
             tick = time.perf_counter()
         self._flush(window, bar)
         bar.close()
+        for key, values in self.epoch_samples.items():
+            self.logger.histogram(key, torch.cat(values).float().cpu(), pos.global_step)
+        self.epoch_samples = {}
         pos.epoch += 1
         pos.batch_in_epoch = 0
         self.save()

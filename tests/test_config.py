@@ -141,3 +141,10 @@ def test_base_chain_applies_the_base_first_and_reports_errors_with_the_right_fil
 def test_mochi_values_are_validated_when_enabled(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, ["mochi.enabled=true", override])
+
+
+def test_overrides_of_text_fields_keep_the_text_yaml_would_convert():
+    cfg = load_config(None, ["name=off", "data.root=2024", "output_dir=yes"])
+    assert (cfg.name, cfg.data.root, cfg.output_dir) == ("off", "2024", "yes")
+    assert load_config(None, ["data.root=null"]).data.root is None
+    assert load_config(None, ["moco.symmetric=yes"]).moco.symmetric is True  # booleans still parse as YAML
