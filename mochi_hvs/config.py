@@ -60,6 +60,38 @@ class MocoConfig:
 
 
 @dataclass
+class MochiConfig:
+    """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
+
+    enabled: bool = False
+    num_hard: int = 1024  # N: hardest queue negatives per query to mix from
+    num_mix: int = 1024  # s: synthetic negatives mixing two hard negatives
+    num_query_mix: int = 256  # s': harder synthetic negatives mixing the (detached) query with a hard negative
+    query_mix_max: float = 0.5  # query weight b ~ U(0, query_mix_max)
+    warmup_epochs: int = 10  # plain MoCo-v2 before this epoch
+    retrieval: str = "torch"  # torch (exact top-k over the logits already computed) | faiss
+    faiss_index: str = "flat"  # flat (exact) | ivf (approximate, for large banks)
+    faiss_nlist: int = 256
+    faiss_nprobe: int = 16
+    path: str = "fast"  # fast (from logits, no mixed features) | reference (explicit normalised features)
+
+
+@dataclass
+class HvsConfig:
+    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample."""
+
+    enabled: bool = False
+    num_views: int = 4  # V candidates per image (the view sampler draws this many when enabled)
+    mode: str = "hardest"  # hardest | easiest | random (the latter two for ablations)
+    scorer: str = "query"  # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper)
+    select_every: int = 1  # select every n steps; other steps train views (0, 1), themselves a random pair
+    start_epoch: int = 0  # plain MoCo-v2 on views (0, 1) before this epoch
+    score_resolution: int | None = None  # score on views downscaled to this side (None: full resolution)
+    score_with_mochi: bool = False  # include MoCHi's synthetic negatives in the scoring loss (once mixing runs)
+    reuse_keys: bool = True  # train on the keys computed in scoring (same momentum weights) instead of re-forwarding
+
+
+@dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
 
@@ -87,6 +119,8 @@ class EvalConfig:
     knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
     knn_test_subset: int | None = None
     knn_random_baseline: bool = True  # also evaluate a randomly initialised backbone at the end
+    analysis_every: int = 0  # epochs between alignment/uniformity of embeddings on a held-out batch (0: off)
+    analysis_samples: int = 512  # size of that held-out batch (test split)
     batch_size: int = 512
 
 
@@ -105,6 +139,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
+    mochi: MochiConfig = field(default_factory=MochiConfig)
+    hvs: HvsConfig = field(default_factory=HvsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -121,6 +157,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.head": ("mlp", "linear"),
     "moco.momentum_schedule": ("constant", "cosine"),
+    "mochi.retrieval": ("torch", "faiss"),
+    "mochi.faiss_index": ("flat", "ivf"),
+    "mochi.path": ("fast", "reference"),
+    "hvs.mode": ("hardest", "easiest", "random"),
+    "hvs.scorer": ("query", "momentum"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "eval.knn_backend": ("auto", "faiss", "torch"),
@@ -192,6 +233,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _expects_text(cfg: Config, key: str) -> bool:
+    """True when the dotted key names a str (or optional str) field."""
+    node: Any = cfg
+    *parents, name = key.split(".")
+    for part in parents:
+        node = getattr(node, part, None)
+        if not dataclasses.is_dataclass(node):
+            return False
+    tp = typing.get_type_hints(type(node)).get(name)
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
 def _nest(key: str, value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     node = out
@@ -202,26 +255,48 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> Config:
-    """Build a Config from a YAML file and `key=value` overrides, then validate it.
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return values
 
-    base: values applied before the file (e.g. the config stored in a checkpoint), defaults where absent.
+
+def _apply_file(cfg: Config, path: Path, chain: tuple[Path, ...] = ()) -> None:
+    """Apply a recipe onto cfg, after the recipe it names as `base:` (a path relative to it), recursively."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(str(p) for p in chain)})")
+    values = _read_yaml(path)
+    base = values.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be the path of another recipe, got {base!r}")
+        _apply_file(cfg, path.parent / base, (*chain, path))
+    _apply(cfg, values, "", str(path))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> Config:
+    """Build a Config from a YAML recipe (and its `base:` chain) and `key=value` overrides, then validate it.
+
+    defaults: values applied first, before the recipe (e.g. settings stored in a checkpoint).
     """
     cfg = Config()
-    if base is not None:
-        _apply(cfg, base, "", "<checkpoint config>")
+    if defaults is not None:
+        _apply(cfg, defaults, "", "<checkpoint config>")
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        _apply(cfg, values, "", str(path))
+        _apply_file(cfg, path)
     for text in overrides or []:
         key, value = parse_override(text)
+        if value is not None and not isinstance(value, str) and _expects_text(cfg, key):
+            value = text.split("=", 1)[1].strip()  # name=off or name=2024 stay text, not YAML's bool / int
         _apply(cfg, _nest(key, value), "", "--set")
     validate(cfg, str(path) if path is not None else "<defaults>")
     return cfg
@@ -281,8 +356,44 @@ def validate(cfg: Config, source: str) -> None:
     knn_k = cfg.eval.knn_k if isinstance(cfg.eval.knn_k, list) else [cfg.eval.knn_k]
     _check(bool(knn_k) and min(knn_k) > 0, source, "eval.knn_k", f"must be positive (one value or a list); got {knn_k}")
     _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
+    _check(cfg.eval.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
+    _check(cfg.eval.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
+    _validate_mochi(cfg, source)
+    _validate_hvs(cfg, source)
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
+
+
+def _validate_mochi(cfg: Config, source: str) -> None:
+    mochi = cfg.mochi
+    _check(not mochi.enabled or 2 <= mochi.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
+           f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {mochi.num_hard}")
+    _check(mochi.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {mochi.num_mix}")
+    _check(mochi.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {mochi.num_query_mix}")
+    _check(not mochi.enabled or mochi.num_mix + mochi.num_query_mix > 0, source, "mochi.num_mix",
+           "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
+    _check(0 < mochi.query_mix_max <= 1, source, "mochi.query_mix_max", f"must be in (0, 1]; got {mochi.query_mix_max}")
+    _check(mochi.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
+    _check(mochi.faiss_nlist > 0 and 0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
+           f"must be in [1, mochi.faiss_nlist={mochi.faiss_nlist}]; got {mochi.faiss_nprobe}")
+
+
+def _validate_hvs(cfg: Config, source: str) -> None:
+    hvs = cfg.hvs
+    _check(hvs.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {hvs.num_views}")
+    _check(not hvs.enabled or cfg.data.num_views in (2, hvs.num_views), source, "data.num_views",
+           f"is set by hvs.num_views={hvs.num_views} when hvs.enabled; leave it at 2 (got {cfg.data.num_views})")
+    _check(hvs.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {hvs.select_every}")
+    _check(hvs.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
+    _check(hvs.score_resolution is None or 8 <= hvs.score_resolution <= cfg.data.image_size, source,
+           "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
+    _check(not (hvs.enabled and hvs.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
+           "needs mochi.enabled")
+
+
+def views_per_image(cfg: Config) -> int:
+    """How many views the sampler draws per image: hvs.num_views with HVS, else data.num_views."""
+    return cfg.hvs.num_views if cfg.hvs.enabled else cfg.data.num_views
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -14,19 +15,20 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_atomic
-from .config import Config, to_dict
+from .config import Config, to_dict, views_per_image
 from .data.batches import build_batches
 from .data.datasets import balanced_subset, load_images
-from .data.loader import mixed_seed
 from .distributed import DistEnv, all_gather_cat, init_distributed
+from .evaluation.embedding import EmbeddingAnalysis
 from .evaluation.knn import KnnMonitor, KnnResult
+from .hvs import HardViewSelector
+from .mochi import HardNegativeMixer
 from .models.moco import MoCo
+from .retrieval import build_retrieval
 from .runtime import autocast, resolve_amp, resolve_device, seed_everything
 from .schedule import lr_multiplier, momentum_at
-from .step import MoCoStep
+from .step import ContrastiveStep, StepRandom
 from .tracking import RunLogger
-
-SHUFFLE_STREAM = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,7 +66,7 @@ class MetricWindow:
         losses = stacked["loss"]
         bad = (~torch.isfinite(losses)).nonzero()
         first_bad = self.first_step + int(bad[0]) if len(bad) else None
-        means = {key: float(vals.mean()) for key, vals in stacked.items()}
+        means = {key: float(vals.nanmean()) for key, vals in stacked.items()}  # NaN: not defined at that step
         means["images_per_s"] = self.images / elapsed
         means["data_wait_frac"] = self.data_wait / elapsed
         return means, first_bad
@@ -101,7 +103,8 @@ class Trainer:
         images = load_images(cfg.data.name, cfg.data.root, "pretrain")
         if cfg.data.train_subset:
             images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
-        self.batches = build_batches(images, cfg.data, self.local_batch, cfg.seed, self.device,
+        data_cfg = dataclasses.replace(cfg.data, num_views=views_per_image(cfg))
+        self.batches = build_batches(images, data_cfg, self.local_batch, cfg.seed, self.device,
                                      self.env.rank, self.env.world_size)
         self.steps_per_epoch = self.batches.sampler.batches_per_epoch
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
@@ -109,7 +112,9 @@ class Trainer:
         local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
         self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits).to(self.device)
         self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
-        self.step_fn = MoCoStep(self.model, cfg.moco.temperature, cfg.moco.symmetric)
+        mixer = self._build_mixer()
+        self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
+                                       self._build_selector(mixer), cfg.hvs.score_with_mochi)
         self.optimizer = torch.optim.SGD(
             self.model.encoder_q.parameters(), lr=self.base_lr, momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
@@ -124,9 +129,39 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.stop_requested = False
         self._knn: KnnMonitor | None = None
+        self._analysis: EmbeddingAnalysis | None = None
+        self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
         self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
         if resume is not None:
             self.load(resume)
+
+    def _build_mixer(self) -> HardNegativeMixer | None:
+        """The MoCHi mixer over the queue when mochi.enabled."""
+        mochi = self.cfg.mochi
+        if not mochi.enabled:
+            return None
+        retrieval = build_retrieval(mochi.retrieval, self.model.queue, mochi.faiss_index, mochi.faiss_nlist,
+                                    mochi.faiss_nprobe)
+        return HardNegativeMixer(retrieval, mochi.num_hard, mochi.num_mix, mochi.num_query_mix,
+                                 mochi.query_mix_max, reference=mochi.path == "reference")
+
+    def _build_selector(self, mixer: HardNegativeMixer | None) -> HardViewSelector | None:
+        """The HVS view selector when hvs.enabled."""
+        hvs = self.cfg.hvs
+        if not hvs.enabled:
+            return None
+        return HardViewSelector(self.model, self.cfg.moco.temperature, self.cfg.moco.symmetric, hvs.mode,
+                                hvs.scorer, hvs.score_resolution, hvs.reuse_keys, mixer)
+
+    def selecting(self, step: int) -> bool:
+        """True when HVS picks this step's pairs: enabled, from hvs.start_epoch, every hvs.select_every steps."""
+        hvs = self.cfg.hvs
+        return hvs.enabled and self.position.epoch >= hvs.start_epoch and step % hvs.select_every == 0
+
+    @property
+    def mixing(self) -> bool:
+        """True once MoCHi is enabled and past its warm-up epochs."""
+        return self.cfg.mochi.enabled and self.position.epoch >= self.cfg.mochi.warmup_epochs
 
     @property
     def base_lr(self) -> float:
@@ -182,10 +217,10 @@ class Trainer:
         step = self.position.global_step
         momentum = momentum_at(step, self.total_steps, self.cfg.moco.momentum, self.cfg.moco.momentum_schedule)
         self.model.momentum_update(momentum)
-        generator = torch.Generator(device=self.device).manual_seed(
-            mixed_seed(self.cfg.seed, SHUFFLE_STREAM, step, self.env.rank))
+        rng = StepRandom(self.cfg.seed, step, self.env.rank, self.device)
         with autocast(self.device, self.amp_dtype):
-            out = self.step_fn(batch["views"], generator)
+            out = self.step_fn(batch["views"], rng, batch["label"], mix=self.mixing, boxes=batch["boxes"],
+                               select=self.selecting(step))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if self.cfg.optim.grad_clip:
@@ -194,7 +229,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.model.queue.enqueue(all_gather_cat(out.keys.float()))
+        self.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
+        for key, values in out.per_sample.items():
+            self.epoch_samples.setdefault(key, []).append(values.detach())
         return {**out.metrics, "lr": torch.tensor(self.optimizer.param_groups[0]["lr"]),
                 "momentum": torch.tensor(momentum)}
 
@@ -249,6 +286,9 @@ class Trainer:
             tick = time.perf_counter()
         self._flush(window, bar)
         bar.close()
+        for key, values in self.epoch_samples.items():
+            self.logger.histogram(key, torch.cat(values).float().cpu(), pos.global_step)
+        self.epoch_samples = {}
         pos.epoch += 1
         pos.batch_in_epoch = 0
         self.save()
@@ -280,6 +320,29 @@ class Trainer:
         finally:
             self.model.backbone.load_state_dict(trained)
 
+    def analyse_embeddings(self) -> dict[str, float]:
+        """Alignment and uniformity of the query encoder on the held-out batch, logged."""
+        if self._analysis is None:
+            self._analysis = EmbeddingAnalysis(self.cfg, self.device)
+        with autocast(self.device, self.amp_dtype):
+            metrics = self._analysis.evaluate(self.model.encoder_q)
+        self.logger.log(self.position.global_step, metrics, epoch=self.position.epoch)
+        return metrics
+
+    def _end_of_epoch_evaluations(self) -> None:
+        epoch, last = self.position.epoch, self.position.epoch >= self.cfg.optim.epochs
+        every = self.cfg.eval.knn_every
+        if every and epoch % every == 0 and not last:
+            result = self.evaluate_knn()
+            if self.env.is_main:
+                tqdm.write(f"epoch {epoch}: kNN top-1 {result.top1:.2f}%")
+        every = self.cfg.eval.analysis_every
+        if every and epoch % every == 0:
+            metrics = self.analyse_embeddings()
+            if self.env.is_main:
+                tqdm.write(f"epoch {epoch}: alignment {metrics['analysis/alignment']:.3f}, "
+                           f"uniformity {metrics['analysis/uniformity']:.3f}")
+
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds."""
         previous = {sig: signal.signal(sig, lambda *_: self.request_stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -288,11 +351,7 @@ class Trainer:
         try:
             while self.position.epoch < self.cfg.optim.epochs:
                 self._run_epoch()
-                every = self.cfg.eval.knn_every
-                if every and self.position.epoch % every == 0 and self.position.epoch < self.cfg.optim.epochs:
-                    result = self.evaluate_knn()
-                    if self.env.is_main:
-                        tqdm.write(f"epoch {self.position.epoch}: kNN top-1 {result.top1:.2f}%")
+                self._end_of_epoch_evaluations()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -103,3 +103,49 @@ def test_paper_recipes_hold_the_published_values():
     assert (imagenet.optim.lr, imagenet.optim.batch_size, imagenet.optim.weight_decay, imagenet.optim.epochs) == (
         0.03, 256, 1e-4, 200)
     assert imagenet.model.head == "mlp" and imagenet.data.augmentation == "mocov2"
+
+
+def test_mochi_recipes_hold_the_paper_settings():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    in1k = load_config(root / "imagenet" / "moco_mochi_r50.yaml")
+    m = in1k.mochi
+    assert m.enabled and (m.num_hard, m.num_mix, m.num_query_mix, m.query_mix_max) == (1024, 512, 256, 0.5)
+    assert (in1k.moco.queue_size, in1k.model.arch, in1k.optim.lr) == (65536, "resnet50", 0.03)  # from its base
+    in100 = load_config(root / "imagenet100" / "moco_mochi_r50.yaml")
+    assert (in100.mochi.num_hard, in100.mochi.num_mix, in100.mochi.num_query_mix) == (1024, 1024, 128)
+    assert in100.moco.queue_size == 16384
+    assert load_config(root / "moco_mochi.yaml").mochi.enabled
+
+
+def test_base_chain_applies_the_base_first_and_reports_errors_with_the_right_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\noptim:\n  lr: 0.5\n  epochs: 7\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nname: b\noptim:\n  lr: 0.1\n")
+    cfg = load_config(tmp_path / "sub" / "b.yaml", ["optim.epochs=9"])
+    assert (cfg.name, cfg.optim.lr, cfg.optim.epochs) == ("b", 0.1, 9)
+    (tmp_path / "a.yaml").write_text("optim:\n  lrr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: unknown key 'optim.lrr'"):
+        load_config(tmp_path / "sub" / "b.yaml")
+    (tmp_path / "a.yaml").write_text("base: sub/b.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "sub" / "b.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("mochi.num_hard=5000", "mochi.num_hard"), ("mochi.num_hard=1", "mochi.num_hard"),
+     ("mochi.query_mix_max=0", "mochi.query_mix_max"), ("mochi.retrieval=annoy", "mochi.retrieval")],
+)
+def test_mochi_values_are_validated_when_enabled(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, ["mochi.enabled=true", override])
+
+
+def test_overrides_of_text_fields_keep_the_text_yaml_would_convert():
+    cfg = load_config(None, ["name=off", "data.root=2024", "output_dir=yes"])
+    assert (cfg.name, cfg.data.root, cfg.output_dir) == ("off", "2024", "yes")
+    assert load_config(None, ["data.root=null"]).data.root is None
+    assert load_config(None, ["moco.symmetric=yes"]).moco.symmetric is True  # booleans still parse as YAML

@@ -1,6 +1,12 @@
-"""Evaluators of pretrained backbones (usable inside the training loop and from eval/)."""
+"""Evaluators of pretrained backbones (usable inside the training loop and from eval/).
+
+Light to import (the training loop needs only the kNN monitor); the other evaluators live in
+`linear`, `semisup` and `detection`, their command-line plumbing in `cli` and `settings`.
+"""
 
 from .features import extract_features
-from .knn import KnnMonitor, KnnResult, topk_accuracy, weighted_knn_scores
+from .knn import KnnMonitor, KnnResult, knn_scores_by_k, topk_accuracy, weighted_knn_scores
+from .search import search
 
-__all__ = ["KnnMonitor", "KnnResult", "extract_features", "topk_accuracy", "weighted_knn_scores"]
+__all__ = ["KnnMonitor", "KnnResult", "extract_features", "knn_scores_by_k", "search", "topk_accuracy",
+           "weighted_knn_scores"]

@@ -67,7 +67,7 @@ def prepare(args: argparse.Namespace) -> EvalContext:
     """Read the weights, resolve the config and device, and build the backbone (seeded)."""
     state, meta = read_backbone_state(args.checkpoint)
     inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
-    cfg = load_config(args.config, args.set, base=None if args.config else inherited)
+    cfg = load_config(args.config, args.set, defaults=None if args.config else inherited)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed)

@@ -1,13 +1,17 @@
-"""Exact maximum-inner-product search of queries in a feature bank: Faiss, or chunked torch.
+"""Exact maximum-inner-product search of queries in a fixed feature bank (kNN): Faiss, or chunked torch.
 
 Both backends return the k most similar bank rows per query, sorted by decreasing similarity, and
 never hold the whole (queries x bank) similarity matrix: queries go through in chunks whose
-similarity block stays under `max_block` elements.
+similarity block stays under `max_block` elements. Unlike the training-step retrieval over the
+queue (mochi_hvs.retrieval, re-indexed every step, one small batch of queries), the bank here is a
+whole labelled set indexed once, the queries are a whole test set, and the bank may be held in fp16.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..retrieval import import_faiss
 
 BACKENDS = ("auto", "faiss", "torch")
 MAX_BLOCK = 2**27  # similarity elements per query chunk (512 MiB in float32)
@@ -16,7 +20,7 @@ MAX_BLOCK = 2**27  # similarity elements per query chunk (512 MiB in float32)
 def faiss_available() -> bool:
     """True when the faiss package imports."""
     try:
-        import faiss  # noqa: F401
+        import_faiss()
     except ImportError:
         return False
     return True
@@ -28,8 +32,8 @@ def resolve_backend(backend: str) -> str:
         raise ValueError(f"unknown kNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
-        raise ImportError("kNN backend 'faiss' asked for but faiss is not installed (pip install faiss-cpu)")
+    if backend == "faiss":
+        import_faiss()  # a clear error naming the package when faiss is missing
     return backend
 
 
@@ -43,9 +47,7 @@ def _faiss_index(bank: torch.Tensor, fp16: bool) -> tuple[object, bool, object]:
 
     Returns (index, on_gpu, resources); the GPU resources must stay referenced while the index is used.
     """
-    import faiss
-    import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch tensors)
-
+    faiss = import_faiss()
     dim = bank.shape[1]
     on_gpu = bank.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     resources = None

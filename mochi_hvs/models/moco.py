@@ -41,9 +41,8 @@ class MoCo(nn.Module):
         """bn_splits: BatchNorm groups on this device (default: model_cfg.bn_splits, i.e. one process)."""
         super().__init__()
         backbone, width = build_backbone(model_cfg.arch, model_cfg.small_stem)
-        splits = model_cfg.bn_splits if bn_splits is None else bn_splits
-        if splits > 1:
-            convert_split_bn(backbone, splits)
+        # Split BN everywhere (one group when no split is asked), so scoring can regroup statistics.
+        convert_split_bn(backbone, model_cfg.bn_splits if bn_splits is None else bn_splits)
         head = projection_head(width, model_cfg.feature_dim, model_cfg.head, model_cfg.head_hidden_dim)
         self.encoder_q = Encoder(backbone, head, channels_last)
         self.encoder_k = copy.deepcopy(self.encoder_q)

@@ -1,0 +1,67 @@
+"""Timing helpers shared by the benchmarks: interleaved repeats, device synchronisation, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from mochi_hvs.config import load_config
+from mochi_hvs.engine import Trainer
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so that wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved (A B A B ...) so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def device_name(device: torch.device) -> str:
+    """A readable description of the device the figures come from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def benchmark_trainer(overrides: list[str], device: str) -> Trainer:
+    """A Trainer on the embedded dataset (its data is not used: steps are fed synthetic batches)."""
+    folder = tempfile.mkdtemp(prefix="mochi_hvs_bench_")
+    base = [f"output_dir={folder}", f"device={device}", "eval.knn_random_baseline=false", "data.train_subset=4096"]
+    return Trainer(load_config(None, base + overrides))
+
+
+def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random normalised views, boxes, labels and indices shaped like a training batch."""
+    return {
+        "views": torch.randn(batch, views, 3, size, size, device=device),
+        "boxes": torch.rand(batch, views, 4, device=device),
+        "label": torch.randint(0, 10, (batch,), device=device),
+        "index": torch.arange(batch, device=device),
+    }
+
+
+def emit(record: dict) -> None:
+    """Print one JSON result line."""
+    print(json.dumps(record), flush=True)

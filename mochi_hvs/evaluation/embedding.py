@@ -1,0 +1,51 @@
+"""Alignment and uniformity of contrastive embeddings (Wang & Isola, ICML 2020) on a fixed held-out batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data.augment import post_crop_transform
+from ..data.datasets import balanced_subset, load_images
+from ..data.loader import MultiViewDataset
+from ..data.views import ViewSampler
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """E ||f(x) - f(y)||^alpha over positive pairs (rows of x and y); lower is better aligned."""
+    return (x - y).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """log E exp(-t ||f(x) - f(x')||^2) over distinct pairs; lower is more uniform on the sphere."""
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+class EmbeddingAnalysis:
+    """Two fixed augmented views of a class-balanced held-out set (test split), embedded on demand."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        data = cfg.data
+        test = load_images(data.name, data.root, "test")
+        test = test.subset(balanced_subset(test.labels, cfg.eval.analysis_samples, cfg.seed))
+        post = post_crop_transform(data.augmentation, data.image_size, data.mean, data.std)
+        pairs = MultiViewDataset(test, ViewSampler(2, data.image_size, post, tuple(data.crop_scale)), cfg.seed)
+        self.views = torch.stack([pairs[(i, 0)]["views"] for i in range(len(test))]).to(device)
+        self.batch_size = cfg.eval.batch_size
+
+    @torch.no_grad()
+    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
+        """Alignment and uniformity of `encoder`'s normalised embeddings (eval mode, nothing updated)."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            flat = self.views.flatten(0, 1)
+            z = torch.cat([encoder(chunk) for chunk in flat.split(self.batch_size)]).float()
+        finally:
+            encoder.train(was_training)
+        z1, z2 = z.view(-1, 2, z.shape[1]).unbind(dim=1)
+        return {
+            "analysis/alignment": float(alignment(z1, z2)),
+            "analysis/uniformity": float(0.5 * (uniformity(z1) + uniformity(z2))),
+        }

@@ -1,0 +1,153 @@
+"""HVS: hard view selection on the positive side (Ferreira et al., "Beyond Random Augmentations").
+
+Each image comes with V candidate views. Every ordered pair (a, b), a != b, is scored per sample with
+the MoCo loss itself, q_a against k_b and the queue (plus MoCHi's synthetic negatives on request), and
+the step trains the hardest pair. Scoring changes no state: no BatchNorm running statistics, no queue,
+no draw from the training path's random streams. All V views go through each encoder in one batched
+forward whose BatchNorm groups match V separate forwards, and the momentum encoder's embeddings of
+the candidates are the very keys the step trains with (computed once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .mochi import HardNegativeMixer
+from .models.moco import MoCo
+from .models.split_bn import side_effect_free_bn
+
+
+def box_iou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of box a[i] with box b[i] (boxes (..., 4) as x0, y0, x1, y1), elementwise."""
+    width = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
+    height = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
+    inter = width * height
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a + area_b - inter).clamp_min(1e-12)
+
+
+def pair_losses(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float,
+                extra_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-sample InfoNCE of every ordered view pair: losses (B, V, V), [i, a, b] = L(q_a, k_b) of sample i.
+
+    q, k: (B, V, D) embeddings; negatives: (K, D). The negatives' log-sum-exp depends on the query view
+    only, so it is computed once per view (one (B, K) product at a time) and shared by its V keys.
+    extra_logits(q_a, logits_a) may add synthetic negatives (B, S) for query view a (MoCHi).
+    """
+    q, k = q.float(), k.float()
+    per_view = []
+    for a in range(q.shape[1]):
+        logits = q[:, a] @ negatives.float().t()
+        lse = torch.logsumexp(logits / temperature, dim=1)
+        if extra_logits is not None:
+            lse = torch.logaddexp(lse, torch.logsumexp(extra_logits(q[:, a], logits).float() / temperature, dim=1))
+        per_view.append(lse)
+    negative_lse = torch.stack(per_view, dim=1)  # (B, V)
+    positive = torch.einsum("bad,bcd->bac", q, k) / temperature
+    return torch.logaddexp(positive, negative_lse.unsqueeze(2)) - positive
+
+
+def random_pairs(batch: int, views: int, generator: torch.Generator | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniformly random ordered pair (a, b), a != b, per sample."""
+    first = torch.randint(views, (batch,), generator=generator, device=device)
+    second = torch.randint(views - 1, (batch,), generator=generator, device=device)
+    return first, second + (second >= first).long()
+
+
+def select_pairs(losses: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the (query view, key view) of the highest (hardest) or lowest (easiest) off-diagonal loss."""
+    views = losses.shape[1]
+    diagonal = torch.eye(views, dtype=torch.bool, device=losses.device)
+    if mode == "hardest":
+        flat = losses.masked_fill(diagonal, float("-inf")).flatten(1).argmax(dim=1)
+    elif mode == "easiest":
+        flat = losses.masked_fill(diagonal, float("inf")).flatten(1).argmin(dim=1)
+    else:
+        raise ValueError(f"select_pairs scores hardest or easiest pairs, not {mode!r}")
+    return flat // views, flat % views
+
+
+@dataclass
+class ViewSelection:
+    """The pair each sample trains on and, when reusable, every candidate's key embedding."""
+
+    query_view: torch.Tensor  # (B,) view a, given to the query encoder
+    key_view: torch.Tensor  # (B,) view b, given to the momentum encoder
+    keys: torch.Tensor | None = None  # (B, V, D) momentum-encoder embeddings of the candidates, or None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # for per-epoch histograms
+
+
+class HardViewSelector:
+    """Scores all candidate pairs with the current model and picks one pair per sample."""
+
+    def __init__(self, model: MoCo, temperature: float, symmetric: bool, mode: str = "hardest",
+                 scorer: str = "query", score_resolution: int | None = None, reuse_keys: bool = True,
+                 mixer: HardNegativeMixer | None = None) -> None:
+        self.model = model
+        self.temperature = temperature
+        self.symmetric = symmetric
+        self.mode = mode
+        self.scorer = scorer
+        self.score_resolution = score_resolution
+        self.reuse_keys = reuse_keys
+        self.mixer = mixer
+
+    @torch.no_grad()
+    def embed_candidates(self, views: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query-side and key-side embeddings (B, V, D) of every view: one batched forward per encoder."""
+        batch, num_views = views.shape[:2]
+        x = views.flatten(0, 1)  # sample-major: BatchNorm group g*V + v holds view v of group g
+        if self.score_resolution and self.score_resolution != x.shape[-1]:
+            x = F.interpolate(x, size=self.score_resolution, mode="bilinear", antialias=True, align_corners=False)
+        encoders = [self.model.encoder_k] if self.scorer == "momentum" else [self.model.encoder_k, self.model.encoder_q]
+        with side_effect_free_bn(encoders, group_factor=num_views):
+            keys = self.model.key(x, generator)
+            queries = keys if self.scorer == "momentum" else self.model.encoder_q(x)
+        return queries.view(batch, num_views, -1), keys.view(batch, num_views, -1)
+
+    @torch.no_grad()
+    def __call__(self, views: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
+                 mix: bool = False) -> ViewSelection:
+        """Select a pair per sample from views (B, V, C, H, W) with crop boxes (B, V, 4); draws only from `generator`.
+
+        mix: score with MoCHi's synthetic negatives too (the mixer draws from the same generator).
+        """
+        batch, num_views = views.shape[:2]
+        device = views.device
+        if self.mode == "random":
+            first, second = random_pairs(batch, num_views, generator, device)
+            return self._selection(first, second, boxes, generator, keys=None, losses=None)
+        queries, keys = self.embed_candidates(views, generator)
+        extra = None
+        if mix and self.mixer is not None:
+            bank = self.model.queue.features
+            extra = lambda q, logits: self.mixer(q, logits, bank, generator).logits  # noqa: E731
+        losses = pair_losses(queries, keys, self.model.queue.features, self.temperature, extra)
+        if self.symmetric:
+            losses = losses + losses.transpose(1, 2)
+        first, second = select_pairs(losses, self.mode)
+        full_resolution = not self.score_resolution or self.score_resolution == views.shape[-1]
+        reusable = self.reuse_keys and full_resolution
+        return self._selection(first, second, boxes, generator, keys if reusable else None, losses)
+
+    def _selection(self, first: torch.Tensor, second: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
+                   keys: torch.Tensor | None, losses: torch.Tensor | None) -> ViewSelection:
+        """Attach the IoU analysis (selected pair vs a random pair of the same candidates) and the losses."""
+        rows = torch.arange(boxes.shape[0], device=boxes.device)
+        iou_selected = box_iou_pairs(boxes[rows, first], boxes[rows, second])
+        other_a, other_b = random_pairs(boxes.shape[0], boxes.shape[1], generator, boxes.device)
+        iou_random = box_iou_pairs(boxes[rows, other_a], boxes[rows, other_b])
+        metrics = {"hvs/iou_selected": iou_selected.mean(), "hvs/iou_random": iou_random.mean()}
+        if losses is not None:
+            off_diagonal = ~torch.eye(losses.shape[1], dtype=torch.bool, device=losses.device)
+            metrics["hvs/loss_selected"] = losses[rows, first, second].mean()
+            metrics["hvs/loss_candidates"] = losses[:, off_diagonal].mean()
+        return ViewSelection(first, second, keys, metrics,
+                             per_sample={"hvs/iou_selected": iou_selected, "hvs/iou_random": iou_random})

@@ -1,0 +1,231 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from mochi_hvs.config import MocoConfig, ModelConfig, load_config
+from mochi_hvs.engine import Trainer
+from mochi_hvs.hvs import HardViewSelector, box_iou_pairs, pair_losses, random_pairs, select_pairs
+from mochi_hvs.loss import contrastive_logits, info_nce
+from mochi_hvs.models import MoCo
+from mochi_hvs.models.split_bn import side_effect_free_bn
+from mochi_hvs.step import ContrastiveStep, StepRandom
+
+
+def small_moco(bn_splits=2, queue=64) -> MoCo:
+    torch.manual_seed(0)
+    return MoCo(ModelConfig(arch="resnet18", bn_splits=bn_splits, feature_dim=16), MocoConfig(queue_size=queue))
+
+
+def test_select_pairs_is_the_per_sample_argmax_off_the_diagonal():
+    losses = torch.tensor([
+        [[9.0, 1.0, 2.0], [3.0, 9.0, 0.5], [0.1, 7.0, 9.0]],  # hardest (2, 1), easiest (2, 0)
+        [[0.0, 4.0, 5.0], [6.0, 0.0, 1.0], [2.0, 3.0, 0.0]],  # hardest (1, 0), easiest (1, 2)
+    ])
+    assert [t.tolist() for t in select_pairs(losses, "hardest")] == [[2, 1], [1, 0]]
+    assert [t.tolist() for t in select_pairs(losses, "easiest")] == [[2, 1], [0, 2]]
+    with pytest.raises(ValueError):
+        select_pairs(losses, "random")
+
+
+def test_random_pairs_are_distinct_and_uniform_over_ordered_pairs():
+    first, second = random_pairs(24000, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (first != second).all()
+    counts = torch.zeros(4, 4).index_put_((first, second), torch.ones(24000), accumulate=True)
+    off = counts[~torch.eye(4, dtype=torch.bool)]
+    assert ((off - 2000).abs() < 200).all()
+
+
+def test_pair_losses_match_per_pair_info_nce():
+    torch.manual_seed(0)
+    q, k = F.normalize(torch.randn(3, 4, 8), dim=-1), F.normalize(torch.randn(3, 4, 8), dim=-1)
+    queue = F.normalize(torch.randn(20, 8), dim=-1)
+    losses = pair_losses(q, k, queue, 0.2)
+    for i in range(3):
+        for a in range(4):
+            for b in range(4):
+                expected = info_nce(contrastive_logits(q[i, a:a + 1], k[i, b:b + 1], queue), 0.2)
+                assert math.isclose(float(losses[i, a, b]), float(expected), rel_tol=1e-5)
+    extra = torch.randn(3, 5)
+    with_extra = pair_losses(q, k, queue, 0.2, lambda qa, logits: extra)
+    expected = info_nce(torch.cat([contrastive_logits(q[1, 2:3], k[1, 0:1], queue), extra[1:2]], dim=1), 0.2)
+    assert math.isclose(float(with_extra[1, 2, 0]), float(expected), rel_tol=1e-5)
+
+
+def test_box_iou_on_known_boxes_and_against_torchvision():
+    a = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.2, 0.2], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 0.75, 1.0], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    assert torch.allclose(box_iou_pairs(a, b), torch.tensor([1.0, 1 / 3, 0.0, 0.25]))
+    boxes = torch.rand(50, 2, 2).sort(dim=1).values.permute(0, 2, 1).reshape(50, 4)[:, [0, 2, 1, 3]]
+    other = boxes.flip(0)
+    assert torch.allclose(box_iou_pairs(boxes, other), box_iou(boxes, other).diagonal(), atol=1e-6)
+
+
+def bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_scoring_changes_no_state():
+    model = small_moco()
+    model.queue.labels.copy_(torch.arange(64))
+    selector = HardViewSelector(model, 0.2, symmetric=False)
+    views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = StepRandom(0, 5, 0, torch.device("cpu"))
+    shuffle_state = rng("shuffle").get_state()
+    global_state = torch.get_rng_state()
+    selection = selector(views, boxes, rng("hvs"))
+    assert selection.keys.shape == (4, 3, 16)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), f"scoring changed {key}"
+    assert torch.equal(rng("shuffle").get_state(), shuffle_state)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert all(m.training for m in model.modules())  # nothing was switched to eval mode and left there
+
+
+def test_one_batched_forward_scores_like_separate_forwards_per_view():
+    model = small_moco(bn_splits=2)
+    model.shuffle_bn = False
+    views = torch.randn(4, 3, 3, 28, 28)
+    selector = HardViewSelector(model, 0.2, symmetric=False)
+    queries, keys = selector.embed_candidates(views, torch.Generator().manual_seed(0))
+    with torch.no_grad(), side_effect_free_bn([model.encoder_q, model.encoder_k]):
+        for v in range(3):
+            assert torch.allclose(queries[:, v], model.encoder_q(views[:, v]), atol=1e-5)
+            assert torch.allclose(keys[:, v], model.encoder_k(views[:, v]), atol=1e-5)
+    # Without the regrouping, statistics would mix view slots and differ.
+    with torch.no_grad(), side_effect_free_bn([model.encoder_q]):
+        mixed = model.encoder_q(views.flatten(0, 1)).view(4, 3, -1)
+    assert not torch.allclose(mixed, queries, atol=1e-3)
+
+
+def count_forwards(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_momentum_scorer_runs_only_the_momentum_encoder_and_keys_are_not_recomputed():
+    model = small_moco()
+    views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
+    q_calls, hq = count_forwards(model.encoder_q)
+    k_calls, hk = count_forwards(model.encoder_k)
+    step = ContrastiveStep(model, 0.2, False, selector=HardViewSelector(model, 0.2, False, scorer="momentum"))
+    step(views, StepRandom(0, 0, 0, torch.device("cpu")), boxes=boxes, select=True)
+    assert (len(q_calls), len(k_calls)) == (1, 1)  # f_k: one scoring forward whose keys are reused; f_q: training
+    step.selector.scorer = "query"
+    step(views, StepRandom(0, 1, 0, torch.device("cpu")), boxes=boxes, select=True)
+    assert (len(q_calls), len(k_calls)) == (3, 2)  # + f_q scoring forward, + f_k scoring forward, no key re-forward
+    hq.remove()
+    hk.remove()
+
+
+def step_result(model, views, boxes, reuse, symmetric=False):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    selector = HardViewSelector(model, 0.2, symmetric, reuse_keys=reuse)
+    step = ContrastiveStep(model, 0.2, symmetric, selector=selector)
+    model.zero_grad(set_to_none=True)
+    out = step(views, StepRandom(0, 3, 0, torch.device("cpu")), boxes=boxes, select=True)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.encoder_q.parameters()]
+    model.load_state_dict(state)
+    return out, grads
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_key_reuse_gives_the_same_results_as_recomputation(symmetric):
+    # One BatchNorm group per sample: normalisation no longer depends on batch composition, so a second
+    # forward of the selected views must give exactly the keys that scoring computed (64 px: the last
+    # stage keeps 2x2 positions, so per-sample statistics exist).
+    model = small_moco(bn_splits=4)
+    views, boxes = torch.randn(4, 3, 3, 64, 64), torch.rand(4, 3, 4)
+    reused, grads_reused = step_result(model, views, boxes, reuse=True, symmetric=symmetric)
+    recomputed, grads_recomputed = step_result(model, views, boxes, reuse=False, symmetric=symmetric)
+    assert torch.allclose(reused.keys, recomputed.keys, atol=1e-5)
+    assert torch.allclose(reused.loss, recomputed.loss, atol=1e-5)
+    for a, b in zip(grads_reused, grads_recomputed, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_selected_pair_is_the_hardest_for_the_model_and_symmetric_scoring_sums_both_orders():
+    model = small_moco()
+    views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
+    for symmetric in (False, True):
+        selector = HardViewSelector(model, 0.2, symmetric)
+        selection = selector(views, boxes, torch.Generator().manual_seed(1))
+        queries, keys = selector.embed_candidates(views, torch.Generator().manual_seed(1))
+        losses = pair_losses(queries, keys, model.queue.features, 0.2)
+        if symmetric:
+            losses = losses + losses.transpose(1, 2)
+        a, b = selection.query_view, selection.key_view
+        rows = torch.arange(4)
+        assert (a != b).all()
+        chosen = losses[rows, a, b]
+        off = losses.masked_fill(torch.eye(3, dtype=torch.bool), float("-inf"))
+        assert torch.allclose(chosen, off.flatten(1).max(dim=1).values)
+        assert torch.allclose(selection.metrics["hvs/loss_selected"], chosen.mean())
+        easiest = HardViewSelector(model, 0.2, symmetric, mode="easiest")
+        easiest = easiest(views, boxes, torch.Generator().manual_seed(1))
+        off = losses.masked_fill(torch.eye(3, dtype=torch.bool), float("inf"))
+        assert torch.allclose(losses[rows, easiest.query_view, easiest.key_view], off.flatten(1).min(dim=1).values)
+
+
+def test_random_mode_scores_nothing_and_low_resolution_scoring_recomputes_keys():
+    model = small_moco()
+    views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
+    calls, handle = count_forwards(model.encoder_k)
+    selection = HardViewSelector(model, 0.2, False, mode="random")(views, boxes, torch.Generator().manual_seed(0))
+    assert not calls and selection.keys is None and (selection.query_view != selection.key_view).all()
+    handle.remove()
+    low = HardViewSelector(model, 0.2, False, score_resolution=14)(views, boxes, torch.Generator().manual_seed(0))
+    assert low.keys is None  # keys from 14 px views are not the 28 px keys: the step re-forwards the chosen view
+
+
+def hvs_overrides(tiny_overrides, *extra):
+    return tiny_overrides + ["hvs.enabled=true", "hvs.num_views=3", *extra]
+
+
+def test_two_views_without_selection_is_exactly_moco_v2(tiny_overrides):
+    plain = Trainer(load_config(None, tiny_overrides + ["name=plain"]))
+    plain.train()
+    off = Trainer(load_config(None, hvs_overrides(tiny_overrides, "name=off", "hvs.num_views=2", "hvs.start_epoch=9")))
+    off.train()
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, off.model.state_dict()[key]), key
+    on = Trainer(load_config(None, hvs_overrides(tiny_overrides, "name=on", "hvs.num_views=2")))
+    on.train()
+    assert not torch.equal(on.model.state_dict()["encoder_q.head.2.weight"],
+                           plain.model.state_dict()["encoder_q.head.2.weight"])
+
+
+def test_select_every_and_start_epoch_decide_which_steps_select(tiny_overrides):
+    trainer = Trainer(load_config(None, hvs_overrides(tiny_overrides, "hvs.select_every=3", "hvs.start_epoch=1")))
+    assert not any(trainer.selecting(step) for step in range(8))  # epoch 0: before start_epoch
+    trainer.position.epoch = 1
+    assert [s for s in range(8, 16) if trainer.selecting(s)] == [9, 12, 15]
+
+
+@pytest.mark.slow
+def test_flagship_recipe_logs_iou_hardness_and_mochi_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config("configs/moco_mochi_hvs.yaml", [
+        f"output_dir={tmp_path}", "name=f", "data.train_subset=512", "optim.batch_size=64", "moco.queue_size=256",
+        "optim.epochs=2", "mochi.warmup_epochs=0", "mochi.num_hard=64", "log_every=4", "eval.knn_every=0",
+        "eval.analysis_every=0", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
+        "eval.knn_random_baseline=false"])
+    Trainer(cfg).fit()
+    records = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*records)
+    for name in ("hvs/iou_selected", "hvs/iou_random", "hvs/loss_selected", "hvs/loss_candidates",
+                 "mochi/logit_synthetic", "mochi/class_oracle_rate", "mochi/proxy_top1_with_synthetic"):
+        assert f"train/{name}" in keys, name
+    steps = [r for r in records if "train/hvs/loss_selected" in r]
+    # The hardest pair is harder than the average candidate pair, and overlaps less than a random pair.
+    assert all(r["train/hvs/loss_selected"] > r["train/hvs/loss_candidates"] for r in steps)
+    assert sum(r["train/hvs/iou_selected"] for r in steps) < sum(r["train/hvs/iou_random"] for r in steps)
+    events = EventAccumulator(str(tmp_path / "f"), size_guidance={"histograms": 0}).Reload()
+    assert {"hvs/iou_selected", "hvs/iou_random"} <= set(events.Tags()["histograms"])
