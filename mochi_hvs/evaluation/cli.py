@@ -6,6 +6,8 @@ seed settings of the checkpoint's own config are used when it has one; eval.* ke
 full labelled sets and k = 20, 200), `--random-init` (the same architecture at a seeded random initialisation:
 the baseline) and `--results` (a JSON-lines file that gets one line per run). Evaluator-specific options are
 generated from the evaluator's settings dataclass (see settings.py), so flags and defaults are defined once.
+Under torchrun, feature extraction is sharded across the processes and gathered in dataset order (kNN, cached
+linear probe); the trained evaluators are not data-parallel, and only the first process reports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn as nn
 from ..checkpoint import CheckpointError
 from ..config import Config, ConfigError, add_config_arguments, load_config
 from ..data.datasets import DatasetError
+from ..distributed import init_distributed
 from ..models.backbone import build_backbone
 from ..runtime import DeviceError, resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
@@ -61,6 +64,7 @@ class EvalContext:
     backbone: nn.Module
     width: int
     report: LoadReport
+    is_main: bool = True  # under torchrun, only the first process prints and writes results
 
 
 def prepare(args: argparse.Namespace) -> EvalContext:
@@ -68,7 +72,9 @@ def prepare(args: argparse.Namespace) -> EvalContext:
     state, meta = read_backbone_state(args.checkpoint)
     inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
     cfg = load_config(args.config, args.set, defaults=None if args.config else inherited)
-    device = resolve_device(cfg.device)
+    env = init_distributed("cuda" if cfg.device.startswith("cuda") or
+                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed)
     backbone, width = build_backbone(meta.arch, meta.small_stem)
@@ -76,9 +82,10 @@ def prepare(args: argparse.Namespace) -> EvalContext:
         state, report = None, LoadReport(0, missing=list(backbone.state_dict()))
     else:
         report = load_backbone_weights(backbone, state)
-    print(f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): {report.summary()}",
-          file=sys.stderr)
-    return EvalContext(cfg, device, amp_dtype, state, meta, backbone.to(device), width, report)
+    if env.is_main:
+        print(f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
+              f"{report.summary()}", file=sys.stderr)
+    return EvalContext(cfg, device, amp_dtype, state, meta, backbone.to(device), width, report, env.is_main)
 
 
 def results_table(title: str, metrics: dict[str, Any]) -> str:
@@ -136,6 +143,8 @@ def run_evaluation(evaluator: str, args: argparse.Namespace,
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not ctx.is_main:
+        return 0
     title = f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
     print(results_table(title, metrics))
     path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
