@@ -17,6 +17,7 @@ from .features import extract_features
 from .knn import topk_accuracy
 from .settings import setting
 from .supervised import (
+    SgdSettings,
     changed_tensors,
     classification_accuracy,
     image_batches,
@@ -33,22 +34,18 @@ class BackboneChanged(RuntimeError):
 
 
 @dataclass
-class LinearSettings:
-    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs)."""
+class LinearSettings(SgdSettings):
+    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs).
+    In cached mode, batch_size 0 trains full-batch."""
 
     mode: str = setting("classic", "classic: augmented images through the frozen backbone every epoch; cached: "
                         "features computed once, linear layer trained on them; sklearn: logistic regression")
     epochs: int = setting(100, "training epochs (classic and cached)")
     lr: float = setting(30.0, "SGD learning rate")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(0.0, "SGD weight decay")
-    batch_size: int = setting(256, "mini-batch size; 0 in cached mode trains full-batch")
-    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
     train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
     test_subset: int | None = setting(None, "class-balanced subset of the test images")
     sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
     sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
-    seed: int = setting(0, "seed of subsets, shuffling and augmentation")
 
 def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
     """A linear classifier initialised as in MoCo's linear probe: weights N(0, 0.01), bias 0."""

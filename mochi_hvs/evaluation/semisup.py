@@ -16,11 +16,11 @@ from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
 from ..runtime import autocast
 from .linear import new_head
 from .settings import setting
-from .supervised import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
+from .supervised import SgdSettings, classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 
 
 @dataclass
-class SemisupSettings:
+class SemisupSettings(SgdSettings):
     """Which labels to use and how to fine-tune; defaults follow SwAV's semi-supervised protocol (20 epochs,
     backbone lr 0.01, head lr 0.2, lr / 10 at 60% and 80%)."""
 
@@ -31,12 +31,7 @@ class SemisupSettings:
     epochs: int = setting(20, "fine-tuning epochs")
     lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
     lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(0.0, "SGD weight decay")
-    batch_size: int = setting(256, "mini-batch size (capped at the subset size)")
-    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
     test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
-    seed: int = setting(0, "seed of the labelled subset, shuffling, augmentation and head initialisation")
 
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
     """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
