@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,3 +93,15 @@ def test_monitor_reports_every_k_and_keeps_the_training_interface(tiny_cfg):
     assert all(0 <= r.top1 <= r.top5 <= 100 for r in results)
     single = monitor.evaluate(backbone)
     assert (single.k, single.top1) == (results[-1].k, results[-1].top1)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_predictions_equal_scikit_learn_weighted_knn(backend):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    bank, labels, queries = random_bank(n=500, m=100, d=8)
+    t = 0.07
+    sklearn = KNeighborsClassifier(n_neighbors=20, algorithm="brute", weights=lambda d: np.exp((1 - d**2 / 2) / t))
+    expected = sklearn.fit(bank.numpy(), labels.numpy()).predict(queries.numpy())
+    ours = knn_scores_by_k(bank, labels, queries, 5, [20], t, backend=backend)[20].argmax(1)
+    assert ours.tolist() == expected.tolist()
