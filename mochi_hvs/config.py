@@ -45,6 +45,7 @@ class ModelConfig:
     head_hidden_dim: int | None = None  # None: the backbone's feature width
     feature_dim: int = 128
     bn_splits: int = 8  # BatchNorm groups across the global batch; each process gets bn_splits / world_size
+    sync_bn: bool = False  # under torchrun: SyncBatchNorm over all processes instead of per-process groups
 
 
 @dataclass
@@ -344,6 +345,8 @@ def validate(cfg: Config, source: str) -> None:
     _check(cfg.model.bn_splits >= 1 and batch % cfg.model.bn_splits == 0, source, "model.bn_splits",
            f"must be >= 1 and divide optim.batch_size={batch}; got {cfg.model.bn_splits}")
     _check(cfg.model.feature_dim > 0, source, "model.feature_dim", "must be positive")
+    _check(not cfg.model.sync_bn or cfg.model.bn_splits == 1, source, "model.sync_bn",
+           f"synchronises BatchNorm over all processes; set model.bn_splits=1 with it (got {cfg.model.bn_splits})")
     _check(cfg.data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {cfg.data.num_views}")
     _check(cfg.data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {cfg.data.image_size}")
     scale = cfg.data.crop_scale

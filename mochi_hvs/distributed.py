@@ -1,4 +1,10 @@
-"""torch.distributed helpers: process-group setup from torchrun's environment, gathers, key shuffling."""
+"""torch.distributed helpers: process-group setup from torchrun's environment, gathers, shuffle-BN.
+
+Samples are laid out across processes in the order the EpochSampler deals them: global position
+j * world + rank is local sample j of that rank. Gathers return that interleaved order, so a run on
+W processes sees its global batch in the same order as a run on one process (and split BatchNorm
+group g of one process holds exactly the samples of rank g): results do not depend on the world size.
+"""
 
 from __future__ import annotations
 
@@ -39,21 +45,54 @@ def init_distributed(device_type: str) -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from every process along dim 0 (no gradient); identity when alone."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """Every process's `tensor` (same shape everywhere) along dim 0 in interleaved global order; no gradient."""
+    _, size = world()
+    if size == 1:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    parts = [torch.empty_like(tensor) for _ in range(size)]
     dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+    return torch.stack(parts, dim=1).flatten(0, 1)  # row j * size + r = row j of rank r
 
 
-def shuffle_batch(
+@torch.no_grad()
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of `tensor` over processes (identity when alone)."""
+    _, size = world()
+    if size == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / size
+
+
+@torch.no_grad()
+def shuffle_across_processes(
     x: torch.Tensor, generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Permute a batch on this device; returns the shuffled batch and the function that undoes it."""
-    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device if generator else x.device)
-    perm = perm.to(x.device)
+    """MoCo's shuffle-BN: permute the global batch, hand each process its share, and the function that undoes it.
+
+    The permutation is drawn from `generator` and broadcast from rank 0. Each process gets the shuffled
+    positions p = rank (mod world): with one process this is a plain local shuffle. The returned function
+    takes this process's outputs for its share and returns the outputs of its own samples, in order.
+    """
+    rank, size = world()
+    batch = all_gather_cat(x)
+    device = generator.device if generator is not None else x.device
+    perm = torch.randperm(batch.shape[0], generator=generator, device=device).to(x.device)
+    if size > 1:
+        dist.broadcast(perm, src=0)
     inverse = torch.argsort(perm)
-    return x[perm], lambda y: y[inverse]
+
+    def restore(y: torch.Tensor) -> torch.Tensor:
+        return all_gather_cat(y)[inverse][rank::size]
+
+    return batch[perm[rank::size]], restore

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_atomic
 from .config import Config, to_dict, views_per_image
 from .data.batches import build_batches
 from .data.datasets import balanced_subset, load_images
-from .distributed import DistEnv, all_gather_cat, init_distributed
+from .distributed import DistEnv, all_gather_cat, all_reduce_mean, init_distributed
 from .evaluation.embedding import EmbeddingAnalysis
 from .evaluation.knn import KnnMonitor, KnnResult
 from .hvs import HardViewSelector
@@ -60,13 +61,15 @@ class MetricWindow:
         return len(self.values.get("loss", []))
 
     def reduce(self) -> tuple[dict[str, float], int | None]:
-        """Means of each metric plus throughput, and the first step whose loss is not finite (or None)."""
-        stacked = {key: torch.stack(vals).cpu() for key, vals in self.values.items()}
+        """Means of each metric over steps and processes plus throughput, and the first step whose loss is not
+        finite on any process (or None). Every process gets the same answer; one or two collectives in all."""
+        names = list(self.values)
+        means = all_reduce_mean(torch.stack([torch.stack(self.values[n]).nanmean() for n in names])).cpu()
+        losses = all_reduce_mean(torch.stack(self.values["loss"])).cpu()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        losses = stacked["loss"]
         bad = (~torch.isfinite(losses)).nonzero()
         first_bad = self.first_step + int(bad[0]) if len(bad) else None
-        means = {key: float(vals.nanmean()) for key, vals in stacked.items()}  # NaN: not defined at that step
+        means = {name: float(value) for name, value in zip(names, means, strict=True)}  # NaN: undefined there
         means["images_per_s"] = self.images / elapsed
         means["data_wait_frac"] = self.data_wait / elapsed
         return means, first_bad
@@ -110,11 +113,15 @@ class Trainer:
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
 
         local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
-        self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits).to(self.device)
+        self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits)
+        if cfg.model.sync_bn and self.env.distributed:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
         self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
         mixer = self._build_mixer()
         self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
-                                       self._build_selector(mixer), cfg.hvs.score_with_mochi)
+                                       self._build_selector(mixer), cfg.hvs.score_with_mochi,
+                                       query_encoder=self._query_encoder())
         self.optimizer = torch.optim.SGD(
             self.model.encoder_q.parameters(), lr=self.base_lr, momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
@@ -134,6 +141,14 @@ class Trainer:
         self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
         if resume is not None:
             self.load(resume)
+
+    def _query_encoder(self) -> torch.nn.Module:
+        """What trained queries go through: f_q itself, or its DistributedDataParallel wrapper (gradients
+        averaged over processes during backward) when several processes take part."""
+        if not self.env.distributed:
+            return self.model.encoder_q
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model.encoder_q, device_ids=device_ids)
 
     def _build_mixer(self) -> HardNegativeMixer | None:
         """The MoCHi mixer over the queue when mochi.enabled."""
@@ -238,8 +253,18 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def request_stop(self) -> None:
-        """Ask the loop to save a checkpoint and stop after the current step."""
+        """Ask the loop to save a checkpoint and stop after the current step (at the next log point when
+        several processes run, so that all of them stop after the same step)."""
         self.stop_requested = True
+
+    def _stop_agreed(self, log_point: bool) -> bool:
+        """Whether to stop now: this process's request alone, or any process's request at a log point."""
+        if not self.env.distributed:
+            return self.stop_requested
+        if not log_point:
+            return False
+        flag = torch.tensor(float(self.stop_requested), device=self.device)
+        return bool(all_reduce_mean(flag) > 0)
 
     def _flush(self, window: MetricWindow, bar: tqdm | None) -> None:
         if not len(window):
@@ -272,14 +297,16 @@ class Trainer:
             pos.global_step += 1
             pos.batch_in_epoch += 1
             bar.update(1)
-            if pos.global_step % self.cfg.log_every == 0:
+            log_point = pos.global_step % self.cfg.log_every == 0
+            if log_point:
                 self._flush(window, bar)
                 window = MetricWindow(pos.global_step)
-            if self.stop_requested or (self.cfg.checkpoint_every and pos.global_step % self.cfg.checkpoint_every == 0):
+            stop = self._stop_agreed(log_point)
+            if stop or (self.cfg.checkpoint_every and pos.global_step % self.cfg.checkpoint_every == 0):
                 self._flush(window, bar)
                 window = MetricWindow(pos.global_step)
                 self.save()
-                if self.stop_requested:
+                if stop:
                     bar.close()
                     raise Interrupted(f"stopped at step {pos.global_step}; checkpoint {self.checkpoint_path} "
                                       "holds everything: continue with --resume auto")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 
 from .data.loader import mixed_seed
 from .hvs import HardViewSelector, ViewSelection
@@ -63,8 +64,11 @@ class ContrastiveStep:
     and HVS pair selection."""
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, mixer: HardNegativeMixer | None = None,
-                 selector: HardViewSelector | None = None, score_with_mochi: bool = False) -> None:
+                 selector: HardViewSelector | None = None, score_with_mochi: bool = False,
+                 query_encoder: nn.Module | None = None) -> None:
+        """query_encoder: what trained queries go through (the DDP wrapper of model.encoder_q under torchrun)."""
         self.model = model
+        self.query_encoder = query_encoder or model.encoder_q
         self.temperature = temperature
         self.symmetric = symmetric
         self.mixer = mixer
@@ -80,7 +84,7 @@ class ContrastiveStep:
 
     def _direction(self, x_q: torch.Tensor, k: torch.Tensor, rng: StepRandom, mix: bool,
                    labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        q = self.model.query(x_q)
+        q = self.query_encoder(x_q)
         queue = self.model.queue
         logits = contrastive_logits(q, k, queue.features)
         metrics = {"proxy_top1": positive_rank_top1(logits.detach())}

@@ -20,7 +20,7 @@ def test_key_encoder_starts_as_copy_and_gets_no_gradients():
         assert nq == nk and torch.equal(pq, pk) and pq is not pk
         assert not pk.requires_grad
     x = torch.randn(4, 3, 28, 28)
-    (model.query(x).sum() + model.key(x).sum()).backward()
+    (model.encoder_q(x).sum() + model.key(x).sum()).backward()
     assert all(p.grad is None for p in model.encoder_k.parameters())
     assert any(p.grad is not None for p in model.encoder_q.parameters())
 
@@ -148,7 +148,7 @@ def test_symmetric_step_sums_both_directions_and_returns_both_keys():
     model.encoder_k.eval()
     out = step(views, rng)
     with torch.no_grad():
-        q1, q2 = model.query(views[:, 0]), model.query(views[:, 1])
+        q1, q2 = model.encoder_q(views[:, 0]), model.encoder_q(views[:, 1])
         k1, k2 = model.key(views[:, 0]), model.key(views[:, 1])
         queue = model.queue.features
         expected = reference_info_nce(q1, k2, queue, 0.2) + reference_info_nce(q2, k1, queue, 0.2)

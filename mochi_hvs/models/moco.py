@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import MocoConfig, ModelConfig
-from ..distributed import shuffle_batch
+from ..distributed import shuffle_across_processes
 from ..queue import MemoryQueue
 from .backbone import build_backbone
 from .head import projection_head
@@ -63,14 +63,10 @@ class MoCo(nn.Module):
         query_params = [p.detach() for p in self.encoder_q.parameters()]
         torch._foreach_lerp_(key_params, query_params, 1.0 - momentum)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised query embeddings (with gradient)."""
-        return self.encoder_q(x)
-
     @torch.no_grad()
     def key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised key embeddings; the batch is shuffled around f_k so BN groups differ from f_q's."""
+        """Normalised key embeddings; the (global) batch is shuffled around f_k so BN groups differ from f_q's."""
         if not self.shuffle_bn:
             return self.encoder_k(x)
-        shuffled, restore = shuffle_batch(x, generator)
+        shuffled, restore = shuffle_across_processes(x, generator)
         return restore(self.encoder_k(shuffled))

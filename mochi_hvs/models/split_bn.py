@@ -63,15 +63,14 @@ def side_effect_free_bn(modules: list[nn.Module], group_factor: int = 1) -> Iter
 
     For a (B, V) batch of views flattened sample-major, group_factor=V gives each view slot the same
     statistics groups a forward of that slot alone would have: one batched forward, V faithful ones.
+    Other BatchNorm layers (SyncBatchNorm) keep one group over the whole batch.
     """
     layers = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(layer.track_running_stats, getattr(layer, "num_splits", None)) for layer in layers]
-    if group_factor > 1 and not all(isinstance(layer, SplitBatchNorm2d) for layer in layers):
-        raise ValueError("grouped scoring needs SplitBatchNorm2d layers (MoCo builds them; SyncBatchNorm cannot group)")
     try:
         for layer in layers:
             layer.track_running_stats = False
-            if group_factor > 1:
+            if isinstance(layer, SplitBatchNorm2d):
                 layer.num_splits *= group_factor
         yield
     finally:
