@@ -25,7 +25,8 @@ setup(
         "pycocotools>=2.0.7",
     ],
     extras_require={
-        "test": ["pytest>=7.4"],
+        "test": ["pytest>=7.4", "mlxtend>=0.23"],
+        "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],
         "bench": ["lightly>=1.5"],
     },

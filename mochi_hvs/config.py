@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import types
@@ -13,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import LAST
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key and file in the message."""
@@ -22,7 +25,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images to train on and how views are made."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder
+    name: str = "fashion_mnist"  # fashion_mnist | mnist5k | cifar10 | cifar100 | stl10 | imagefolder
     root: str | None = None  # None: the dataset's default location
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
@@ -46,6 +49,8 @@ class ModelConfig:
     feature_dim: int = 128
     bn_splits: int = 8  # BatchNorm groups across the global batch; each process gets bn_splits / world_size
     sync_bn: bool = False  # under torchrun: SyncBatchNorm over all processes instead of per-process groups
+    init_from: str | None = None  # HPT: start from this backbone (our checkpoint, exported, official MoCo, torchvision)
+    train_bn_only: bool = False  # HPT-BN: backbone frozen except BatchNorm layers (the head trains fully)
 
 
 @dataclass
@@ -102,6 +107,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     epochs: int = 200
+    steps: int | None = None  # run length in optimisation steps; when set it replaces optim.epochs (HPT: 5000)
     warmup_epochs: float = 0.0
     schedule: str = "cosine"  # cosine | step | constant
     lr_milestones: list[int] = field(default_factory=lambda: [120, 160])  # epochs, for step
@@ -113,13 +119,14 @@ class EvalConfig:
     """The kNN monitor used during and at the end of training (and by eval/knn.py)."""
 
     knn_every: int = 0  # epochs between kNN evaluations (0: only at the end)
+    knn_every_steps: int = 0  # steps between kNN evaluations, for runs measured in steps (0: off)
     knn_k: int | list[int] = field(default_factory=lambda: [20, 200])  # the largest is logged during training
     knn_temperature: float = 0.07
     knn_backend: str = "auto"  # auto (Faiss when installed) | faiss | torch (chunked matrix products)
     knn_fp16: bool = False  # half-precision bank in the search (halves its memory)
     knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
     knn_test_subset: int | None = None
-    knn_random_baseline: bool = True  # also evaluate a randomly initialised backbone at the end
+    knn_random_baseline: bool = True  # also evaluate the starting backbone (random init or init_from) at the end
     analysis_every: int = 0  # epochs between alignment/uniformity of embeddings on a held-out batch (0: off)
     analysis_samples: int = 512  # size of that held-out batch (test split)
     batch_size: int = 512
@@ -135,6 +142,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
     channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False  # torch.compile both encoders (in place: checkpoints keep their keys)
     log_every: int = 20  # steps between logged metrics
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,6 +152,9 @@ class Config:
     hvs: HvsConfig = field(default_factory=HvsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Staged (HPT) runs: each entry overrides this config for one stage (name, data, optim, model...);
+    # stages run in order, each initialised from the previous stage's backbone.
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -152,7 +163,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder"),
+    "data.name": ("fashion_mnist", "mnist5k", "cifar10", "cifar100", "stl10", "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
@@ -188,6 +199,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return value
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -338,6 +353,9 @@ def validate(cfg: Config, source: str) -> None:
     _check(0.0 <= cfg.moco.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {cfg.moco.momentum}")
     _check(cfg.optim.lr > 0, source, "optim.lr", f"must be > 0; got {cfg.optim.lr}")
     _check(cfg.optim.epochs > 0, source, "optim.epochs", f"must be positive; got {cfg.optim.epochs}")
+    _check(cfg.optim.steps is None or cfg.optim.steps > 0, source, "optim.steps", f"must be null or positive; "
+           f"got {cfg.optim.steps}")
+    _check(cfg.eval.knn_every_steps >= 0, source, "eval.knn_every_steps", "must be >= 0")
     _check(cfg.optim.weight_decay >= 0, source, "optim.weight_decay", "must be >= 0")
     _check(0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, source, "optim.warmup_epochs",
            f"must be in [0, optim.epochs]; got {cfg.optim.warmup_epochs}")
@@ -363,6 +381,7 @@ def validate(cfg: Config, source: str) -> None:
     _check(cfg.eval.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
     _validate_mochi(cfg, source)
     _validate_hvs(cfg, source)
+    stage_configs(cfg, source)  # each stage must be a valid run of its own
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
 
@@ -392,6 +411,28 @@ def _validate_hvs(cfg: Config, source: str) -> None:
            "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
     _check(not (hvs.enabled and hvs.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
            "needs mochi.enabled")
+
+
+def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:
+    """The config of each stage of a staged run: this config with the stage's overrides, its folder under
+    output_dir/<name>/, and model.init_from chained to the previous stage's checkpoint unless the stage sets one."""
+    stages: list[Config] = []
+    for index, overrides in enumerate(cfg.stages):
+        where = f"{source}: stages[{index}]"
+        if "stages" in overrides:
+            raise ConfigError(f"{where}: a stage cannot have stages of its own")
+        stage = copy.deepcopy(cfg)
+        stage.stages = []
+        stage.name = f"stage{index + 1}"
+        _apply(stage, overrides, "", where)
+        stage.output_dir = str(cfg.run_dir)
+        if stages and stage.model.init_from is None:
+            stage.model.init_from = str(stages[-1].run_dir / LAST)
+        validate(stage, where)
+        stages.append(stage)
+    names = [stage.name for stage in stages]
+    _check(len(set(names)) == len(names), source, "stages", f"need distinct names; got {names}")
+    return stages
 
 
 def views_per_image(cfg: Config) -> int:

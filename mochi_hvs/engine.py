@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
 import time
@@ -30,6 +31,18 @@ from .runtime import autocast, resolve_amp, resolve_device, seed_everything
 from .schedule import lr_multiplier, momentum_at
 from .step import ContrastiveStep, StepRandom
 from .tracking import RunLogger
+from .weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
+
+
+def freeze_all_but_batchnorm(module: torch.nn.Module) -> None:
+    """HPT-BN: only BatchNorm affine parameters keep requires_grad (running statistics update as usual)."""
+    for layer in module.modules():
+        is_bn = isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
+        for param in layer.parameters(recurse=False):
+            param.requires_grad_(is_bn)
+
+
+SUMMARY = "summary.json"  # written when a run (or stage) has finished, with its final figures
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,20 +123,29 @@ class Trainer:
         self.batches = build_batches(images, data_cfg, self.local_batch, cfg.seed, self.device,
                                      self.env.rank, self.env.world_size)
         self.steps_per_epoch = self.batches.sampler.batches_per_epoch
-        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
         local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
         self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits)
         if cfg.model.sync_bn and self.env.distributed:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        starts_from = cfg.model.init_from if resume is None else None  # a resume restores everything itself
+        self.init_report = self._init_backbone(starts_from) if starts_from else None
+        if cfg.model.train_bn_only:
+            freeze_all_but_batchnorm(self.model.encoder_q.backbone)
         self.model.to(self.device)
+        if cfg.compile:
+            self.model.encoder_q.compile()
+            self.model.encoder_k.compile()
         self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
         mixer = self._build_mixer()
         self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
                                        self._build_selector(mixer), cfg.hvs.score_with_mochi,
                                        query_encoder=self._query_encoder())
         self.optimizer = torch.optim.SGD(
-            self.model.encoder_q.parameters(), lr=self.base_lr, momentum=cfg.optim.momentum,
+            [p for p in self.model.encoder_q.parameters() if p.requires_grad], lr=self.base_lr,
+            momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
         )
         warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
@@ -141,6 +163,21 @@ class Trainer:
         self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
         if resume is not None:
             self.load(resume)
+
+    def _init_backbone(self, path: str) -> LoadReport:
+        """HPT: the query backbone from a weights file, copied into the momentum encoder. The projection head
+        keeps its fresh initialisation, the queue starts empty and the optimiser fresh."""
+        state, meta = read_backbone_state(path)
+        wanted = (self.cfg.model.arch, self.cfg.model.small_stem)
+        if (meta.arch, meta.small_stem) != wanted:
+            raise WeightsError(f"model.init_from={path} holds a {meta.arch} backbone (small stem: {meta.small_stem}) "
+                               f"but the run builds {wanted[0]} (small stem: {wanted[1]}); set model.arch and "
+                               "model.small_stem to match")
+        report = load_backbone_weights(self.model.encoder_q.backbone, state)
+        self.model.encoder_k.load_state_dict(self.model.encoder_q.state_dict())
+        if self.env.is_main:
+            print(f"init_from {path} ({meta.source} format): {report.summary()}", file=sys.stderr)
+        return report
 
     def _query_encoder(self) -> torch.nn.Module:
         """What trained queries go through: f_q itself, or its DistributedDataParallel wrapper (gradients
@@ -286,8 +323,9 @@ class Trainer:
     def _run_epoch(self) -> None:
         pos = self.position
         self.batches.set_epoch(pos.epoch, pos.batch_in_epoch)
-        bar = tqdm(total=self.steps_per_epoch, initial=pos.batch_in_epoch, disable=not self.env.is_main,
-                   desc=f"epoch {pos.epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True, leave=False)
+        epoch_steps = min(self.steps_per_epoch, self.total_steps - pos.global_step + pos.batch_in_epoch)
+        bar = tqdm(total=epoch_steps, initial=pos.batch_in_epoch, disable=not self.env.is_main,
+                   desc=f"epoch {pos.epoch + 1}/{self.num_epochs}", dynamic_ncols=True, leave=False)
         window = MetricWindow(pos.global_step)
         global_batch = self.cfg.optim.batch_size
         tick = time.perf_counter()
@@ -310,6 +348,11 @@ class Trainer:
                     bar.close()
                     raise Interrupted(f"stopped at step {pos.global_step}; checkpoint {self.checkpoint_path} "
                                       "holds everything: continue with --resume auto")
+            every = self.cfg.eval.knn_every_steps
+            if every and pos.global_step % every == 0 and pos.global_step < self.total_steps:
+                self._report_knn(f"step {pos.global_step}")
+            if pos.global_step >= self.total_steps:  # a run measured in steps may end mid-epoch
+                break
             tick = time.perf_counter()
         self._flush(window, bar)
         bar.close()
@@ -321,7 +364,7 @@ class Trainer:
         self.save()
         if self.env.is_main and self.last_metrics:
             m = self.last_metrics
-            tqdm.write(f"epoch {pos.epoch}/{self.cfg.optim.epochs}: loss {m['loss']:.3f}, proxy top-1 "
+            tqdm.write(f"epoch {pos.epoch}/{self.num_epochs}: loss {m['loss']:.3f}, proxy top-1 "
                        f"{m['proxy_top1']:.3f}, {m['images_per_s']:.0f} img/s, "
                        f"data wait {100 * m['data_wait_frac']:.1f}%")
 
@@ -338,8 +381,13 @@ class Trainer:
                         epoch=self.position.epoch, k=result.k)
         return result
 
+    def _report_knn(self, when: str) -> None:
+        result = self.evaluate_knn()
+        if self.env.is_main:
+            tqdm.write(f"{when}: kNN top-1 {result.top1:.2f}%")
+
     def random_init_knn(self) -> KnnResult:
-        """kNN accuracy of the same backbone at its random initialisation (before any step)."""
+        """kNN accuracy of the same backbone as it started: its random initialisation, or model.init_from."""
         trained = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
         self.model.backbone.load_state_dict(self.initial_backbone_state)
         try:
@@ -357,12 +405,10 @@ class Trainer:
         return metrics
 
     def _end_of_epoch_evaluations(self) -> None:
-        epoch, last = self.position.epoch, self.position.epoch >= self.cfg.optim.epochs
+        epoch, last = self.position.epoch, self.position.global_step >= self.total_steps
         every = self.cfg.eval.knn_every
         if every and epoch % every == 0 and not last:
-            result = self.evaluate_knn()
-            if self.env.is_main:
-                tqdm.write(f"epoch {epoch}: kNN top-1 {result.top1:.2f}%")
+            self._report_knn(f"epoch {epoch}")
         every = self.cfg.eval.analysis_every
         if every and epoch % every == 0:
             metrics = self.analyse_embeddings()
@@ -376,7 +422,7 @@ class Trainer:
         start = time.perf_counter()
         start_step = self.position.global_step
         try:
-            while self.position.epoch < self.cfg.optim.epochs:
+            while self.position.global_step < self.total_steps:
                 self._run_epoch()
                 self._end_of_epoch_evaluations()
         finally:
@@ -391,9 +437,10 @@ class Trainer:
         trained = self.evaluate_knn()
         summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
                        knn_top5=None if trained.top5 is None else round(trained.top5, 2))
+        summary["init_from"] = self.cfg.model.init_from
         if self.cfg.eval.knn_random_baseline:
-            summary["random_init_knn_top1"] = round(self.random_init_knn().top1, 2)
+            summary["init_knn_top1"] = round(self.random_init_knn().top1, 2)
         self.logger.close()
         if self.env.is_main:
-            (self.cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .checkpoint import CheckpointError, resolve_resume
-from .config import ConfigError, add_config_arguments, load_config
+from .config import Config, ConfigError, add_config_arguments, load_config, stage_configs
 from .data.datasets import DatasetError
-from .engine import Interrupted, Trainer, TrainingDiverged
+from .distributed import world
+from .engine import SUMMARY, Interrupted, Trainer, TrainingDiverged
 from .runtime import DeviceError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged)
@@ -24,16 +26,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report(summary: dict) -> str:
-    """The end-of-run table: kNN of the trained backbone next to the random-init one."""
+def report(summary: dict, title: str = "") -> str:
+    """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point."""
+    start = "random init" if summary.get("init_from") is None else "start (init_from)"
     lines = [
-        f"trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
-        f"{'backbone':<16}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}",
-        f"{'MoCo-pretrained':<16}{summary['knn_top1']:>21.2f}%",
+        f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
+        f"{'backbone':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}",
+        f"{'MoCo-pretrained':<18}{summary['knn_top1']:>21.2f}%",
     ]
-    if "random_init_knn_top1" in summary:
-        lines.append(f"{'random init':<16}{summary['random_init_knn_top1']:>21.2f}%")
+    if "init_knn_top1" in summary:
+        lines.append(f"{start:<18}{summary['init_knn_top1']:>21.2f}%")
     return "\n".join(lines)
+
+
+def run(cfg: Config, resume: str | None) -> list[tuple[str, dict]]:
+    """Train the run, or each of its stages in order; returns (stage name, summary) pairs.
+
+    With --resume auto a staged run skips the stages that finished (their summary.json exists) and
+    continues the interrupted one where its checkpoint left it.
+    """
+    stages = stage_configs(cfg)
+    if stages and resume not in (None, "auto"):
+        raise CheckpointError("a staged run resumes with --resume auto (each stage keeps its own checkpoint)")
+    results = []
+    for stage in stages or [cfg]:
+        finished = stage.run_dir / SUMMARY
+        if stages and resume == "auto" and finished.is_file():
+            results.append((stage.name, json.loads(finished.read_text())))
+            continue
+        results.append((stage.name, Trainer(stage, resolve_resume(resume, stage.run_dir)).fit()))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,16 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        trainer = Trainer(cfg, resolve_resume(args.resume, cfg.run_dir))
-        summary = trainer.fit()
+        results = run(cfg, args.resume)
     except Interrupted as stop:
         print(f"\ninterrupted: {stop}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if trainer.env.is_main:
-        print(report(summary))
+    if world()[0] == 0:
+        staged = len(results) > 1 or bool(cfg.stages)
+        print("\n\n".join(report(summary, f"[{name}] " if staged else "") for name, summary in results))
     return 0
 
 

