@@ -294,6 +294,9 @@ def _apply_file(cfg: Config, path: Path, chain: tuple[Path, ...] = ()) -> None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: 'base' must be the path of another recipe, got {base!r}")
         _apply_file(cfg, path.parent / base, (*chain, path))
+    for stage in values.get("stages") or []:
+        if isinstance(stage, dict) and isinstance(stage.get("base"), str):
+            stage["base"] = str((path.parent / stage["base"]).resolve())  # a stage's recipe, relative to this file
     _apply(cfg, values, "", str(path))
 
 
@@ -414,16 +417,21 @@ def _validate_hvs(cfg: Config, source: str) -> None:
 
 
 def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:
-    """The config of each stage of a staged run: this config with the stage's overrides, its folder under
-    output_dir/<name>/, and model.init_from chained to the previous stage's checkpoint unless the stage sets one."""
+    """The config of each stage of a staged run: this config, then the recipe the stage names as `base`, then the
+    stage's own keys; its folder under output_dir/<name>/, and model.init_from chained to the previous stage's
+    checkpoint unless the stage sets one."""
     stages: list[Config] = []
-    for index, overrides in enumerate(cfg.stages):
+    for index, stage_values in enumerate(cfg.stages):
         where = f"{source}: stages[{index}]"
-        if "stages" in overrides:
-            raise ConfigError(f"{where}: a stage cannot have stages of its own")
+        overrides = dict(stage_values)
+        base = overrides.pop("base", None)
         stage = copy.deepcopy(cfg)
         stage.stages = []
         stage.name = f"stage{index + 1}"
+        if base is not None:
+            _apply_file(stage, Path(base))
+        if "stages" in overrides or stage.stages:
+            raise ConfigError(f"{where}: a stage cannot have stages of its own")
         _apply(stage, overrides, "", where)
         stage.output_dir = str(cfg.run_dir)
         if stages and stage.model.init_from is None:

@@ -211,3 +211,16 @@ def test_staged_run_chains_stages_and_resumes_mid_stage(tiny_overrides, tmp_path
     final = torch.load(target.run_dir / "last.pth")["model"]
     for key, value in straight.items():
         assert torch.equal(final[key], value), key
+
+
+def test_a_stage_can_name_a_recipe_relative_to_the_staged_recipe(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "target.yaml").write_text("name: from_file\ndata: {name: mnist5k}\noptim: {steps: 7}\n")
+    staged = tmp_path / "recipes" / "staged.yaml"
+    staged.write_text("name: chain\nstages:\n  - {name: base, optim: {steps: 3}}\n"
+                      "  - {name: target, base: target.yaml, optim: {lr: 0.01}}\n")
+    base, target = stage_configs(load_config(staged))
+    assert (target.name, target.data.name, target.optim.steps, target.optim.lr) == ("target", "mnist5k", 7, 0.01)
+    assert base.data.name == "fashion_mnist" and target.model.init_from.endswith("chain/base/last.pth")
+    shipped = stage_configs(load_config("configs/hpt/fmnist_to_mnist.yaml"))
+    assert [(s.name, s.data.name) for s in shipped] == [("base", "fashion_mnist"), ("target", "mnist5k")]
