@@ -69,6 +69,25 @@ def test_cifar10_from_standard_pickle_batches(tmp_path, monkeypatch):
     assert data.image(0).shape == (3, 32, 32)
 
 
+def test_stl10_from_standard_binaries_with_unlabelled_images_for_pretraining(tmp_path, monkeypatch):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    counts = {"train": 6, "test": 4, "unlabeled": 5}
+    for split, count in counts.items():
+        rng.integers(0, 255, count * 3 * 96 * 96, dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (np.arange(count, dtype=np.uint8) % 10 + 1).tofile(folder / f"{split}_y.bin")  # 1-based labels
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    import torchvision.datasets.stl10 as stl10
+
+    monkeypatch.setattr(stl10, "check_integrity", lambda *args, **kwargs: True)  # md5s of the real files
+    pretrain, train, test = (load_images("stl10", str(tmp_path), split) for split in ("pretrain", "train", "test"))
+    assert (len(pretrain), len(train), len(test)) == (11, 6, 4)
+    assert pretrain.array.shape == (11, 96, 96, 3) and (pretrain.labels == -1).sum() == 5
+    assert train.labels.tolist() == [0, 1, 2, 3, 4, 5] and train.image(0).shape == (3, 96, 96)
+
+
 def test_imagefolder_tree(tmp_path):
     from PIL import Image
 
