@@ -25,22 +25,14 @@ from .evaluation.embedding import EmbeddingAnalysis
 from .evaluation.knn import KnnMonitor, KnnResult
 from .hvs import HardViewSelector
 from .mochi import HardNegativeMixer
+from .models.backbone import freeze_all_but_batchnorm
 from .models.moco import MoCo
 from .retrieval import build_retrieval
 from .runtime import autocast, resolve_amp, resolve_device, seed_everything
 from .schedule import lr_multiplier, momentum_at
 from .step import ContrastiveStep, StepRandom
-from .tracking import RunLogger
+from .tracking import MetricWindow, RunLogger
 from .weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
-
-
-def freeze_all_but_batchnorm(module: torch.nn.Module) -> None:
-    """HPT-BN: only BatchNorm affine parameters keep requires_grad (running statistics update as usual)."""
-    for layer in module.modules():
-        is_bn = isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
-        for param in layer.parameters(recurse=False):
-            param.requires_grad_(is_bn)
-
 
 SUMMARY = "summary.json"  # written when a run (or stage) has finished, with its final figures
 
@@ -51,41 +43,6 @@ class TrainingDiverged(RuntimeError):
 
 class Interrupted(RuntimeError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
-
-
-class MetricWindow:
-    """Per-step device scalars gathered between two log points; reduced with one host sync."""
-
-    def __init__(self, first_step: int) -> None:
-        self.first_step = first_step
-        self.values: dict[str, list[torch.Tensor]] = {}
-        self.data_wait = 0.0
-        self.images = 0
-        self.start = time.perf_counter()
-
-    def add(self, metrics: dict[str, torch.Tensor], data_wait: float, images: int) -> None:
-        """Record one step."""
-        for key, value in metrics.items():
-            self.values.setdefault(key, []).append(value.detach().float())
-        self.data_wait += data_wait
-        self.images += images
-
-    def __len__(self) -> int:
-        return len(self.values.get("loss", []))
-
-    def reduce(self) -> tuple[dict[str, float], int | None]:
-        """Means of each metric over steps and processes plus throughput, and the first step whose loss is not
-        finite on any process (or None). Every process gets the same answer; one or two collectives in all."""
-        names = list(self.values)
-        means = all_reduce_mean(torch.stack([torch.stack(self.values[n]).nanmean() for n in names])).cpu()
-        losses = all_reduce_mean(torch.stack(self.values["loss"])).cpu()
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        bad = (~torch.isfinite(losses)).nonzero()
-        first_bad = self.first_step + int(bad[0]) if len(bad) else None
-        means = {name: float(value) for name, value in zip(names, means, strict=True)}  # NaN: undefined there
-        means["images_per_s"] = self.images / elapsed
-        means["data_wait_frac"] = self.data_wait / elapsed
-        return means, first_bad
 
 
 @dataclass

@@ -1,11 +1,16 @@
-"""Run logging: TensorBoard event files plus a JSON-lines metrics file beside them."""
+"""Run logging: per-step metric windows reduced at log points, TensorBoard events and a JSON-lines file."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .distributed import all_reduce_mean
 
 
 class RunLogger:
@@ -42,3 +47,38 @@ class RunLogger:
         if self.enabled:
             self.writer.close()
             self.jsonl.close()
+
+
+class MetricWindow:
+    """Per-step device scalars gathered between two log points; reduced with one host sync."""
+
+    def __init__(self, first_step: int) -> None:
+        self.first_step = first_step
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.data_wait = 0.0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, torch.Tensor], data_wait: float, images: int) -> None:
+        """Record one step."""
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(value.detach().float())
+        self.data_wait += data_wait
+        self.images += images
+
+    def __len__(self) -> int:
+        return len(self.values.get("loss", []))
+
+    def reduce(self) -> tuple[dict[str, float], int | None]:
+        """Means of each metric over steps and processes plus throughput, and the first step whose loss is not
+        finite on any process (or None). Every process gets the same answer; one or two collectives in all."""
+        names = list(self.values)
+        means = all_reduce_mean(torch.stack([torch.stack(self.values[n]).nanmean() for n in names])).cpu()
+        losses = all_reduce_mean(torch.stack(self.values["loss"])).cpu()
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        bad = (~torch.isfinite(losses)).nonzero()
+        first_bad = self.first_step + int(bad[0]) if len(bad) else None
+        means = {name: float(value) for name, value in zip(names, means, strict=True)}  # NaN: undefined there
+        means["images_per_s"] = self.images / elapsed
+        means["data_wait_frac"] = self.data_wait / elapsed
+        return means, first_bad

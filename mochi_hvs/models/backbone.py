@@ -30,3 +30,11 @@ def use_small_stem(net: nn.Module) -> nn.Module:
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net
+
+
+def freeze_all_but_batchnorm(module: nn.Module) -> None:
+    """HPT-BN: only BatchNorm affine parameters keep requires_grad (running statistics update as usual)."""
+    for layer in module.modules():
+        is_bn = isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        for param in layer.parameters(recurse=False):
+            param.requires_grad_(is_bn)
