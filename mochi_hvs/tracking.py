@@ -73,7 +73,9 @@ class MetricWindow:
         """Means of each metric over steps and processes plus throughput, and the first step whose loss is not
         finite on any process (or None). Every process gets the same answer; one or two collectives in all."""
         names = list(self.values)
-        means = all_reduce_mean(torch.stack([torch.stack(self.values[n]).nanmean() for n in names])).cpu()
+        device = self.values["loss"][0].device  # host-side values (lr, momentum) join the loss's device
+        means = torch.stack([torch.stack(self.values[n]).nanmean().to(device) for n in names])
+        means = all_reduce_mean(means).cpu()
         losses = all_reduce_mean(torch.stack(self.values["loss"])).cpu()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         bad = (~torch.isfinite(losses)).nonzero()

@@ -147,3 +147,19 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_overrides)
     assert str(trainer.checkpoint_path) in str(err.value)
     kept = load_checkpoint(trainer.checkpoint_path)
     assert kept["global_step"] == 8 and kept["epoch"] == 1
+
+
+def test_metric_window_means_nan_handling_and_first_non_finite_step():
+    from mochi_hvs.tracking import MetricWindow
+
+    window = MetricWindow(first_step=10)
+    for loss in (1.0, 3.0):
+        window.add({"loss": torch.tensor(loss), "lr": torch.tensor(0.1), "oracle": torch.tensor(float("nan"))}, 0.0, 4)
+    means, first_bad = window.reduce()
+    assert means["loss"] == 2.0 and abs(means["lr"] - 0.1) < 1e-7 and first_bad is None
+    assert means["oracle"] != means["oracle"]  # NaN: a metric undefined at every step stays undefined
+    assert means["images_per_s"] > 0
+    window = MetricWindow(first_step=10)
+    for loss in (1.0, float("inf")):
+        window.add({"loss": torch.tensor(loss)}, 0.0, 4)
+    assert window.reduce()[1] == 11
