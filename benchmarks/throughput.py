@@ -96,8 +96,6 @@ def overrides_for(args: argparse.Namespace, arch: str) -> tuple[list[str], int, 
     batch = args.batch or (gpu_batch if args.device.startswith("cuda") else cpu_batch)
     common = [f"model.arch={arch}", f"model.small_stem={str(small).lower()}", f"optim.batch_size={batch}",
               f"moco.queue_size={queue}", f"data.image_size={size}", "model.bn_splits=8"]
-    if args.compile:
-        VARIANTS["moco_v2_compiled"] = ["compile=true"]
     return common, size, batch
 
 
@@ -123,6 +121,8 @@ def peak_memory_mib(args: argparse.Namespace, arch: str, name: str, device: torc
     command = [sys.executable, __file__, "--memory-of", arch, name, "--device", args.device]
     if args.batch:
         command += ["--batch", str(args.batch)]
+    if args.compile:
+        command.append("--compile")
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
 
 
@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--data-batches", type=int, default=20)
     parser.add_argument("--memory-of", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compile:
+        VARIANTS["moco_v2_compiled"] = ["compile=true"]
     if args.memory_of:
         measure_own_memory(args)
         return
