@@ -35,13 +35,17 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistEnv:
-    """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK), or run alone."""
+def init_distributed(device: str) -> DistEnv:
+    """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK), or run alone.
+
+    `device` is the configured one (auto|cpu|cuda|cuda:N): NCCL when it means CUDA, gloo otherwise.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv()
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo")
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -59,8 +59,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: Path | None = None, env: DistEnv | None = None) -> None:
         self.cfg = cfg
-        self.env = env or init_distributed("cuda" if cfg.device.startswith("cuda") or
-                                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.env = env or init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.env.local_rank)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"

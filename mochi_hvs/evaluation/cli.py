@@ -72,8 +72,7 @@ def prepare(args: argparse.Namespace) -> EvalContext:
     state, meta = read_backbone_state(args.checkpoint)
     inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
     cfg = load_config(args.config, args.set, defaults=None if args.config else inherited)
-    env = init_distributed("cuda" if cfg.device.startswith("cuda") or
-                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed)
