@@ -131,6 +131,11 @@ class EvalConfig:
     analysis_samples: int = 512  # size of that held-out batch (test split)
     batch_size: int = 512
 
+    @property
+    def knn_ks(self) -> list[int]:
+        """The configured k values, distinct and sorted (knn_k holds one value or a list)."""
+        return sorted(set(self.knn_k if isinstance(self.knn_k, list) else [self.knn_k]))
+
 
 @dataclass
 class Config:
@@ -377,7 +382,7 @@ def validate(cfg: Config, source: str) -> None:
     _check(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, source, "data.mean", "and data.std need 3 values")
     _check(cfg.data.train_subset is None or cfg.data.train_subset >= batch, source, "data.train_subset",
            f"must be null or at least one batch ({batch})")
-    knn_k = cfg.eval.knn_k if isinstance(cfg.eval.knn_k, list) else [cfg.eval.knn_k]
+    knn_k = cfg.eval.knn_ks
     _check(bool(knn_k) and min(knn_k) > 0, source, "eval.knn_k", f"must be positive (one value or a list); got {knn_k}")
     _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
     _check(cfg.eval.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")

@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if world()[0] == 0:
-        staged = len(results) > 1 or bool(cfg.stages)
-        print("\n\n".join(report(summary, f"[{name}] " if staged else "") for name, summary in results))
+        print("\n\n".join(report(summary, f"[{name}] " if cfg.stages else "") for name, summary in results))
     return 0
 
 

@@ -63,11 +63,6 @@ class KnnResult:
     top5: float | None
 
 
-def knn_ks(cfg: Config) -> list[int]:
-    """The configured k values, sorted (eval.knn_k holds one value or a list)."""
-    return sorted(set(cfg.eval.knn_k if isinstance(cfg.eval.knn_k, list) else [cfg.eval.knn_k]))
-
-
 class KnnMonitor:
     """kNN accuracy of a backbone: labelled training images as the bank, the test split as queries."""
 
@@ -79,7 +74,7 @@ class KnnMonitor:
         self.num_classes = len(bank.classes)
         self.bank_loader = eval_loader(bank, data, cfg.eval.batch_size, workers=0)
         self.test_loader = eval_loader(test, data, cfg.eval.batch_size, workers=0)
-        self.ks = knn_ks(cfg)
+        self.ks = cfg.eval.knn_ks
         self.temperature = cfg.eval.knn_temperature
         self.backend = cfg.eval.knn_backend
         self.fp16 = cfg.eval.knn_fp16
