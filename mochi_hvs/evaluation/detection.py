@@ -53,6 +53,7 @@ class DetectionSettings:
     workers: int = setting(2, "data-loading worker processes")
     seed: int = setting(0, "seed of the head initialisation, shuffling and flips")
 
+
 def build_detector(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, num_classes: int,
                    settings: DetectionSettings, mean: list[float], std: list[float]
                    ) -> tuple[FasterRCNN, LoadReport]:

@@ -47,6 +47,7 @@ class LinearSettings(SgdSettings):
     sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
     sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
 
+
 def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
     """A linear classifier initialised as in MoCo's linear probe: weights N(0, 0.01), bias 0."""
     head = nn.Linear(width, num_classes).to(device)

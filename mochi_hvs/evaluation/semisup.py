@@ -33,6 +33,7 @@ class SemisupSettings(SgdSettings):
     lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
     test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
 
+
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
     """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
     given = [name for name in ("label_fraction", "labels_per_class", "split_file") if getattr(settings, name)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from .knn import topk_accuracy
 from .settings import setting
 
 SCHEDULES = ("step", "cosine")
+STEP_MILESTONES = (0.6, 0.8)  # fractions of training where step decay divides the lr by 10 (MoCo: epochs 60, 80 of 100)
 
 
 @dataclass
@@ -26,7 +28,6 @@ class SgdSettings:
     batch_size: int = setting(256, "mini-batch size")
     schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
     seed: int = setting(0, "seed of subsets, shuffling, augmentation and head initialisation")
-STEP_MILESTONES = (0.6, 0.8)  # fractions of training where step decay divides the lr by 10 (MoCo: epochs 60, 80 of 100)
 
 
 def sgd_with_schedule(
@@ -62,7 +63,7 @@ def train_classifier(
             total += loss.detach() * len(labels)
             count += len(labels)
         mean_loss = float(total) / max(1, count)
-        if not torch.isfinite(torch.tensor(mean_loss)):
+        if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{desc}: loss became non-finite in epoch {epoch + 1} (learning rate too high?)")
         bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
     return mean_loss
