@@ -6,6 +6,8 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import LAST
+from .strict_yaml import DuplicateKeyError, load_yaml
 
 
 class ConfigError(ValueError):
@@ -185,20 +188,25 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Fewest samples per BatchNorm group: below 8, BN's error rises steeply (Wu & He, Group Normalization, 2018, fig. 1),
+# and at 28 px ResNet's last stage is 1x1, so a group's statistics come from its samples alone.
+MIN_BN_GROUP = 8
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check `value` against the annotation `tp`; int is accepted where float is expected."""
+    """Check `value` against the annotation `tp`; numbers in any notation are accepted where float is expected."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
+        options = [option for option in typing.get_args(tp) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
             return None
+        if len(options) == 1:
+            return _coerce(value, options[0], key, source)
         for option in options:
-            if option is type(None):
-                continue
             try:
                 return _coerce(value, option, key, source)
             except ConfigError:
@@ -213,11 +221,28 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
         return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _finite_float(value, key, source)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _finite_float(value: Any, key: str, source: str) -> float:
+    """An int, float or numeric text as a finite float (YAML 1.1 reads `1e-4` and `1e6` as text); never a bool."""
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+    if number is None:
+        raise ConfigError(f"{source}: '{key}' must be float, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+    return number
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
@@ -251,7 +276,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set: expected key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    key = key.strip()
+    try:
+        return key, load_yaml(raw) if raw.strip() else None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"--set: in the value of '{key}', {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set: the value of '{key}' is not valid YAML: {raw!r}") from err
 
 
 def _expects_text(cfg: Config, key: str) -> bool:
@@ -280,7 +311,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(values, dict):
@@ -322,7 +355,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if value is not None and not isinstance(value, str) and _expects_text(cfg, key):
             value = text.split("=", 1)[1].strip()  # name=off or name=2024 stay text, not YAML's bool / int
         _apply(cfg, _nest(key, value), "", "--set")
-    validate(cfg, str(path) if path is not None else "<defaults>")
+    sources = [name for name, given in (("<checkpoint config>", defaults), (str(path), path), ("--set", overrides))
+               if given]
+    validate(cfg, " + ".join(sources) or "<defaults>")
     return cfg
 
 
@@ -350,48 +385,95 @@ def validate(cfg: Config, source: str) -> None:
         cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
         source, "device", f"must be auto, cpu, cuda or cuda:N; got {cfg.device!r}",
     )
-    batch = cfg.optim.batch_size
-    _check(batch > 0, source, "optim.batch_size", f"must be positive; got {batch}")
-    _check(
-        cfg.moco.queue_size > 0 and cfg.moco.queue_size % batch == 0,
-        source, "moco.queue_size",
-        f"must be a positive multiple of the global batch optim.batch_size={batch}; got {cfg.moco.queue_size}",
-    )
-    _check(cfg.moco.temperature > 0, source, "moco.temperature", f"must be > 0; got {cfg.moco.temperature}")
-    _check(0.0 <= cfg.moco.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {cfg.moco.momentum}")
-    _check(cfg.optim.lr > 0, source, "optim.lr", f"must be > 0; got {cfg.optim.lr}")
-    _check(cfg.optim.epochs > 0, source, "optim.epochs", f"must be positive; got {cfg.optim.epochs}")
-    _check(cfg.optim.steps is None or cfg.optim.steps > 0, source, "optim.steps", f"must be null or positive; "
-           f"got {cfg.optim.steps}")
-    _check(cfg.eval.knn_every_steps >= 0, source, "eval.knn_every_steps", "must be >= 0")
-    _check(cfg.optim.weight_decay >= 0, source, "optim.weight_decay", "must be >= 0")
-    _check(0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, source, "optim.warmup_epochs",
-           f"must be in [0, optim.epochs]; got {cfg.optim.warmup_epochs}")
-    _check(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, source, "optim.grad_clip", "must be > 0 or null")
-    _check(cfg.model.bn_splits >= 1 and batch % cfg.model.bn_splits == 0, source, "model.bn_splits",
-           f"must be >= 1 and divide optim.batch_size={batch}; got {cfg.model.bn_splits}")
-    _check(cfg.model.feature_dim > 0, source, "model.feature_dim", "must be positive")
-    _check(not cfg.model.sync_bn or cfg.model.bn_splits == 1, source, "model.sync_bn",
-           f"synchronises BatchNorm over all processes; set model.bn_splits=1 with it (got {cfg.model.bn_splits})")
-    _check(cfg.data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {cfg.data.num_views}")
-    _check(cfg.data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {cfg.data.image_size}")
-    scale = cfg.data.crop_scale
-    _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "data.crop_scale",
-           f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
-    _check(cfg.data.workers >= 0, source, "data.workers", "must be >= 0")
-    _check(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, source, "data.mean", "and data.std need 3 values")
-    _check(cfg.data.train_subset is None or cfg.data.train_subset >= batch, source, "data.train_subset",
-           f"must be null or at least one batch ({batch})")
-    knn_k = cfg.eval.knn_ks
-    _check(bool(knn_k) and min(knn_k) > 0, source, "eval.knn_k", f"must be positive (one value or a list); got {knn_k}")
-    _check(cfg.eval.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
-    _check(cfg.eval.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
-    _check(cfg.eval.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
+    _check(0 <= cfg.seed < 2**63, source, "seed", f"must be in [0, 2**63); got {cfg.seed}")
+    _validate_optim(cfg, source)
+    _validate_moco(cfg, source)
+    _validate_model(cfg, source)
+    _validate_data(cfg, source)
+    _validate_eval(cfg, source)
     _validate_mochi(cfg, source)
     _validate_hvs(cfg, source)
     stage_configs(cfg, source)  # each stage must be a valid run of its own
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
+
+
+def _validate_optim(cfg: Config, source: str) -> None:
+    optim = cfg.optim
+    _check(optim.batch_size > 0, source, "optim.batch_size", f"must be positive; got {optim.batch_size}")
+    _check(optim.lr > 0, source, "optim.lr", f"must be > 0; got {optim.lr}")
+    _check(optim.base_batch_size is None or optim.base_batch_size > 0, source, "optim.base_batch_size",
+           f"must be null or positive; got {optim.base_batch_size}")
+    _check(0 <= optim.momentum < 1, source, "optim.momentum", f"must be in [0, 1) (SGD momentum); got {optim.momentum}")
+    _check(optim.weight_decay >= 0, source, "optim.weight_decay", "must be >= 0")
+    _check(optim.epochs > 0, source, "optim.epochs", f"must be positive; got {optim.epochs}")
+    _check(optim.steps is None or optim.steps > 0, source, "optim.steps", f"must be null or positive; "
+           f"got {optim.steps}")
+    _check(0 <= optim.warmup_epochs <= optim.epochs, source, "optim.warmup_epochs",
+           f"must be in [0, optim.epochs]; got {optim.warmup_epochs}")
+    milestones = optim.lr_milestones
+    _check(all(a < b for a, b in itertools.pairwise([0, *milestones])), source, "optim.lr_milestones",
+           f"must be positive epochs in increasing order; got {milestones}")
+    _check(optim.grad_clip is None or optim.grad_clip > 0, source, "optim.grad_clip", "must be > 0 or null")
+
+
+def _validate_moco(cfg: Config, source: str) -> None:
+    moco, batch = cfg.moco, cfg.optim.batch_size
+    _check(
+        moco.queue_size > 0 and moco.queue_size % batch == 0,
+        source, "moco.queue_size",
+        f"must be a positive multiple of the global batch optim.batch_size={batch}; got {moco.queue_size}",
+    )
+    if moco.symmetric:  # both directions enqueue their keys
+        _check(moco.queue_size >= 2 * batch, source, "moco.queue_size",
+               f"must hold the 2 x optim.batch_size={2 * batch} keys enqueued per step with moco.symmetric; "
+               f"got {moco.queue_size}")
+    _check(moco.temperature > 0, source, "moco.temperature", f"must be > 0; got {moco.temperature}")
+    _check(0.0 <= moco.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {moco.momentum}")
+
+
+def _validate_model(cfg: Config, source: str) -> None:
+    model, batch = cfg.model, cfg.optim.batch_size
+    _check(model.bn_splits >= 1 and batch % model.bn_splits == 0, source, "model.bn_splits",
+           f"must be >= 1 and divide optim.batch_size={batch}; got {model.bn_splits}")
+    _check(batch // model.bn_splits >= MIN_BN_GROUP, source, "model.bn_splits",
+           f"leaves BatchNorm groups of optim.batch_size / model.bn_splits = {batch} / {model.bn_splits} = "
+           f"{batch // model.bn_splits} samples; they need at least {MIN_BN_GROUP} (fewer splits or a larger batch)")
+    _check(model.feature_dim > 0, source, "model.feature_dim", "must be positive")
+    _check(model.head_hidden_dim is None or model.head_hidden_dim > 0, source, "model.head_hidden_dim",
+           f"must be null or positive; got {model.head_hidden_dim}")
+    _check(not model.sync_bn or model.bn_splits == 1, source, "model.sync_bn",
+           f"synchronises BatchNorm over all processes; set model.bn_splits=1 with it (got {model.bn_splits})")
+
+
+def _validate_data(cfg: Config, source: str) -> None:
+    data, batch = cfg.data, cfg.optim.batch_size
+    _check(data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {data.num_views}")
+    _check(data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {data.image_size}")
+    scale = data.crop_scale
+    _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "data.crop_scale",
+           f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
+    _check(data.workers >= 0, source, "data.workers", "must be >= 0")
+    _check(len(data.mean) == 3 and len(data.std) == 3, source, "data.mean", "and data.std need 3 values")
+    _check(min(data.std) > 0, source, "data.std", f"must be positive (images are divided by it); got {data.std}")
+    _check(data.train_subset is None or data.train_subset >= batch, source, "data.train_subset",
+           f"must be null or at least one batch ({batch})")
+
+
+def _validate_eval(cfg: Config, source: str) -> None:
+    ev = cfg.eval
+    _check(ev.knn_every >= 0, source, "eval.knn_every", f"must be >= 0; got {ev.knn_every}")
+    _check(ev.knn_every_steps >= 0, source, "eval.knn_every_steps", "must be >= 0")
+    knn_k = ev.knn_ks
+    _check(bool(knn_k) and min(knn_k) > 0, source, "eval.knn_k", f"must be positive (one value or a list); got {knn_k}")
+    _check(ev.knn_temperature > 0, source, "eval.knn_temperature", "must be > 0")
+    for key, subset in (("eval.knn_train_subset", ev.knn_train_subset), ("eval.knn_test_subset", ev.knn_test_subset)):
+        _check(subset is None or subset > 0, source, key, f"must be null or positive; got {subset}")
+    _check(ev.knn_train_subset is None or max(knn_k) <= ev.knn_train_subset, source, "eval.knn_k",
+           f"must not exceed eval.knn_train_subset={ev.knn_train_subset} (the size of the kNN bank); got {knn_k}")
+    _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
+    _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
+    _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
 
 
 def _validate_mochi(cfg: Config, source: str) -> None:
@@ -404,7 +486,11 @@ def _validate_mochi(cfg: Config, source: str) -> None:
            "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
     _check(0 < mochi.query_mix_max <= 1, source, "mochi.query_mix_max", f"must be in (0, 1]; got {mochi.query_mix_max}")
     _check(mochi.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
-    _check(mochi.faiss_nlist > 0 and 0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
+    ivf = mochi.enabled and mochi.retrieval == "faiss" and mochi.faiss_index == "ivf"
+    _check(mochi.faiss_nlist > 0 and not (ivf and mochi.faiss_nlist > cfg.moco.queue_size), source, "mochi.faiss_nlist",
+           f"must be positive, and at most moco.queue_size={cfg.moco.queue_size} with the ivf index (its centroids "
+           f"are trained on the queue); got {mochi.faiss_nlist}")
+    _check(0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
            f"must be in [1, mochi.faiss_nlist={mochi.faiss_nlist}]; got {mochi.faiss_nprobe}")
 
 

@@ -121,7 +121,7 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
     path = tmp_path / f"weights_{fmt}.pth"
     arch = "resnet18"
     if fmt == "ours":
-        source_cfg = load_config(None, ["moco.queue_size=256", "optim.batch_size=32"])
+        source_cfg = load_config(None, ["moco.queue_size=256", "optim.batch_size=32", "model.bn_splits=4"])
         expected = our_checkpoint(path, source_cfg)
         saved = torch.load(path)
         saved["model"]["encoder_q.head.0.weight"] += 1.0  # a head that training moved away from its init

@@ -17,7 +17,7 @@ def assert_same(a, b):
 
 def test_our_training_checkpoint(tmp_path):
     cfg = load_config(None, ["model.arch=resnet34", "model.small_stem=true", "optim.batch_size=32",
-                             "moco.queue_size=64"])
+                             "moco.queue_size=64", "model.bn_splits=4"])
     expected = our_checkpoint(tmp_path / "last.pth", cfg)
     state, meta = read_backbone_state(tmp_path / "last.pth")
     assert (meta.source, meta.arch, meta.small_stem) == ("mochi_hvs", "resnet34", True)
