@@ -11,7 +11,7 @@ from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.export import export_backbone
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
-SMALL_KNN = ["--set", "eval.knn_train_subset=100", "eval.knn_test_subset=50", "eval.batch_size=50"]
+SMALL_KNN = ["--set", "eval.knn_train_subset=200", "eval.knn_test_subset=50", "eval.batch_size=50"]  # bank >= k=200
 
 
 def cli(name):
@@ -22,7 +22,7 @@ def cli(name):
 @pytest.fixture
 def checkpoint(tmp_path):
     cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
-                             "moco.queue_size=64"])
+                             "moco.queue_size=64", "model.bn_splits=4"])
     our_checkpoint(tmp_path / "last.pth", cfg)
     return tmp_path / "last.pth"
 
@@ -42,7 +42,7 @@ def test_knn_cli_on_our_checkpoint_prints_table_and_appends_json(checkpoint, tmp
     assert trained["weights"] == {"format": "mochi_hvs", "arch": "resnet18", "small_stem": False,
                                   "random_init": False, "loaded_tensors": 120}
     assert trained["data"]["name"] == "fashion_mnist" and trained["settings"]["k"] == [20, 200]
-    assert trained["settings"]["train_subset"] == 100
+    assert trained["settings"]["train_subset"] == 200
     assert set(trained["metrics"]) == {"k20_top1", "k20_top5", "k200_top1", "k200_top5"}
     assert all(0 <= v <= 100 for v in trained["metrics"].values())
     assert random["weights"]["random_init"] and random["weights"]["loaded_tensors"] == 0
@@ -112,3 +112,37 @@ def test_detection_cli_end_to_end(checkpoint, tmp_path, capsys):
     assert set(entry["metrics"]) == {"AP", "AP50", "AP75", "final_loss"}
     assert entry["settings"]["norm"] == "frozen" and entry["settings"]["train"] == [f"{data}:train"]
     assert "AP50" in capsys.readouterr().out
+
+
+def test_a_checkpoint_pretrained_on_a_subset_below_the_default_batch_evaluates_without_config(
+        tiny_overrides, tmp_path, capsys):
+    from mochi_hvs.pretrain import main as pretrain
+
+    run = ["--set", *tiny_overrides, "data.train_subset=64", "optim.epochs=1", "eval.knn_random_baseline=false"]
+    assert pretrain(run) == 0
+    checkpoint = tmp_path / "tiny" / "last.pth"
+    stored = torch.load(checkpoint, weights_only=True)["config"]
+    assert (stored["data"]["train_subset"], stored["optim"]["batch_size"]) == (64, 32)  # valid only with its batch
+    results = tmp_path / "results.jsonl"
+    assert cli("knn")(["--checkpoint", str(checkpoint), "--results", str(results), *SMALL_KNN]) == 0
+    (entry,) = read_results(results)
+    assert entry["data"]["name"] == "fashion_mnist" and set(entry["metrics"]) == {
+        "k20_top1", "k20_top5", "k200_top1", "k200_top5"}
+    assert "error" not in capsys.readouterr().err
+
+
+def test_knn_larger_than_the_bank_is_one_clear_line(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (28, 28), (i * 60, 20, 20)).save(tmp_path / "tree" / split / cls / f"{i}.png")
+    args = ["--checkpoint", str(checkpoint), "--results", str(tmp_path / "r.jsonl"), "--set", "data.name=imagefolder",
+            f"data.root={tmp_path / 'tree'}"]
+    assert cli("knn")([*args, "eval.knn_k=[3,7]"]) == 2
+    assert error_line(capsys) == ("error: 'eval.knn_k' = 7 exceeds the kNN bank: 6 labelled training images of "
+                                  "imagefolder; choose k <= 6")
+    assert not (tmp_path / "r.jsonl").exists()
+    assert cli("knn")([*args, "eval.knn_k=6"]) == 0

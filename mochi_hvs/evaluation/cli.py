@@ -2,10 +2,11 @@
 
 Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar),
 `--config`/`--set` (data, device and eval settings, as for pretraining; without --config the data, device, amp and
-seed settings of the checkpoint's own config are used when it has one; eval.* keeps its defaults, i.e. the
-full labelled sets and k = 20, 200), `--random-init` (the same architecture at a seeded random initialisation:
-the baseline) and `--results` (a JSON-lines file that gets one line per run). Evaluator-specific options are
-generated from the evaluator's settings dataclass (see settings.py), so flags and defaults are defined once.
+seed settings of the checkpoint's own config are used when it has one, less the pretraining subset
+data.train_subset; eval.* keeps its defaults, i.e. the full labelled sets and k = 20, 200), `--random-init` (the
+same architecture at a seeded random initialisation: the baseline) and `--results` (a JSON-lines file that gets one
+line per run). Evaluator-specific options are generated from the evaluator's settings dataclass (see settings.py),
+so flags and defaults are defined once.
 Under torchrun, feature extraction is sharded across the processes and gathered in dataset order (kNN, cached
 linear probe); the trained evaluators are not data-parallel, and only the first process reports.
 """
@@ -38,6 +39,9 @@ from .settings import add_settings_arguments, settings_from_args
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FloatingPointError, BackboneChanged)
 DEFAULT_RESULTS = "eval_results.jsonl"
 INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes from a checkpoint's config
+# Pretraining-only keys of those sections: evaluation never reads them, and their checks refer to sections it does not
+# inherit (data.train_subset must hold one batch of the checkpoint's optim.batch_size, not of the default one).
+PRETRAINING_ONLY = {"data": ("train_subset",)}
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -67,11 +71,22 @@ class EvalContext:
     is_main: bool = True  # under torchrun, only the first process prints and writes results
 
 
+def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a checkpoint's stored config that evaluation starts from (without --config)."""
+    inherited = {}
+    for section, values in (stored or {}).items():
+        if section not in INHERITED_SECTIONS:
+            continue
+        if isinstance(values, dict):  # anything else is reported by load_config
+            values = {k: v for k, v in values.items() if k not in PRETRAINING_ONLY.get(section, ())}
+        inherited[section] = values
+    return inherited
+
+
 def prepare(args: argparse.Namespace) -> EvalContext:
     """Read the weights, resolve the config and device, and build the backbone (seeded)."""
     state, meta = read_backbone_state(args.checkpoint)
-    inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
-    cfg = load_config(args.config, args.set, defaults=None if args.config else inherited)
+    cfg = load_config(args.config, args.set, defaults=None if args.config else inherited_settings(meta.config))
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)

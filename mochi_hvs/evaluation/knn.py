@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
 from .features import extract_features
@@ -71,10 +71,13 @@ class KnnMonitor:
         data = cfg.data
         bank, test = labelled_splits(data.name, data.root, cfg.eval.knn_train_subset, cfg.eval.knn_test_subset,
                                      cfg.seed)
+        self.ks = cfg.eval.knn_ks
+        if self.ks[-1] > len(bank):
+            raise ConfigError(f"'eval.knn_k' = {self.ks[-1]} exceeds the kNN bank: {len(bank)} labelled training "
+                              f"images of {data.name}; choose k <= {len(bank)}")
         self.num_classes = len(bank.classes)
         self.bank_loader = eval_loader(bank, data, cfg.eval.batch_size, workers=0)
         self.test_loader = eval_loader(test, data, cfg.eval.batch_size, workers=0)
-        self.ks = cfg.eval.knn_ks
         self.temperature = cfg.eval.knn_temperature
         self.backend = cfg.eval.knn_backend
         self.fp16 = cfg.eval.knn_fp16
