@@ -37,6 +37,7 @@ class DataConfig:
     augment_on: str = "auto"  # auto (device for in-memory sets) | device (batched, on the training device) | cpu
     train_subset: int | None = None  # train on a fixed, class-balanced subset of this size
     workers: int = 2
+    skip_unreadable: bool = False  # undecodable image files: error (False) or warn and use the next readable one
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 

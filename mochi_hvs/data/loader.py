@@ -2,20 +2,24 @@
 
 Every sample's views depend only on (seed, epoch, dataset index): the same run gives the same
 views whatever the number of workers or processes, and a run resumed mid-epoch sees exactly the
-batches it would have seen.
+batches it would have seen. With data.skip_unreadable, an image file that cannot be decoded gives its
+place to the next readable one in dataset order, which keeps that property (and every batch full).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
 
 from .augment import clean_transform, post_crop_transform, supervised_transform
-from .datasets import ImageSet
+from .datasets import DatasetError, ImageSet, UnreadableImageError
 from .views import ViewSampler
 
 ORDER_STREAM, VIEW_STREAM = 0, 1
@@ -61,38 +65,106 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return ((int(i), self.epoch) for i in mine)
 
 
-class MultiViewDataset(Dataset):
-    """Pretraining samples: V augmented views, their crop boxes, the label and the index."""
+def readable_image(images: ImageSet, index: int, skip_unreadable: bool) -> tuple[torch.Tensor | Image.Image, int]:
+    """The image at `index` and the index it was read from: `index` itself, or with `skip_unreadable`, when that
+    file cannot be decoded, the next readable one in dataset order (wrapping around)."""
+    for offset in range(len(images)):
+        source = (index + offset) % len(images)
+        try:
+            return images.image(source), source
+        except UnreadableImageError:
+            if not skip_unreadable:
+                raise
+    raise DatasetError(f"none of the {len(images)} images can be read (the first tried: {images.files[index]})")
 
-    def __init__(self, images: ImageSet, sampler: ViewSampler, seed: int) -> None:
+
+class MultiViewDataset(Dataset):
+    """Pretraining samples: V augmented views, their crop boxes, the label, the index and the source index.
+
+    The views are drawn from (seed, epoch, index); `source` differs from `index` only when the image at
+    `index` was unreadable and skipped (the views, label and source then belong to the image read instead).
+    """
+
+    def __init__(self, images: ImageSet, sampler: ViewSampler, seed: int, skip_unreadable: bool = False) -> None:
         self.images = images
         self.sampler = sampler
         self.seed = seed
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, epoch = key
+        image, source = readable_image(self.images, index, self.skip_unreadable)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mixed_seed(self.seed, VIEW_STREAM, epoch, index))
-            views, boxes = self.sampler(self.images.image(index))
-        return {"views": views, "boxes": boxes, "label": int(self.images.labels[index]), "index": index}
+            views, boxes = self.sampler(image)
+        return {"views": views, "boxes": boxes, "label": int(self.images.labels[source]), "index": index,
+                "source": source}
 
 
 class CleanDataset(Dataset):
-    """Labelled samples: one view made by `transform` (clean or augmented), the label and the index."""
+    """Labelled samples: one view made by `transform` (clean or augmented), the label, the index and the
+    source index (as in MultiViewDataset: the image read in place of a skipped unreadable one)."""
 
-    def __init__(self, images: ImageSet, transform) -> None:
+    def __init__(self, images: ImageSet, transform, skip_unreadable: bool = False) -> None:
         self.images = images
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image = self.transform(self.images.image(index))
-        return {"image": image, "label": int(self.images.labels[index]), "index": index}
+        image, source = readable_image(self.images, index, self.skip_unreadable)
+        return {"image": self.transform(image), "label": int(self.images.labels[source]), "index": index,
+                "source": source}
+
+
+def worker_message(err: Exception) -> str | None:
+    """The message `err` was raised with in a DataLoader worker, None when it was not raised in one.
+
+    The main process re-raises a worker's exception as the same type, its message wrapped in the worker's
+    traceback: "Caught <Type> in DataLoader worker process N.\nOriginal Traceback ...\n<module>.<Type>: <message>".
+    """
+    text = str(err)
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    if not text.startswith(f"Caught {type(err).__name__} ") or marker not in text:
+        return None
+    return text.rpartition(marker)[2].strip()
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader of MultiViewDataset / CleanDataset batches that, in the main process, names every skipped
+    unreadable file once (a warning line with the running count) and gives a DatasetError raised in a worker
+    its own one-line message back."""
+
+    def __init__(self, dataset: MultiViewDataset | CleanDataset, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.skipped: set[int] = set()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        try:
+            for batch in super().__iter__():
+                if self.dataset.skip_unreadable:
+                    self._report_skipped(batch["index"].tolist(), batch["source"].tolist())
+                yield batch
+        except DatasetError as err:
+            message = worker_message(err)
+            if message is None:
+                raise
+            raise type(err)(message) from None
+
+    def _report_skipped(self, indices: list[int], sources: list[int]) -> None:
+        images = self.dataset.images
+        for index, source in zip(indices, sources, strict=True):
+            for offset in range((source - index) % len(images)):  # the unreadable files passed over
+                skipped = (index + offset) % len(images)
+                if skipped not in self.skipped:
+                    self.skipped.add(skipped)
+                    tqdm.write(f"warning: skipped unreadable image {images.files[skipped]} ({len(self.skipped)} "
+                               "so far); the next readable image takes its place", file=sys.stderr)
 
 
 def native_size(images: ImageSet) -> int | None:
@@ -103,36 +175,36 @@ def native_size(images: ImageSet) -> int | None:
 def pretrain_loader(
     images: ImageSet, data_cfg, local_batch: int, seed: int, rank: int = 0, world_size: int = 1,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> ImageLoader:
     """Loader of multi-view batches; its `.sampler` is the EpochSampler to drive per epoch."""
     post = post_crop_transform(data_cfg.augmentation, data_cfg.image_size, data_cfg.mean, data_cfg.std)
     views = ViewSampler(data_cfg.num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
-    dataset = MultiViewDataset(images, views, seed)
+    dataset = MultiViewDataset(images, views, seed, data_cfg.skip_unreadable)
     sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
-    return DataLoader(
+    return ImageLoader(
         dataset, batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=data_cfg.workers,
         pin_memory=pin_memory, persistent_workers=data_cfg.workers > 0,
         prefetch_factor=4 if data_cfg.workers > 0 else None,
     )
 
 
-def eval_loader(images: ImageSet, data_cfg, batch_size: int, workers: int | None = None) -> DataLoader:
+def eval_loader(images: ImageSet, data_cfg, batch_size: int, workers: int | None = None) -> ImageLoader:
     """Loader of clean images in dataset order; under torch.distributed, this process's shard (padded to equal size)."""
     transform = clean_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, native_size(images))
     workers = data_cfg.workers if workers is None else workers
-    dataset = CleanDataset(images, transform)
+    dataset = CleanDataset(images, transform, data_cfg.skip_unreadable)
     sampler = DistributedSampler(dataset, shuffle=False) if dist.is_available() and dist.is_initialized() else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
+    return ImageLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
 
 
 def supervised_loader(images: ImageSet, data_cfg, batch_size: int, seed: int,
-                      workers: int | None = None) -> DataLoader:
+                      workers: int | None = None) -> ImageLoader:
     """Shuffled (seeded) loader of augmented labelled images, for linear probes and fine-tuning.
 
     The last partial batch is dropped when there is more than one batch (a lone sample breaks BatchNorm).
     """
     transform = supervised_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     workers = data_cfg.workers if workers is None else workers
-    return DataLoader(CleanDataset(images, transform), batch_size=batch_size, shuffle=True,
-                      drop_last=len(images) > batch_size, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed))
+    dataset = CleanDataset(images, transform, data_cfg.skip_unreadable)
+    return ImageLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(images) > batch_size,
+                       num_workers=workers, generator=torch.Generator().manual_seed(seed))
