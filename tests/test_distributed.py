@@ -75,6 +75,7 @@ def _candidate_embeddings(rank, out_dir):
         queries, keys = HardViewSelector(model, 0.2, symmetric=False).embed_candidates(
             views, torch.Generator().manual_seed(5))
         results[name] = {"queries": queries, "keys": keys}
+    assert not any("forward" in vars(layer) for layer in synced.modules())  # scoring put SyncBatchNorm back
     reference = copy.deepcopy(plain)  # plain training-mode forwards, per view slot
     with torch.no_grad():
         # Shuffle-BN across processes: a key forward per slot, each drawing the same permutation.

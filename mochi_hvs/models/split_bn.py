@@ -1,4 +1,5 @@
-"""Split BatchNorm: batch statistics computed over independent groups of one device's batch."""
+"""Split BatchNorm: batch statistics computed over independent groups of one device's batch; and BatchNorm
+for scoring forwards, which changes no state and normalises each view slot of a batch of views on its own."""
 
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def per_slot_batch_norm(layer: nn.modules.batchnorm._BatchNorm,
         n, c = x.shape[:2]
         # Row i holds the V slots of sample i side by side as channels v * C + c (as SplitBatchNorm2d groups).
         grouped = x.reshape(n // view_slots, view_slots * c, -1).to(torch.promote_types(x.dtype, torch.float32))
-        count = reduce(grouped.new_tensor(grouped.shape[0] * grouped.shape[2]))
-        mean = reduce(grouped.sum(dim=(0, 2))) / count
+        sums = reduce(torch.cat([grouped.sum(dim=(0, 2)), grouped.new_tensor([grouped.shape[0] * grouped.shape[2]])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1]  # one collective for the sums and the sample count
         var = reduce((grouped - mean[:, None]).square().sum(dim=(0, 2))) / count
         weight = None if layer.weight is None else layer.weight.repeat(view_slots)
         bias = None if layer.bias is None else layer.bias.repeat(view_slots)
