@@ -68,14 +68,19 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of `tensor` over processes (identity when alone)."""
-    _, size = world()
-    if size == 1:
+def all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum of `tensor` over the processes of `group` (all of them by default); identity when alone."""
+    if world()[1] == 1:
         return tensor
     tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor / size
+    dist.all_reduce(tensor, group=group)
+    return tensor
+
+
+@torch.no_grad()
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of `tensor` over processes (identity when alone)."""
+    return all_reduce_sum(tensor) / world()[1]
 
 
 @torch.no_grad()
@@ -84,9 +89,12 @@ def shuffle_across_processes(
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """MoCo's shuffle-BN: permute the global batch, hand each process its share, and the function that undoes it.
 
-    The permutation is drawn from `generator` and broadcast from rank 0. Each process gets the shuffled
-    positions p = rank (mod world): with one process this is a plain local shuffle. The returned function
-    takes this process's outputs for its share and returns the outputs of its own samples, in order.
+    Only dim 0 (the samples) is permuted: x may carry more axes, e.g. (B, V, C, H, W) with the V views of
+    each sample, which then travel together. The permutation of the B * world samples is drawn from
+    `generator` (the same draw whatever the trailing axes) and broadcast from rank 0. Each process gets the
+    shuffled positions p = rank (mod world): with one process this is a plain local shuffle. The returned
+    function takes this process's outputs for its share (sample axis first) and returns the outputs of its
+    own samples, in order.
     """
     rank, size = world()
     batch = all_gather_cat(x)

@@ -4,8 +4,11 @@ Each image comes with V candidate views. Every ordered pair (a, b), a != b, is s
 the MoCo loss itself, q_a against k_b and the queue (plus MoCHi's synthetic negatives on request), and
 the step trains the hardest pair. Scoring changes no state: no BatchNorm running statistics, no queue,
 no draw from the training path's random streams. All V views go through each encoder in one batched
-forward whose BatchNorm groups match V separate forwards, and the momentum encoder's embeddings of
-the candidates are the very keys the step trains with (computed once).
+forward that equals V separate forwards, one per view slot, for every BatchNorm setting: split BN
+(each slot gets its own groups), shuffle-BN on one device or across processes (one permutation of the
+samples, drawn as for a single view, the views of a sample moving together), and SyncBatchNorm
+(statistics per slot, summed over processes). The momentum encoder's embeddings of the candidates are
+the very keys the step trains with (computed once).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .loss import full_precision
 from .mochi import HardNegativeMixer
 from .models.moco import MoCo
 from .models.split_bn import side_effect_free_bn
@@ -38,18 +42,20 @@ def pair_losses(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, tempe
     q, k: (B, V, D) embeddings; negatives: (K, D). The negatives' log-sum-exp depends on the query view
     only, so it is computed once per view (one (B, K) product at a time) and shared by its V keys.
     extra_logits(q_a, logits_a) may add synthetic negatives (B, S) for query view a (MoCHi).
+    Computed in full precision (autocast off, at least float32), as the training step's logits are.
     """
-    q, k = q.float(), k.float()
-    per_view = []
-    for a in range(q.shape[1]):
-        logits = q[:, a] @ negatives.float().t()
-        lse = torch.logsumexp(logits / temperature, dim=1)
-        if extra_logits is not None:
-            lse = torch.logaddexp(lse, torch.logsumexp(extra_logits(q[:, a], logits).float() / temperature, dim=1))
-        per_view.append(lse)
-    negative_lse = torch.stack(per_view, dim=1)  # (B, V)
-    positive = torch.einsum("bad,bcd->bac", q, k) / temperature
-    return torch.logaddexp(positive, negative_lse.unsqueeze(2)) - positive
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, negatives = full_precision(q, k, negatives)
+        per_view = []
+        for a in range(q.shape[1]):
+            logits = q[:, a] @ negatives.t()
+            lse = torch.logsumexp(logits / temperature, dim=1)
+            if extra_logits is not None:
+                lse = torch.logaddexp(lse, torch.logsumexp(extra_logits(q[:, a], logits) / temperature, dim=1))
+            per_view.append(lse)
+        negative_lse = torch.stack(per_view, dim=1)  # (B, V)
+        positive = torch.einsum("bad,bcd->bac", q, k) / temperature
+        return torch.logaddexp(positive, negative_lse.unsqueeze(2)) - positive
 
 
 def random_pairs(batch: int, views: int, generator: torch.Generator | None,
@@ -101,16 +107,20 @@ class HardViewSelector:
 
     @torch.no_grad()
     def embed_candidates(self, views: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query-side and key-side embeddings (B, V, D) of every view: one batched forward per encoder."""
-        batch, num_views = views.shape[:2]
-        x = views.flatten(0, 1)  # sample-major: BatchNorm group g*V + v holds view v of group g
-        if self.score_resolution and self.score_resolution != x.shape[-1]:
-            x = F.interpolate(x, size=self.score_resolution, mode="bilinear", antialias=True, align_corners=False)
+        """Query-side and key-side embeddings (B, V, D) of every view: one batched forward per encoder.
+
+        Each equals V separate forwards, one per view slot: the key side shuffles samples (one permutation,
+        drawn from `generator` first, as a single view's key forward would draw it) with their views together.
+        """
+        num_views = views.shape[1]
+        if self.score_resolution and self.score_resolution != views.shape[-1]:
+            views = F.interpolate(views.flatten(0, 1), size=self.score_resolution, mode="bilinear", antialias=True,
+                                  align_corners=False).unflatten(0, views.shape[:2])
         encoders = [self.model.encoder_k] if self.scorer == "momentum" else [self.model.encoder_k, self.model.encoder_q]
-        with side_effect_free_bn(encoders, group_factor=num_views):
-            keys = self.model.key(x, generator)
-            queries = keys if self.scorer == "momentum" else self.model.encoder_q(x)
-        return queries.view(batch, num_views, -1), keys.view(batch, num_views, -1)
+        with side_effect_free_bn(encoders, view_slots=num_views):
+            keys = self.model.key(views, generator)
+            queries = keys if self.scorer == "momentum" else self.model.encoder_q(views.flatten(0, 1)).view_as(keys)
+        return queries, keys
 
     @torch.no_grad()
     def __call__(self, views: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
+def full_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in one common dtype of at least float32 (float64 stays float64)."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def contrastive_logits(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Cosine logits (B, 1 + K): column 0 is q.k (the positive), then q against each negative."""
-    positive = (q * k).sum(dim=1, keepdim=True)
-    return torch.cat([positive, q @ negatives.t()], dim=1)
+    """Cosine logits (B, 1 + K): column 0 is q.k (the positive), then q against each negative.
+
+    Always in full precision (autocast off, at least float32): the loss and MoCHi's top-N and mixing read them.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, negatives = full_precision(q, k, negatives)
+        positive = (q * k).sum(dim=1, keepdim=True)
+        return torch.cat([positive, q @ negatives.t()], dim=1)
 
 
 def info_nce(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -114,15 +114,20 @@ class HardNegativeMixer:
 
     def __call__(self, q: torch.Tensor, neg_logits: torch.Tensor, bank: torch.Tensor,
                  generator: torch.Generator | None = None) -> MixedNegatives:
-        """q (B, D) with gradient, neg_logits = q . bank.T (B, K) already computed, bank (K, D)."""
-        hard_logits, hard = self.retrieval.topk(q, self.num_hard, logits=neg_logits)
-        hard = hard.long()
-        draw = draw_mixing(q.shape[0], self.num_hard, self.num_mix, self.num_query_mix, self.query_mix_max,
-                           generator, q.device)
-        if self.reference:
-            logits = mixed_logits_reference(q, bank, hard, draw)
-        else:
-            logits = mixed_logits_fast(q, neg_logits, bank, hard, draw)
+        """q (B, D) with gradient, neg_logits = q . bank.T (B, K) already computed, bank (K, D).
+
+        Selection and mixing run in float32 with autocast off (give float32 `neg_logits`, as
+        `contrastive_logits` makes them): the top-N and the synthetic logits do not depend on autocast.
+        """
+        with torch.autocast(q.device.type, enabled=False):
+            hard_logits, hard = self.retrieval.topk(q, self.num_hard, logits=neg_logits)
+            hard = hard.long()
+            draw = draw_mixing(q.shape[0], self.num_hard, self.num_mix, self.num_query_mix, self.query_mix_max,
+                               generator, q.device)
+            if self.reference:
+                logits = mixed_logits_reference(q, bank, hard, draw)
+            else:
+                logits = mixed_logits_fast(q, neg_logits, bank, hard, draw)
         return MixedNegatives(logits=logits, hard_indices=hard, hard_logits=hard_logits)
 
 

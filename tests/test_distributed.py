@@ -1,5 +1,6 @@
 """Two CPU processes on gloo, as torchrun would start them: shuffle-BN, queues, and equivalence with one process."""
 
+import copy
 import os
 import socket
 
@@ -7,10 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn as nn
 
-from mochi_hvs.config import load_config
+from mochi_hvs.config import MocoConfig, ModelConfig, load_config
 from mochi_hvs.distributed import all_gather_cat, shuffle_across_processes
 from mochi_hvs.engine import Trainer
+from mochi_hvs.hvs import HardViewSelector
+from mochi_hvs.models import MoCo
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -57,6 +61,42 @@ def test_shuffle_then_unshuffle_is_the_identity_across_processes(tmp_path):
     assert torch.equal(r0["global_shuffled"].sort(dim=0).values, r0["global"].sort(dim=0).values)
     assert not torch.equal(r0["shuffled"], r0["x"])
     assert (r0["shuffled"] >= 100).any()  # rank 0 now holds some of rank 1's samples
+
+
+def _candidate_embeddings(rank, out_dir):
+    # float64: the batched and the separate forwards agree to ~1e-13 whatever the CPU; mixed view slots ~0.1.
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)  # the same weights on both processes
+    plain = MoCo(ModelConfig(arch="resnet18", bn_splits=1, feature_dim=16), MocoConfig(queue_size=64)).double()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    views = torch.randn(4, 3, 3, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
+    results = {}
+    for name, model in (("shuffle_bn", plain), ("sync_bn", synced)):
+        queries, keys = HardViewSelector(model, 0.2, symmetric=False).embed_candidates(
+            views, torch.Generator().manual_seed(5))
+        results[name] = {"queries": queries, "keys": keys}
+    assert not any("forward" in vars(layer) for layer in synced.modules())  # scoring put SyncBatchNorm back
+    reference = copy.deepcopy(plain)  # plain training-mode forwards, per view slot
+    with torch.no_grad():
+        # Shuffle-BN across processes: a key forward per slot, each drawing the same permutation.
+        results["shuffle_bn"]["expected_queries"] = torch.stack([reference.encoder_q(views[:, v]) for v in range(3)], 1)
+        results["shuffle_bn"]["expected_keys"] = torch.stack(
+            [reference.key(views[:, v], torch.Generator().manual_seed(5)) for v in range(3)], 1)
+        # SyncBN is BatchNorm over the global batch: a plain forward of the global slot batch, this rank's rows.
+        everyone = all_gather_cat(views)
+        for side, encoder in (("queries", reference.encoder_q), ("keys", reference.encoder_k)):
+            per_slot = [encoder(everyone[:, v])[rank::2] for v in range(3)]
+            results["sync_bn"][f"expected_{side}"] = torch.stack(per_slot, dim=1)
+    torch.save(results, out_dir / f"{rank}.pt")
+
+
+def test_candidate_embeddings_equal_separate_forwards_per_view_under_shuffle_bn_and_sync_bn(tmp_path):
+    run_ranks(_candidate_embeddings, 2, tmp_path)  # one start of two processes for both settings (kept short)
+    for rank in range(2):
+        for name, result in torch.load(tmp_path / f"{rank}.pt").items():
+            for side in ("queries", "keys"):
+                error = (result[side] - result[f"expected_{side}"]).abs().max()
+                assert error < 1e-9, f"{name} {side} on rank {rank}: {error}"
 
 
 def _train(rank, overrides, out_dir):

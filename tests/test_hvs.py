@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -86,20 +87,75 @@ def test_scoring_changes_no_state():
     assert all(m.training for m in model.modules())  # nothing was switched to eval mode and left there
 
 
-def test_one_batched_forward_scores_like_separate_forwards_per_view():
-    model = small_moco(bn_splits=2)
-    model.shuffle_bn = False
-    views = torch.randn(4, 3, 3, 28, 28)
-    selector = HardViewSelector(model, 0.2, symmetric=False)
-    queries, keys = selector.embed_candidates(views, torch.Generator().manual_seed(0))
-    with torch.no_grad(), side_effect_free_bn([model.encoder_q, model.encoder_k]):
-        for v in range(3):
-            assert torch.allclose(queries[:, v], model.encoder_q(views[:, v]), atol=1e-5)
-            assert torch.allclose(keys[:, v], model.encoder_k(views[:, v]), atol=1e-5)
-    # Without the regrouping, statistics would mix view slots and differ.
+def float64_moco(bn_splits, shuffle_bn=True, queue=64) -> MoCo:
+    """A small MoCo in float64: equivalence checks then hold to ~1e-12 on any CPU, whatever BatchNorm amplifies."""
+    torch.manual_seed(0)
+    model = MoCo(ModelConfig(arch="resnet18", bn_splits=bn_splits, feature_dim=16),
+                 MocoConfig(queue_size=queue, shuffle_bn=shuffle_bn))
+    return model.double()
+
+
+FLOAT64_TOLERANCE = 1e-9  # unit-norm embeddings: float64 rounding is ~1e-13 here; mixing view slots moves them ~0.1
+
+
+def separate_forwards(model, views, seed):
+    """Query and key embeddings (B, V, D) from V plain training-mode forwards of a copy of the model, one per
+    view slot; each key forward shuffles with a fresh generator seeded `seed` (the permutation a single-view
+    key forward draws)."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        queries = [reference.encoder_q(views[:, v]) for v in range(views.shape[1])]
+        keys = [reference.key(views[:, v], torch.Generator().manual_seed(seed)) for v in range(views.shape[1])]
+    return torch.stack(queries, dim=1), torch.stack(keys, dim=1)
+
+
+@pytest.mark.parametrize(("bn_splits", "shuffle_bn"), [(4, True), (4, False), (1, True)])
+def test_one_batched_forward_scores_like_separate_forwards_per_view(bn_splits, shuffle_bn):
+    model = float64_moco(bn_splits, shuffle_bn)
+    views = torch.randn(8, 3, 3, 28, 28, dtype=torch.float64)
+    queries, keys = HardViewSelector(model, 0.2, symmetric=False).embed_candidates(
+        views, torch.Generator().manual_seed(5))
+    expected_queries, expected_keys = separate_forwards(model, views, seed=5)
+    assert (queries - expected_queries).abs().max() < FLOAT64_TOLERANCE
+    assert (keys - expected_keys).abs().max() < FLOAT64_TOLERANCE
+    # The tolerance detects mixed view slots: one group over slots differs far above rounding.
     with torch.no_grad(), side_effect_free_bn([model.encoder_q]):
-        mixed = model.encoder_q(views.flatten(0, 1)).view(4, 3, -1)
-    assert not torch.allclose(mixed, queries, atol=1e-3)
+        mixed = model.encoder_q(views.flatten(0, 1)).view(8, 3, -1)
+    assert (mixed - expected_queries).abs().max() > 1e-3
+
+
+def test_selected_pair_is_the_argmax_of_losses_from_separate_forwards():
+    model = float64_moco(bn_splits=4)
+    views, boxes = torch.randn(16, 3, 3, 28, 28, dtype=torch.float64), torch.rand(16, 3, 4)
+    selection = HardViewSelector(model, 0.2, symmetric=False)(views, boxes, torch.Generator().manual_seed(5))
+    queries, keys = separate_forwards(model, views, seed=5)
+    first, second = select_pairs(pair_losses(queries, keys, model.queue.features, 0.2), "hardest")
+    assert torch.equal(selection.query_view, first) and torch.equal(selection.key_view, second)
+
+
+def test_reused_keys_are_the_separate_key_forwards_of_the_chosen_views():
+    model = float64_moco(bn_splits=4)
+    views, boxes = torch.randn(16, 3, 3, 28, 28, dtype=torch.float64), torch.rand(16, 3, 4)
+    step = ContrastiveStep(model, 0.2, True, selector=HardViewSelector(model, 0.2, True, reuse_keys=True))
+    rng = StepRandom(0, 3, 0, torch.device("cpu"))
+    hvs_seed = int(StepRandom(0, 3, 0, torch.device("cpu"))("hvs").initial_seed())
+    out = step(views, rng, boxes=boxes, select=True)
+    queries, keys = separate_forwards(model, views, seed=hvs_seed)
+    losses = pair_losses(queries, keys, model.queue.features, 0.2)
+    first, second = select_pairs(losses + losses.transpose(1, 2), "hardest")
+    rows = torch.arange(16)
+    expected = torch.cat([keys[rows, second], keys[rows, first]])  # both directions of the symmetric loss
+    assert (out.keys - expected).abs().max() < FLOAT64_TOLERANCE
+
+
+def test_hvs_scores_in_float32_under_bf16_autocast():
+    q, k = F.normalize(torch.randn(6, 3, 16), dim=-1), F.normalize(torch.randn(6, 3, 16), dim=-1)
+    queue = F.normalize(torch.randn(500, 16), dim=-1)
+    expected = pair_losses(q, k, queue, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = pair_losses(q, k, queue, 0.1)
+    assert losses.dtype == torch.float32
+    assert torch.allclose(losses, expected, rtol=1e-5, atol=0)  # float32 rounding; bf16 would move them ~1e-2
 
 
 def count_forwards(module):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mochi_hvs.config import load_config
 from mochi_hvs.engine import Trainer
+from mochi_hvs.loss import contrastive_logits
 from mochi_hvs.mochi import (
     HardNegativeMixer,
     MixingDraw,
@@ -111,6 +112,30 @@ def test_mixer_uses_the_exact_top_n_of_the_logits():
     assert torch.equal(mixed.hard_indices, expected.indices)
     assert torch.allclose(mixed.hard_logits, expected.values)
     assert mixed.logits.shape == (5, 10) and mixed.logits.requires_grad
+
+
+def test_top_n_and_synthetic_logits_under_bf16_autocast_are_the_float32_ones():
+    # The training step's path: queue logits from contrastive_logits, then the mixer. Under autocast both stay
+    # float32, so the top-N set and the synthetic logits are those of float32 from the same q.
+    queue = MemoryQueue(4096, 128)
+    q, k = unit(32, 128).requires_grad_(True), unit(32, 128)
+    mixer = HardNegativeMixer(TorchTopK(queue), num_hard=256, num_mix=64, num_query_mix=32)
+
+    def mix():
+        logits = contrastive_logits(q, k, queue.features)
+        return logits, mixer(q, logits[:, 1:], queue.features, torch.Generator().manual_seed(1))
+
+    expected_logits, expected = mix()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, mixed = mix()
+    assert logits.dtype == mixed.logits.dtype == torch.float32
+    assert torch.allclose(logits, expected_logits, rtol=0, atol=1e-6)  # float32 rounding of cosines
+    assert torch.equal(mixed.hard_indices, expected.hard_indices)  # bf16 logits would reorder ties and near-ties
+    assert torch.allclose(mixed.logits, expected.logits, rtol=0, atol=1e-6)
+    # The mixing alone, given the float32 logits, is float32 too (its pair products are not lowered).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        alone = mixer(q, expected_logits[:, 1:], queue.features, torch.Generator().manual_seed(1))
+    assert torch.allclose(alone.logits, expected.logits, rtol=0, atol=1e-6)
 
 
 def test_torch_retrieval_reuses_given_logits_without_a_matmul():

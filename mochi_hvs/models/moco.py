@@ -65,8 +65,13 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised key embeddings; the (global) batch is shuffled around f_k so BN groups differ from f_q's."""
-        if not self.shuffle_bn:
-            return self.encoder_k(x)
-        shuffled, restore = shuffle_across_processes(x, generator)
-        return restore(self.encoder_k(shuffled))
+        """Normalised key embeddings of x (B, C, H, W) as (B, D), or of views x (B, V, C, H, W) as (B, V, D).
+
+        With shuffle-BN the samples of the (global) batch are shuffled around f_k, so that its BatchNorm
+        groups differ from f_q's: one permutation of the samples, drawn as for a single view, the views of a
+        sample moving together. Views are then encoded as one sample-major batch of B * V; giving each view
+        slot its own BatchNorm groups is the caller's part (`side_effect_free_bn(..., view_slots=V)`).
+        """
+        shuffled, restore = shuffle_across_processes(x, generator) if self.shuffle_bn else (x, None)
+        keys = self.encoder_k(shuffled.flatten(0, -4)).unflatten(0, shuffled.shape[:-3])
+        return keys if restore is None else restore(keys)

@@ -1,13 +1,16 @@
-"""Split BatchNorm: batch statistics computed over independent groups of one device's batch."""
+"""Split BatchNorm: batch statistics computed over independent groups of one device's batch; and BatchNorm
+for scoring forwards, which changes no state and normalises each view slot of a batch of views on its own."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..distributed import all_reduce_sum
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -57,13 +60,43 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
     return module
 
 
-@contextlib.contextmanager
-def side_effect_free_bn(modules: list[nn.Module], group_factor: int = 1) -> Iterator[None]:
-    """Training-mode BatchNorm that updates no running statistics, with `group_factor` x the split groups.
+def per_slot_batch_norm(layer: nn.modules.batchnorm._BatchNorm,
+                        view_slots: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward of `layer` with batch statistics per view slot and no buffer update (no-grad scoring).
 
-    For a (B, V) batch of views flattened sample-major, group_factor=V gives each view slot the same
-    statistics groups a forward of that slot alone would have: one batched forward, V faithful ones.
-    Other BatchNorm layers (SyncBatchNorm) keep one group over the whole batch.
+    The input is a sample-major (B * V, C, ...) batch of V view slots; slot v of every sample is normalised
+    with the mean and variance of that slot alone, summed over all processes for a SyncBatchNorm (over its
+    process group), over this process's batch otherwise: what V separate forwards, one per slot, would use.
+    """
+    def reduce(tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(tensor, layer.process_group) if isinstance(layer, nn.SyncBatchNorm) else tensor
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not layer.training:  # running statistics: nothing depends on the batch
+            return type(layer).forward(layer, x)
+        n, c = x.shape[:2]
+        # Row i holds the V slots of sample i side by side as channels v * C + c (as SplitBatchNorm2d groups).
+        grouped = x.reshape(n // view_slots, view_slots * c, -1).to(torch.promote_types(x.dtype, torch.float32))
+        sums = reduce(torch.cat([grouped.sum(dim=(0, 2)), grouped.new_tensor([grouped.shape[0] * grouped.shape[2]])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1]  # one collective for the sums and the sample count
+        var = reduce((grouped - mean[:, None]).square().sum(dim=(0, 2))) / count
+        weight = None if layer.weight is None else layer.weight.repeat(view_slots)
+        bias = None if layer.bias is None else layer.bias.repeat(view_slots)
+        out = F.batch_norm(grouped, mean, var, weight, bias, training=False, eps=layer.eps)
+        return out.view(x.shape).to(x.dtype)
+
+    return forward
+
+
+@contextlib.contextmanager
+def side_effect_free_bn(modules: list[nn.Module], view_slots: int = 1) -> Iterator[None]:
+    """Training-mode BatchNorm that updates no running statistics and normalises each view slot on its own.
+
+    For a (B, V) batch of views flattened sample-major, view_slots=V gives each view slot the statistics
+    that a forward of that slot alone would have: one batched forward, V faithful ones. SplitBatchNorm2d
+    layers get V x their groups (group g * V + v holds view v of group g); every other BatchNorm layer
+    (SyncBatchNorm: over all processes) computes per-slot statistics with `per_slot_batch_norm`.
+    For no-grad forwards only (scoring): no gradient flows through the statistics of the other layers.
     """
     layers = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(layer.track_running_stats, getattr(layer, "num_splits", None)) for layer in layers]
@@ -71,10 +104,14 @@ def side_effect_free_bn(modules: list[nn.Module], group_factor: int = 1) -> Iter
         for layer in layers:
             layer.track_running_stats = False
             if isinstance(layer, SplitBatchNorm2d):
-                layer.num_splits *= group_factor
+                layer.num_splits *= view_slots
+            else:
+                layer.forward = per_slot_batch_norm(layer, view_slots)
         yield
     finally:
         for layer, (track, splits) in zip(layers, saved, strict=True):
             layer.track_running_stats = track
-            if splits is not None:
+            if splits is None:
+                vars(layer).pop("forward", None)
+            else:
                 layer.num_splits = splits
