@@ -1,6 +1,7 @@
 """Shared plumbing of the eval/ command-line entry points.
 
-Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar),
+Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
+against its SHA-256 digest unless `--no-verify`),
 `--config`/`--set` (data, device and eval settings, as for pretraining; without --config the data, device, amp and
 seed settings of the checkpoint's own config are used when it has one; eval.* keeps its defaults, i.e. the
 full labelled sets and k = 20, 200), `--random-init` (the same architecture at a seeded random initialisation:
@@ -49,6 +50,8 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true",
                         help="evaluate the same architecture at a seeded random initialisation (the baseline)")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="read --checkpoint even without a matching SHA-256 digest (e.g. an official MoCo file)")
     return parser
 
 
@@ -69,7 +72,7 @@ class EvalContext:
 
 def prepare(args: argparse.Namespace) -> EvalContext:
     """Read the weights, resolve the config and device, and build the backbone (seeded)."""
-    state, meta = read_backbone_state(args.checkpoint)
+    state, meta = read_backbone_state(args.checkpoint, verify=not args.no_verify)
     inherited = {k: v for k, v in (meta.config or {}).items() if k in INHERITED_SECTIONS}
     cfg = load_config(args.config, args.set, defaults=None if args.config else inherited)
     env = init_distributed(cfg.device)
