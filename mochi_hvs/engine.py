@@ -16,7 +16,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_atomic
+from .checkpoint import (
+    FORMAT,
+    LAST,
+    CheckpointError,
+    NoSpaceError,
+    capture_rng,
+    load_checkpoint,
+    nonfinite_entries,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import Config, to_dict, views_per_image
 from .data.batches import build_batches
 from .data.datasets import balanced_subset, load_images
@@ -57,8 +68,10 @@ class Position:
 class Trainer:
     """Builds data, model and optimiser from a Config and runs (or resumes) pretraining."""
 
-    def __init__(self, cfg: Config, resume: Path | None = None, env: DistEnv | None = None) -> None:
+    def __init__(self, cfg: Config, resume: Path | None = None, env: DistEnv | None = None,
+                 verify: bool = True) -> None:
         self.cfg = cfg
+        self.verify = verify  # check the SHA-256 digest of the resumed checkpoint and of model.init_from
         self.env = env or init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.env.local_rank)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
@@ -117,13 +130,16 @@ class Trainer:
         self._analysis: EmbeddingAnalysis | None = None
         self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
         self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
+        self.last_good: tuple[Path, int] | None = None  # the last checkpoint written or resumed from, and its step
+        if self.env.is_main and (stale := remove_stale_temporaries(self.checkpoint_path)):
+            print(f"removed {len(stale)} temporary checkpoint file(s) left by interrupted writes", file=sys.stderr)
         if resume is not None:
             self.load(resume)
 
     def _init_backbone(self, path: str) -> LoadReport:
         """HPT: the query backbone from a weights file, copied into the momentum encoder. The projection head
         keeps its fresh initialisation, the queue starts empty and the optimiser fresh."""
-        state, meta = read_backbone_state(path)
+        state, meta = read_backbone_state(path, verify=self.verify)
         wanted = (self.cfg.model.arch, self.cfg.model.small_stem)
         if (meta.arch, meta.small_stem) != wanted:
             raise WeightsError(f"model.init_from={path} holds a {meta.arch} backbone (small stem: {meta.small_stem}) "
@@ -199,21 +215,43 @@ class Trainer:
             "rng": capture_rng(),
         }
 
+    def _last_good_text(self) -> str:
+        return "none written yet" if self.last_good is None else f"{self.last_good[0]} (step {self.last_good[1]})"
+
     def save(self) -> Path | None:
-        """Atomically write the rolling checkpoint (main process only)."""
+        """Atomically write the rolling checkpoint with its digest (main process only), then remove temporaries that
+        interrupted writes left. A state holding NaN or infinity (weights, buffers, queue, optimiser state) is never
+        written: TrainingDiverged names it; a full disk is a CheckpointError. Either way the last good one stays."""
+        state = self.state_dict()
+        bad = nonfinite_entries({"model": state["model"], "optimizer": state["optimizer"]["state"]})
+        step = self.position.global_step
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise TrainingDiverged(f"training diverged: at step {step} (epoch {self.position.epoch + 1}) the state to "
+                                   f"save holds non-finite values in {', '.join(bad[:3])}{more}; it was not saved. "
+                                   f"Last good checkpoint: {self._last_good_text()}")
         if not self.env.is_main:
             return None
-        return save_atomic(self.state_dict(), self.checkpoint_path)
+        try:
+            path = save_checkpoint(state, self.checkpoint_path)
+        except NoSpaceError as err:
+            kept = "no checkpoint was written before" if self.last_good is None else (
+                f"the previous one at step {self.last_good[1]} is intact")
+            raise CheckpointError(f"no space left on {err.folder} while writing the checkpoint; {kept}") from err
+        remove_stale_temporaries(path)
+        self.last_good = (path, step)
+        return path
 
     def load(self, path: Path) -> None:
-        """Restore a checkpoint written by `save`."""
-        state = load_checkpoint(path, map_location=self.device)
+        """Restore a checkpoint written by `save` (its digest checked unless verify is off)."""
+        state = load_checkpoint(path, map_location=self.device, verify=self.verify)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.position = Position(state["epoch"], state["batch_in_epoch"], state["global_step"])
         restore_rng(state["rng"])
+        self.last_good = (Path(path), self.position.global_step)
         if self.env.is_main:
             print(f"resumed from {path} at epoch {self.position.epoch + 1}, "
                   f"batch {self.position.batch_in_epoch}, step {self.position.global_step}", file=sys.stderr)

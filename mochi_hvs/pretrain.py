@@ -1,4 +1,4 @@
-"""`python -m mochi_hvs.pretrain --config FILE [--set key=value ...] [--resume auto|PATH]`."""
+"""`python -m mochi_hvs.pretrain --config FILE [--set key=value ...] [--resume auto|PATH] [--no-verify]`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser, "YAML recipe (defaults apply where it is silent)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the run's last checkpoint (auto) or from a checkpoint file")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the resumed checkpoint and model.init_from even without a matching SHA-256 digest "
+                             "(files from elsewhere, or written before digests existed)")
     return parser
 
 
@@ -39,8 +42,9 @@ def report(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, resume: str | None) -> list[tuple[str, dict]]:
-    """Train the run, or each of its stages in order; returns (stage name, summary) pairs.
+def run(cfg: Config, resume: str | None, verify: bool = True) -> list[tuple[str, dict]]:
+    """Train the run, or each of its stages in order; returns (stage name, summary) pairs. `verify` checks the
+    digests of the files loaded (the resumed checkpoint, model.init_from).
 
     With --resume auto a staged run skips the stages that finished (their summary.json exists) and
     continues the interrupted one where its checkpoint left it.
@@ -54,7 +58,7 @@ def run(cfg: Config, resume: str | None) -> list[tuple[str, dict]]:
         if stages and resume == "auto" and finished.is_file():
             results.append((stage.name, json.loads(finished.read_text())))
             continue
-        results.append((stage.name, Trainer(stage, resolve_resume(resume, stage.run_dir)).fit()))
+        results.append((stage.name, Trainer(stage, resolve_resume(resume, stage.run_dir), verify=verify).fit()))
     return results
 
 
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        results = run(cfg, args.resume)
+        results = run(cfg, args.resume, verify=not args.no_verify)
     except Interrupted as stop:
         print(f"\ninterrupted: {stop}", file=sys.stderr)
         return 130

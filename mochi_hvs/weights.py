@@ -6,9 +6,12 @@ Formats read (by content, not by file name):
 - ``moco``: the official MoCo ``.pth.tar`` (``state_dict`` with ``module.encoder_q.*``; its head ``fc.*``
   is dropped);
 - ``torchvision``: a plain torchvision ResNet state dict, including our exported backbones
-  (``fc.*``, when present, is dropped).
+  (``fc.*``, when present, is dropped);
+- ``detectron2``: a detectron2 backbone pickle (numpy arrays under detectron2 names), including our
+  detectron2 exports; names are mapped back to torchvision's.
 
-The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes.
+The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes. Files are checked
+against their SHA-256 digest unless told not to (see checkpoint.verify_digest).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import FORMAT, CheckpointError, load_file
+from .checkpoint import FORMAT, CheckpointError, load_file, verify_digest
+from .detectron2_format import from_detectron2, is_detectron2
 
 OUR_BACKBONE_PREFIX = "encoder_q.backbone."
 MOCO_PREFIX = "module.encoder_q."
@@ -66,11 +70,11 @@ class LoadReport:
 
 
 def _strip(state: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
 
 
 def _drop_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    return {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(HEAD_PREFIX))}
 
 
 def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
@@ -78,6 +82,8 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
         raise WeightsError("not a ResNet backbone state (no conv1.weight / layer1.0.conv1.weight); found keys "
                            f"like {', '.join(list(state)[:4]) or 'none'}")
+    if state["conv1.weight"].dim() != 4:
+        raise WeightsError(f"conv1.weight has shape {tuple(state['conv1.weight'].shape)}, not that of a convolution")
     blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
     kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     arch = ARCH_OF_LAYOUT.get((kind, blocks))
@@ -92,23 +98,35 @@ def backbone_state_from(obj: dict[str, Any], path: str = "<state>") -> tuple[dic
     config = None
     if obj.get("format") == FORMAT:
         source, state, config = "mochi_hvs", _strip(obj["model"], OUR_BACKBONE_PREFIX), obj.get("config")
-    elif isinstance(obj.get("state_dict"), dict) and any(k.startswith(MOCO_PREFIX) for k in obj["state_dict"]):
+    elif isinstance(obj.get("state_dict"), dict) and _strip(obj["state_dict"], MOCO_PREFIX):
         source, state = "moco", _drop_head(_strip(obj["state_dict"], MOCO_PREFIX))
     elif all(isinstance(v, torch.Tensor) for v in obj.values()) and "conv1.weight" in obj:
         source, state = "torchvision", _drop_head(obj)
+    elif is_detectron2(obj):
+        source, state = "detectron2", _drop_head(from_detectron2(obj))
     else:
         raise WeightsError(
-            f"{path}: unrecognised weights format (keys like {', '.join(list(obj)[:4]) or 'none'}); expected a "
-            f"mochi_hvs checkpoint, an exported/torchvision ResNet state dict, or an official MoCo .pth.tar")
+            f"{path}: unrecognised weights format (keys like {', '.join(map(str, list(obj)[:4])) or 'none'}); expected "
+            "a mochi_hvs checkpoint, an exported/torchvision ResNet state dict, a detectron2 backbone .pkl, or an "
+            "official MoCo .pth.tar")
     if not state:
         raise WeightsError(f"{path}: {source} checkpoint holds no backbone weights")
+    not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(f"{path}: {source} checkpoint is truncated or corrupt: backbone entry {not_tensors[0]!r} "
+                           "is not a tensor")
     arch, small_stem = infer_arch(state)
     return state, WeightsMeta(source, path, arch, small_stem, config)
 
 
-def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """Read a weights file of any supported format: (torchvision-named backbone state, metadata)."""
-    return backbone_state_from(load_file(path, map_location="cpu"), str(path))
+def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """Read a weights file of any supported format: (torchvision-named backbone state, metadata). With `verify`,
+    the file must match its SHA-256 digest (see checkpoint.verify_digest)."""
+    obj = load_file(path, map_location="cpu")
+    state, meta = backbone_state_from(obj, str(path))
+    if verify:
+        verify_digest(obj, path)
+    return state, meta
 
 
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:

@@ -1,22 +1,39 @@
+import errno
+import math
+import os
+import re
+import stat
+
 import pytest
 import torch
+from weight_files import small_training_checkpoint
 
-from mochi_hvs.checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_atomic
+from mochi_hvs.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    NoSpaceError,
+    load_checkpoint,
+    load_file,
+    nonfinite_entries,
+    resolve_resume,
+    save_atomic,
+)
 from mochi_hvs.config import load_config
 from mochi_hvs.engine import Interrupted, Trainer, TrainingDiverged
+from mochi_hvs.weights import read_backbone_state
 
 
 def test_atomic_save_leaves_no_temporary_and_replaces(tmp_path):
     path = tmp_path / "x.pth"
-    save_atomic({"format": "mochi_hvs.checkpoint", "a": torch.ones(2)}, path)
-    save_atomic({"format": "mochi_hvs.checkpoint", "a": torch.zeros(2)}, path)
+    save_atomic({"a": torch.ones(2)}, path)
+    save_atomic({"a": torch.zeros(2)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
-    assert torch.equal(load_checkpoint(path)["a"], torch.zeros(2))
+    assert torch.equal(load_file(path)["a"], torch.zeros(2))
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "x.pth"
-    save_atomic({"format": "mochi_hvs.checkpoint", "v": 1}, path)
+    save_atomic({"v": 1}, path)
 
     class Unpicklable:
         def __reduce__(self):
@@ -24,7 +41,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         save_atomic({"bad": Unpicklable()}, path)
-    assert load_checkpoint(path)["v"] == 1
+    assert load_file(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
 
 
@@ -43,6 +60,51 @@ def test_truncated_and_garbage_files_give_clear_errors(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="not a mochi_hvs training checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_file_gets_the_usual_mode_and_its_folder_is_synced_after_the_rename(tmp_path, monkeypatch, umask):
+    path = tmp_path / "x.pth"
+    folder_syncs = []  # for each fsync of a folder: whether the file had been renamed into place by then
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            folder_syncs.append(path.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    previous = os.umask(umask)
+    try:
+        save_atomic({"v": 1}, path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # what open(path, "wb") would have given
+    assert folder_syncs == [True]
+
+
+SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"  # torch's zip writer, disk full
+
+
+def full_disk(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError(SHORT_WRITE)])
+def test_a_full_disk_is_a_checkpoint_error_that_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, failure):
+    path = tmp_path / "x.pth"
+    save_atomic({"v": 1}, path)
+    before = path.read_bytes()
+
+    def write_some_then_fail(obj, handle):
+        handle.write(b"part of a checkpoint")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", write_some_then_fail)
+    with pytest.raises(NoSpaceError, match=f"^no space left on {re.escape(str(tmp_path))} while writing x.pth$"):
+        save_atomic({"v": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
 
 
 def test_resolve_resume(tmp_path):
@@ -128,6 +190,157 @@ def test_checkpoint_holds_everything_needed(tiny_cfg):
     assert any(k.startswith("encoder_k.") for k in state["model"])
     assert int(state["model"]["queue.pointer"]) == (16 * 32) % 128
     torch.load(trainer.checkpoint_path, weights_only=True)  # safe-loadable content only
+
+
+@pytest.fixture
+def complete(tmp_path):
+    """The entries of a complete (small) training checkpoint."""
+    small_training_checkpoint(tmp_path / "small.pth")
+    return load_file(tmp_path / "small.pth")
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda c: {"format": FORMAT}, "'config' is missing; 'model' is missing"),
+    (lambda c: {**c, "model": [1, 2]}, "'model' is of type list, not a state dict"),
+    (lambda c: {**c, "model": {"encoder_q.backbone.conv1.weight": 3}},
+     "'model' entry 'encoder_q.backbone.conv1.weight' is of type int"),
+])
+def test_a_checkpoint_without_a_usable_model_is_truncated_or_corrupt_for_every_reader(tmp_path, complete, change,
+                                                                                      problem):
+    path = tmp_path / "bad.pth"
+    torch.save(change(complete), path)
+    readers = [lambda: load_checkpoint(path, verify=False), lambda: load_checkpoint(path),
+               lambda: read_backbone_state(path, verify=False), lambda: read_backbone_state(path)]
+    for read in readers:
+        with pytest.raises(CheckpointError, match=f"^checkpoint {re.escape(str(path))} is truncated or corrupt: "
+                                                  + re.escape(problem)):
+            read()
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda c: {k: v for k, v in c.items() if k != "rng"}, "'rng' is missing"),
+    (lambda c: {**c, "optimizer": {"state": {}}}, "'optimizer.param_groups' is missing"),
+    (lambda c: {**c, "global_step": "10"}, "'global_step' is of type str, not int"),
+    (lambda c: {**c, "rng": {**c["rng"], "numpy": {**c["rng"]["numpy"], "keys": [1, 2]}}},
+     "'rng.numpy.keys' is of type list, not Tensor"),
+])
+def test_a_checkpoint_missing_what_resuming_needs_is_truncated_or_corrupt(tmp_path, complete, change, problem):
+    path = tmp_path / "bad.pth"
+    torch.save(change(complete), path)
+    for verify in (False, True):
+        with pytest.raises(CheckpointError, match="is truncated or corrupt: " + re.escape(problem)):
+            load_checkpoint(path, verify=verify)
+
+
+def test_a_text_file_is_truncated_or_corrupt(tmp_path):
+    path = tmp_path / "last.pth"
+    path.write_text("epoch: 3\nlr: 0.1\n")
+    for read in (load_checkpoint, read_backbone_state):
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            read(path)
+
+
+def test_nonfinite_entries_names_every_non_finite_tensor_of_nested_state():
+    state = {
+        "model": {"w": torch.ones(3), "queue.features": torch.tensor([[0.0, float("nan")]]),
+                  "steps": torch.tensor([2 ** 62]), "half": torch.tensor([1.0, float("inf")], dtype=torch.float16)},
+        "optimizer": {0: {"momentum_buffer": torch.tensor([float("-inf")])}, 1: {"momentum_buffer": torch.zeros(1)}},
+        "groups": [{"lr": 0.1, "more": (torch.ones(1), torch.tensor([float("inf")]))}],
+    }
+    assert nonfinite_entries(state) == ["model/queue.features", "model/half", "optimizer/0/momentum_buffer",
+                                        "groups/0/more/1"]
+    assert nonfinite_entries({"model": {"w": torch.ones(2)}}) == []
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["optim.steps=6", "checkpoint_every=1", "log_every=1"])
+    trainer = Trainer(cfg)
+    real_step = trainer.train_step
+    seen = {}
+
+    def step(batch):
+        poisoned = trainer.position.global_step == 3  # the 4th step: an infinite learning rate for its update only
+        if poisoned:
+            seen["checkpoint"] = trainer.checkpoint_path.read_bytes()
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = float("inf")
+        out = real_step(batch)
+        if poisoned:
+            seen["loss"] = float(out["loss"])  # computed before the update: still finite
+        return out
+
+    trainer.train_step = step
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train()
+    assert math.isfinite(seen["loss"])
+    message = str(err.value)
+    assert message.startswith("training diverged: at step 4 (epoch 1) the state to save holds non-finite values in "
+                              "model/encoder_q.")
+    assert message.endswith(f"it was not saved. Last good checkpoint: {trainer.checkpoint_path} (step 3)")
+    assert trainer.checkpoint_path.read_bytes() == seen["checkpoint"]  # untouched, bit for bit
+    resumed = Trainer(cfg, resume=trainer.checkpoint_path)
+    assert resumed.position.global_step == 3
+    resumed.train()
+    assert resumed.position.global_step == 6
+    assert not nonfinite_entries(load_checkpoint(resumed.checkpoint_path))
+
+
+def test_stale_temporaries_of_the_checkpoint_go_at_start_and_after_each_save(tiny_cfg, capsys):
+    run_dir = tiny_cfg.run_dir
+    run_dir.mkdir(parents=True)
+    stale = [".last.pth.k3x_9q0z.tmp", ".last.pth.0a1b2c3d.tmp"]  # left by writes killed before their rename
+    others = ["notes.txt", ".last.pth.abc.tmp", ".last.pth.0a1b2c3d.tmp.bak", ".other.pth.0a1b2c3d.tmp",
+              "last.pth.0a1b2c3d.tmp", ".last.pthX0a1b2c3d.tmp", ".last.pth.0A1B2C3D.tmp"]
+    for name in stale + others:
+        (run_dir / name).write_bytes(b"x")
+    trainer = Trainer(tiny_cfg)
+    assert "removed 2 temporary checkpoint file(s) left by interrupted writes" in capsys.readouterr().err
+    assert not any((run_dir / name).exists() for name in stale)
+    (run_dir / stale[0]).write_bytes(b"x")
+    trainer.save()
+    assert not (run_dir / stale[0]).exists()
+    assert all((run_dir / name).read_bytes() == b"x" for name in others)
+
+
+def test_a_full_disk_names_the_folder_and_the_step_of_the_intact_checkpoint(tiny_cfg, monkeypatch):
+    trainer = Trainer(tiny_cfg)
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=f"^no space left on {re.escape(str(tiny_cfg.run_dir))} while writing the "
+                                              "checkpoint; no checkpoint was written before$"):
+        trainer.save()
+    monkeypatch.setattr(torch, "save", real_save)
+    trainer.position.global_step = 4
+    trainer.save()
+    before = trainer.checkpoint_path.read_bytes()
+    trainer.position.global_step = 6
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="while writing the checkpoint; the previous one at step 4 is intact$"):
+        trainer.save()
+    assert trainer.checkpoint_path.read_bytes() == before
+    assert not [p for p in tiny_cfg.run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pretrain_cli_reports_a_full_disk_in_one_line(tiny_overrides, tmp_path, monkeypatch, capsys):
+    from mochi_hvs import pretrain
+
+    real_save, calls = torch.save, []
+
+    def first_save_then_full(obj, handle):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, handle)
+
+    monkeypatch.setattr(torch, "save", first_save_then_full)
+    assert pretrain.main(["--set", *tiny_overrides, "optim.steps=2", "checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "tiny"
+    # (the epoch's progress bar, still open when the error leaves the loop, may precede it on its line)
+    assert err.count("error:") == 1 and err.split("error: ")[1].splitlines()[0] == (
+        f"no space left on {run_dir} while writing the checkpoint; the previous one at step 1 is intact")
+    assert "Traceback" not in err
+    assert load_checkpoint(run_dir / "last.pth")["global_step"] == 1
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_overrides):

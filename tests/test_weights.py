@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import pytest
 import torch
 from weight_files import official_moco, our_checkpoint, torchvision_state
@@ -33,9 +36,37 @@ def test_exported_backbone_reads_back_identically(tmp_path):
     assert_same(state, expected)
 
 
-def test_official_moco_format_drops_head_and_key_encoder(tmp_path):
-    expected = official_moco(tmp_path / "moco_v2_800ep_pretrain.pth.tar")
-    state, meta = read_backbone_state(tmp_path / "moco_v2_800ep_pretrain.pth.tar")
+def test_our_detectron2_export_reads_back_identically(tmp_path):
+    expected = our_checkpoint(tmp_path / "last.pth")
+    export_backbone(tmp_path / "last.pth", "detectron2", tmp_path / "r18.pkl")
+    state, meta = read_backbone_state(tmp_path / "r18.pkl")
+    assert (meta.source, meta.arch, meta.small_stem, meta.config) == ("detectron2", "resnet18", False, None)
+    assert_same(state, expected)
+    assert all(state[k].dtype == v.dtype for k, v in expected.items())
+
+
+class Payload:
+    """A pickle that runs a command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_with_anything_but_arrays_is_refused_unrun(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": Payload(tmp_path / "ran")}}))
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*refusing to load \w+\.system: only numpy"):
+        read_backbone_state(path, verify=False)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_official_moco_format_drops_head_and_key_encoder(tmp_path, legacy):
+    expected = official_moco(tmp_path / "moco_v2_800ep_pretrain.pth.tar", legacy=legacy)
+    state, meta = read_backbone_state(tmp_path / "moco_v2_800ep_pretrain.pth.tar", verify=False)
     assert (meta.source, meta.arch) == ("moco", "resnet50")
     assert not any(k.startswith("fc.") for k in state)
     assert_same(state, expected)
@@ -43,7 +74,7 @@ def test_official_moco_format_drops_head_and_key_encoder(tmp_path):
 
 def test_plain_torchvision_state_drops_fc(tmp_path):
     expected = torchvision_state(tmp_path / "r18.pth")
-    state, meta = read_backbone_state(tmp_path / "r18.pth")
+    state, meta = read_backbone_state(tmp_path / "r18.pth", verify=False)
     assert (meta.source, meta.arch, meta.small_stem) == ("torchvision", "resnet18", False)
     assert_same(state, expected)
 
@@ -57,7 +88,7 @@ def test_architecture_and_stem_are_inferred(arch, small_stem):
 
 def test_loading_copies_weights_and_reports(tmp_path):
     expected = torchvision_state(tmp_path / "r18.pth")
-    state, _ = read_backbone_state(tmp_path / "r18.pth")
+    state, _ = read_backbone_state(tmp_path / "r18.pth", verify=False)
     del state["layer4.1.bn2.weight"]
     state["extra.weight"] = torch.zeros(1)
     backbone, _ = build_backbone("resnet18")
@@ -69,7 +100,7 @@ def test_loading_copies_weights_and_reports(tmp_path):
 
 def test_shape_mismatch_and_no_match_are_errors(tmp_path):
     torchvision_state(tmp_path / "r18.pth")
-    state, _ = read_backbone_state(tmp_path / "r18.pth")
+    state, _ = read_backbone_state(tmp_path / "r18.pth", verify=False)
     small, _ = build_backbone("resnet18", small_stem=True)
     with pytest.raises(WeightsError, match="wrong shape.*conv1.weight"):
         load_backbone_weights(small, state)

@@ -1,6 +1,7 @@
 """Shared plumbing of the eval/ command-line entry points.
 
-Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar),
+Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
+against its SHA-256 digest unless `--no-verify`),
 `--config`/`--set` (data, device and eval settings, as for pretraining; without --config the data, device, amp and
 seed settings of the checkpoint's own config are used when it has one, less the pretraining subset
 data.train_subset; eval.* keeps its defaults, i.e. the full labelled sets and k = 20, 200), `--random-init` (the
@@ -53,6 +54,8 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true",
                         help="evaluate the same architecture at a seeded random initialisation (the baseline)")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="read --checkpoint even without a matching SHA-256 digest (e.g. an official MoCo file)")
     return parser
 
 
@@ -85,7 +88,7 @@ def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
 
 def prepare(args: argparse.Namespace) -> EvalContext:
     """Read the weights, resolve the config and device, and build the backbone (seeded)."""
-    state, meta = read_backbone_state(args.checkpoint)
+    state, meta = read_backbone_state(args.checkpoint, verify=not args.no_verify)
     cfg = load_config(args.config, args.set, defaults=None if args.config else inherited_settings(meta.config))
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env.local_rank)

@@ -1,0 +1,65 @@
+"""Seeded fuzzing of the checkpoint readers: a damaged file loads or fails with one CheckpointError, never another
+exception, and the evaluators report it in one `error:` line."""
+
+import random
+import runpy
+from pathlib import Path
+
+from weight_files import small_training_checkpoint
+
+from mochi_hvs.checkpoint import CheckpointError, load_checkpoint
+from mochi_hvs.export import export_backbone
+from mochi_hvs.weights import read_backbone_state
+
+EVAL = Path(__file__).resolve().parents[1] / "eval"
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One damaged copy: a few flipped bytes, a truncation, inserted bytes or a deleted span."""
+    out = bytearray(data)
+    kind = rng.choice(["flip", "truncate", "insert", "delete"])
+    if kind == "flip":
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(len(out))] ^= rng.randint(1, 255)
+    elif kind == "truncate":
+        del out[rng.randrange(len(out)):]
+    elif kind == "insert":
+        at = rng.randrange(len(out) + 1)
+        out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    else:
+        at = rng.randrange(len(out))
+        del out[at:at + rng.randint(1, 16)]
+    return bytes(out)
+
+
+def load_or_checkpoint_error(read) -> None:
+    """Call `read`; a CheckpointError is an expected outcome, anything else propagates (and fails the test)."""
+    try:
+        read()
+    except CheckpointError:
+        pass
+
+
+def test_damaged_checkpoints_load_or_fail_with_a_checkpoint_error(tmp_path, capsys):
+    source = tmp_path / "source.pth"
+    small_training_checkpoint(source)
+    data, rng, path = source.read_bytes(), random.Random(2024), tmp_path / "last.pth"
+    knn = runpy.run_path(str(EVAL / "knn.py"))["main"]
+    for _ in range(300):
+        path.write_bytes(mutate(data, rng))
+        load_or_checkpoint_error(lambda: load_checkpoint(path))
+        load_or_checkpoint_error(lambda: load_checkpoint(path, verify=False))
+        load_or_checkpoint_error(lambda: read_backbone_state(path, verify=False))
+        # The eval CLI path: even an intact copy fails (this backbone fits no network), always in one line.
+        assert knn(["--checkpoint", str(path), "--results", str(tmp_path / "r.jsonl")]) == 2
+        err = capsys.readouterr().err
+        assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
+
+
+def test_damaged_detectron2_exports_load_or_fail_with_a_checkpoint_error(tmp_path):
+    small_training_checkpoint(tmp_path / "source.pth")
+    export_backbone(tmp_path / "source.pth", "detectron2", tmp_path / "source.pkl")
+    data, rng, path = (tmp_path / "source.pkl").read_bytes(), random.Random(7), tmp_path / "backbone.pkl"
+    for _ in range(200):  # unverified, so that every damaged copy reaches the unpickler
+        path.write_bytes(mutate(data, rng))
+        load_or_checkpoint_error(lambda: read_backbone_state(path, verify=False))
