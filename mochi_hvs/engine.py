@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from .checkpoint import (
 )
 from .config import Config, to_dict, views_per_image
 from .data.batches import build_batches
-from .data.datasets import balanced_subset, load_images
+from .data.datasets import balanced_subset, check_splits, load_images
 from .distributed import DistEnv, all_gather_cat, all_reduce_mean, init_distributed
 from .evaluation.embedding import EmbeddingAnalysis
 from .evaluation.knn import KnnMonitor, KnnResult
@@ -38,7 +40,9 @@ from .hvs import HardViewSelector
 from .mochi import HardNegativeMixer
 from .models.backbone import freeze_all_but_batchnorm
 from .models.moco import MoCo
+from .resume_changes import check_resume_changes, config_changes
 from .retrieval import build_retrieval
+from .run_lock import RunLock
 from .runtime import autocast, resolve_amp, resolve_device, seed_everything
 from .schedule import lr_multiplier, momentum_at
 from .step import ContrastiveStep, StepRandom
@@ -46,6 +50,10 @@ from .tracking import MetricWindow, RunLogger
 from .weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
 
 SUMMARY = "summary.json"  # written when a run (or stage) has finished, with its final figures
+# The splits a run reads: the pretraining images, then the kNN bank and test set (final evaluation, kNN monitor,
+# embedding analysis). All are checked on disk before the first step.
+RUN_SPLITS = ("pretrain", "train", "test")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,7 +61,18 @@ class TrainingDiverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
+    """The run stopped on request (Ctrl-C, SIGTERM); the message says what was kept and how to go on."""
+
+
+@contextlib.contextmanager
+def on_stop_signal(action: Callable[[], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM call `action` (which may raise); the previous handlers return after."""
+    previous = {sig: signal.signal(sig, lambda *_: action()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -70,71 +89,109 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: Path | None = None, env: DistEnv | None = None,
                  verify: bool = True) -> None:
+        """Build the run; SIGINT/SIGTERM meanwhile stop it cleanly, and a failure releases the run folder.
+
+        verify: check the SHA-256 digest of the resumed checkpoint and of model.init_from.
+        """
         self.cfg = cfg
-        self.verify = verify  # check the SHA-256 digest of the resumed checkpoint and of model.init_from
-        self.env = env or init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.env.local_rank)
-        self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
-        if cfg.optim.batch_size % self.env.world_size:
-            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide over "
-                             f"{self.env.world_size} processes")
-        if cfg.model.bn_splits % self.env.world_size and cfg.model.bn_splits > 1:
-            raise ValueError(f"model.bn_splits={cfg.model.bn_splits} must be 1 or a multiple of the "
-                             f"{self.env.world_size} processes")
-        self.local_batch = cfg.optim.batch_size // self.env.world_size
-        seed_everything(cfg.seed)
+        self.verify = verify
+        self.run_lock: RunLock | None = None  # the main process holds the run folder until close()
+        self.logger: RunLogger | None = None
+        with on_stop_signal(lambda: self._stop_during_startup(resume)), self._closing_on_error():
+            self.env = env or init_distributed(cfg.device)
+            if self.env.is_main:
+                self.run_lock = RunLock.acquire(cfg.run_dir)
+            self.device = resolve_device(cfg.device, self.env.local_rank)
+            self.amp_dtype = resolve_amp(cfg.amp, self.device)
+            self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+            if cfg.optim.batch_size % self.env.world_size:
+                raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide over "
+                                 f"{self.env.world_size} processes")
+            if cfg.model.bn_splits % self.env.world_size and cfg.model.bn_splits > 1:
+                raise ValueError(f"model.bn_splits={cfg.model.bn_splits} must be 1 or a multiple of the "
+                                 f"{self.env.world_size} processes")
+            self.local_batch = cfg.optim.batch_size // self.env.world_size
+            seed_everything(cfg.seed)
 
-        images = load_images(cfg.data.name, cfg.data.root, "pretrain")
-        if cfg.data.train_subset:
-            images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
-        data_cfg = dataclasses.replace(cfg.data, num_views=views_per_image(cfg))
-        self.batches = build_batches(images, data_cfg, self.local_batch, cfg.seed, self.device,
-                                     self.env.rank, self.env.world_size)
-        self.steps_per_epoch = self.batches.sampler.batches_per_epoch
-        self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.steps_per_epoch
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            check_splits(cfg.data.name, cfg.data.root, RUN_SPLITS)
+            images = load_images(cfg.data.name, cfg.data.root, "pretrain")
+            if cfg.data.train_subset:
+                images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
+            data_cfg = dataclasses.replace(cfg.data, num_views=views_per_image(cfg))
+            self.batches = build_batches(images, data_cfg, self.local_batch, cfg.seed, self.device,
+                                         self.env.rank, self.env.world_size)
+            self.steps_per_epoch = self.batches.sampler.batches_per_epoch
+            self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.steps_per_epoch
+            self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
-        self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits)
-        if cfg.model.sync_bn and self.env.distributed:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        starts_from = cfg.model.init_from if resume is None else None  # a resume restores everything itself
-        self.init_report = self._init_backbone(starts_from) if starts_from else None
-        if cfg.model.train_bn_only:
-            freeze_all_but_batchnorm(self.model.encoder_q.backbone)
-        self.model.to(self.device)
-        if cfg.compile:
-            self.model.encoder_q.compile()
-            self.model.encoder_k.compile()
-        self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
-        mixer = self._build_mixer()
-        self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
-                                       self._build_selector(mixer), cfg.hvs.score_with_mochi,
-                                       query_encoder=self._query_encoder())
-        self.optimizer = torch.optim.SGD(
-            [p for p in self.model.encoder_q.parameters() if p.requires_grad], lr=self.base_lr,
-            momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-        )
-        warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
-        milestones = [m * self.steps_per_epoch for m in cfg.optim.lr_milestones]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_multiplier(s, self.total_steps, warmup, cfg.optim.schedule, milestones),
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.position = Position()
-        self.last_metrics: dict[str, float] = {}
-        self.stop_requested = False
-        self._knn: KnnMonitor | None = None
-        self._analysis: EmbeddingAnalysis | None = None
-        self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
-        self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main)
-        self.last_good: tuple[Path, int] | None = None  # the last checkpoint written or resumed from, and its step
-        if self.env.is_main and (stale := remove_stale_temporaries(self.checkpoint_path)):
-            print(f"removed {len(stale)} temporary checkpoint file(s) left by interrupted writes", file=sys.stderr)
-        if resume is not None:
-            self.load(resume)
+            local_splits = max(1, cfg.model.bn_splits // self.env.world_size)
+            self.model = MoCo(cfg.model, cfg.moco, self.channels_last, local_splits)
+            if cfg.model.sync_bn and self.env.distributed:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # A resume restores the model itself; it reads init_from again only for the starting point's baseline.
+            starts_from = cfg.model.init_from if resume is None or cfg.eval.knn_random_baseline else None
+            self.init_report = self._init_backbone(starts_from) if starts_from else None
+            if cfg.model.train_bn_only:
+                freeze_all_but_batchnorm(self.model.encoder_q.backbone)
+            self.model.to(self.device)
+            if cfg.compile:
+                self.model.encoder_q.compile()
+                self.model.encoder_k.compile()
+            self.initial_backbone_state = {k: v.clone() for k, v in self.model.backbone.state_dict().items()}
+            mixer = self._build_mixer()
+            self.step_fn = ContrastiveStep(self.model, cfg.moco.temperature, cfg.moco.symmetric, mixer,
+                                           self._build_selector(mixer), cfg.hvs.score_with_mochi,
+                                           query_encoder=self._query_encoder())
+            self.optimizer = torch.optim.SGD(
+                [p for p in self.model.encoder_q.parameters() if p.requires_grad], lr=self.base_lr,
+                momentum=cfg.optim.momentum,
+                weight_decay=cfg.optim.weight_decay,
+            )
+            warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+            milestones = [m * self.steps_per_epoch for m in cfg.optim.lr_milestones]
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: lr_multiplier(s, self.total_steps, warmup, cfg.optim.schedule, milestones),
+            )
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+            self.position = Position()
+            self.last_metrics: dict[str, float] = {}
+            self.stop_requested = False
+            self._knn: KnnMonitor | None = None
+            self._analysis: EmbeddingAnalysis | None = None
+            self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
+            self.last_good: tuple[Path, int] | None = None  # the last checkpoint written or resumed from, and its step
+            if self.env.is_main and (stale := remove_stale_temporaries(self.checkpoint_path)):  # after the lock
+                print(f"removed {len(stale)} temporary checkpoint file(s) left by interrupted writes", file=sys.stderr)
+            if resume is not None:
+                self.load(resume)
+            self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main, start_step=self.position.global_step)
+
+    @contextlib.contextmanager
+    def _closing_on_error(self) -> Iterator[None]:
+        """Close the run (logs, run-folder lock) when the block raises: the run is over."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def _stop_during_startup(self, resume: Path | None) -> None:
+        kept = "" if resume is None else f" since the checkpoint {resume}, which is untouched: resume from it again"
+        raise Interrupted(f"stopped during start-up, before the first step in {self.cfg.run_dir}: nothing was trained "
+                          f"there{kept}")
+
+    def _stop_during_evaluation(self) -> None:
+        path = self.checkpoint_path
+        raise Interrupted(f"stopped during the final evaluation; training had finished and its checkpoint {path} is "
+                          f"saved. Evaluate it with `python eval/knn.py --checkpoint {path}`, or rerun the final "
+                          "evaluation with --resume auto")
+
+    def close(self) -> None:
+        """Close the logs and release the run folder (idempotent; fit() does it on every exit)."""
+        if self.logger is not None:
+            self.logger.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _init_backbone(self, path: str) -> LoadReport:
         """HPT: the query backbone from a weights file, copied into the momentum encoder. The projection head
@@ -245,6 +302,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by `save` (its digest checked unless verify is off)."""
         state = load_checkpoint(path, map_location=self.device, verify=self.verify)
+        self._adapt_checkpoint(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -255,6 +313,26 @@ class Trainer:
         if self.env.is_main:
             print(f"resumed from {path} at epoch {self.position.epoch + 1}, "
                   f"batch {self.position.batch_in_epoch}, step {self.position.global_step}", file=sys.stderr)
+
+    def _adapt_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint whose config differs in a setting a resume cannot change (one error naming them
+        all); print the changes that apply, and make the stored optimiser hyperparameters, schedule base and loss
+        scaler the ones this run's config defines, so that what is restored never overrides the config in use."""
+        changes = config_changes(state["config"], self.cfg)
+        check_resume_changes(changes, str(path))
+        if self.env.is_main:
+            for change in changes:
+                print(f"resume: {change} (applied)", file=sys.stderr)
+        step = state["scheduler"]["last_epoch"]
+        groups = zip(state["optimizer"]["param_groups"], self.optimizer.param_groups, self.scheduler.lr_lambdas,
+                     strict=True)
+        for stored, configured, multiplier in groups:
+            stored.update({key: value for key, value in configured.items() if key != "params"})
+            stored["lr"] = configured["initial_lr"] * multiplier(step)  # the schedule at the resumed step
+        state["scheduler"]["base_lrs"] = [group["initial_lr"] for group in self.optimizer.param_groups]
+        state["scheduler"]["_last_lr"] = [group["lr"] for group in state["optimizer"]["param_groups"]]
+        if any(change.key == "amp" for change in changes):
+            state["scaler"] = self.scaler.state_dict()  # a fresh loss scaler for the new precision
 
     # ------------------------------------------------------------------ step
 
@@ -334,7 +412,9 @@ class Trainer:
                 self._flush(window, bar)
                 window = MetricWindow(pos.global_step)
             stop = self._stop_agreed(log_point)
-            if stop or (self.cfg.checkpoint_every and pos.global_step % self.cfg.checkpoint_every == 0):
+            periodic = self.cfg.checkpoint_every and pos.global_step % self.cfg.checkpoint_every == 0
+            ends_epoch = pos.batch_in_epoch == self.steps_per_epoch or pos.global_step >= self.total_steps
+            if stop or (periodic and not ends_epoch):  # the end of the epoch saves its own checkpoint
                 self._flush(window, bar)
                 window = MetricWindow(pos.global_step)
                 self.save()
@@ -411,30 +491,31 @@ class Trainer:
                            f"uniformity {metrics['analysis/uniformity']:.3f}")
 
     def train(self) -> dict[str, Any]:
-        """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds."""
-        previous = {sig: signal.signal(sig, lambda *_: self.request_stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds. SIGINT/SIGTERM
+        save a checkpoint and stop (Interrupted); any exception closes the run."""
         start = time.perf_counter()
         start_step = self.position.global_step
-        try:
+        with on_stop_signal(self.request_stop), self._closing_on_error():
             while self.position.global_step < self.total_steps:
                 self._run_epoch()
                 self._end_of_epoch_evaluations()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         return {"steps": self.position.global_step - start_step,
                 "train_seconds": round(time.perf_counter() - start, 1)}
 
     def fit(self) -> dict[str, Any]:
-        """Train, then report kNN of the trained backbone beside its random initialisation."""
-        summary = self.train()
-        trained = self.evaluate_knn()
-        summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
-                       knn_top5=None if trained.top5 is None else round(trained.top5, 2))
-        summary["init_from"] = self.cfg.model.init_from
-        if self.cfg.eval.knn_random_baseline:
-            summary["init_knn_top1"] = round(self.random_init_knn().top1, 2)
-        self.logger.close()
-        if self.env.is_main:
-            (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        """Train, then report kNN of the trained backbone beside its starting point (random init or init_from);
+        closes the run on every exit."""
+        try:
+            summary = self.train()
+            with on_stop_signal(self._stop_during_evaluation):
+                trained = self.evaluate_knn()
+                summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
+                               knn_top5=None if trained.top5 is None else round(trained.top5, 2))
+                summary["init_from"] = self.cfg.model.init_from
+                if self.cfg.eval.knn_random_baseline:
+                    summary["init_knn_top1"] = round(self.random_init_knn().top1, 2)
+            if self.env.is_main:
+                (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            self.close()

@@ -11,9 +11,10 @@ from .config import Config, ConfigError, add_config_arguments, load_config, stag
 from .data.datasets import DatasetError
 from .distributed import world
 from .engine import SUMMARY, Interrupted, Trainer, TrainingDiverged
+from .run_lock import RunLockedError
 from .runtime import DeviceError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged, RunLockedError)
 
 
 def build_parser() -> argparse.ArgumentParser:

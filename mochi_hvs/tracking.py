@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,18 @@ import torch
 
 from .distributed import all_reduce_mean
 
+METRICS = "metrics.jsonl"
+
 
 class RunLogger:
-    """Writes scalars to TensorBoard and one JSON object per call to metrics.jsonl (main process only)."""
+    """Writes scalars to TensorBoard and one JSON object per call to metrics.jsonl (main process only).
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    A run that starts at `start_step` (a resume; 0 for a fresh run) supersedes what an earlier writer of the
+    folder logged after that step: those lines leave metrics.jsonl, and TensorBoard hides those events
+    (SummaryWriter's purge_step), so that steps run again are not recorded twice.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, start_step: int = 0) -> None:
         self.enabled = enabled
         self.writer = None
         self.jsonl = None
@@ -24,8 +32,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(run_dir))
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            drop_lines_after(run_dir / METRICS, start_step)
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
+            self.jsonl = open(run_dir / METRICS, "a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, Any], **context: Any) -> None:
         """Record scalar metrics at a global step; `context` (epoch, phase...) goes to the JSON line only."""
@@ -47,6 +56,24 @@ class RunLogger:
         if self.enabled:
             self.writer.close()
             self.jsonl.close()
+
+
+def drop_lines_after(path: Path, step: int) -> None:
+    """Rewrite a metrics.jsonl file atomically without its lines logged after `step` (and any torn line)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line that is not one (torn by a kill mid-write)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class MetricWindow:

@@ -1,4 +1,5 @@
 import errno
+import json
 import math
 import os
 import re
@@ -376,3 +377,57 @@ def test_metric_window_means_nan_handling_and_first_non_finite_step():
     for loss in (1.0, float("inf")):
         window.add({"loss": torch.tensor(loss)}, 0.0, 4)
     assert window.reduce()[1] == 11
+
+
+def logged_steps(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["step"] for line in lines], lines
+
+
+def tensorboard_losses(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars("train/loss")]
+
+
+def test_a_resumed_run_supersedes_the_logs_written_after_its_checkpoint(quick_overrides):
+    cfg = load_config(None, quick_overrides + ["optim.epochs=2"])  # 4 steps per epoch, logged every 2
+    crashing = Trainer(cfg)
+    real_step = crashing.train_step
+
+    def crash_in_the_last_step(batch):
+        if crashing.position.global_step == 7:  # steps 5-7 ran (step 6 logged) after the checkpoint at step 4
+            raise SystemExit("killed")
+        return real_step(batch)
+
+    crashing.train_step = crash_in_the_last_step
+    with pytest.raises(SystemExit):
+        crashing.train()
+    steps, before = logged_steps(cfg.run_dir)
+    assert steps == [2, 4, 6] and load_checkpoint(crashing.checkpoint_path)["global_step"] == 4
+    resumed = Trainer(cfg, resume=crashing.checkpoint_path)
+    resumed.train()
+    resumed.close()
+    steps, after = logged_steps(cfg.run_dir)
+    assert steps == [2, 4, 6, 8]  # each step of a straight run once
+    assert after[:2] == before[:2]  # the history up to the checkpoint is kept as it was
+    losses = tensorboard_losses(cfg.run_dir)
+    assert [step for step, _ in losses] == [2, 4, 6, 8]
+    assert [value for _, value in losses] == [float(torch.tensor(line["train/loss"])) for line in after]
+
+
+def test_a_checkpoint_every_that_divides_the_epoch_saves_the_epoch_end_once(quick_overrides):
+    trainer = Trainer(load_config(None, quick_overrides + ["optim.epochs=1", "checkpoint_every=2"]))
+    real_save = trainer.save
+    saved = []
+
+    def record_save():
+        saved.append((trainer.position.global_step, trainer.position.epoch, trainer.position.batch_in_epoch))
+        return real_save()
+
+    trainer.save = record_save
+    trainer.train()
+    trainer.close()
+    assert saved == [(2, 0, 2), (4, 1, 0)]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +229,31 @@ def test_a_stage_can_name_a_recipe_relative_to_the_staged_recipe(tmp_path):
     assert base.data.name == "fashion_mnist" and target.model.init_from.endswith("chain/base/last.pth")
     shipped = stage_configs(load_config("configs/hpt/fmnist_to_mnist.yaml"))
     assert [(s.name, s.data.name) for s in shipped] == [("base", "fashion_mnist"), ("target", "mnist5k")]
+
+
+def test_an_interrupted_and_resumed_hpt_run_reports_its_init_from_backbone_as_the_baseline(quick_overrides, tmp_path):
+    from weight_files import torchvision_state
+
+    path = tmp_path / "source.pth"
+    torch.manual_seed(1)  # a starting point unlike the run's own initialisation (seed 0)
+    start = torchvision_state(path)
+    over = quick_overrides + [f"model.init_from={path}", "optim.steps=2"]
+    straight = Trainer(load_config(None, over + ["name=straight"])).fit()
+    cfg = load_config(None, over + ["name=split"])
+    interrupted = Trainer(cfg)
+    real_step = interrupted.train_step
+
+    def stop_after_one(batch):
+        out = real_step(batch)
+        interrupted.request_stop()
+        return out
+
+    interrupted.train_step = stop_after_one
+    with pytest.raises(Interrupted):
+        interrupted.fit()
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    assert resumed.position.global_step == 1
+    assert all(torch.equal(resumed.initial_backbone_state[k], v) for k, v in start.items())
+    summary = resumed.fit()
+    assert summary["init_knn_top1"] == straight["init_knn_top1"]
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["init_knn_top1"] == straight["init_knn_top1"]

@@ -277,3 +277,52 @@ def labelled_splits(
     if test_subset:
         test = test.subset(balanced_subset(test.labels, test_subset, seed))
     return train, test
+
+
+# ------------------------------------------------------------------ splits on disk, checked before a run reads them
+
+def check_splits(name: str, root: str | None, splits: tuple[str, ...]) -> None:
+    """Raise the loader's DatasetError when a split (pretrain, train, test) is missing from disk. Existence
+    checks only: nothing is read, so a run can check every split it will need before its first step."""
+    for split in splits:
+        if name == "fashion_mnist":
+            folder, prefix = Path(root or FASHION_MNIST_ROOT), "t10k" if split == "test" else "train"
+            _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+            _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        elif name == "mnist5k":
+            _mnist5k_file(root)
+        elif name in ("cifar10", "cifar100", "stl10"):
+            _check_binary_files(name, root, split)
+        elif name == "imagefolder":
+            _check_image_folder(root, "val" if split == "test" else "train")
+        else:
+            raise DatasetError(f"unknown dataset {name!r}")
+
+
+def _check_binary_files(name: str, root: str | None, split: str) -> None:
+    """CIFAR / STL-10: the files torchvision reads for the split are there."""
+    from torchvision.datasets import CIFAR10, CIFAR100, STL10
+
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100, "stl10": STL10}[name]
+    path = _require_root(name, root, f"{cls.base_folder}/")
+    if path.name == cls.base_folder:
+        path = path.parent
+    files = [file for file, _ in (cls.test_list if split == "test" else cls.train_list)]
+    if name == "stl10" and split == "train":
+        files = [file for file in files if not file.startswith("unlabeled")]  # the labelled split alone
+    missing = [file for file in files if not (path / cls.base_folder / file).is_file()]
+    if missing:
+        raise DatasetError(f"{name}: {path / cls.base_folder} is missing or incomplete (no {', '.join(missing)})")
+
+
+def _check_image_folder(root: str | None, split: str) -> None:
+    """ImageFolder: root/<split>/ exists and holds class folders."""
+    from torchvision.datasets.folder import find_classes
+
+    folder = _require_root("imagefolder", root, "train/<class>/*.jpg and val/<class>/*.jpg") / split
+    if not folder.is_dir():
+        raise DatasetError(f"imagefolder: {folder} not found (expected root/{split}/<class>/<image>)")
+    try:
+        find_classes(folder)
+    except FileNotFoundError as err:
+        raise DatasetError(f"imagefolder: {folder}: {err}") from err
