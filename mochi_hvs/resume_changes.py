@@ -25,6 +25,7 @@ POLICY: dict[str, str] = {
     "log_every": APPLY, "checkpoint_every": APPLY,
     "seed": REFUSE, "stages": REFUSE,
     "data.": REFUSE, "data.root": APPLY, "data.workers": APPLY, "data.augment_on": APPLY,
+    "data.skip_unreadable": APPLY,  # e.g. to continue past an unreadable file the run stopped at
     "model.": REFUSE,
     "moco.": REFUSE, "moco.momentum": APPLY, "moco.momentum_schedule": APPLY, "moco.temperature": APPLY,
     "mochi.": REFUSE, "mochi.retrieval": APPLY, "mochi.faiss_index": APPLY, "mochi.faiss_nlist": APPLY,
