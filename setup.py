@@ -25,15 +25,17 @@ setup(
         "pycocotools>=2.0.7",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "mlxtend>=0.23"],
+        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7"],
         "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],
         "bench": ["lightly>=1.5"],
+        "report": ["matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [
             "mochi-pretrain=mochi_hvs.pretrain:main",
             "mochi-export=mochi_hvs.export:main",
+            "mochi-study=mochi_hvs.study.__main__:main",
         ],
     },
 )

@@ -63,6 +63,18 @@ class KnnResult:
     top5: float | None
 
 
+def knn_results(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                num_classes: int, ks: Sequence[int], temperature: float, backend: str = "auto",
+                fp16: bool = False) -> list[KnnResult]:
+    """Weighted-kNN top-1/top-5 of labelled queries against a labelled bank (L2-normalised features), per k."""
+    scores = knn_scores_by_k(bank, bank_labels, queries, num_classes, ks, temperature, backend, fp16)
+    results = []
+    for k, by_class in scores.items():
+        acc = topk_accuracy(by_class, query_labels)
+        results.append(KnnResult(k=k, top1=acc[1], top5=acc.get(5)))
+    return results
+
+
 class KnnMonitor:
     """kNN accuracy of a backbone: labelled training images as the bank, the test split as queries."""
 
@@ -90,13 +102,8 @@ class KnnMonitor:
         options = dict(amp_dtype=self.amp_dtype, channels_last=self.channels_last)
         bank, bank_labels = extract_features(backbone, self.bank_loader, self.device, **options)
         test, test_labels = extract_features(backbone, self.test_loader, self.device, **options)
-        scores = knn_scores_by_k(bank, bank_labels, test, self.num_classes, self.ks, self.temperature,
-                                 self.backend, self.fp16)
-        results = []
-        for k, by_class in scores.items():
-            acc = topk_accuracy(by_class, test_labels)
-            results.append(KnnResult(k=k, top1=acc[1], top5=acc.get(5)))
-        return results
+        return knn_results(bank, bank_labels, test, test_labels, self.num_classes, self.ks, self.temperature,
+                           self.backend, self.fp16)
 
     def evaluate(self, backbone: nn.Module) -> KnnResult:
         """The result for the largest configured k (the one monitored during training)."""

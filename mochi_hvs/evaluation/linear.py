@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +67,29 @@ def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: i
         yield features[rows], labels[rows]
 
 
+def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_batches: Callable[[int], Iterable],
+             steps_per_epoch: int, width: int, num_classes: int, settings: LinearSettings,
+             device: torch.device) -> nn.Linear:
+    """A new linear head trained with SGD on (inputs, labels) batches mapped through `forward_features`."""
+    s = settings
+    head = new_head(width, num_classes, device)
+    optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
+                                             s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
+    train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs, device,
+                     f"linear ({s.mode})")
+    return head
+
+
+def cached_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 num_classes: int, settings: LinearSettings, device: torch.device) -> dict[str, float]:
+    """The cached protocol: a linear head trained on features extracted once (unnormalised, dataset order)."""
+    s = settings
+    steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
+    head = fit_head(lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch),
+                    steps, train.shape[1], num_classes, settings, device)
+    return classification_accuracy(head, [(test, test_labels)], device)
+
+
 class LinearProbe:
     """Trains a linear classifier on a frozen backbone and reports top-1/top-5 on the test split."""
 
@@ -96,15 +119,6 @@ class LinearProbe:
     def _loader(self, images: ImageSet):
         return eval_loader(images, self.cfg.data, self.cfg.eval.batch_size)
 
-    def _fit_head(self, forward_features, epoch_batches, steps_per_epoch: int, width: int) -> nn.Linear:
-        s = self.settings
-        head = new_head(width, self.num_classes, self.device)
-        optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
-                                                 s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
-        train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs,
-                         self.device, f"linear ({s.mode})")
-        return head
-
     def _classic(self, backbone: nn.Module, width: int) -> dict[str, float]:
         loader = supervised_loader(self.train, self.cfg.data, self.settings.batch_size, self.settings.seed)
 
@@ -112,7 +126,8 @@ class LinearProbe:
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
                 return backbone(images).float()
 
-        head = self._fit_head(frozen_features, lambda _: image_batches(loader), len(loader), width)
+        head = fit_head(frozen_features, lambda _: image_batches(loader), len(loader), width, self.num_classes,
+                        self.settings, self.device)
         test_batches = image_batches(self._loader(self.test))
         return classification_accuracy(lambda x: head(frozen_features(x)), test_batches, self.device)
 
@@ -123,12 +138,7 @@ class LinearProbe:
         return (*train, *test)
 
     def _cached(self, backbone: nn.Module, width: int) -> dict[str, float]:
-        s = self.settings
-        train, train_labels, test, test_labels = self._features(backbone)
-        steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
-        head = self._fit_head(
-            lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch), steps, width)
-        return classification_accuracy(head, [(test, test_labels)], self.device)
+        return cached_probe(*self._features(backbone), self.num_classes, self.settings, self.device)
 
     def _sklearn(self, backbone: nn.Module, width: int) -> dict[str, float]:
         from sklearn.linear_model import LogisticRegression
