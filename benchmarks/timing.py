@@ -48,7 +48,7 @@ def device_name(device: torch.device) -> str:
 def benchmark_trainer(overrides: list[str], device: str) -> Trainer:
     """A Trainer on the embedded dataset (its data is not used: steps are fed synthetic batches)."""
     folder = tempfile.mkdtemp(prefix="mochi_hvs_bench_")
-    base = [f"output_dir={folder}", f"device={device}", "eval.knn_random_baseline=false", "data.train_subset=4096"]
+    base = [f"output_dir={folder}", f"device={device}", "eval.knn_baseline=false", "data.train_subset=4096"]
     return Trainer(load_config(None, base + overrides))
 
 

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from .errors import UserError
 from .integrity import (
     DIGEST_KEY,
     file_digest,
@@ -27,9 +28,9 @@ from .integrity import (
     state_digest,
     with_digest,
 )
+from .run_files import LAST
 
 FORMAT = "mochi_hvs.checkpoint"
-LAST = "last.pth"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (zip) format; anything else is a plain or legacy-torch pickle
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 STATE_DICT = "state dict"  # schema marker: a mapping of names to tensors
@@ -48,7 +49,7 @@ CHECKPOINT_SCHEMA: dict[str, Any] = {  # what resuming needs (the layout Trainer
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, corrupt, fails its integrity check or is not ours."""
 
 

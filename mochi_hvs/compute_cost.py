@@ -9,15 +9,10 @@ and, when the scoring keys are reused, no separate key forward. MoCHi adds no en
 from __future__ import annotations
 
 from .config import Config, views_per_image
+from .methods.hvs import selects
 
 QUERY_UNITS = 3.0  # forward + backward of a trained query
 KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
-
-
-def hvs_selects(cfg: Config, epoch: int, step: int) -> bool:
-    """True when HVS picks the pairs of this step: enabled, from hvs.start_epoch, every hvs.select_every steps."""
-    hvs = cfg.hvs
-    return hvs.enabled and epoch >= hvs.start_epoch and step % hvs.select_every == 0
 
 
 def units_per_image(cfg: Config, selecting: bool) -> float:
@@ -40,7 +35,7 @@ def units_per_image(cfg: Config, selecting: bool) -> float:
 def run_units(cfg: Config, steps_per_epoch: int, total_steps: int) -> float:
     """Encoder forwards of a whole run of `total_steps` steps of the global batch."""
     batch = cfg.optim.batch_size
-    return sum(batch * units_per_image(cfg, hvs_selects(cfg, step // steps_per_epoch, step))
+    return sum(batch * units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
                for step in range(total_steps))
 
 
@@ -48,6 +43,6 @@ def steps_for_units(cfg: Config, steps_per_epoch: int, units: float) -> int:
     """The fewest steps of `cfg` whose run costs at least `units` encoder forwards."""
     total, step = 0.0, 0
     while total < units:
-        total += cfg.optim.batch_size * units_per_image(cfg, hvs_selects(cfg, step // steps_per_epoch, step))
+        total += cfg.optim.batch_size * units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
         step += 1
     return max(step, 1)

@@ -7,14 +7,11 @@ import json
 import sys
 
 from .checkpoint import CheckpointError, resolve_resume
-from .config import Config, ConfigError, add_config_arguments, load_config, stage_configs
-from .data.datasets import DatasetError
+from .config import Config, add_config_arguments, load_config, stage_configs
 from .distributed import world
-from .engine import SUMMARY, Interrupted, Trainer, TrainingDiverged
-from .run_lock import RunLockedError
-from .runtime import DeviceError
-
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged, RunLockedError)
+from .errors import Interrupted, UserError
+from .run_files import SUMMARY
+from .train import Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\ninterrupted: {stop}", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if world()[0] == 0:

@@ -1,8 +1,7 @@
 """Top-k retrieval of the hardest negatives from a feature bank (the MoCo queue), behind one interface.
 
-A backend answers `topk(queries, k) -> (scores, indices)` by inner product against a bank: the
-`.features` (K, D) of the object it was built on (the MemoryQueue), read at search time so that
-device moves and checkpoint loads are followed. `TorchTopK` is exact and, given the query-vs-bank
+A backend answers `topk(queries, k, bank) -> (scores, indices)` by inner product against a (K, D) bank
+given at search time (the step's read of the queue). `TorchTopK` is exact and, given the query-vs-bank
 logits the MoCo step has already computed, costs no extra matrix product. `FaissTopK` keeps a Faiss
 index over the bank (exact flat inner product, or IVF for large banks), on the GPU when faiss has GPU
 support and the bank is on CUDA.
@@ -17,19 +16,13 @@ import torch
 FAISS_INSTALL = "pip install faiss-cpu (or faiss-gpu-cu12 for GPU indexes, the package's [gpu] extra)"
 
 
-class Bank(Protocol):
-    """Anything holding a (K, D) feature matrix as `.features` (the MemoryQueue does)."""
-
-    features: torch.Tensor
-
-
 class Retrieval(Protocol):
     """The retrieval interface: the k bank rows with the highest inner product with each query."""
 
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B, k) and bank indices (B, k), best first; `logits` (B, K) may be reused if given."""
+        """Scores (B, k) and indices (B, k) of bank rows, best first; `logits` (B, K) may be reused if given."""
         ...
 
 
@@ -38,16 +31,13 @@ class TorchTopK:
 
     name = "torch"
 
-    def __init__(self, bank: Bank) -> None:
-        self.bank = bank
-
     @torch.no_grad()
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows of `logits` (or of queries @ bank.T when no logits are given)."""
         if logits is None:
-            logits = queries @ self.bank.features.t()
+            logits = queries @ bank.t()
         return logits.detach().float().topk(k, dim=1)
 
 
@@ -71,11 +61,10 @@ class FaissTopK:
 
     name = "faiss"
 
-    def __init__(self, bank: Bank, index: str = "flat", nlist: int = 256, nprobe: int = 16) -> None:
+    def __init__(self, index: str = "flat", nlist: int = 256, nprobe: int = 16) -> None:
         if index not in ("flat", "ivf"):
             raise ValueError(f"unknown faiss index {index!r}; choose flat or ivf")
         self.faiss = import_faiss()
-        self.bank = bank
         self.kind = index
         self.nlist = nlist
         self.nprobe = nprobe
@@ -94,9 +83,9 @@ class FaissTopK:
         return index
 
     @torch.no_grad()
-    def refresh(self) -> None:
+    def refresh(self, bank: torch.Tensor) -> None:
         """Re-index the bank's current contents (training the IVF quantiser on first use)."""
-        bank = self.bank.features.detach().float().contiguous()
+        bank = bank.detach().float().contiguous()
         if self.index is None:
             self.index = self._new_index(bank)
         if not self.index.is_trained:
@@ -106,19 +95,18 @@ class FaissTopK:
 
     @torch.no_grad()
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Search the refreshed index; `logits` is ignored (Faiss computes its own scores)."""
-        self.refresh()
+        """Search the index refreshed with `bank`; `logits` is ignored (Faiss computes its own scores)."""
+        self.refresh(bank)
         scores, indices = self.index.search(queries.detach().float().contiguous(), k)
         return scores.to(queries.device), indices.to(queries.device)
 
 
-def build_retrieval(kind: str, bank: Bank, faiss_index: str = "flat", nlist: int = 256,
-                    nprobe: int = 16) -> TorchTopK | FaissTopK:
-    """The backend named by `mochi.retrieval` over `bank`."""
+def build_retrieval(kind: str, faiss_index: str = "flat", nlist: int = 256, nprobe: int = 16) -> TorchTopK | FaissTopK:
+    """The backend named by `mochi.retrieval`."""
     if kind == "torch":
-        return TorchTopK(bank)
+        return TorchTopK()
     if kind == "faiss":
-        return FaissTopK(bank, faiss_index, nlist, nprobe)
+        return FaissTopK(faiss_index, nlist, nprobe)
     raise ValueError(f"unknown retrieval backend {kind!r}; choose torch or faiss")

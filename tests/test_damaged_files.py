@@ -72,7 +72,8 @@ def test_pretrain_cli_says_how_to_reinstall(tmp_path, capsys):
     folder.mkdir()
     with open(FASHION / "train-images-idx3-ubyte.gz", "rb") as src:
         (folder / "train-images-idx3-ubyte.gz").write_bytes(src.read(200_000))
-    shutil.copy(FASHION / "train-labels-idx1-ubyte.gz", folder)
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(FASHION / name, folder)  # every split the run needs is there; one file is damaged
     status = pretrain.main(["--set", f"data.root={folder}", f"output_dir={tmp_path / 'runs'}", "device=cpu"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and err.startswith(

@@ -120,7 +120,7 @@ def test_a_checkpoint_pretrained_on_a_subset_below_the_default_batch_evaluates_w
         tiny_overrides, tmp_path, capsys):
     from mochi_hvs.pretrain import main as pretrain
 
-    run = ["--set", *tiny_overrides, "data.train_subset=64", "optim.epochs=1", "eval.knn_random_baseline=false"]
+    run = ["--set", *tiny_overrides, "data.train_subset=64", "optim.epochs=1", "eval.knn_baseline=false"]
     assert pretrain(run) == 0
     checkpoint = tmp_path / "tiny" / "last.pth"
     stored = torch.load(checkpoint, weights_only=True)["config"]

@@ -10,18 +10,18 @@ import yaml
 
 from mochi_hvs.compute_cost import run_units, steps_for_units, units_per_image
 from mochi_hvs.config import ConfigError, load_config
-from mochi_hvs.engine import Trainer
 from mochi_hvs.study import plots
 from mochi_hvs.study.__main__ import main as study_main
 from mochi_hvs.study.recipe import load_study
 from mochi_hvs.study.report import read_results, write_report
 from mochi_hvs.study.runner import StudyRunner
 from mochi_hvs.study.stats import paired_difference, summarize
+from mochi_hvs.train import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.train_subset=256", "optim.batch_size=32", "moco.queue_size=128", "model.bn_splits=4",
         "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
-        "eval.knn_every=0", "eval.knn_random_baseline=false"]
+        "eval.knn_every=0", "eval.knn_baseline=false"]
 
 
 def write_study(tmp_path, **changes):
@@ -123,7 +123,7 @@ def test_counted_encoder_forwards_of_real_steps_equal_the_model(tiny_overrides, 
     trainer.train()
     for handle in handles:
         handle.remove()
-    assert sum(counted) == pytest.approx(run_units(cfg, trainer.steps_per_epoch, 2))
+    assert sum(counted) == pytest.approx(run_units(cfg, trainer.parts.steps_per_epoch, 2))
 
 
 # ------------------------------------------------------------------ statistics

@@ -27,17 +27,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError
-from ..config import Config, ConfigError, add_config_arguments, load_config
-from ..data.datasets import DatasetError
+from ..config import Config, add_config_arguments, load_config
 from ..distributed import init_distributed
+from ..errors import UserError
 from ..models.backbone import build_backbone
-from ..runtime import DeviceError, resolve_amp, resolve_device, seed_everything
+from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
-from .linear import BackboneChanged
 from .settings import add_settings_arguments, settings_from_args
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FloatingPointError, BackboneChanged)
 DEFAULT_RESULTS = "eval_results.jsonl"
 INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes from a checkpoint's config
 # Pretraining-only keys of those sections: evaluation never reads them, and their checks refer to sections it does not
@@ -157,7 +154,7 @@ def run_evaluation(evaluator: str, args: argparse.Namespace,
     try:
         ctx = prepare(args)
         settings, metrics = evaluate(ctx)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not ctx.is_main:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
+from ..errors import TrainingDiverged
 from ..models.backbone import use_small_stem
 from ..schedule import lr_multiplier
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights
@@ -100,7 +101,7 @@ def train_detector(model: FasterRCNN, dataset, settings: DetectionSettings, devi
         targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
         loss = sum(model(images, targets).values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"detection loss became non-finite at iteration {step} (lower --lr?)")
+            raise TrainingDiverged(f"detection loss became non-finite at iteration {step} (lower --lr?)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

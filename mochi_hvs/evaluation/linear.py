@@ -12,6 +12,7 @@ import torch.nn as nn
 from ..config import Config, ConfigError
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
+from ..errors import UserError
 from ..runtime import autocast
 from .features import extract_features
 from .knn import topk_accuracy
@@ -29,7 +30,7 @@ from .supervised import (
 MODES = ("classic", "cached", "sklearn")
 
 
-class BackboneChanged(RuntimeError):
+class BackboneChanged(UserError, RuntimeError):
     """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import TrainingDiverged
 from ..schedule import lr_multiplier
 from .knn import topk_accuracy
 from .settings import setting
@@ -64,7 +65,7 @@ def train_classifier(
             count += len(labels)
         mean_loss = float(total) / max(1, count)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"{desc}: loss became non-finite in epoch {epoch + 1} (learning rate too high?)")
+            raise TrainingDiverged(f"{desc}: loss became non-finite in epoch {epoch + 1} (learning rate too high?)")
         bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
     return mean_loss
 

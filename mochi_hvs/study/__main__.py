@@ -5,17 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from ..data.datasets import DatasetError
-from ..engine import Interrupted, TrainingDiverged
-from ..runtime import DeviceError
+from ..errors import Interrupted, UserError
 from .plots import MATPLOTLIB_MISSING, write_plots
 from .recipe import load_study
 from .report import write_report
 from .runner import StudyRunner, describe_plan
-
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\ninterrupted: {stop}; run the same command again to continue the study", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

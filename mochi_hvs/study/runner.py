@@ -25,23 +25,23 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from ..checkpoint import LAST, resolve_resume
+from ..checkpoint import resolve_resume
 from ..compute_cost import run_units, steps_for_units
 from ..config import Config, ConfigError
 from ..data.datasets import load_images
-from ..engine import SUMMARY, Trainer
 from ..evaluation.frozen import FrozenEvaluation
 from ..evaluation.pixels import pixel_width
 from ..evaluation.semisup import SemisupFinetune, SemisupSettings
 from ..machine import device_description
 from ..models.backbone import build_backbone
+from ..run_files import LAST, METRICS, SUMMARY
 from ..runtime import resolve_amp, resolve_device, seed_everything
+from ..train import Trainer
 from ..weights import load_backbone_weights, read_backbone_state
 from .recipe import Study, resolved
 
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
-METRICS = "metrics.jsonl"
 SEMISUP_FRACTION = 0.01
 TIMED_STEPS = 4  # steps timed (after one warm-up step) to estimate a run's duration
 
@@ -91,13 +91,13 @@ def seconds_per_step(run: PlannedRun, steps: int = TIMED_STEPS) -> float:
     """Mean wall-clock seconds of one training step of the run on this machine (after a warm-up step)."""
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run.config(f"output_dir={scratch}", "name=timing"))
-        batches = iter(trainer.batches)
+        batches = iter(trainer.parts.batches)
         trainer.train_step(next(batches))
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step(next(batches))
         seconds = (time.perf_counter() - start) / steps
-        trainer.logger.close()
+        trainer.close()
     return seconds
 
 
