@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, device_name, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
+from timing import benchmark_trainer, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
 
 from mochi_hvs.data.batch_augment import BatchViewAugmenter  # noqa: E402
 from mochi_hvs.data.datasets import load_images  # noqa: E402
@@ -90,12 +90,11 @@ def main() -> None:
         emit({"part": "step", "variant": name, "arch": args.arch, "image_size": args.image_size, "batch": args.batch,
               "moco_v2_step_s": round(medians["moco_v2"], 4), "hvs_step_s": round(medians["hvs"], 4),
               "ratio_to_moco_v2": round(ratio, 3), "modelled_ratio": round(model, 3),
-              "measured_over_modelled": round(ratio / model, 3)})
+              "measured_over_modelled": round(ratio / model, 3)}, device)
     for views in sorted({2, *args.views}):
         seconds = augmentation_seconds(args, views, device)
         emit({"part": "augmentation", "views": views, "device": str(device), "batch": args.batch,
-              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)})
-    emit({"part": "summary", "device": device_name(device)})
+              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)}, device)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, device_name, emit, interleaved_medians, synthetic_batch  # noqa: E402
+from timing import benchmark_trainer, emit, interleaved_medians, synthetic_batch  # noqa: E402
 
 from mochi_hvs.queue import MemoryQueue  # noqa: E402
 from mochi_hvs.retrieval import FaissTopK, TorchTopK  # noqa: E402
@@ -49,7 +49,7 @@ def step_overhead(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for arch, size in zip(args.archs, args.image_sizes, strict=True):
         for queue in args.queues:
             for row in step_times(args, device, arch, size, queue):
-                emit(row)
+                emit(row, device)
                 rows.append(row)
     return rows
 
@@ -93,13 +93,13 @@ def retrieval_cost(args: argparse.Namespace, device: torch.device) -> list[dict]
     rows = []
     for size in args.banks:
         rows.append(retrieval_row(args, device, size))
-        emit(rows[-1])
+        emit(rows[-1], device)
     return rows
 
 
-def summary(steps: list[dict], retrieval: list[dict], device: torch.device) -> dict:
+def summary(steps: list[dict], retrieval: list[dict]) -> dict:
     """Worst overhead per arch, and for each bank size the fastest way to get this step's top-N."""
-    out: dict = {"part": "summary", "device": device_name(device)}
+    out: dict = {"part": "summary"}
     if steps:
         out["max_mochi_overhead_pct"] = {arch: max(r["mochi_overhead_pct"] for r in steps if r["arch"] == arch)
                                          for arch in {r["arch"] for r in steps}}
@@ -137,7 +137,7 @@ def main() -> None:
         args.image_sizes = [32, 224 if device.type == "cuda" else 64][: len(args.archs)]
     steps = step_overhead(args, device) if args.part in ("all", "step") else []
     retrieval = retrieval_cost(args, device) if args.part in ("all", "retrieval") else []
-    emit(summary(steps, retrieval, device))
+    emit(summary(steps, retrieval), device)
 
 
 if __name__ == "__main__":
