@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
+from timing import (  # noqa: E402
+    benchmark_trainer,
+    bn_splits_for,
+    emit,
+    interleaved_medians,
+    synchronize,
+    synthetic_batch,
+)
 
 from mochi_hvs.data.batch_augment import BatchViewAugmenter  # noqa: E402
 from mochi_hvs.data.datasets import load_images  # noqa: E402
@@ -75,7 +82,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     device = torch.device(args.device)
-    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}"]
+    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}",
+              f"model.bn_splits={bn_splits_for(args.batch)}"]
     baseline = benchmark_trainer(common, str(device))
     for name, overrides in variants(args).items():
         trainer = benchmark_trainer(common + overrides, str(device))

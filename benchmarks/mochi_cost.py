@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, emit, interleaved_medians, synthetic_batch  # noqa: E402
+from timing import benchmark_trainer, bn_splits_for, emit, interleaved_medians, synthetic_batch  # noqa: E402
 
 from mochi_hvs.queue import MemoryQueue  # noqa: E402
 from mochi_hvs.retrieval import FaissTopK, TorchTopK  # noqa: E402
@@ -27,7 +27,8 @@ from mochi_hvs.retrieval import FaissTopK, TorchTopK  # noqa: E402
 
 def step_times(args: argparse.Namespace, device: torch.device, arch: str, size: int, queue: int) -> list[dict]:
     """Interleaved step times of MoCo-v2 and of MoCHi(N, s, s') for each s', one arch and queue size."""
-    common = [f"model.arch={arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={queue}", "model.bn_splits=8"]
+    common = [f"model.arch={arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={queue}",
+              f"model.bn_splits={bn_splits_for(args.batch)}"]
     batch = synthetic_batch(args.batch, 2, size, device)
     trainers = {"moco_v2": benchmark_trainer(common, str(device))}
     for query_mixes in args.query_mixes:

@@ -44,9 +44,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
+from timing import (  # noqa: E402
+    benchmark_trainer,
+    bn_splits_for,
+    emit,
+    interleaved_medians,
+    synchronize,
+    synthetic_batch,
+)
 
-from mochi_hvs.config import MIN_BN_GROUP, load_config  # noqa: E402
+from mochi_hvs.config import load_config  # noqa: E402
 from mochi_hvs.data.batches import DeviceAugmentedBatches, LoaderBatches  # noqa: E402
 from mochi_hvs.data.datasets import ImageSet, load_images  # noqa: E402
 from mochi_hvs.engine import Trainer  # noqa: E402
@@ -156,10 +163,6 @@ def overrides_for(args: argparse.Namespace, arch: str) -> tuple[list[str], int, 
               *data_root_override(args)]
     return common, size, batch
 
-
-def bn_splits_for(batch: int) -> int:
-    """8 BatchNorm groups (the recipes' setting), fewer where the batch would leave under MIN_BN_GROUP per group."""
-    return max(1, min(8, batch // MIN_BN_GROUP))
 
 
 def step_variants() -> list[str]:

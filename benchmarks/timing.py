@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from machine import machine_info
 
-from mochi_hvs.config import load_config
+from mochi_hvs.config import MIN_BN_GROUP, load_config
 from mochi_hvs.engine import Trainer
 
 
@@ -43,6 +43,11 @@ def benchmark_trainer(overrides: list[str], device: str, recipe: str | None = No
     folder = tempfile.mkdtemp(prefix="mochi_hvs_bench_")
     base = [f"output_dir={folder}", f"device={device}", "eval.knn_random_baseline=false", "data.train_subset=4096"]
     return Trainer(load_config(recipe, base + overrides))
+
+
+def bn_splits_for(batch: int) -> int:
+    """8 BatchNorm groups (the recipes' setting), fewer where the batch would leave under MIN_BN_GROUP per group."""
+    return max(1, min(8, batch // MIN_BN_GROUP))
 
 
 def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
