@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, device_name, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
+from timing import (  # noqa: E402
+    benchmark_trainer,
+    bn_splits_for,
+    emit,
+    interleaved_medians,
+    synchronize,
+    synthetic_batch,
+)
 
 from mochi_hvs.data.batch_augment import BatchViewAugmenter  # noqa: E402
 from mochi_hvs.data.datasets import load_images  # noqa: E402
@@ -75,7 +82,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     device = torch.device(args.device)
-    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}"]
+    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}",
+              f"model.bn_splits={bn_splits_for(args.batch)}"]
     baseline = benchmark_trainer(common, str(device))
     for name, overrides in variants(args).items():
         trainer = benchmark_trainer(common + overrides, str(device))
@@ -90,12 +98,11 @@ def main() -> None:
         emit({"part": "step", "variant": name, "arch": args.arch, "image_size": args.image_size, "batch": args.batch,
               "moco_v2_step_s": round(medians["moco_v2"], 4), "hvs_step_s": round(medians["hvs"], 4),
               "ratio_to_moco_v2": round(ratio, 3), "modelled_ratio": round(model, 3),
-              "measured_over_modelled": round(ratio / model, 3)})
+              "measured_over_modelled": round(ratio / model, 3)}, device)
     for views in sorted({2, *args.views}):
         seconds = augmentation_seconds(args, views, device)
         emit({"part": "augmentation", "views": views, "device": str(device), "batch": args.batch,
-              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)})
-    emit({"part": "summary", "device": device_name(device)})
+              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)}, device)
 
 
 if __name__ == "__main__":
