@@ -32,9 +32,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # mochi_hvs need not be installed on the GPU machine
-from machine import machine_info  # noqa: E402
-
 from mochi_hvs.data.datasets import FASHION_MNIST_ROOT  # noqa: E402
+from mochi_hvs.machine import machine_info  # noqa: E402
 
 WHEELS = ROOT / ".whl"
 CARRIED_DATA = ROOT / ".gpu_data" / "fashion-mnist"

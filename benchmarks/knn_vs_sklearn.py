@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-
 from mochi_hvs.evaluation.knn import knn_scores_by_k  # noqa: E402
+from mochi_hvs.machine import machine_info  # noqa: E402
 
 
 def clustered_features(size: int, centres: torch.Tensor, spread: float, generator: torch.Generator

@@ -53,11 +53,11 @@ from timing import (  # noqa: E402
     synthetic_batch,
 )
 
-from mochi_hvs.config import load_config  # noqa: E402
+from mochi_hvs.config import load_config, views_per_image  # noqa: E402
 from mochi_hvs.data.batches import DeviceAugmentedBatches, LoaderBatches  # noqa: E402
 from mochi_hvs.data.datasets import ImageSet, load_images  # noqa: E402
-from mochi_hvs.engine import Trainer  # noqa: E402
 from mochi_hvs.runtime import autocast  # noqa: E402
+from mochi_hvs.train import Trainer  # noqa: E402
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "moco_v2.yaml")
 
@@ -99,7 +99,7 @@ class LightlyMoCo:
 
         cfg, width = trainer.cfg, trainer.model.feature_width
         self.update_momentum = update_momentum
-        self.device, self.amp = trainer.device, trainer.amp_dtype
+        self.device, self.amp = trainer.parts.device, trainer.parts.amp_dtype
         self.backbone = copy.deepcopy(trainer.model.encoder_q.backbone)
         self.head = MoCoProjectionHead(width, width, cfg.model.feature_dim).to(self.device)
         self.backbone_momentum = copy.deepcopy(self.backbone)
@@ -110,7 +110,7 @@ class LightlyMoCo:
                                     memory_bank_size=(cfg.moco.queue_size, cfg.model.feature_dim))
         params = list(self.backbone.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=5e-4)
-        self.channels_last = trainer.channels_last
+        self.channels_last = trainer.parts.channels_last
 
     def step(self, x_query: torch.Tensor, x_key: torch.Tensor) -> None:
         """Momentum update, query and key forwards, NTXent against the memory bank, backward, SGD."""
@@ -177,7 +177,7 @@ def step_function(name: str, common: list[str], size: int, batch: int, device: t
         views = synthetic_batch(batch, 2, size, device)["views"]
         return partial(runner.step, views[:, 0], views[:, 1])
     trainer = benchmark_trainer(common + VARIANTS[name], str(device))
-    views = trainer.cfg.hvs.num_views if trainer.cfg.hvs.enabled else 2
+    views = views_per_image(trainer.cfg)
     return partial(trainer.train_step, synthetic_batch(batch, views, size, device))
 
 
@@ -234,9 +234,9 @@ def data_part(args: argparse.Namespace, device: torch.device) -> None:
     images = load_images("fashion_mnist", args.data_root, "pretrain")
     for views in (2, 4):
         for where, cls in (("cpu", LoaderBatches), ("device", DeviceAugmentedBatches)):
-            cfg = load_config(None, [f"data.augment_on={where}", f"data.num_views={views}",
-                                     f"data.workers={args.workers}", *data_root_override(args)])
-            source = cls(images, cfg.data, 256, 0, device)
+            cfg = load_config(None, [f"data.augment_on={where}", f"data.workers={args.workers}",
+                                     *data_root_override(args)])
+            source = cls(images, cfg.data, views, 256, 0, device)
             emit({"part": "data", "path": where, "views": views, "workers": args.workers if where == "cpu" else 0,
                   "images_per_s": round(loader_images_per_s(source, args.data_batches, device), 1)}, device)
     for where in ("cpu", "device"):
@@ -267,8 +267,8 @@ def timed_steps(batches: Iterator, step, steps: int, device: torch.device) -> fl
 
 def ours_block(trainer: Trainer, epoch: int, steps: int) -> float:
     """The default recipe's loop: device-augmented batches from the in-memory images, our training step."""
-    trainer.batches.set_epoch(epoch)
-    return timed_steps(iter(trainer.batches), trainer.train_step, steps, trainer.device)
+    trainer.parts.batches.set_epoch(epoch)
+    return timed_steps(iter(trainer.parts.batches), trainer.train_step, steps, trainer.parts.device)
 
 
 def lightly_block(runner: LightlyMoCo, loader: DataLoader, steps: int) -> float:

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from machine import machine_info
 
 from mochi_hvs.config import MIN_BN_GROUP, load_config
-from mochi_hvs.engine import Trainer
+from mochi_hvs.machine import machine_info  # noqa: E402
+from mochi_hvs.train import Trainer
 
 
 def synchronize(device: torch.device) -> None:

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mochi_hvs.config import MocoConfig, ModelConfig
+from mochi_hvs.config import load_config
 from mochi_hvs.data import batch_augment as ba
-from mochi_hvs.hvs import HardViewSelector
-from mochi_hvs.mochi import HardNegativeMixer
+from mochi_hvs.methods import build_methods
 from mochi_hvs.models import MoCo
 from mochi_hvs.queue import MemoryQueue
+from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.retrieval import FaissTopK, TorchTopK
 from mochi_hvs.runtime import autocast
-from mochi_hvs.step import ContrastiveStep, StepRandom
+from mochi_hvs.step import ContrastiveStep
 
 pytestmark = pytest.mark.cuda
 
@@ -64,28 +64,27 @@ class ReplayedTopK:
     run that replays the float32 run's choices can be compared with it value for value.
     """
 
-    def __init__(self, bank: MemoryQueue, recording: list[torch.Tensor] | None = None) -> None:
-        self.exact = TorchTopK(bank)
+    def __init__(self, recording: list[torch.Tensor] | None = None) -> None:
+        self.exact = TorchTopK()
         self.replaying = recording is not None
         self.recording = [] if recording is None else recording
         self.calls = 0
 
-    def topk(self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None):
+    def topk(self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None):
         if not self.replaying:
-            scores, indices = self.exact.topk(queries, k, logits=logits)
+            scores, indices = self.exact.topk(queries, k, bank, logits=logits)
             self.recording.append(indices)
             return scores, indices
         indices = self.recording[self.calls]
         self.calls += 1
-        logits = queries @ self.exact.bank.features.t() if logits is None else logits
+        logits = queries @ bank.t() if logits is None else logits
         return logits.detach().float().gather(1, indices), indices
 
 
 def small_moco(device: torch.device) -> MoCo:
     """ResNet-18 with two BatchNorm groups, shuffle-BN, a symmetric loss, channels-last as on CUDA."""
     torch.manual_seed(0)
-    model = MoCo(ModelConfig(arch="resnet18", bn_splits=2, feature_dim=32),
-                 MocoConfig(queue_size=1024, temperature=TEMPERATURE, symmetric=True), channels_last=True)
+    model = MoCo("resnet18", bn_splits=2, feature_dim=32, queue_size=1024, channels_last=True)
     return model.to(device)
 
 
@@ -107,16 +106,17 @@ def train_once(model: MoCo, recording, dtype, batch, scaler: torch.amp.GradScale
     at any precision. Returns the loss, the keys to enqueue, the update and the top-N recording.
     """
     device = model.queue.features.device
-    retrieval = ReplayedTopK(model.queue, recording)
-    mixer = HardNegativeMixer(retrieval, num_hard=64, num_mix=128, num_query_mix=32)
-    selector = HardViewSelector(model, TEMPERATURE, symmetric=True, scorer="query", mixer=mixer)
-    step = ContrastiveStep(model, TEMPERATURE, symmetric=True, mixer=mixer, selector=selector, score_with_mochi=True)
+    methods = build_methods(load_config(None, [
+        f"moco.temperature={TEMPERATURE}", "moco.symmetric=true", "moco.queue_size=1024", "mochi.enabled=true",
+        "mochi.num_hard=64", "mochi.num_mix=128", "mochi.num_query_mix=32", "mochi.warmup_epochs=0",
+        "hvs.enabled=true", "hvs.num_views=2", "hvs.scorer=query", "hvs.score_with_mochi=true"]), model)
+    retrieval = methods[0].mixer.retrieval = ReplayedTopK(recording)
+    step = ContrastiveStep(model, TEMPERATURE, True, methods)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=1.0)
     start = [p.detach().clone() for p in model.encoder_q.parameters()]
     views, boxes, labels = batch
     with autocast(device, dtype):
-        out = step(views, StepRandom(seed=0, step=0, rank=0, device=device), labels, mix=True, boxes=boxes,
-                   select=True)
+        out = step(views, StepRandom(seed=0, step=0, rank=0, device=device), labels, boxes)
     scaler.scale(out.loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -162,9 +162,9 @@ def test_faiss_gpu_index_finds_the_torch_top_k(full_float32):
     queue = MemoryQueue(4096, 64).to(CUDA)
     queries = F.normalize(torch.randn(32, 64, device=CUDA), dim=1)
     for kind in ("flat", "ivf"):  # IVF probing all of its lists is exhaustive
-        backend = FaissTopK(queue, kind, nlist=16, nprobe=16)
+        backend = FaissTopK(kind, nlist=16, nprobe=16)
         for _ in range(2):  # the index follows the queue after it changes
-            scores, indices = backend.topk(queries, 100)
+            scores, indices = backend.topk(queries, 100, queue.features)
             assert type(backend.index).__name__.startswith("GpuIndex"), type(backend.index)
             assert scores.is_cuda and indices.is_cuda
             exact = queries @ queue.features.t()
