@@ -36,6 +36,10 @@ setup(
             "mochi-pretrain=mochi_hvs.pretrain:main",
             "mochi-export=mochi_hvs.export:main",
             "mochi-study=mochi_hvs.study.__main__:main",
+            "mochi-knn=mochi_hvs.evaluation.commands:knn_main",
+            "mochi-linear=mochi_hvs.evaluation.commands:linear_main",
+            "mochi-semisup=mochi_hvs.evaluation.commands:semisup_main",
+            "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
         ],
     },
 )

@@ -17,6 +17,13 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .evaluator_settings import (
+    LABEL_SOURCES,
+    DetectionSettings,
+    LinearSettings,
+    SemisupSettings,
+    setting,
+)
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
 
@@ -163,20 +170,27 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """The kNN monitor used during and at the end of training (and by eval/knn.py)."""
+    """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
+    of the other evaluators (eval/linear.py, eval/semisup.py, eval/detection.py)."""
 
-    knn_every: int = 0  # epochs between kNN evaluations (0: only at the end)
-    knn_every_steps: int = 0  # steps between kNN evaluations, for runs measured in steps (0: off)
-    knn_k: int | list[int] = field(default_factory=lambda: [20, 200])  # the largest is logged during training
-    knn_temperature: float = 0.07
-    knn_backend: str = "auto"  # auto (Faiss when installed) | faiss | torch (chunked matrix products)
-    knn_fp16: bool = False  # half-precision bank in the search (halves its memory)
-    knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
-    knn_test_subset: int | None = None
-    knn_baseline: bool = True  # also evaluate the backbone the run started from (random init or init_from) at the end
-    analysis_every: int = 0  # epochs between alignment/uniformity of embeddings on a held-out batch (0: off)
-    analysis_samples: int = 512  # size of that held-out batch (test split)
-    batch_size: int = 512
+    knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)")
+    knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)")
+    knn_k: int | list[int] = setting([20, 200], "neighbours voting, one value or a list (the largest is logged "
+                                                "during training)")
+    knn_temperature: float = setting(0.07, "temperature T of the exp(similarity / T) vote weights")
+    knn_backend: str = setting("auto", "search backend: auto (Faiss when installed), faiss or torch (chunked matrix "
+                                       "products)")
+    knn_fp16: bool = setting(False, "half-precision bank in the search (halves its memory)")
+    knn_train_subset: int | None = setting(None, "class-balanced subset of the labelled training images (the bank)")
+    knn_test_subset: int | None = setting(None, "class-balanced subset of the test images (the queries)")
+    knn_baseline: bool = setting(True, "also evaluate the backbone the run started from (random init or "
+                                       "init_from) at the end of training")
+    analysis_every: int = setting(0, "epochs between alignment/uniformity of embeddings on a held-out batch (0: off)")
+    analysis_samples: int = setting(512, "size of that held-out batch (test split)")
+    batch_size: int = setting(512, "images per batch of feature extraction and testing")
+    linear: LinearSettings = field(default_factory=LinearSettings)
+    semisup: SemisupSettings = field(default_factory=SemisupSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
 
     @property
     def knn_ks(self) -> list[int]:
@@ -542,6 +556,78 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
     _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
+    for name in ("linear", "semisup", "detection"):
+        _validate_choices(getattr(ev, name), f"eval.{name}.", source)
+    _validate_linear(ev.linear, source)
+    _validate_semisup(ev.semisup, source)
+    _validate_detection(ev.detection, source)
+
+
+def _validate_choices(section: Any, prefix: str, source: str) -> None:
+    """Every field of an evaluator section that declares choices (in its metadata) holds one of them."""
+    for f in dataclasses.fields(section):
+        options, value = f.metadata.get("choices"), getattr(section, f.name)
+        _check(options is None or value in options, source, prefix + f.name,
+               f"must be one of {', '.join(options or ())}; got {value!r}")
+
+
+def _validate_supervised(section: LinearSettings | SemisupSettings, prefix: str, source: str) -> None:
+    """The settings the linear probe and semi-supervised fine-tuning share."""
+    _check(0 <= section.momentum < 1, source, prefix + "momentum", f"must be in [0, 1); got {section.momentum}")
+    _check(section.weight_decay >= 0, source, prefix + "weight_decay", f"must be >= 0; got {section.weight_decay}")
+    _check(0 <= section.seed < 2**63, source, prefix + "seed", f"must be in [0, 2**63); got {section.seed}")
+    _check(section.epochs > 0, source, prefix + "epochs", f"must be positive; got {section.epochs}")
+    _check(section.test_subset is None or section.test_subset > 0, source, prefix + "test_subset",
+           f"must be null or positive; got {section.test_subset}")
+
+
+def _validate_linear(linear: LinearSettings, source: str) -> None:
+    p = "eval.linear."
+    _validate_supervised(linear, p, source)
+    _check(linear.lr > 0, source, p + "lr", f"must be > 0; got {linear.lr}")
+    _check(linear.batch_size > 0 or (linear.batch_size == 0 and linear.mode == "cached"), source, p + "batch_size",
+           f"must be positive (or 0 for full batches with eval.linear.mode=cached); got {linear.batch_size}")
+    _check(linear.train_subset is None or linear.train_subset > 0, source, p + "train_subset",
+           f"must be null or positive; got {linear.train_subset}")
+    _check(linear.sklearn_c > 0, source, p + "sklearn_c", f"must be > 0; got {linear.sklearn_c}")
+    _check(linear.sklearn_max_iter > 0, source, p + "sklearn_max_iter",
+           f"must be positive; got {linear.sklearn_max_iter}")
+
+
+def _validate_semisup(semisup: SemisupSettings, source: str) -> None:
+    p = "eval.semisup."
+    _validate_supervised(semisup, p, source)
+    _check(semisup.batch_size > 0, source, p + "batch_size", f"must be positive; got {semisup.batch_size}")
+    _check(semisup.lr_backbone >= 0, source, p + "lr_backbone", f"must be >= 0; got {semisup.lr_backbone}")
+    _check(semisup.lr_head > 0, source, p + "lr_head", f"must be > 0; got {semisup.lr_head}")
+    fraction, per_class = semisup.label_fraction, semisup.labels_per_class
+    _check(fraction is None or 0 < fraction <= 1, source, p + "label_fraction",
+           f"must be null or in (0, 1]; got {fraction}")
+    _check(per_class is None or per_class > 0, source, p + "labels_per_class",
+           f"must be null or positive; got {per_class}")
+    _check(semisup.split_file != "", source, p + "split_file", "must be null or a file name; got ''")
+    given = semisup.label_sources()
+    if len(given) > 1:
+        raise ConfigError(f"{source}: '{p}{given[1]}' cannot be set together with '{p}{given[0]}': give exactly one "
+                          f"of {', '.join(p + name for name in LABEL_SOURCES)}")
+
+
+def _validate_detection(detection: DetectionSettings, source: str) -> None:
+    p, d = "eval.detection.", detection
+    for name in ("iterations", "batch_size", "min_size", "proposals", "roi_batch"):
+        _check(getattr(d, name) > 0, source, p + name, f"must be positive; got {getattr(d, name)}")
+    _check(d.lr > 0, source, p + "lr", f"must be > 0; got {d.lr}")
+    _check(0 <= d.momentum < 1, source, p + "momentum", f"must be in [0, 1); got {d.momentum}")
+    _check(d.weight_decay >= 0, source, p + "weight_decay", f"must be >= 0; got {d.weight_decay}")
+    _check(d.warmup_iterations >= 0, source, p + "warmup_iterations", f"must be >= 0; got {d.warmup_iterations}")
+    _check(all(a < b for a, b in itertools.pairwise([0, *d.milestones])) and all(m <= 1 for m in d.milestones),
+           source, p + "milestones", f"must be fractions of training in (0, 1], increasing; got {d.milestones}")
+    _check(0 <= d.trainable_layers <= 5, source, p + "trainable_layers",
+           f"must be in [0, 5] (ResNet stages); got {d.trainable_layers}")
+    _check(d.max_size >= d.min_size, source, p + "max_size",
+           f"must be >= eval.detection.min_size={d.min_size}; got {d.max_size}")
+    _check(d.workers >= 0, source, p + "workers", f"must be >= 0; got {d.workers}")
+    _check(0 <= d.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {d.seed}")
 
 
 def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:

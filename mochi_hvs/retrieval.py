@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-FAISS_INSTALL = "pip install faiss-cpu (or faiss-gpu-cu12 for GPU indexes, the package's [gpu] extra)"
+from .faiss_index import FaissIndex, build_index, import_faiss
 
 
 class Retrieval(Protocol):
@@ -41,16 +41,6 @@ class TorchTopK:
         return logits.detach().float().topk(k, dim=1)
 
 
-def import_faiss():
-    """The faiss module (with torch tensor support), or a clear error naming the package to install."""
-    try:
-        import faiss
-        import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch tensors, CPU or CUDA)
-    except ImportError as err:
-        raise ImportError(f"Faiss retrieval was requested but faiss is not installed: {FAISS_INSTALL}") from err
-    return faiss
-
-
 class FaissTopK:
     """A Faiss inner-product index over a bank that changes between searches (the MoCo queue).
 
@@ -62,32 +52,17 @@ class FaissTopK:
     name = "faiss"
 
     def __init__(self, index: str = "flat", nlist: int = 256, nprobe: int = 16) -> None:
-        if index not in ("flat", "ivf"):
-            raise ValueError(f"unknown faiss index {index!r}; choose flat or ivf")
-        self.faiss = import_faiss()
+        import_faiss()  # fail at construction, naming the package, rather than at the first search
         self.kind = index
         self.nlist = nlist
         self.nprobe = nprobe
-        self.index = None
-
-    def _new_index(self, features: torch.Tensor):
-        faiss, dim = self.faiss, features.shape[1]
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        else:
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = self.nprobe
-        if features.is_cuda and hasattr(faiss, "StandardGpuResources"):
-            self.resources = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self.resources, features.device.index or 0, index)
-        return index
+        self.index: FaissIndex | None = None
 
     @torch.no_grad()
     def refresh(self, bank: torch.Tensor) -> None:
         """Re-index the bank's current contents (training the IVF quantiser on first use)."""
-        bank = bank.detach().float().contiguous()
         if self.index is None:
-            self.index = self._new_index(bank)
+            self.index = build_index(bank.shape[1], bank.device, self.kind, nlist=self.nlist, nprobe=self.nprobe)
         if not self.index.is_trained:
             self.index.train(bank)
         self.index.reset()
@@ -99,8 +74,7 @@ class FaissTopK:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Search the index refreshed with `bank`; `logits` is ignored (Faiss computes its own scores)."""
         self.refresh(bank)
-        scores, indices = self.index.search(queries.detach().float().contiguous(), k)
-        return scores.to(queries.device), indices.to(queries.device)
+        return self.index.search(queries, k)
 
 
 def build_retrieval(kind: str, faiss_index: str = "flat", nlist: int = 256, nprobe: int = 16) -> TorchTopK | FaissTopK:

@@ -10,12 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..data.datasets import ImageSet, labelled_splits
+from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
 from .features import extract_features
 from .knn import knn_results
-from .linear import LinearSettings, cached_probe
-from .pixels import PixelFeatures
+from .linear import cached_probe
+from .pixels import PixelFeatures, pixel_model
 
 
 @dataclass
@@ -29,11 +29,6 @@ class FrozenFeatures:
     num_classes: int
 
 
-def grayscale(images: ImageSet) -> bool:
-    """True for in-memory single-channel sets (their loaders repeat the channel three times)."""
-    return images.array is not None and images.array.shape[-1] == 1
-
-
 class FrozenEvaluation:
     """The labelled splits of a config's dataset (full sets unless eval.knn_*_subset is set), loaded once."""
 
@@ -45,10 +40,9 @@ class FrozenEvaluation:
         self.train_images, self.test_images = labelled_splits(data.name, data.root, cfg.eval.knn_train_subset,
                                                               cfg.eval.knn_test_subset, cfg.seed)
 
-    def pixels(self) -> nn.Module:
+    def pixels(self) -> PixelFeatures:
         """The raw-pixel 'backbone' for this dataset."""
-        channels = 1 if grayscale(self.train_images) else 3
-        return PixelFeatures(self.cfg.data.mean, self.cfg.data.std, channels).to(self.device)
+        return pixel_model(self.train_images, self.cfg.data.mean, self.cfg.data.std).to(self.device)
 
     def features(self, backbone: nn.Module) -> FrozenFeatures:
         """Extract both splits once (eval mode, nothing updated)."""
@@ -72,8 +66,8 @@ class FrozenEvaluation:
                 metrics[f"k{result.k}_top5"] = result.top5
         return metrics
 
-    def linear(self, features: FrozenFeatures, settings: LinearSettings | None = None) -> dict[str, float]:
-        """The cached linear probe on the extracted features."""
-        settings = dataclasses.replace(settings or LinearSettings(), mode="cached")
+    def linear(self, features: FrozenFeatures) -> dict[str, float]:
+        """The cached linear probe on the extracted features, with the config's eval.linear settings."""
+        settings = dataclasses.replace(self.cfg.eval.linear, mode="cached")
         return cached_probe(features.train, features.train_labels, features.test, features.test_labels,
                             features.num_classes, settings, self.device)

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..errors import UserError
+from ..evaluator_settings import LinearSettings
 from ..runtime import autocast
 from .features import extract_features
 from .knn import topk_accuracy
-from .settings import setting
+from .pixel_cache import pixel_features
+from .pixels import pixel_model, pixel_width
 from .supervised import (
-    SgdSettings,
     changed_tensors,
     classification_accuracy,
     image_batches,
@@ -27,26 +27,9 @@ from .supervised import (
     train_classifier,
 )
 
-MODES = ("classic", "cached", "sklearn")
-
 
 class BackboneChanged(UserError, RuntimeError):
     """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""
-
-
-@dataclass
-class LinearSettings(SgdSettings):
-    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs).
-    In cached mode, batch_size 0 trains full-batch."""
-
-    mode: str = setting("classic", "classic: augmented images through the frozen backbone every epoch; cached: "
-                        "features computed once, linear layer trained on them; sklearn: logistic regression")
-    epochs: int = setting(100, "training epochs (classic and cached)")
-    lr: float = setting(30.0, "SGD learning rate")
-    train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
-    test_subset: int | None = setting(None, "class-balanced subset of the test images")
-    sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
-    sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
 
 
 def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
@@ -96,8 +79,6 @@ class LinearProbe:
 
     def __init__(self, cfg: Config, settings: LinearSettings, device: torch.device,
                  amp_dtype: torch.dtype | None = None) -> None:
-        if settings.mode not in MODES:
-            raise ConfigError(f"unknown linear-probe mode {settings.mode!r}; choose one of {', '.join(MODES)}")
         self.cfg = cfg
         self.settings = settings
         self.device = device
@@ -110,12 +91,24 @@ class LinearProbe:
         """Top-1/top-5 of the probe; raises BackboneChanged if any backbone tensor moved."""
         backbone = backbone.to(self.device).eval().requires_grad_(False)
         before = snapshot(backbone)
-        run = {"classic": self._classic, "cached": self._cached, "sklearn": self._sklearn}[self.settings.mode]
-        metrics = run(backbone, width)
+        if self.settings.mode == "classic":
+            metrics = self._classic(backbone, width)
+        else:
+            metrics = self._on_features(*self._features(backbone))
         changed = changed_tensors(backbone, before)
         if changed:
             raise BackboneChanged(f"linear probe changed {len(changed)} backbone tensors, e.g. {changed[:3]}")
         return metrics
+
+    def evaluate_pixels(self) -> dict[str, float]:
+        """The probe on the raw pixels: through the classic protocol's augmented images, or (cached, sklearn) on
+        pixel features cached per dataset."""
+        if self.settings.mode == "classic":
+            pixels = pixel_model(self.train, self.cfg.data.mean, self.cfg.data.std)
+            return self.evaluate(pixels, pixel_width(self.cfg.data.image_size, pixels.channels))
+        batch = self.cfg.eval.batch_size
+        return self._on_features(*pixel_features(self.train, self.cfg.data, batch, self.device),
+                                 *pixel_features(self.test, self.cfg.data, batch, self.device))
 
     def _loader(self, images: ImageSet):
         return eval_loader(images, self.cfg.data, self.cfg.eval.batch_size)
@@ -138,15 +131,19 @@ class LinearProbe:
         test = extract_features(backbone, self._loader(self.test), self.device, **options)
         return (*train, *test)
 
-    def _cached(self, backbone: nn.Module, width: int) -> dict[str, float]:
-        return cached_probe(*self._features(backbone), self.num_classes, self.settings, self.device)
+    def _on_features(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                     test_labels: torch.Tensor) -> dict[str, float]:
+        """The cached or sklearn protocol on extracted (unnormalised) features."""
+        if self.settings.mode == "cached":
+            return cached_probe(train, train_labels, test, test_labels, self.num_classes, self.settings, self.device)
+        return self._sklearn(train, train_labels, test, test_labels)
 
-    def _sklearn(self, backbone: nn.Module, width: int) -> dict[str, float]:
+    def _sklearn(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                 test_labels: torch.Tensor) -> dict[str, float]:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        train, train_labels, test, test_labels = self._features(backbone)
         model = make_pipeline(StandardScaler(), LogisticRegression(C=self.settings.sklearn_c,
                                                                    max_iter=self.settings.sklearn_max_iter))
         model.fit(train.cpu().numpy(), train_labels.cpu().numpy())

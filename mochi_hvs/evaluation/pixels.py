@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..data.datasets import ImageSet
+
 
 class PixelFeatures(nn.Module):
     """The clean evaluation image's raw pixel values in [0, 1], flattened: undoes the input normalisation.
@@ -26,3 +28,13 @@ class PixelFeatures(nn.Module):
 def pixel_width(image_size: int, channels: int) -> int:
     """Feature width of PixelFeatures for square images of `image_size`."""
     return channels * image_size * image_size
+
+
+def pixel_channels(images: ImageSet) -> int:
+    """Channels that carry information: 1 for in-memory single-channel sets (their loaders repeat it), else 3."""
+    return 1 if images.array is not None and images.array.shape[-1] == 1 else 3
+
+
+def pixel_model(images: ImageSet, mean: list[float], std: list[float]) -> PixelFeatures:
+    """The raw-pixel 'backbone' for a set of images normalised with `mean` and `std`."""
+    return PixelFeatures(mean, std, pixel_channels(images))

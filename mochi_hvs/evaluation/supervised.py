@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -12,23 +11,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import TrainingDiverged
+from ..evaluator_settings import SCHEDULES
 from ..schedule import lr_multiplier
 from .knn import topk_accuracy
-from .settings import setting
 
-SCHEDULES = ("step", "cosine")
 STEP_MILESTONES = (0.6, 0.8)  # fractions of training where step decay divides the lr by 10 (MoCo: epochs 60, 80 of 100)
-
-
-@dataclass
-class SgdSettings:
-    """The optimisation settings the linear probe and fine-tuning share."""
-
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(0.0, "SGD weight decay")
-    batch_size: int = setting(256, "mini-batch size")
-    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
-    seed: int = setting(0, "seed of subsets, shuffling, augmentation and head initialisation")
 
 
 def sgd_with_schedule(

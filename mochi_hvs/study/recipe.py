@@ -62,7 +62,8 @@ class StudySpec:
     shared: list[str] = field(default_factory=list)
     arms: dict[str, Any] = field(default_factory=dict)  # name -> ArmSpec (converted on load)
     evaluations: list[str] = field(default_factory=lambda: ["knn", "linear"])
-    # --set style overrides of the evaluations' settings; the default evaluates on the full labelled sets
+    # --set style overrides of the evaluations' settings (eval.knn_*, eval.linear.*, eval.semisup.* except its label
+    # source: semi-sup uses 1% of the labels); the default evaluates on the full labelled sets
     evaluation_set: list[str] = field(default_factory=lambda: list(FULL_SETS))
     references: list[str] = field(default_factory=lambda: list(REFERENCES))
     output_dir: str = "runs"  # runs/<study>/<arm>/seed<k>/

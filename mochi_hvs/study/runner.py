@@ -9,6 +9,7 @@ results/<study>/ alone.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -31,7 +32,7 @@ from ..config import Config, ConfigError
 from ..data.datasets import load_images
 from ..evaluation.frozen import FrozenEvaluation
 from ..evaluation.pixels import pixel_width
-from ..evaluation.semisup import SemisupFinetune, SemisupSettings
+from ..evaluation.semisup import SemisupFinetune
 from ..machine import device_description
 from ..models.backbone import build_backbone
 from ..run_files import LAST, METRICS, SUMMARY
@@ -258,7 +259,8 @@ class StudyRunner:
                 self.record(arm, seed, "linear", evaluation.linear(features))
         if "semisup" in todo:
             model, width = backbone()
-            settings = SemisupSettings(label_fraction=SEMISUP_FRACTION, seed=seed or 0)
+            settings = dataclasses.replace(evaluation.cfg.eval.semisup, label_fraction=SEMISUP_FRACTION,
+                                           labels_per_class=None, split_file=None, seed=seed or 0)
             finetune = SemisupFinetune(evaluation.cfg, settings, evaluation.device, evaluation.amp_dtype)
             self.record(arm, seed, "semisup", finetune.evaluate(model, width), label_fraction=SEMISUP_FRACTION)
 
