@@ -44,6 +44,8 @@ class LinearSettings(SgdSettings):
     lr: float = setting(30.0, "SGD learning rate")
     train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
     test_subset: int | None = setting(None, "class-balanced subset of the test images")
+    standardize: bool = setting(False, "cached mode: standardise each feature with its training-set mean and std "
+                                       "before the linear layer")
     sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
     sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
 

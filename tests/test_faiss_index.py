@@ -74,6 +74,6 @@ def test_queue_retrieval_and_knn_search_build_their_indexes_in_the_one_builder(m
     for user in ("mochi_hvs.retrieval", "mochi_hvs.evaluation.search"):
         monkeypatch.setattr(sys.modules[user], "build_index", spy)
     queue = MemoryQueue(64, 8)
-    FaissTopK(queue, "ivf", nlist=4, nprobe=2).topk(unit_rows(2, 8, 6), 3)
+    FaissTopK("ivf", nlist=4, nprobe=2).topk(unit_rows(2, 8, 6), 3, queue.features)
     search(unit_rows(40, 8, 7), unit_rows(5, 8, 8), 3, backend="faiss", fp16=True)
     assert built == [((8, CPU, "ivf"), {"nlist": 4, "nprobe": 2}), ((8, CPU, "flat", True), {})]

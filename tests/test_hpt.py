@@ -239,9 +239,9 @@ def test_an_interrupted_and_resumed_hpt_run_reports_its_init_from_backbone_as_th
     torch.manual_seed(1)  # a starting point unlike the run's own initialisation (seed 0)
     start = torchvision_state(path)
     over = quick_overrides + [f"model.init_from={path}", "optim.steps=2"]
-    straight = Trainer(load_config(None, over + ["name=straight"])).fit()
+    straight = Trainer(load_config(None, over + ["name=straight"]), verify=False).fit()  # a file from elsewhere
     cfg = load_config(None, over + ["name=split"])
-    interrupted = Trainer(cfg)
+    interrupted = Trainer(cfg, verify=False)
     real_step = interrupted.train_step
 
     def stop_after_one(batch):
@@ -252,7 +252,7 @@ def test_an_interrupted_and_resumed_hpt_run_reports_its_init_from_backbone_as_th
     interrupted.train_step = stop_after_one
     with pytest.raises(Interrupted):
         interrupted.fit()
-    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir), verify=False)
     assert resumed.position.global_step == 1
     assert all(torch.equal(resumed.parts.initial_backbone[k], v) for k, v in start.items())
     summary = resumed.fit()

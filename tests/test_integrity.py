@@ -137,7 +137,9 @@ def test_files_without_a_digest_are_refused_naming_the_escape(tmp_path, capsys):
 
 
 def test_resume_checks_the_digest_unless_told_not_to(tiny_cfg, tmp_path):
-    state = torch.load(Trainer(tiny_cfg).save(), weights_only=True)
+    trainer = Trainer(tiny_cfg)
+    state = torch.load(trainer.state.save(), weights_only=True)
+    trainer.close()
     del state["sha256"]
     legacy = tmp_path / "before_digests.pth"  # a checkpoint written before checkpoints carried a digest
     torch.save(state, legacy)
