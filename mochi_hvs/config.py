@@ -185,6 +185,7 @@ class EvalConfig:
     knn_test_subset: int | None = setting(None, "class-balanced subset of the test images (the queries)")
     knn_baseline: bool = setting(True, "also evaluate the backbone the run started from (random init or "
                                        "init_from) at the end of training")
+    knn_pixels: bool = setting(True, "also evaluate the raw pixels at the end of training (the floor)")
     analysis_every: int = setting(0, "epochs between alignment/uniformity of embeddings on a held-out batch (0: off)")
     analysis_samples: int = setting(512, "size of that held-out batch (test split)")
     batch_size: int = setting(512, "images per batch of feature extraction and testing")
@@ -205,6 +206,9 @@ class Config:
     name: str = "moco_v2"
     output_dir: str = "runs"
     seed: int = 0
+    # contrastive: MoCo-v2 (and the enabled methods) | supervised: the same backbone, views and optimiser trained
+    # with labels and a linear classifier (the supervised reference, mochi_hvs/supervised.py)
+    objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
     channels_last: bool | None = None  # None: on for CUDA
@@ -229,6 +233,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "objective": ("contrastive", "supervised"),
     "data.name": ("fashion_mnist", "mnist5k", "cifar10", "cifar100", "stl10", "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
@@ -474,8 +479,10 @@ def validate(cfg: Config, source: str) -> None:
     _validate_model(cfg, source)
     _validate_data(cfg, source)
     _validate_eval(cfg, source)
-    for section in method_sections(cfg).values():
+    for name, section in method_sections(cfg).items():
         section.validate(cfg, source)
+        _check(cfg.objective == "contrastive" or not section.enabled, source, f"{name}.enabled",
+               f"needs objective=contrastive (the supervised reference trains without it); got {cfg.objective}")
     stage_configs(cfg, source)  # each stage must be a valid run of its own
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
@@ -600,6 +607,8 @@ def _validate_semisup(semisup: SemisupSettings, source: str) -> None:
     _check(semisup.batch_size > 0, source, p + "batch_size", f"must be positive; got {semisup.batch_size}")
     _check(semisup.lr_backbone >= 0, source, p + "lr_backbone", f"must be >= 0; got {semisup.lr_backbone}")
     _check(semisup.lr_head > 0, source, p + "lr_head", f"must be > 0; got {semisup.lr_head}")
+    _check(0 <= semisup.warmup_epochs <= semisup.epochs, source, p + "warmup_epochs",
+           f"must be in [0, eval.semisup.epochs={semisup.epochs}]; got {semisup.warmup_epochs}")
     fraction, per_class = semisup.label_fraction, semisup.labels_per_class
     _check(fraction is None or 0 < fraction <= 1, source, p + "label_fraction",
            f"must be null or in (0, 1]; got {fraction}")

@@ -62,6 +62,7 @@ class SemisupSettings(SgdSettings):
     epochs: int = setting(20, "fine-tuning epochs")
     lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
     lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
+    warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0, in epochs")
     test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
 
     def label_sources(self) -> list[str]:

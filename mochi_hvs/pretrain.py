@@ -28,15 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(summary: dict, title: str = "") -> str:
-    """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point."""
+    """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point and of
+    the raw pixels."""
+    trained = "supervised" if summary.get("objective") == "supervised" else "MoCo-pretrained"
     start = "random init" if summary.get("init_from") is None else "start (init_from)"
-    lines = [
-        f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
-        f"{'backbone':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}",
-        f"{'MoCo-pretrained':<18}{summary['knn_top1']:>21.2f}%",
-    ]
-    if "init_knn_top1" in summary:
-        lines.append(f"{start:<18}{summary['init_knn_top1']:>21.2f}%")
+    rows = [(trained, summary["knn_top1"]), (start, summary.get("init_knn_top1")),
+            ("raw pixels", summary.get("pixels_knn_top1"))]
+    lines = [f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
+             f"{'features':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}"]
+    lines += [f"{name:<18}{value:>21.2f}%" for name, value in rows if value is not None]
     return "\n".join(lines)
 
 

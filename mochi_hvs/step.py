@@ -18,7 +18,7 @@ class StepOutput:
     """The loss to back-propagate, the keys (and their labels) to enqueue after the update, detached metrics."""
 
     loss: torch.Tensor
-    keys: torch.Tensor
+    keys: torch.Tensor | None  # None: nothing to enqueue (the supervised reference)
     key_labels: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. HVS IoUs, for histograms

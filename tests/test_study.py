@@ -29,7 +29,7 @@ def write_study(tmp_path, **changes):
         "name": "tiny", "seeds": [0], "baseline": "moco", "shared": [*TINY, "optim.steps=3"],
         "arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
                  "hvs": {"recipe": str(CONFIGS / "moco_hvs.yaml")}},
-        "evaluations": ["knn", "linear"], "references": ["pixels", "random_init"],
+        "evaluations": ["knn", "linear"], "references": ["pixels", "random_init", "supervised"],
         "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]"],
         "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
     }
@@ -215,9 +215,12 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
     keys = {(r["arm"], r["seed"], r["evaluator"]) for r in lines}
     assert keys == {("moco", 0, "train"), ("moco", 0, "knn"), ("moco", 0, "linear"), ("hvs", 0, "train"),
                     ("hvs", 0, "knn"), ("hvs", 0, "linear"), ("pixels", None, "knn"), ("pixels", None, "linear"),
-                    ("random_init", 0, "knn"), ("random_init", 0, "linear")}
+                    ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
+                    ("supervised", 0, "knn"), ("supervised", 0, "linear")}
     assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
     assert (results / "runs" / "hvs" / "seed0" / "summary.json").is_file()
+    assert json.loads((tmp_path / "runs" / "tiny" / "supervised" / "seed0" / "summary.json").read_text())[
+        "objective"] == "supervised"
     assert not list(results.rglob("*.pth"))
 
     # Called again: nothing is trained or evaluated twice.

@@ -14,11 +14,7 @@ from ..data.loader import eval_loader, supervised_loader
 from ..errors import UserError
 from ..evaluator_settings import LinearSettings
 from ..runtime import autocast
-from .features import extract_features
-from .knn import topk_accuracy
-from .pixel_cache import pixel_features
-from .pixels import pixel_model, pixel_width
-from .supervised import (
+from .classifier_training import (
     changed_tensors,
     classification_accuracy,
     image_batches,
@@ -26,6 +22,10 @@ from .supervised import (
     snapshot,
     train_classifier,
 )
+from .features import extract_features
+from .knn import topk_accuracy
+from .pixel_cache import pixel_features
+from .pixels import pixel_model, pixel_width
 
 
 class BackboneChanged(UserError, RuntimeError):

@@ -14,8 +14,8 @@ from ..data.loader import eval_loader, supervised_loader
 from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
 from ..evaluator_settings import LABEL_SOURCES, SemisupSettings
 from ..runtime import autocast
+from .classifier_training import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 from .linear import new_head
-from .supervised import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 
 
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
@@ -61,7 +61,8 @@ class SemisupFinetune:
         loader = supervised_loader(self.train, self.cfg.data, min(s.batch_size, len(self.train)), s.seed)
         groups = [{"params": backbone.parameters(), "lr": s.lr_backbone},
                   {"params": head.parameters(), "lr": s.lr_head}]
-        optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader))
+        optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader),
+                                                 round(s.warmup_epochs * len(loader)))
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.amp_dtype):

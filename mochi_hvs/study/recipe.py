@@ -28,7 +28,7 @@ from typing import Any
 from ..config import Config, ConfigError, _apply, _read_yaml, load_config
 
 EVALUATIONS = ("knn", "linear", "semisup")
-REFERENCES = ("pixels", "random_init")
+REFERENCES = ("pixels", "random_init", "supervised")
 MATCH_BY = ("forwards", "seconds")
 FULL_SETS = ("eval.knn_train_subset=null", "eval.knn_test_subset=null", "eval.knn_k=[20,200]")
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -65,7 +65,7 @@ class StudySpec:
     # --set style overrides of the evaluations' settings (eval.knn_*, eval.linear.*, eval.semisup.* except its label
     # source: semi-sup uses 1% of the labels); the default evaluates on the full labelled sets
     evaluation_set: list[str] = field(default_factory=lambda: list(FULL_SETS))
-    references: list[str] = field(default_factory=lambda: list(REFERENCES))
+    references: list[str] = field(default_factory=lambda: ["pixels", "random_init"])  # + supervised (trained)
     output_dir: str = "runs"  # runs/<study>/<arm>/seed<k>/
     results_dir: str = "results"  # results/<study>/: JSONL, report, plots, run summaries
 
@@ -111,8 +111,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     _check(isinstance(arms, dict) and bool(arms), source, "arms", "must map arm names to {recipe: ..., set: [...]}")
     study.arms = {}
     for name, arm_values in arms.items():
-        _check(isinstance(name, str) and bool(ARM_NAME.match(name)), source, f"arms.{name}",
-               "must be a folder-safe name (letters, digits, _ . -)")
+        _check(isinstance(name, str) and bool(ARM_NAME.match(name)) and name not in REFERENCES, source,
+               f"arms.{name}", f"must be a folder-safe name (letters, digits, _ . -), not {', '.join(REFERENCES)}")
         spec = ArmSpec()
         _apply(spec, arm_values if isinstance(arm_values, dict) else {"recipe": arm_values}, f"arms.{name}.", source)
         study.arms[name] = spec

@@ -16,7 +16,7 @@ ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), 
             ("semisup", "top1", "semi-sup 1%")]
 TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
             ("train", "forward_units", "encoder fwd (M)")]
-REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init"}
+REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
 
 
 @dataclass

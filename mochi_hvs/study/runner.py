@@ -49,21 +49,27 @@ TIMED_STEPS = 4  # steps timed (after one warm-up step) to estimate a run's dura
 
 @dataclass
 class PlannedRun:
-    """One (arm, seed) run of the study, with the overrides its budget adds."""
+    """One (arm, seed) run of the study, with the overrides its budget adds; `label` names its folder and its
+    result lines (the arm's name, or 'supervised' for the supervised reference trained on the baseline's recipe)."""
 
     study: Study
     arm: str
     seed: int
     extra: list[str] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.arm
 
     def config(self, *more: str) -> Config:
-        """The run's validated config (more overrides last)."""
-        return self.study.arm_config(self.arm, self.seed, [*self.extra, *more])
+        """The run's validated config (more overrides last), in its own folder."""
+        folder = f"output_dir={self.study.runs_dir / self.label}"
+        return self.study.arm_config(self.arm, self.seed, [*self.extra, folder, *more])
 
     @property
     def run_dir(self) -> Path:
         """The run's folder."""
-        return self.study.runs_dir / self.arm / f"seed{self.seed}"
+        return self.study.runs_dir / self.label / f"seed{self.seed}"
 
     @property
     def status(self) -> str:
@@ -113,9 +119,10 @@ class StudyRunner:
     def __init__(self, study: Study, only: list[str] | None = None, seeds: list[int] | None = None) -> None:
         self.study = study
         spec = study.spec
-        unknown = sorted(set(only or []) - set(spec.arms))
+        unknown = sorted(set(only or []) - set(spec.arms) - {"supervised"})
         if unknown:
             raise ConfigError(f"--only: no arm named {', '.join(unknown)} (arms: {', '.join(spec.arms)})")
+        self.only = only
         self.arms = [a for a in self._ordered_arms() if not only or a in only]
         self.seeds = [s for s in spec.seeds if seeds is None or s in seeds]
         self.results_path = study.report_dir / RESULTS
@@ -163,7 +170,9 @@ class StudyRunner:
     def resolve_budget(self, run: PlannedRun) -> PlannedRun:
         """Fix a matched run's step budget in its folder before it starts, so a resume keeps it."""
         budget = self.study.spec.arms[run.arm].budget
-        if budget.match is not None and not (run.run_dir / BUDGET).is_file():
+        if budget.match is None:
+            return run
+        if not (run.run_dir / BUDGET).is_file():
             steps, basis = self.matched_steps(run)
             run.run_dir.mkdir(parents=True, exist_ok=True)
             (run.run_dir / BUDGET).write_text(json.dumps({"steps": steps, "match": budget.match, "by": budget.by,
@@ -171,8 +180,13 @@ class StudyRunner:
         return self.planned(run.arm, run.seed)
 
     def plan(self) -> list[PlannedRun]:
-        """Every (arm, seed) run this call covers, matched arms after their targets."""
-        return [self.planned(arm, seed) for arm in self.arms for seed in self.seeds]
+        """Every (arm, seed) run this call covers, matched arms after their targets, then the supervised
+        reference's runs (the baseline's recipe trained with labels) when the study asks for them."""
+        runs = [self.planned(arm, seed) for arm in self.arms for seed in self.seeds]
+        if "supervised" in self.study.spec.references and (not self.only or "supervised" in self.only):
+            runs += [PlannedRun(self.study, self.study.spec.baseline, seed, ["objective=supervised"], "supervised")
+                     for seed in self.seeds]
+        return runs
 
     @staticmethod
     def train_seconds(run: PlannedRun) -> float | None:
@@ -199,7 +213,7 @@ class StudyRunner:
 
     def copy_run_files(self, run: PlannedRun) -> None:
         """Copy the run's summary.json and metrics.jsonl beside the results (never its checkpoint)."""
-        target = self.study.report_dir / "runs" / run.arm / f"seed{run.seed}"
+        target = self.study.report_dir / "runs" / run.label / f"seed{run.seed}"
         target.mkdir(parents=True, exist_ok=True)
         for name in (SUMMARY, METRICS, BUDGET):
             if (run.run_dir / name).is_file():
@@ -216,9 +230,9 @@ class StudyRunner:
         """Train (or resume) one run to its end; its training line is recorded."""
         run = self.resolve_budget(run)
         cfg = run.config()
-        print(f"[{self.study.spec.name}] {run.arm} seed {run.seed}: {run.status}", file=sys.stderr)
+        print(f"[{self.study.spec.name}] {run.label} seed {run.seed}: {run.status}", file=sys.stderr)
         summary = Trainer(cfg, resolve_resume("auto", cfg.run_dir)).fit()
-        self.record(run.arm, run.seed, "train", self.training_metrics(cfg, summary), device=device_description(
+        self.record(run.label, run.seed, "train", self.training_metrics(cfg, summary), device=device_description(
             resolve_device(cfg.device)))
 
     def training_metrics(self, cfg: Config, summary: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +288,7 @@ class StudyRunner:
             load_backbone_weights(model, state)
             return model.to(resolve_device(cfg.device)), width
 
-        self.evaluate(run.arm, run.seed, cfg, backbone, self.study.spec.evaluations)
+        self.evaluate(run.label, run.seed, cfg, backbone, self.study.spec.evaluations)
 
     def evaluate_references(self) -> None:
         """Raw pixels (once) and the random initialisation of each seed, with the same evaluations."""
@@ -319,12 +333,12 @@ def describe_plan(runner: StudyRunner, estimate: bool = True) -> str:
         shown = "?" if steps is None else str(steps)
         when = ""
         if estimate and steps is not None and run.status != "finished":
-            if run.arm not in per_arm:
-                per_arm[run.arm] = seconds_per_step(run)
-            seconds = per_arm[run.arm] * steps
+            if run.label not in per_arm:
+                per_arm[run.label] = seconds_per_step(run)
+            seconds = per_arm[run.label] * steps
             total += seconds
             when = f"{seconds / 60:.1f} min"
-        lines.append(f"{run.arm:<22}{run.seed:>5}  {run.status:<10}{shown:>7}{when:>12}")
+        lines.append(f"{run.label:<22}{run.seed:>5}  {run.status:<10}{shown:>7}{when:>12}")
     if estimate:
         device = resolve_device(runner.study.arm_config(runner.arms[0], runner.seeds[0]).device)
         lines.append(f"estimated training time of the unfinished runs: {total / 60:.0f} min on "

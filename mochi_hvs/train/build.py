@@ -21,6 +21,7 @@ from ..models.moco import MoCo
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
 from ..step import ContrastiveStep
+from ..supervised import SupervisedStep, add_classifier, classifier_network
 from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
 
 
@@ -36,7 +37,7 @@ class TrainingParts:
     total_steps: int
     model: MoCo
     methods: list[Method]
-    step: ContrastiveStep
+    step: ContrastiveStep | SupervisedStep
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -94,12 +95,22 @@ def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) 
     return report
 
 
-def query_encoder(model: MoCo, env: DistEnv, device: torch.device) -> nn.Module:
-    """What trained queries go through: f_q itself, or its DistributedDataParallel wrapper (gradients averaged
-    over processes during backward) when several processes take part."""
+def data_parallel(module: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """The module itself, or its DistributedDataParallel wrapper (gradients averaged over processes during
+    backward) when several processes take part: what the trained forward goes through."""
     if not env.distributed:
-        return model.encoder_q
-    return DistributedDataParallel(model.encoder_q, device_ids=[device.index] if device.type == "cuda" else None)
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_step(cfg: Config, model: MoCo, methods: list[Method], env: DistEnv, device: torch.device,
+               num_classes: int) -> ContrastiveStep | SupervisedStep:
+    """The step of the configured objective: MoCo-v2 with its methods, or the supervised reference."""
+    if cfg.objective == "supervised":
+        add_classifier(model, num_classes).to(device)
+        return SupervisedStep(data_parallel(classifier_network(model), env, device))
+    return ContrastiveStep(model, cfg.moco.temperature, cfg.moco.symmetric, methods,
+                           data_parallel(model.encoder_q, env, device))
 
 
 def base_lr(cfg: Config) -> float:
@@ -110,9 +121,10 @@ def base_lr(cfg: Config) -> float:
 
 def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_steps: int, device: torch.device,
                        amp_dtype: torch.dtype | None):
-    """SGD over f_q's trainable parameters, its per-step lr schedule and the AMP loss scaler."""
+    """SGD over the trainable parameters (f_q's; f_k follows by momentum), its per-step lr schedule and the AMP
+    loss scaler."""
     optim = cfg.optim
-    optimizer = torch.optim.SGD([p for p in model.encoder_q.parameters() if p.requires_grad], lr=base_lr(cfg),
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr(cfg),
                                 momentum=optim.momentum, weight_decay=optim.weight_decay)
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
     milestones = [m * steps_per_epoch for m in optim.lr_milestones]
@@ -134,8 +146,12 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     check_world(cfg, env)
     seed_everything(cfg.seed)
-    batches = build_batches(pretraining_images(cfg) if images is None else images, cfg.data, views_per_image(cfg),
-                            cfg.optim.batch_size // env.world_size, cfg.seed, device, env.rank, env.world_size)
+    images = pretraining_images(cfg) if images is None else images
+    if cfg.objective == "supervised" and bool((images.labels < 0).any()):
+        raise ConfigError(f"objective=supervised needs a label for every pretraining image; data.name={cfg.data.name} "
+                          "pretrains on unlabelled images too")
+    batches = build_batches(images, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size, cfg.seed,
+                            device, env.rank, env.world_size)
     steps_per_epoch = batches.sampler.batches_per_epoch
     total_steps = cfg.optim.steps or cfg.optim.epochs * steps_per_epoch
     model = build_model(cfg, env, channels_last)
@@ -150,8 +166,7 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
         model.encoder_k.compile()
     initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     methods = build_methods(cfg, model)
-    step = ContrastiveStep(model, cfg.moco.temperature, cfg.moco.symmetric, methods,
-                           query_encoder(model, env, device))
+    step = build_step(cfg, model, methods, env, device, len(images.classes))
     optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype)
     return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, methods,
                          step, optimizer, scheduler, scaler, initial_backbone, init_report)

@@ -129,11 +129,13 @@ class Trainer:
         parts.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip:
             parts.scaler.unscale_(parts.optimizer)
-            torch.nn.utils.clip_grad_norm_(parts.model.encoder_q.parameters(), cfg.optim.grad_clip)
+            trained = [p for group in parts.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(trained, cfg.optim.grad_clip)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         parts.scheduler.step()
-        parts.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
+        if out.keys is not None:
+            parts.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
         for key, values in out.per_sample.items():
             self.epoch_samples.setdefault(key, []).append(values.detach())
         return {**out.metrics, "lr": torch.tensor(parts.optimizer.param_groups[0]["lr"]),
@@ -238,8 +240,8 @@ class Trainer:
                 "train_seconds": round(time.perf_counter() - start, 1)}
 
     def fit(self) -> dict[str, Any]:
-        """Train, then report kNN of the trained backbone beside its starting point (random init or init_from);
-        writes summary.json and closes the run on every exit."""
+        """Train, then report kNN of the trained backbone beside its starting point (random init or init_from) and
+        the raw pixels; writes summary.json and closes the run on every exit."""
         try:
             summary = self.train()
             with on_stop_signal(self._stop_during_evaluation):
@@ -247,8 +249,11 @@ class Trainer:
                 summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
                                knn_top5=None if trained.top5 is None else round(trained.top5, 2))
                 summary["init_from"] = self.cfg.model.init_from
+                summary["objective"] = self.cfg.objective
                 if self.cfg.eval.knn_baseline:
                     summary["init_knn_top1"] = round(self.monitors.start_knn().top1, 2)
+                if self.cfg.eval.knn_pixels:
+                    summary["pixels_knn_top1"] = round(self.monitors.pixels_knn().top1, 2)
             if self.env.is_main:
                 (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
             return summary

@@ -8,6 +8,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..evaluation.embedding import EmbeddingAnalysis
 from ..evaluation.knn import KnnMonitor, KnnResult
+from ..evaluation.pixels import pixel_model
 from ..runtime import autocast
 from ..tracking import RunLogger
 from .build import TrainingParts
@@ -54,6 +55,12 @@ class Monitors:
             return self.knn_monitor().evaluate(backbone)
         finally:
             backbone.load_state_dict(trained)
+
+    def pixels_knn(self) -> KnnResult:
+        """kNN accuracy of the raw pixels of the same images: the floor a learned backbone must beat."""
+        monitor = self.knn_monitor()
+        pixels = pixel_model(monitor.bank_images, self.cfg.data.mean, self.cfg.data.std).to(self.parts.device)
+        return monitor.evaluate(pixels)
 
     def analyse_embeddings(self, position: Position) -> dict[str, float]:
         """Alignment and uniformity of the query encoder on the held-out batch, logged."""

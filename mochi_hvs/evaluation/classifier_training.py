@@ -19,15 +19,16 @@ STEP_MILESTONES = (0.6, 0.8)  # fractions of training where step decay divides t
 
 
 def sgd_with_schedule(
-    groups: list[dict], momentum: float, weight_decay: float, schedule: str, total_steps: int,
+    groups: list[dict], momentum: float, weight_decay: float, schedule: str, total_steps: int, warmup_steps: int = 0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD over parameter groups (each with its own lr) and a per-step step-decay or cosine schedule."""
+    """SGD over parameter groups (each with its own lr) and a per-step schedule: linear warm-up over
+    `warmup_steps`, then step decay or cosine."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     optimizer = torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
     milestones = [int(f * total_steps) for f in STEP_MILESTONES]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, 0, schedule, milestones))
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule, milestones))
     return optimizer, scheduler
 
 
