@@ -25,15 +25,21 @@ setup(
         "pycocotools>=2.0.7",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "mlxtend>=0.23"],
+        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7"],
         "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],
         "bench": ["lightly>=1.5"],
+        "report": ["matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [
             "mochi-pretrain=mochi_hvs.pretrain:main",
             "mochi-export=mochi_hvs.export:main",
+            "mochi-study=mochi_hvs.study.__main__:main",
+            "mochi-knn=mochi_hvs.evaluation.commands:knn_main",
+            "mochi-linear=mochi_hvs.evaluation.commands:linear_main",
+            "mochi-semisup=mochi_hvs.evaluation.commands:semisup_main",
+            "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
         ],
     },
 )

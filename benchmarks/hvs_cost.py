@@ -24,17 +24,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, device_name, emit, interleaved_medians, synchronize, synthetic_batch  # noqa: E402
+from timing import (  # noqa: E402
+    benchmark_trainer,
+    bn_splits_for,
+    emit,
+    interleaved_medians,
+    synchronize,
+    synthetic_batch,
+)
 
+from mochi_hvs.compute_cost import units_per_image  # noqa: E402
+from mochi_hvs.config import views_per_image  # noqa: E402
 from mochi_hvs.data.batch_augment import BatchViewAugmenter  # noqa: E402
 from mochi_hvs.data.datasets import load_images  # noqa: E402
-
-
-def modelled_ratio(views: int, scorer: str, scale: float) -> float:
-    """Cost of an HVS step over a MoCo-v2 step (4F) in units of F, as in the module docstring."""
-    scoring = views * scale * (1 if scorer == "momentum" else 2)
-    key = 0.0 if scale == 1.0 else 1.0
-    return (scoring + 3 + key) / 4
 
 
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -75,27 +77,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     device = torch.device(args.device)
-    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}"]
+    common = [f"model.arch={args.arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={16 * args.batch}",
+              f"model.bn_splits={bn_splits_for(args.batch)}"]
     baseline = benchmark_trainer(common, str(device))
     for name, overrides in variants(args).items():
         trainer = benchmark_trainer(common + overrides, str(device))
-        views = trainer.cfg.hvs.num_views
+        views = views_per_image(trainer.cfg)
         batch = synthetic_batch(args.batch, views, args.image_size, device)
         plain_batch = synthetic_batch(args.batch, 2, args.image_size, device)
         medians = interleaved_medians({"moco_v2": partial(baseline.train_step, plain_batch),
                                        "hvs": partial(trainer.train_step, batch)}, args.repeats, args.warmup, device)
-        scale = (trainer.cfg.hvs.score_resolution / args.image_size) ** 2
         ratio = medians["hvs"] / medians["moco_v2"]
-        model = modelled_ratio(views, trainer.cfg.hvs.scorer, scale)
+        model = units_per_image(trainer.cfg, selecting=True) / units_per_image(baseline.cfg, selecting=False)
         emit({"part": "step", "variant": name, "arch": args.arch, "image_size": args.image_size, "batch": args.batch,
               "moco_v2_step_s": round(medians["moco_v2"], 4), "hvs_step_s": round(medians["hvs"], 4),
               "ratio_to_moco_v2": round(ratio, 3), "modelled_ratio": round(model, 3),
-              "measured_over_modelled": round(ratio / model, 3)})
+              "measured_over_modelled": round(ratio / model, 3)}, device)
     for views in sorted({2, *args.views}):
         seconds = augmentation_seconds(args, views, device)
         emit({"part": "augmentation", "views": views, "device": str(device), "batch": args.batch,
-              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)})
-    emit({"part": "summary", "device": device_name(device)})
+              "augment_s": round(seconds, 4), "images_per_s": round(args.batch / seconds, 1)}, device)
 
 
 if __name__ == "__main__":

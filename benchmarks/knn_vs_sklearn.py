@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
-from mochi_hvs.evaluation.knn import knn_scores_by_k
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mochi_hvs.evaluation.knn import knn_scores_by_k  # noqa: E402
+from mochi_hvs.machine import machine_info  # noqa: E402
 
 
 def clustered_features(size: int, centres: torch.Tensor, spread: float, generator: torch.Generator
@@ -78,7 +81,8 @@ def main() -> None:
     reference = predictions["sklearn"]
     print(json.dumps({
         "benchmark": "knn_vs_sklearn",
-        "setup": {**vars(args), "torch_threads": torch.get_num_threads(), "machine": platform.machine()},
+        "setup": vars(args),
+        "machine": machine_info("cpu"),
         "top1_percent": {n: round(100 * float((p == query_labels).float().mean()), 3) for n, p in predictions.items()},
         "agreement_with_sklearn": {n: float((predictions[n] == reference).float().mean()) for n in ("faiss", "torch")},
         "seconds": {n: round(t, 4) for n, t in timings.items()},

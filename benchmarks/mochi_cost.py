@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import benchmark_trainer, device_name, emit, interleaved_medians, synthetic_batch  # noqa: E402
+from timing import benchmark_trainer, bn_splits_for, emit, interleaved_medians, synthetic_batch  # noqa: E402
 
 from mochi_hvs.queue import MemoryQueue  # noqa: E402
 from mochi_hvs.retrieval import FaissTopK, TorchTopK  # noqa: E402
@@ -27,7 +27,8 @@ from mochi_hvs.retrieval import FaissTopK, TorchTopK  # noqa: E402
 
 def step_times(args: argparse.Namespace, device: torch.device, arch: str, size: int, queue: int) -> list[dict]:
     """Interleaved step times of MoCo-v2 and of MoCHi(N, s, s') for each s', one arch and queue size."""
-    common = [f"model.arch={arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={queue}", "model.bn_splits=8"]
+    common = [f"model.arch={arch}", f"optim.batch_size={args.batch}", f"moco.queue_size={queue}",
+              f"model.bn_splits={bn_splits_for(args.batch)}"]
     batch = synthetic_batch(args.batch, 2, size, device)
     trainers = {"moco_v2": benchmark_trainer(common, str(device))}
     for query_mixes in args.query_mixes:
@@ -49,7 +50,7 @@ def step_overhead(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for arch, size in zip(args.archs, args.image_sizes, strict=True):
         for queue in args.queues:
             for row in step_times(args, device, arch, size, queue):
-                emit(row)
+                emit(row, device)
                 rows.append(row)
     return rows
 
@@ -93,13 +94,13 @@ def retrieval_cost(args: argparse.Namespace, device: torch.device) -> list[dict]
     rows = []
     for size in args.banks:
         rows.append(retrieval_row(args, device, size))
-        emit(rows[-1])
+        emit(rows[-1], device)
     return rows
 
 
-def summary(steps: list[dict], retrieval: list[dict], device: torch.device) -> dict:
+def summary(steps: list[dict], retrieval: list[dict]) -> dict:
     """Worst overhead per arch, and for each bank size the fastest way to get this step's top-N."""
-    out: dict = {"part": "summary", "device": device_name(device)}
+    out: dict = {"part": "summary"}
     if steps:
         out["max_mochi_overhead_pct"] = {arch: max(r["mochi_overhead_pct"] for r in steps if r["arch"] == arch)
                                          for arch in {r["arch"] for r in steps}}
@@ -137,7 +138,7 @@ def main() -> None:
         args.image_sizes = [32, 224 if device.type == "cuda" else 64][: len(args.archs)]
     steps = step_overhead(args, device) if args.part in ("all", "step") else []
     retrieval = retrieval_cost(args, device) if args.part in ("all", "retrieval") else []
-    emit(summary(steps, retrieval, device))
+    emit(summary(steps, retrieval), device)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -11,8 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-from mochi_hvs.config import load_config
-from mochi_hvs.engine import Trainer
+from mochi_hvs.config import MIN_BN_GROUP, load_config
+from mochi_hvs.machine import machine_info  # noqa: E402
+from mochi_hvs.train import Trainer
 
 
 def synchronize(device: torch.device) -> None:
@@ -38,18 +38,16 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def device_name(device: torch.device) -> str:
-    """A readable description of the device the figures come from."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def benchmark_trainer(overrides: list[str], device: str) -> Trainer:
-    """A Trainer on the embedded dataset (its data is not used: steps are fed synthetic batches)."""
+def benchmark_trainer(overrides: list[str], device: str, recipe: str | None = None) -> Trainer:
+    """A Trainer on the embedded dataset (a 4096-image subset unless overridden) with the defaults or a recipe."""
     folder = tempfile.mkdtemp(prefix="mochi_hvs_bench_")
-    base = [f"output_dir={folder}", f"device={device}", "eval.knn_random_baseline=false", "data.train_subset=4096"]
-    return Trainer(load_config(None, base + overrides))
+    base = [f"output_dir={folder}", f"device={device}", "eval.knn_baseline=false", "data.train_subset=4096"]
+    return Trainer(load_config(recipe, base + overrides))
+
+
+def bn_splits_for(batch: int) -> int:
+    """8 BatchNorm groups (the recipes' setting), fewer where the batch would leave under MIN_BN_GROUP per group."""
+    return max(1, min(8, batch // MIN_BN_GROUP))
 
 
 def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -62,6 +60,6 @@ def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> 
     }
 
 
-def emit(record: dict) -> None:
-    """Print one JSON result line."""
-    print(json.dumps(record), flush=True)
+def emit(record: dict, device: torch.device | str) -> None:
+    """Print one JSON result line, with the machine it was measured on (CPU model, cores, ISA; GPU on CUDA)."""
+    print(json.dumps({**record, "machine": machine_info(device)}), flush=True)

@@ -1,21 +1,14 @@
-"""Linear probe of a frozen backbone: `python eval/linear.py --checkpoint FILE [--mode classic|cached|sklearn]`."""
+"""Linear probe of a frozen backbone, or of the raw pixels (the `mochi-linear` command):
+
+    python eval/linear.py --checkpoint FILE [--set eval.linear.mode=cached eval.linear.epochs=50 ...]
+    python eval/linear.py --pixels --set eval.linear.mode=sklearn
+
+`--help` lists the settings (config keys) with their defaults.
+"""
 
 import sys
 
-from mochi_hvs.evaluation.cli import run_settings_cli
-from mochi_hvs.evaluation.linear import MODES, LinearProbe, LinearSettings
-from mochi_hvs.evaluation.supervised import SCHEDULES
-
-
-def evaluate(ctx, settings):
-    """Top-1/top-5 of the probe."""
-    return settings, LinearProbe(ctx.cfg, settings, ctx.device, ctx.amp_dtype).evaluate(ctx.backbone, ctx.width)
-
-
-def main(argv=None) -> int:
-    """Parse, evaluate, report."""
-    return run_settings_cli("linear", __doc__, LinearSettings, {"mode": MODES, "schedule": SCHEDULES}, evaluate, argv)
-
+from mochi_hvs.evaluation.commands import linear_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,12 +16,18 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import LAST
+from .errors import ConfigError
+from .evaluator_settings import (
+    LABEL_SOURCES,
+    DetectionSettings,
+    LinearSettings,
+    SemisupSettings,
+    setting,
+)
+from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key and file in the message."""
+__all__ = ["Config", "ConfigError", "MethodConfig", "load_config", "validate", "views_per_image"]
 
 
 @dataclass
@@ -32,7 +38,6 @@ class DataConfig:
     root: str | None = None  # None: the dataset's default location
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
-    num_views: int = 2
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range (aug+: 0.2-1)
     augment_on: str = "auto"  # auto (device for in-memory sets) | device (batched, on the training device) | cpu
     train_subset: int | None = None  # train on a fixed, class-balanced subset of this size
@@ -70,10 +75,24 @@ class MocoConfig:
 
 
 @dataclass
-class MochiConfig:
-    """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
+class MethodConfig:
+    """The config section of a training method (mochi_hvs/methods/): whether it runs, the views per image it needs
+    from the data path, and its own validation. Config.validate calls `validate` of every section of this type."""
 
     enabled: bool = False
+
+    def views_per_image(self) -> int:
+        """Views the data path must draw per image while this method is enabled (a pair by default)."""
+        return 2
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
+
+
+@dataclass
+class MochiConfig(MethodConfig):
+    """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
+
     num_hard: int = 1024  # N: hardest queue negatives per query to mix from
     num_mix: int = 1024  # s: synthetic negatives mixing two hard negatives
     num_query_mix: int = 256  # s': harder synthetic negatives mixing the (detached) query with a hard negative
@@ -85,12 +104,29 @@ class MochiConfig:
     faiss_nprobe: int = 16
     path: str = "fast"  # fast (from logits, no mixed features) | reference (explicit normalised features)
 
+    def validate(self, cfg: Config, source: str) -> None:
+        """N within the queue, at least one kind of synthetic negative, Faiss settings that fit the queue."""
+        _check(not self.enabled or 2 <= self.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
+               f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {self.num_hard}")
+        _check(self.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {self.num_mix}")
+        _check(self.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {self.num_query_mix}")
+        _check(not self.enabled or self.num_mix + self.num_query_mix > 0, source, "mochi.num_mix",
+               "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
+        _check(0 < self.query_mix_max <= 1, source, "mochi.query_mix_max",
+               f"must be in (0, 1]; got {self.query_mix_max}")
+        _check(self.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
+        ivf = self.enabled and self.retrieval == "faiss" and self.faiss_index == "ivf"
+        _check(self.faiss_nlist > 0 and not (ivf and self.faiss_nlist > cfg.moco.queue_size), source,
+               "mochi.faiss_nlist", f"must be positive, and at most moco.queue_size={cfg.moco.queue_size} with the "
+               f"ivf index (its centroids are trained on the queue); got {self.faiss_nlist}")
+        _check(0 < self.faiss_nprobe <= self.faiss_nlist, source, "mochi.faiss_nprobe",
+               f"must be in [1, mochi.faiss_nlist={self.faiss_nlist}]; got {self.faiss_nprobe}")
+
 
 @dataclass
-class HvsConfig:
+class HvsConfig(MethodConfig):
     """HVS hard view selection: V candidate views per image, train on the hardest pair per sample."""
 
-    enabled: bool = False
     num_views: int = 4  # V candidates per image (the view sampler draws this many when enabled)
     mode: str = "hardest"  # hardest | easiest | random (the latter two for ablations)
     scorer: str = "query"  # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper)
@@ -99,6 +135,20 @@ class HvsConfig:
     score_resolution: int | None = None  # score on views downscaled to this side (None: full resolution)
     score_with_mochi: bool = False  # include MoCHi's synthetic negatives in the scoring loss (once mixing runs)
     reuse_keys: bool = True  # train on the keys computed in scoring (same momentum weights) instead of re-forwarding
+
+    def views_per_image(self) -> int:
+        """HVS draws its V candidate views per image."""
+        return self.num_views
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """At least a pair of candidates, a positive selection interval, scoring no larger than the views."""
+        _check(self.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {self.num_views}")
+        _check(self.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {self.select_every}")
+        _check(self.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
+        _check(self.score_resolution is None or 8 <= self.score_resolution <= cfg.data.image_size, source,
+               "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
+        _check(not (self.enabled and self.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
+               "needs mochi.enabled")
 
 
 @dataclass
@@ -120,20 +170,28 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """The kNN monitor used during and at the end of training (and by eval/knn.py)."""
+    """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
+    of the other evaluators (eval/linear.py, eval/semisup.py, eval/detection.py)."""
 
-    knn_every: int = 0  # epochs between kNN evaluations (0: only at the end)
-    knn_every_steps: int = 0  # steps between kNN evaluations, for runs measured in steps (0: off)
-    knn_k: int | list[int] = field(default_factory=lambda: [20, 200])  # the largest is logged during training
-    knn_temperature: float = 0.07
-    knn_backend: str = "auto"  # auto (Faiss when installed) | faiss | torch (chunked matrix products)
-    knn_fp16: bool = False  # half-precision bank in the search (halves its memory)
-    knn_train_subset: int | None = None  # class-balanced subset of the labelled bank
-    knn_test_subset: int | None = None
-    knn_random_baseline: bool = True  # also evaluate the starting backbone (random init or init_from) at the end
-    analysis_every: int = 0  # epochs between alignment/uniformity of embeddings on a held-out batch (0: off)
-    analysis_samples: int = 512  # size of that held-out batch (test split)
-    batch_size: int = 512
+    knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)")
+    knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)")
+    knn_k: int | list[int] = setting([20, 200], "neighbours voting, one value or a list (the largest is logged "
+                                                "during training)")
+    knn_temperature: float = setting(0.07, "temperature T of the exp(similarity / T) vote weights")
+    knn_backend: str = setting("auto", "search backend: auto (Faiss when installed), faiss or torch (chunked matrix "
+                                       "products)")
+    knn_fp16: bool = setting(False, "half-precision bank in the search (halves its memory)")
+    knn_train_subset: int | None = setting(None, "class-balanced subset of the labelled training images (the bank)")
+    knn_test_subset: int | None = setting(None, "class-balanced subset of the test images (the queries)")
+    knn_baseline: bool = setting(True, "also evaluate the backbone the run started from (random init or "
+                                       "init_from) at the end of training")
+    knn_pixels: bool = setting(True, "also evaluate the raw pixels at the end of training (the floor)")
+    analysis_every: int = setting(0, "epochs between alignment/uniformity of embeddings on a held-out batch (0: off)")
+    analysis_samples: int = setting(512, "size of that held-out batch (test split)")
+    batch_size: int = setting(512, "images per batch of feature extraction and testing")
+    linear: LinearSettings = field(default_factory=LinearSettings)
+    semisup: SemisupSettings = field(default_factory=SemisupSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
 
     @property
     def knn_ks(self) -> list[int]:
@@ -148,6 +206,9 @@ class Config:
     name: str = "moco_v2"
     output_dir: str = "runs"
     seed: int = 0
+    # contrastive: MoCo-v2 (and the enabled methods) | supervised: the same backbone, views and optimiser trained
+    # with labels and a linear classifier (the supervised reference, mochi_hvs/supervised.py)
+    objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
     channels_last: bool | None = None  # None: on for CUDA
@@ -172,6 +233,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "objective": ("contrastive", "supervised"),
     "data.name": ("fashion_mnist", "mnist5k", "cifar10", "cifar100", "stl10", "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
@@ -192,6 +254,35 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Fewest samples per BatchNorm group: below 8, BN's error rises steeply (Wu & He, Group Normalization, 2018, fig. 1),
 # and at 28 px ResNet's last stage is 1x1, so a group's statistics come from its samples alone.
 MIN_BN_GROUP = 8
+
+
+# Settings renamed or retired since checkpoints were first written. A checkpoint's stored config is upgraded
+# (upgrade_stored), so older runs still resume and evaluate; a recipe or --set using an old name is told the new one.
+RENAMED = {"eval.knn_random_baseline": "eval.knn_baseline"}
+RETIRED = {"data.num_views": "the views per image follow from the enabled methods (hvs.num_views with HVS)"}
+
+
+def _parent(values: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds dotted `key` in nested `values` (None when a level is missing), and the last name."""
+    *parents, name = key.split(".")
+    node: Any = values
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), name
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (checkpoint) with renamed settings under their new names and retired ones dropped."""
+    values = copy.deepcopy(values)
+    for old, new in RENAMED.items():
+        node, name = _parent(values, old)
+        if node is not None and name in node:
+            node.setdefault(new.split(".")[-1], node.pop(name))
+    for old in RETIRED:
+        node, name = _parent(values, old)
+        if node is not None:
+            node.pop(name, None)
+    return values
 
 
 def _type_name(tp: Any) -> str:
@@ -255,6 +346,10 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
     for name, value in values.items():
         key = prefix + str(name)
         if name not in names:
+            if key in RENAMED:
+                raise ConfigError(f"{source}: '{key}' was renamed '{RENAMED[key]}'")
+            if key in RETIRED:
+                raise ConfigError(f"{source}: '{key}' no longer exists: {RETIRED[key]}")
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{key}'{hint}")
@@ -347,7 +442,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     cfg = Config()
     if defaults is not None:
-        _apply(cfg, defaults, "", "<checkpoint config>")
+        _apply(cfg, upgrade_stored(defaults), "", "<checkpoint config>")
     if path is not None:
         path = Path(path)
         _apply_file(cfg, path)
@@ -359,14 +454,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     sources = [name for name, given in (("<checkpoint config>", defaults), (str(path), path), ("--set", overrides))
                if given]
     validate(cfg, " + ".join(sources) or "<defaults>")
-    return cfg
-
-
-def config_from_dict(values: dict[str, Any], source: str = "<checkpoint>") -> Config:
-    """Rebuild a Config from `dataclasses.asdict` output (as stored in checkpoints)."""
-    cfg = Config()
-    _apply(cfg, values, "", source)
-    validate(cfg, source)
     return cfg
 
 
@@ -392,8 +479,10 @@ def validate(cfg: Config, source: str) -> None:
     _validate_model(cfg, source)
     _validate_data(cfg, source)
     _validate_eval(cfg, source)
-    _validate_mochi(cfg, source)
-    _validate_hvs(cfg, source)
+    for name, section in method_sections(cfg).items():
+        section.validate(cfg, source)
+        _check(cfg.objective == "contrastive" or not section.enabled, source, f"{name}.enabled",
+               f"needs objective=contrastive (the supervised reference trains without it); got {cfg.objective}")
     stage_configs(cfg, source)  # each stage must be a valid run of its own
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
@@ -449,7 +538,6 @@ def _validate_model(cfg: Config, source: str) -> None:
 
 def _validate_data(cfg: Config, source: str) -> None:
     data, batch = cfg.data, cfg.optim.batch_size
-    _check(data.num_views >= 2, source, "data.num_views", f"must be >= 2; got {data.num_views}")
     _check(data.image_size >= 8, source, "data.image_size", f"must be >= 8; got {data.image_size}")
     scale = data.crop_scale
     _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "data.crop_scale",
@@ -475,37 +563,80 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
     _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
+    for name in ("linear", "semisup", "detection"):
+        _validate_choices(getattr(ev, name), f"eval.{name}.", source)
+    _validate_linear(ev.linear, source)
+    _validate_semisup(ev.semisup, source)
+    _validate_detection(ev.detection, source)
 
 
-def _validate_mochi(cfg: Config, source: str) -> None:
-    mochi = cfg.mochi
-    _check(not mochi.enabled or 2 <= mochi.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
-           f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {mochi.num_hard}")
-    _check(mochi.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {mochi.num_mix}")
-    _check(mochi.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {mochi.num_query_mix}")
-    _check(not mochi.enabled or mochi.num_mix + mochi.num_query_mix > 0, source, "mochi.num_mix",
-           "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
-    _check(0 < mochi.query_mix_max <= 1, source, "mochi.query_mix_max", f"must be in (0, 1]; got {mochi.query_mix_max}")
-    _check(mochi.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
-    ivf = mochi.enabled and mochi.retrieval == "faiss" and mochi.faiss_index == "ivf"
-    _check(mochi.faiss_nlist > 0 and not (ivf and mochi.faiss_nlist > cfg.moco.queue_size), source, "mochi.faiss_nlist",
-           f"must be positive, and at most moco.queue_size={cfg.moco.queue_size} with the ivf index (its centroids "
-           f"are trained on the queue); got {mochi.faiss_nlist}")
-    _check(0 < mochi.faiss_nprobe <= mochi.faiss_nlist, source, "mochi.faiss_nprobe",
-           f"must be in [1, mochi.faiss_nlist={mochi.faiss_nlist}]; got {mochi.faiss_nprobe}")
+def _validate_choices(section: Any, prefix: str, source: str) -> None:
+    """Every field of an evaluator section that declares choices (in its metadata) holds one of them."""
+    for f in dataclasses.fields(section):
+        options, value = f.metadata.get("choices"), getattr(section, f.name)
+        _check(options is None or value in options, source, prefix + f.name,
+               f"must be one of {', '.join(options or ())}; got {value!r}")
 
 
-def _validate_hvs(cfg: Config, source: str) -> None:
-    hvs = cfg.hvs
-    _check(hvs.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {hvs.num_views}")
-    _check(not hvs.enabled or cfg.data.num_views in (2, hvs.num_views), source, "data.num_views",
-           f"is set by hvs.num_views={hvs.num_views} when hvs.enabled; leave it at 2 (got {cfg.data.num_views})")
-    _check(hvs.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {hvs.select_every}")
-    _check(hvs.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
-    _check(hvs.score_resolution is None or 8 <= hvs.score_resolution <= cfg.data.image_size, source,
-           "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
-    _check(not (hvs.enabled and hvs.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
-           "needs mochi.enabled")
+def _validate_supervised(section: LinearSettings | SemisupSettings, prefix: str, source: str) -> None:
+    """The settings the linear probe and semi-supervised fine-tuning share."""
+    _check(0 <= section.momentum < 1, source, prefix + "momentum", f"must be in [0, 1); got {section.momentum}")
+    _check(section.weight_decay >= 0, source, prefix + "weight_decay", f"must be >= 0; got {section.weight_decay}")
+    _check(0 <= section.seed < 2**63, source, prefix + "seed", f"must be in [0, 2**63); got {section.seed}")
+    _check(section.epochs > 0, source, prefix + "epochs", f"must be positive; got {section.epochs}")
+    _check(section.test_subset is None or section.test_subset > 0, source, prefix + "test_subset",
+           f"must be null or positive; got {section.test_subset}")
+
+
+def _validate_linear(linear: LinearSettings, source: str) -> None:
+    p = "eval.linear."
+    _validate_supervised(linear, p, source)
+    _check(linear.lr > 0, source, p + "lr", f"must be > 0; got {linear.lr}")
+    _check(linear.batch_size > 0 or (linear.batch_size == 0 and linear.mode == "cached"), source, p + "batch_size",
+           f"must be positive (or 0 for full batches with eval.linear.mode=cached); got {linear.batch_size}")
+    _check(linear.train_subset is None or linear.train_subset > 0, source, p + "train_subset",
+           f"must be null or positive; got {linear.train_subset}")
+    _check(linear.sklearn_c > 0, source, p + "sklearn_c", f"must be > 0; got {linear.sklearn_c}")
+    _check(linear.sklearn_max_iter > 0, source, p + "sklearn_max_iter",
+           f"must be positive; got {linear.sklearn_max_iter}")
+
+
+def _validate_semisup(semisup: SemisupSettings, source: str) -> None:
+    p = "eval.semisup."
+    _validate_supervised(semisup, p, source)
+    _check(semisup.batch_size > 0, source, p + "batch_size", f"must be positive; got {semisup.batch_size}")
+    _check(semisup.lr_backbone >= 0, source, p + "lr_backbone", f"must be >= 0; got {semisup.lr_backbone}")
+    _check(semisup.lr_head > 0, source, p + "lr_head", f"must be > 0; got {semisup.lr_head}")
+    _check(0 <= semisup.warmup_epochs <= semisup.epochs, source, p + "warmup_epochs",
+           f"must be in [0, eval.semisup.epochs={semisup.epochs}]; got {semisup.warmup_epochs}")
+    fraction, per_class = semisup.label_fraction, semisup.labels_per_class
+    _check(fraction is None or 0 < fraction <= 1, source, p + "label_fraction",
+           f"must be null or in (0, 1]; got {fraction}")
+    _check(per_class is None or per_class > 0, source, p + "labels_per_class",
+           f"must be null or positive; got {per_class}")
+    _check(semisup.split_file != "", source, p + "split_file", "must be null or a file name; got ''")
+    given = semisup.label_sources()
+    if len(given) > 1:
+        raise ConfigError(f"{source}: '{p}{given[1]}' cannot be set together with '{p}{given[0]}': give exactly one "
+                          f"of {', '.join(p + name for name in LABEL_SOURCES)}")
+
+
+def _validate_detection(detection: DetectionSettings, source: str) -> None:
+    p, d = "eval.detection.", detection
+    for name in ("iterations", "batch_size", "min_size", "proposals", "roi_batch"):
+        _check(getattr(d, name) > 0, source, p + name, f"must be positive; got {getattr(d, name)}")
+    _check(d.lr > 0, source, p + "lr", f"must be > 0; got {d.lr}")
+    _check(0 <= d.momentum < 1, source, p + "momentum", f"must be in [0, 1); got {d.momentum}")
+    _check(d.weight_decay >= 0, source, p + "weight_decay", f"must be >= 0; got {d.weight_decay}")
+    _check(d.warmup_iterations >= 0, source, p + "warmup_iterations", f"must be >= 0; got {d.warmup_iterations}")
+    _check(all(a < b for a, b in itertools.pairwise([0, *d.milestones])) and all(m <= 1 for m in d.milestones),
+           source, p + "milestones", f"must be fractions of training in (0, 1], increasing; got {d.milestones}")
+    _check(0 <= d.trainable_layers <= 5, source, p + "trainable_layers",
+           f"must be in [0, 5] (ResNet stages); got {d.trainable_layers}")
+    _check(d.max_size >= d.min_size, source, p + "max_size",
+           f"must be >= eval.detection.min_size={d.min_size}; got {d.max_size}")
+    _check(d.workers >= 0, source, p + "workers", f"must be >= 0; got {d.workers}")
+    _check(0 <= d.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {d.seed}")
 
 
 def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:
@@ -535,9 +666,15 @@ def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:
     return stages
 
 
+def method_sections(cfg: Config) -> dict[str, MethodConfig]:
+    """The config sections of the training methods, by name (enabled or not)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name),
+                                                                                         MethodConfig)}
+
+
 def views_per_image(cfg: Config) -> int:
-    """How many views the sampler draws per image: hvs.num_views with HVS, else data.num_views."""
-    return cfg.hvs.num_views if cfg.hvs.enabled else cfg.data.num_views
+    """How many views the data path draws per image: a pair, or more when an enabled method needs them."""
+    return max([2, *(section.views_per_image() for section in method_sections(cfg).values() if section.enabled)])
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import NUMERIC_KINDS
+
 D2_AUTHOR = "mochi_hvs (MoCo-style backbone)"
-NUMERIC_KINDS = "biufc"  # numpy dtype kinds a weight array may have: bool, int, uint, float, complex
 
 
 def to_detectron2_key(key: str) -> str:

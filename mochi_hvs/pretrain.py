@@ -7,14 +7,11 @@ import json
 import sys
 
 from .checkpoint import CheckpointError, resolve_resume
-from .config import Config, ConfigError, add_config_arguments, load_config, stage_configs
-from .data.datasets import DatasetError
+from .config import Config, add_config_arguments, load_config, stage_configs
 from .distributed import world
-from .engine import SUMMARY, Interrupted, Trainer, TrainingDiverged
-from .run_lock import RunLockedError
-from .runtime import DeviceError
-
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, TrainingDiverged, RunLockedError)
+from .errors import Interrupted, UserError
+from .run_files import SUMMARY
+from .train import Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(summary: dict, title: str = "") -> str:
-    """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point."""
+    """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point and of
+    the raw pixels."""
+    trained = "supervised" if summary.get("objective") == "supervised" else "MoCo-pretrained"
     start = "random init" if summary.get("init_from") is None else "start (init_from)"
-    lines = [
-        f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
-        f"{'backbone':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}",
-        f"{'MoCo-pretrained':<18}{summary['knn_top1']:>21.2f}%",
-    ]
-    if "init_knn_top1" in summary:
-        lines.append(f"{start:<18}{summary['init_knn_top1']:>21.2f}%")
+    rows = [(trained, summary["knn_top1"]), (start, summary.get("init_knn_top1")),
+            ("raw pixels", summary.get("pixels_knn_top1"))]
+    lines = [f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
+             f"{'features':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}"]
+    lines += [f"{name:<18}{value:>21.2f}%" for name, value in rows if value is not None]
     return "\n".join(lines)
 
 
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\ninterrupted: {stop}", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if world()[0] == 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError, to_dict, upgrade_stored
 
 REFUSE, APPLY = "refuse", "apply"
 
@@ -73,7 +73,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 def config_changes(checkpoint_config: dict[str, Any], cfg: Config) -> list[Change]:
     """The settings of `cfg` that differ from a checkpoint's stored config, in the config's order (then the keys
     only the checkpoint has). Keys the checkpoint does not store (added to the config since) count as defaults."""
-    old = dict(_flatten(to_dict(Config()))) | dict(_flatten(checkpoint_config))
+    old = dict(_flatten(to_dict(Config()))) | dict(_flatten(upgrade_stored(checkpoint_config)))
     new = dict(_flatten(to_dict(cfg)))
     keys = [*new, *(key for key in old if key not in new)]
     return [Change(key, old.get(key, ABSENT), new.get(key, ABSENT))

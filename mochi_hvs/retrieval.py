@@ -1,8 +1,7 @@
 """Top-k retrieval of the hardest negatives from a feature bank (the MoCo queue), behind one interface.
 
-A backend answers `topk(queries, k) -> (scores, indices)` by inner product against a bank: the
-`.features` (K, D) of the object it was built on (the MemoryQueue), read at search time so that
-device moves and checkpoint loads are followed. `TorchTopK` is exact and, given the query-vs-bank
+A backend answers `topk(queries, k, bank) -> (scores, indices)` by inner product against a (K, D) bank
+given at search time (the step's read of the queue). `TorchTopK` is exact and, given the query-vs-bank
 logits the MoCo step has already computed, costs no extra matrix product. `FaissTopK` keeps a Faiss
 index over the bank (exact flat inner product, or IVF for large banks), on the GPU when faiss has GPU
 support and the bank is on CUDA.
@@ -14,22 +13,16 @@ from typing import Protocol
 
 import torch
 
-FAISS_INSTALL = "pip install faiss-cpu (or faiss-gpu-cu12 for GPU indexes, the package's [gpu] extra)"
-
-
-class Bank(Protocol):
-    """Anything holding a (K, D) feature matrix as `.features` (the MemoryQueue does)."""
-
-    features: torch.Tensor
+from .faiss_index import FaissIndex, build_index, import_faiss
 
 
 class Retrieval(Protocol):
     """The retrieval interface: the k bank rows with the highest inner product with each query."""
 
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B, k) and bank indices (B, k), best first; `logits` (B, K) may be reused if given."""
+        """Scores (B, k) and indices (B, k) of bank rows, best first; `logits` (B, K) may be reused if given."""
         ...
 
 
@@ -38,27 +31,14 @@ class TorchTopK:
 
     name = "torch"
 
-    def __init__(self, bank: Bank) -> None:
-        self.bank = bank
-
     @torch.no_grad()
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows of `logits` (or of queries @ bank.T when no logits are given)."""
         if logits is None:
-            logits = queries @ self.bank.features.t()
+            logits = queries @ bank.t()
         return logits.detach().float().topk(k, dim=1)
-
-
-def import_faiss():
-    """The faiss module (with torch tensor support), or a clear error naming the package to install."""
-    try:
-        import faiss
-        import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch tensors, CPU or CUDA)
-    except ImportError as err:
-        raise ImportError(f"Faiss retrieval was requested but faiss is not installed: {FAISS_INSTALL}") from err
-    return faiss
 
 
 class FaissTopK:
@@ -71,34 +51,18 @@ class FaissTopK:
 
     name = "faiss"
 
-    def __init__(self, bank: Bank, index: str = "flat", nlist: int = 256, nprobe: int = 16) -> None:
-        if index not in ("flat", "ivf"):
-            raise ValueError(f"unknown faiss index {index!r}; choose flat or ivf")
-        self.faiss = import_faiss()
-        self.bank = bank
+    def __init__(self, index: str = "flat", nlist: int = 256, nprobe: int = 16) -> None:
+        import_faiss()  # fail at construction, naming the package, rather than at the first search
         self.kind = index
         self.nlist = nlist
         self.nprobe = nprobe
-        self.index = None
-
-    def _new_index(self, features: torch.Tensor):
-        faiss, dim = self.faiss, features.shape[1]
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        else:
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = self.nprobe
-        if features.is_cuda and hasattr(faiss, "StandardGpuResources"):
-            self.resources = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self.resources, features.device.index or 0, index)
-        return index
+        self.index: FaissIndex | None = None
 
     @torch.no_grad()
-    def refresh(self) -> None:
+    def refresh(self, bank: torch.Tensor) -> None:
         """Re-index the bank's current contents (training the IVF quantiser on first use)."""
-        bank = self.bank.features.detach().float().contiguous()
         if self.index is None:
-            self.index = self._new_index(bank)
+            self.index = build_index(bank.shape[1], bank.device, self.kind, nlist=self.nlist, nprobe=self.nprobe)
         if not self.index.is_trained:
             self.index.train(bank)
         self.index.reset()
@@ -106,19 +70,17 @@ class FaissTopK:
 
     @torch.no_grad()
     def topk(
-        self, queries: torch.Tensor, k: int, logits: torch.Tensor | None = None,
+        self, queries: torch.Tensor, k: int, bank: torch.Tensor, logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Search the refreshed index; `logits` is ignored (Faiss computes its own scores)."""
-        self.refresh()
-        scores, indices = self.index.search(queries.detach().float().contiguous(), k)
-        return scores.to(queries.device), indices.to(queries.device)
+        """Search the index refreshed with `bank`; `logits` is ignored (Faiss computes its own scores)."""
+        self.refresh(bank)
+        return self.index.search(queries, k)
 
 
-def build_retrieval(kind: str, bank: Bank, faiss_index: str = "flat", nlist: int = 256,
-                    nprobe: int = 16) -> TorchTopK | FaissTopK:
-    """The backend named by `mochi.retrieval` over `bank`."""
+def build_retrieval(kind: str, faiss_index: str = "flat", nlist: int = 256, nprobe: int = 16) -> TorchTopK | FaissTopK:
+    """The backend named by `mochi.retrieval`."""
     if kind == "torch":
-        return TorchTopK(bank)
+        return TorchTopK()
     if kind == "faiss":
-        return FaissTopK(bank, faiss_index, nlist, nprobe)
+        return FaissTopK(faiss_index, nlist, nprobe)
     raise ValueError(f"unknown retrieval backend {kind!r}; choose torch or faiss")

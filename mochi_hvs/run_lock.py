@@ -11,10 +11,11 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-LOCK_NAME = "run.lock"
+from .errors import UserError
+from .run_files import LOCK
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another live process (or one on another host) holds the run folder."""
 
 
@@ -70,7 +71,7 @@ class RunLock:
         taken over with a note; a live owner, one on another host or an unreadable lock is refused."""
         created_dirs = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK_NAME
+        path = run_dir / LOCK
         while not _create(path, LockOwner.this_process()):
             owner = read_owner(path)
             if owner is None or not owner.is_gone():

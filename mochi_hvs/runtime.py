@@ -8,8 +8,10 @@ import random
 import numpy as np
 import torch
 
+from .errors import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError, RuntimeError):
     """The requested device is not available on this machine."""
 
 

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from .distributed import all_reduce_mean
+from .run_files import METRICS
 
-METRICS = "metrics.jsonl"
+HISTOGRAM_BINS = 20
+ESTIMATE_STEPS = 10  # steps timed (after a run's first) before it prints its estimated training time
 
 
 class RunLogger:
@@ -46,10 +48,20 @@ class RunLogger:
         self.jsonl.write(json.dumps({"step": step, **context, **metrics}) + "\n")
         self.jsonl.flush()
 
-    def histogram(self, tag: str, values, step: int) -> None:
-        """A TensorBoard histogram (e.g. of per-sample statistics)."""
-        if self.enabled:
-            self.writer.add_histogram(tag, values, step)
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """A histogram of per-sample values: in TensorBoard, and as bin counts in metrics.jsonl (20 bins over
+        [0, 1] when the values lie there, as IoUs do, else over their range)."""
+        if not self.enabled:
+            return
+        self.writer.add_histogram(tag, values, step)
+        values = values.detach().float().cpu()
+        low, high = float(values.min()), float(values.max())
+        if low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+        counts, edges = torch.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
+        self.jsonl.write(json.dumps({"step": step, "histograms": {tag: {"edges": edges.tolist(),
+                                                                        "counts": counts.tolist()}}}) + "\n")
+        self.jsonl.flush()
 
     def close(self) -> None:
         """Flush and close both outputs."""
@@ -98,12 +110,12 @@ class MetricWindow:
 
     def reduce(self) -> tuple[dict[str, float], int | None]:
         """Means of each metric over steps and processes plus throughput, and the first step whose loss is not
-        finite on any process (or None). Every process gets the same answer; one or two collectives in all."""
+        finite on any process (or None). Every process gets the same answer; one collective, one host sync."""
         names = list(self.values)
         device = self.values["loss"][0].device  # host-side values (lr, momentum) join the loss's device
         means = torch.stack([torch.stack(self.values[n]).nanmean().to(device) for n in names])
-        means = all_reduce_mean(means).cpu()
-        losses = all_reduce_mean(torch.stack(self.values["loss"])).cpu()
+        packed = all_reduce_mean(torch.cat([means, torch.stack(self.values["loss"])])).cpu()  # the one host sync
+        means, losses = packed[:len(names)], packed[len(names):]
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         bad = (~torch.isfinite(losses)).nonzero()
         first_bad = self.first_step + int(bad[0]) if len(bad) else None
@@ -111,3 +123,34 @@ class MetricWindow:
         means["images_per_s"] = self.images / elapsed
         means["data_wait_frac"] = self.data_wait / elapsed
         return means, first_bad
+
+
+class TimeEstimate:
+    """The training time a run will take, estimated once from the steps after its first (which pays for warm-up:
+    allocation, data loading start, lazy initialisation)."""
+
+    def __init__(self, first_step: int, total_steps: int) -> None:
+        self.first_step = first_step
+        self.total_steps = total_steps
+        self.timed_steps = ESTIMATE_STEPS
+        self.start: float | None = None
+
+    def step_done(self, global_step: int) -> str | None:
+        """Call after each step; returns the estimate line once, after `timed_steps` timed steps."""
+        if global_step == self.first_step + 1:
+            self.start = time.perf_counter()
+        elif self.start is not None and global_step == self.first_step + 1 + self.timed_steps:
+            per_step = (time.perf_counter() - self.start) / self.timed_steps
+            left = self.total_steps - global_step
+            return (f"{per_step:.2f} s per step: about {format_duration(per_step * left)} for the {left} steps left "
+                    "(training only; evaluations come on top)")
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    """E.g. '42 s', '7.5 min', '2.3 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

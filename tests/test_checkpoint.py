@@ -20,7 +20,8 @@ from mochi_hvs.checkpoint import (
     save_atomic,
 )
 from mochi_hvs.config import load_config
-from mochi_hvs.engine import Interrupted, Trainer, TrainingDiverged
+from mochi_hvs.errors import Interrupted, TrainingDiverged
+from mochi_hvs.train import Trainer
 from mochi_hvs.weights import read_backbone_state
 
 
@@ -136,8 +137,8 @@ def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
     first = Trainer(load_config(None, over + ["name=split"]))
     run_epoch = first._run_epoch
 
-    def one_epoch_then_crash():
-        run_epoch()
+    def one_epoch_then_crash(estimate):
+        run_epoch(estimate)
         raise SystemExit("killed after the end-of-epoch checkpoint")
 
     first._run_epoch = one_epoch_then_crash
@@ -148,8 +149,8 @@ def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
     second.train()
     assert_same_state(weights(straight), weights(second))
     assert torch.equal(straight.model.queue.features, second.model.queue.features)
-    states = zip(straight.optimizer.state_dict()["state"].values(), second.optimizer.state_dict()["state"].values(),
-                 strict=True)
+    states = zip(straight.parts.optimizer.state_dict()["state"].values(),
+                 second.parts.optimizer.state_dict()["state"].values(), strict=True)
     for a, b in states:
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
@@ -178,19 +179,20 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
     resumed.train()
     assert resumed.position.global_step == 8
     assert_same_state(weights(straight), weights(resumed))
-    assert straight.scheduler.state_dict()["last_epoch"] == resumed.scheduler.state_dict()["last_epoch"] == 8
+    last_steps = [t.parts.scheduler.state_dict()["last_epoch"] for t in (straight, resumed)]
+    assert last_steps == [8, 8]
 
 
 def test_checkpoint_holds_everything_needed(tiny_cfg):
     trainer = Trainer(tiny_cfg)
     trainer.train()
-    state = load_checkpoint(trainer.checkpoint_path)
+    state = load_checkpoint(trainer.state.checkpoint_path)
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "global_step", "rng", "config"):
         assert key in state, key
     assert "queue.features" in state["model"] and "queue.pointer" in state["model"]
     assert any(k.startswith("encoder_k.") for k in state["model"])
     assert int(state["model"]["queue.pointer"]) == (16 * 32) % 128
-    torch.load(trainer.checkpoint_path, weights_only=True)  # safe-loadable content only
+    torch.load(trainer.state.checkpoint_path, weights_only=True)  # safe-loadable content only
 
 
 @pytest.fixture
@@ -262,8 +264,8 @@ def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_overrid
     def step(batch):
         poisoned = trainer.position.global_step == 3  # the 4th step: an infinite learning rate for its update only
         if poisoned:
-            seen["checkpoint"] = trainer.checkpoint_path.read_bytes()
-            for group in trainer.optimizer.param_groups:
+            seen["checkpoint"] = trainer.state.checkpoint_path.read_bytes()
+            for group in trainer.parts.optimizer.param_groups:
                 group["lr"] = float("inf")
         out = real_step(batch)
         if poisoned:
@@ -277,13 +279,13 @@ def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_overrid
     message = str(err.value)
     assert message.startswith("training diverged: at step 4 (epoch 1) the state to save holds non-finite values in "
                               "model/encoder_q.")
-    assert message.endswith(f"it was not saved. Last good checkpoint: {trainer.checkpoint_path} (step 3)")
-    assert trainer.checkpoint_path.read_bytes() == seen["checkpoint"]  # untouched, bit for bit
-    resumed = Trainer(cfg, resume=trainer.checkpoint_path)
+    assert message.endswith(f"it was not saved. Last good checkpoint: {trainer.state.checkpoint_path} (step 3)")
+    assert trainer.state.checkpoint_path.read_bytes() == seen["checkpoint"]  # untouched, bit for bit
+    resumed = Trainer(cfg, resume=trainer.state.checkpoint_path)
     assert resumed.position.global_step == 3
     resumed.train()
     assert resumed.position.global_step == 6
-    assert not nonfinite_entries(load_checkpoint(resumed.checkpoint_path))
+    assert not nonfinite_entries(load_checkpoint(resumed.state.checkpoint_path))
 
 
 def test_stale_temporaries_of_the_checkpoint_go_at_start_and_after_each_save(tiny_cfg, capsys):
@@ -298,7 +300,7 @@ def test_stale_temporaries_of_the_checkpoint_go_at_start_and_after_each_save(tin
     assert "removed 2 temporary checkpoint file(s) left by interrupted writes" in capsys.readouterr().err
     assert not any((run_dir / name).exists() for name in stale)
     (run_dir / stale[0]).write_bytes(b"x")
-    trainer.save()
+    trainer.state.save()
     assert not (run_dir / stale[0]).exists()
     assert all((run_dir / name).read_bytes() == b"x" for name in others)
 
@@ -309,16 +311,16 @@ def test_a_full_disk_names_the_folder_and_the_step_of_the_intact_checkpoint(tiny
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError, match=f"^no space left on {re.escape(str(tiny_cfg.run_dir))} while writing the "
                                               "checkpoint; no checkpoint was written before$"):
-        trainer.save()
+        trainer.state.save()
     monkeypatch.setattr(torch, "save", real_save)
     trainer.position.global_step = 4
-    trainer.save()
-    before = trainer.checkpoint_path.read_bytes()
+    trainer.state.save()
+    before = trainer.state.checkpoint_path.read_bytes()
     trainer.position.global_step = 6
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError, match="while writing the checkpoint; the previous one at step 4 is intact$"):
-        trainer.save()
-    assert trainer.checkpoint_path.read_bytes() == before
+        trainer.state.save()
+    assert trainer.state.checkpoint_path.read_bytes() == before
     assert not [p for p in tiny_cfg.run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -358,8 +360,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_overrides)
     trainer.train_step = poisoned
     with pytest.raises(TrainingDiverged, match="step 10") as err:
         trainer.train()
-    assert str(trainer.checkpoint_path) in str(err.value)
-    kept = load_checkpoint(trainer.checkpoint_path)
+    assert str(trainer.state.checkpoint_path) in str(err.value)
+    kept = load_checkpoint(trainer.state.checkpoint_path)
     assert kept["global_step"] == 8 and kept["epoch"] == 1
 
 
@@ -406,8 +408,8 @@ def test_a_resumed_run_supersedes_the_logs_written_after_its_checkpoint(quick_ov
     with pytest.raises(SystemExit):
         crashing.train()
     steps, before = logged_steps(cfg.run_dir)
-    assert steps == [2, 4, 6] and load_checkpoint(crashing.checkpoint_path)["global_step"] == 4
-    resumed = Trainer(cfg, resume=crashing.checkpoint_path)
+    assert steps == [2, 4, 6] and load_checkpoint(crashing.state.checkpoint_path)["global_step"] == 4
+    resumed = Trainer(cfg, resume=crashing.state.checkpoint_path)
     resumed.train()
     resumed.close()
     steps, after = logged_steps(cfg.run_dir)
@@ -420,14 +422,14 @@ def test_a_resumed_run_supersedes_the_logs_written_after_its_checkpoint(quick_ov
 
 def test_a_checkpoint_every_that_divides_the_epoch_saves_the_epoch_end_once(quick_overrides):
     trainer = Trainer(load_config(None, quick_overrides + ["optim.epochs=1", "checkpoint_every=2"]))
-    real_save = trainer.save
+    real_save = trainer.state.save
     saved = []
 
     def record_save():
         saved.append((trainer.position.global_step, trainer.position.epoch, trainer.position.batch_in_epoch))
         return real_save()
 
-    trainer.save = record_save
+    trainer.state.save = record_save
     trainer.train()
     trainer.close()
     assert saved == [(2, 0, 2), (4, 1, 0)]

@@ -63,3 +63,41 @@ def test_damaged_detectron2_exports_load_or_fail_with_a_checkpoint_error(tmp_pat
     for _ in range(200):  # unverified, so that every damaged copy reaches the unpickler
         path.write_bytes(mutate(data, rng))
         load_or_checkpoint_error(lambda: read_backbone_state(path, verify=False))
+
+
+class ArrayWithState:
+    """Pickles as numpy pickles an ndarray, with whatever (version, shape, dtype, order, data) state it is given."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        import numpy as np
+
+        return np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+def test_arrays_of_plain_pickles_are_built_from_their_checked_state_never_by_numpy(tmp_path):
+    # numpy's own unpickling trusts the pickled state: damaged detectron2 files once corrupted this process's
+    # heap (a crash several tests later). Arrays are now rebuilt from a checked (shape, dtype, bytes) state.
+    import pickle
+
+    import numpy as np
+    import pytest
+
+    from mochi_hvs.checkpoint import load_file
+
+    path = tmp_path / "d2.pkl"
+    good = np.arange(6, dtype=">f4").reshape(2, 3)
+    path.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": good}}, protocol=4))
+    loaded = load_file(path)["model"]["stem.conv1.weight"]
+    assert loaded.dtype == np.dtype(">f4") and np.array_equal(loaded, good)
+    for state, message in [
+        ((1, (2, 4), np.dtype(">f4"), False, good.tobytes()), r"shape \(2, 4\) and dtype >f4 needs 32 bytes"),
+        ((1, (2, -3), np.dtype(">f4"), False, good.tobytes()), r"shape is \(2, -3\)"),
+        ((1, (1,), np.dtype("O"), False, [1]), "arrays of dtype 'O8' are not read"),
+        ((1, (2, 3)), "not \\(version, shape, dtype, order, data\\)"),
+    ]:
+        path.write_bytes(pickle.dumps({"model": {"w": ArrayWithState(state)}}, protocol=4))
+        with pytest.raises(CheckpointError, match=message):
+            load_file(path)

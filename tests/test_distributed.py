@@ -10,11 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from mochi_hvs.config import MocoConfig, ModelConfig, load_config
+from mochi_hvs.config import load_config
 from mochi_hvs.distributed import all_gather_cat, shuffle_across_processes
-from mochi_hvs.engine import Trainer
-from mochi_hvs.hvs import HardViewSelector
+from mochi_hvs.methods.hvs import HardViewSelector
 from mochi_hvs.models import MoCo
+from mochi_hvs.train import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -67,7 +67,7 @@ def _candidate_embeddings(rank, out_dir):
     # float64: the batched and the separate forwards agree to ~1e-13 whatever the CPU; mixed view slots ~0.1.
     dist.init_process_group("gloo")
     torch.manual_seed(0)  # the same weights on both processes
-    plain = MoCo(ModelConfig(arch="resnet18", bn_splits=1, feature_dim=16), MocoConfig(queue_size=64)).double()
+    plain = MoCo("resnet18", bn_splits=1, feature_dim=16, queue_size=64).double()
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
     views = torch.randn(4, 3, 3, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
     results = {}

@@ -1,8 +1,11 @@
+import importlib
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
+import setuptools
 import torch
 from weight_files import official_moco, our_checkpoint
 
@@ -10,7 +13,8 @@ from mochi_hvs.config import load_config
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.export import export_backbone
 
-EVAL = Path(__file__).resolve().parents[1] / "eval"
+ROOT = Path(__file__).resolve().parents[1]
+EVAL = ROOT / "eval"
 SMALL_KNN = ["--set", "eval.knn_train_subset=200", "eval.knn_test_subset=50", "eval.batch_size=50"]  # bank >= k=200
 
 
@@ -67,8 +71,8 @@ def test_knn_cli_reads_exported_and_official_moco_files(checkpoint, tmp_path):
 
 def test_linear_cli_cached_mode(checkpoint, tmp_path, capsys):
     results = tmp_path / "results.jsonl"
-    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--mode", "cached", "--epochs", "2",
-            "--train-subset", "100", "--test-subset", "50", "--set", "eval.batch_size=50"]
+    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--set", "eval.linear.mode=cached",
+            "eval.linear.epochs=2", "eval.linear.train_subset=100", "eval.linear.test_subset=50", "eval.batch_size=50"]
     assert cli("linear")(args) == 0
     (entry,) = read_results(results)
     assert entry["settings"]["mode"] == "cached" and entry["settings"]["lr"] == 30.0
@@ -93,8 +97,14 @@ def test_user_mistakes_give_one_clear_line(checkpoint, tmp_path, capsys):
     assert knn(["--checkpoint", str(checkpoint), *results, "--set", f"data.root={tmp_path / 'nowhere'}"]) == 2
     assert "Fashion-MNIST file" in error_line(capsys)
     assert cli("semisup")(["--checkpoint", str(checkpoint), *results]) == 2
-    assert "exactly one of --label-fraction" in error_line(capsys)
-    assert cli("detection")(["--checkpoint", str(checkpoint), *results, "--val", str(tmp_path)]) == 2
+    assert error_line(capsys) == (
+        "error: semi-supervised evaluation needs exactly one of 'eval.semisup.label_fraction', "
+        "'eval.semisup.labels_per_class', 'eval.semisup.split_file', e.g. --set eval.semisup.label_fraction=0.01")
+    assert cli("detection")(["--checkpoint", str(checkpoint), *results, "--set", "eval.detection.val=x:val"]) == 2
+    assert error_line(capsys) == ("error: detection needs its data sets: --set eval.detection.train=[ROOT:SPLIT, ...] "
+                                  "eval.detection.val=ROOT:SPLIT")
+    assert cli("detection")(["--checkpoint", str(checkpoint), *results, "--set", f"eval.detection.train=[{tmp_path}]",
+                             f"eval.detection.val={tmp_path}"]) == 2
     assert "ROOT:SPLIT" in error_line(capsys)
     if not torch.cuda.is_available():
         assert knn(["--checkpoint", str(checkpoint), *results, "--set", "device=cuda"]) == 2
@@ -106,9 +116,10 @@ def test_user_mistakes_give_one_clear_line(checkpoint, tmp_path, capsys):
 def test_detection_cli_end_to_end(checkpoint, tmp_path, capsys):
     data = make_fashion_detection(tmp_path / "det", train_images=8, val_images=4)
     results = tmp_path / "results.jsonl"
-    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--train", f"{data}:train",
-            "--val", f"{data}:val", "--iterations", "2", "--batch-size", "2", "--min-size", "64", "--max-size", "64",
-            "--proposals", "64", "--roi-batch", "32", "--workers", "0", "--norm", "frozen"]
+    d = "eval.detection."
+    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--set", f"{d}train=[{data}:train]",
+            f"{d}val={data}:val", f"{d}iterations=2", f"{d}batch_size=2", f"{d}min_size=64", f"{d}max_size=64",
+            f"{d}proposals=64", f"{d}roi_batch=32", f"{d}workers=0", f"{d}norm=frozen"]
     assert cli("detection")(args) == 0
     (entry,) = read_results(results)
     assert set(entry["metrics"]) == {"AP", "AP50", "AP75", "final_loss"}
@@ -120,7 +131,7 @@ def test_a_checkpoint_pretrained_on_a_subset_below_the_default_batch_evaluates_w
         tiny_overrides, tmp_path, capsys):
     from mochi_hvs.pretrain import main as pretrain
 
-    run = ["--set", *tiny_overrides, "data.train_subset=64", "optim.epochs=1", "eval.knn_random_baseline=false"]
+    run = ["--set", *tiny_overrides, "data.train_subset=64", "optim.epochs=1", "eval.knn_baseline=false"]
     assert pretrain(run) == 0
     checkpoint = tmp_path / "tiny" / "last.pth"
     stored = torch.load(checkpoint, weights_only=True)["config"]
@@ -148,3 +159,53 @@ def test_knn_larger_than_the_bank_is_one_clear_line(checkpoint, tmp_path, capsys
                                   "imagefolder; choose k <= 6")
     assert not (tmp_path / "r.jsonl").exists()
     assert cli("knn")([*args, "eval.knn_k=6"]) == 0
+
+
+def test_console_scripts_are_the_mains_of_the_eval_scripts(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **options: captured.update(options))
+    runpy.run_path(str(ROOT / "setup.py"))
+    targets = dict(line.split("=") for line in captured["entry_points"]["console_scripts"])
+    for script, name in (("mochi-knn", "knn"), ("mochi-linear", "linear"), ("mochi-semisup", "semisup"),
+                         ("mochi-detect", "detection")):
+        module, function = targets[script].split(":")
+        assert getattr(importlib.import_module(module), function) is cli(name)
+
+
+def test_console_script_and_eval_script_give_the_same_result(checkpoint, tmp_path, monkeypatch):
+    from mochi_hvs.evaluation.commands import knn_main
+
+    results = tmp_path / "results.jsonl"
+    args = ["--checkpoint", str(checkpoint), "--results", str(results), *SMALL_KNN]
+    assert knn_main(args) == 0
+    monkeypatch.setattr(sys, "argv", ["eval/knn.py", *args])
+    with pytest.raises(SystemExit) as stop:  # as `python eval/knn.py ...` runs it
+        runpy.run_path(str(EVAL / "knn.py"), run_name="__main__")
+    assert stop.value.code == 0
+    console, script = read_results(results)
+    assert console["metrics"] == script["metrics"] and console["settings"] == script["settings"]
+
+
+def test_a_recipe_carries_evaluator_settings(checkpoint, tmp_path):
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("data: {mean: [0.286, 0.286, 0.286], std: [0.353, 0.353, 0.353]}\n"
+                      "eval:\n  batch_size: 50\n"
+                      "  linear: {mode: cached, epochs: 2, train_subset: 100, test_subset: 50}\n")
+    results = tmp_path / "results.jsonl"
+    assert cli("linear")(["--checkpoint", str(checkpoint), "--config", str(recipe), "--results", str(results),
+                          "--set", "eval.linear.lr=3"]) == 0
+    (entry,) = read_results(results)
+    assert {k: entry["settings"][k] for k in ("mode", "epochs", "train_subset", "lr")} == {
+        "mode": "cached", "epochs": 2, "train_subset": 100, "lr": 3.0}
+
+
+def test_an_evaluator_setting_out_of_range_is_one_line_naming_its_key(checkpoint, tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    assert cli("linear")(["--checkpoint", str(checkpoint), "--results", str(results),
+                          "--set", "eval.linear.lr=-1"]) == 2
+    assert error_line(capsys) == "error: <checkpoint config> + --set: 'eval.linear.lr' must be > 0; got -1.0"
+    assert cli("semisup")(["--checkpoint", str(checkpoint), "--results", str(results), "--set",
+                           "eval.semisup.label_fraction=0.1", "eval.semisup.split_file=x.txt"]) == 2
+    assert error_line(capsys).startswith("error: <checkpoint config> + --set: 'eval.semisup.split_file' cannot be set "
+                                         "together with 'eval.semisup.label_fraction'")
+    assert not results.exists()

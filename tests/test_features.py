@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from mochi_hvs.config import DataConfig
 from mochi_hvs.data.datasets import ImageSet
-from mochi_hvs.data.loader import CleanDataset, eval_loader
+from mochi_hvs.data.loader import LabelledDataset, eval_loader
 from mochi_hvs.evaluation.features import extract_features
 
 SIZE = 11  # odd: a 2-process DistributedSampler pads one repeated sample
@@ -34,7 +34,7 @@ def reference() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_rows_follow_dataset_order_whatever_the_loader_order():
     images, cfg = tiny_images(), DataConfig(image_size=8)
-    dataset = CleanDataset(images, eval_loader(images, cfg, 4, workers=0).dataset.transform)
+    dataset = LabelledDataset(images, eval_loader(images, cfg, 4, workers=0).dataset.transform)
     shuffled = DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1))
     features, labels = extract_features(tiny_net(), shuffled, torch.device("cpu"))
     expected, expected_labels = reference()

@@ -7,7 +7,8 @@ import torch
 from mochi_hvs.checkpoint import resolve_resume
 from mochi_hvs.config import ConfigError, load_config, stage_configs
 from mochi_hvs.data.datasets import DatasetError, load_images
-from mochi_hvs.engine import Interrupted, Trainer
+from mochi_hvs.errors import Interrupted
+from mochi_hvs.train import Trainer
 
 
 def is_batchnorm_key(name: str, backbone: torch.nn.Module) -> bool:
@@ -29,7 +30,7 @@ def test_bn_only_training_changes_batchnorm_and_head_but_no_other_backbone_weigh
     for kind in ("weight", "bias", "running_mean", "running_var"):
         assert any(not torch.equal(before[k], after[k]) for k in batchnorm if k.endswith(kind)), kind
     assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
-    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for group in trainer.parts.optimizer.param_groups for p in group["params"]}
     assert all(id(p) not in trained for n, p in trainer.model.encoder_q.named_parameters() if n in frozen)
 
 
@@ -37,8 +38,8 @@ def test_a_run_measured_in_steps_ends_mid_epoch_and_resumes_exactly(tiny_overrid
     over = tiny_overrides + ["optim.steps=11", "checkpoint_every=0"]  # 8 steps per epoch
     straight = Trainer(load_config(None, over + ["name=straight"]))
     straight.train()
-    assert (straight.position.global_step, straight.total_steps, straight.num_epochs) == (11, 11, 2)
-    assert straight.scheduler.state_dict()["last_epoch"] == 11
+    assert (straight.position.global_step, straight.parts.total_steps, straight.parts.num_epochs) == (11, 11, 2)
+    assert straight.parts.scheduler.state_dict()["last_epoch"] == 11
     cfg = load_config(None, over + ["name=split"])
     interrupted = Trainer(cfg)
     real_step = interrupted.train_step
@@ -138,13 +139,13 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
     trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]), verify=fmt == "ours")
     assert_backbone_equals(trainer.model.encoder_q.backbone, expected)
     assert_backbone_equals(trainer.model.encoder_k.backbone, expected)  # the momentum encoder starts as a copy
-    assert trainer.init_report.loaded == len(expected) and not trainer.init_report.missing
-    assert int(trainer.model.queue.pointer) == 0 and not trainer.optimizer.state  # queue and optimiser fresh
+    assert trainer.parts.init_report.loaded == len(expected) and not trainer.parts.init_report.missing
+    assert int(trainer.model.queue.pointer) == 0 and not trainer.parts.optimizer.state  # queue and optimiser fresh
     if fmt == "ours":
         source_head = torch.load(path)["model"]["encoder_q.head.0.weight"]
         assert not torch.equal(trainer.model.encoder_q.head[0].weight.detach(), source_head)  # head re-initialised
     # The random-init baseline of such a run is its starting point, the loaded backbone.
-    assert all(torch.equal(trainer.initial_backbone_state[k], v) for k, v in expected.items())
+    assert all(torch.equal(trainer.parts.initial_backbone[k], v) for k, v in expected.items())
 
 
 def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_overrides, tmp_path):
@@ -238,9 +239,9 @@ def test_an_interrupted_and_resumed_hpt_run_reports_its_init_from_backbone_as_th
     torch.manual_seed(1)  # a starting point unlike the run's own initialisation (seed 0)
     start = torchvision_state(path)
     over = quick_overrides + [f"model.init_from={path}", "optim.steps=2"]
-    straight = Trainer(load_config(None, over + ["name=straight"])).fit()
+    straight = Trainer(load_config(None, over + ["name=straight"]), verify=False).fit()  # a file from elsewhere
     cfg = load_config(None, over + ["name=split"])
-    interrupted = Trainer(cfg)
+    interrupted = Trainer(cfg, verify=False)
     real_step = interrupted.train_step
 
     def stop_after_one(batch):
@@ -251,9 +252,9 @@ def test_an_interrupted_and_resumed_hpt_run_reports_its_init_from_backbone_as_th
     interrupted.train_step = stop_after_one
     with pytest.raises(Interrupted):
         interrupted.fit()
-    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir), verify=False)
     assert resumed.position.global_step == 1
-    assert all(torch.equal(resumed.initial_backbone_state[k], v) for k, v in start.items())
+    assert all(torch.equal(resumed.parts.initial_backbone[k], v) for k, v in start.items())
     summary = resumed.fit()
     assert summary["init_knn_top1"] == straight["init_knn_top1"]
     assert json.loads((cfg.run_dir / "summary.json").read_text())["init_knn_top1"] == straight["init_knn_top1"]

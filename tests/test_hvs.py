@@ -7,18 +7,27 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from mochi_hvs.config import MocoConfig, ModelConfig, load_config
-from mochi_hvs.engine import Trainer
-from mochi_hvs.hvs import HardViewSelector, box_iou_pairs, pair_losses, random_pairs, select_pairs
+from mochi_hvs.config import load_config
 from mochi_hvs.loss import contrastive_logits, info_nce
+from mochi_hvs.methods.hvs import HardViewSelector, Hvs, box_iou_pairs, pair_losses, random_pairs, select_pairs
 from mochi_hvs.models import MoCo
 from mochi_hvs.models.split_bn import side_effect_free_bn
-from mochi_hvs.step import ContrastiveStep, StepRandom
+from mochi_hvs.random_streams import StepRandom
+from mochi_hvs.step import ContrastiveStep
+from mochi_hvs.train import Trainer
 
 
 def small_moco(bn_splits=2, queue=64) -> MoCo:
     torch.manual_seed(0)
-    return MoCo(ModelConfig(arch="resnet18", bn_splits=bn_splits, feature_dim=16), MocoConfig(queue_size=queue))
+    return MoCo("resnet18", bn_splits=bn_splits, feature_dim=16, queue_size=queue)
+
+
+def hvs_step(model, symmetric=False, **hvs):
+    """A MoCo step (T = 0.2) with the HVS method built from hvs.* settings, and that method."""
+    settings = [f"hvs.{key}={value}" for key, value in hvs.items()]
+    cfg = load_config(None, [f"moco.symmetric={symmetric}", "moco.temperature=0.2", "hvs.enabled=true", *settings])
+    method = Hvs(cfg, model)
+    return ContrastiveStep(model, 0.2, symmetric, [method]), method
 
 
 def test_select_pairs_is_the_per_sample_argmax_off_the_diagonal():
@@ -78,7 +87,7 @@ def test_scoring_changes_no_state():
     rng = StepRandom(0, 5, 0, torch.device("cpu"))
     shuffle_state = rng("shuffle").get_state()
     global_state = torch.get_rng_state()
-    selection = selector(views, boxes, rng("hvs"))
+    selection = selector(views, boxes, model.queue.features, rng("hvs"))
     assert selection.keys.shape == (4, 3, 16)
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), f"scoring changed {key}"
@@ -90,8 +99,7 @@ def test_scoring_changes_no_state():
 def float64_moco(bn_splits, shuffle_bn=True, queue=64) -> MoCo:
     """A small MoCo in float64: equivalence checks then hold to ~1e-12 on any CPU, whatever BatchNorm amplifies."""
     torch.manual_seed(0)
-    model = MoCo(ModelConfig(arch="resnet18", bn_splits=bn_splits, feature_dim=16),
-                 MocoConfig(queue_size=queue, shuffle_bn=shuffle_bn))
+    model = MoCo("resnet18", bn_splits=bn_splits, feature_dim=16, queue_size=queue, shuffle_bn=shuffle_bn)
     return model.double()
 
 
@@ -127,7 +135,8 @@ def test_one_batched_forward_scores_like_separate_forwards_per_view(bn_splits, s
 def test_selected_pair_is_the_argmax_of_losses_from_separate_forwards():
     model = float64_moco(bn_splits=4)
     views, boxes = torch.randn(16, 3, 3, 28, 28, dtype=torch.float64), torch.rand(16, 3, 4)
-    selection = HardViewSelector(model, 0.2, symmetric=False)(views, boxes, torch.Generator().manual_seed(5))
+    selector = HardViewSelector(model, 0.2, symmetric=False)
+    selection = selector(views, boxes, model.queue.features, torch.Generator().manual_seed(5))
     queries, keys = separate_forwards(model, views, seed=5)
     first, second = select_pairs(pair_losses(queries, keys, model.queue.features, 0.2), "hardest")
     assert torch.equal(selection.query_view, first) and torch.equal(selection.key_view, second)
@@ -136,10 +145,10 @@ def test_selected_pair_is_the_argmax_of_losses_from_separate_forwards():
 def test_reused_keys_are_the_separate_key_forwards_of_the_chosen_views():
     model = float64_moco(bn_splits=4)
     views, boxes = torch.randn(16, 3, 3, 28, 28, dtype=torch.float64), torch.rand(16, 3, 4)
-    step = ContrastiveStep(model, 0.2, True, selector=HardViewSelector(model, 0.2, True, reuse_keys=True))
+    step, _ = hvs_step(model, symmetric=True, reuse_keys=True)
     rng = StepRandom(0, 3, 0, torch.device("cpu"))
     hvs_seed = int(StepRandom(0, 3, 0, torch.device("cpu"))("hvs").initial_seed())
-    out = step(views, rng, boxes=boxes, select=True)
+    out = step(views, rng, boxes=boxes)
     queries, keys = separate_forwards(model, views, seed=hvs_seed)
     losses = pair_losses(queries, keys, model.queue.features, 0.2)
     first, second = select_pairs(losses + losses.transpose(1, 2), "hardest")
@@ -169,11 +178,11 @@ def test_momentum_scorer_runs_only_the_momentum_encoder_and_keys_are_not_recompu
     views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
     q_calls, hq = count_forwards(model.encoder_q)
     k_calls, hk = count_forwards(model.encoder_k)
-    step = ContrastiveStep(model, 0.2, False, selector=HardViewSelector(model, 0.2, False, scorer="momentum"))
-    step(views, StepRandom(0, 0, 0, torch.device("cpu")), boxes=boxes, select=True)
+    step, method = hvs_step(model, scorer="momentum")
+    step(views, StepRandom(0, 0, 0, torch.device("cpu")), boxes=boxes)
     assert (len(q_calls), len(k_calls)) == (1, 1)  # f_k: one scoring forward whose keys are reused; f_q: training
-    step.selector.scorer = "query"
-    step(views, StepRandom(0, 1, 0, torch.device("cpu")), boxes=boxes, select=True)
+    method.selector.scorer = "query"
+    step(views, StepRandom(0, 1, 0, torch.device("cpu")), boxes=boxes)
     assert (len(q_calls), len(k_calls)) == (3, 2)  # + f_q scoring forward, + f_k scoring forward, no key re-forward
     hq.remove()
     hk.remove()
@@ -181,10 +190,9 @@ def test_momentum_scorer_runs_only_the_momentum_encoder_and_keys_are_not_recompu
 
 def step_result(model, views, boxes, reuse, symmetric=False):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    selector = HardViewSelector(model, 0.2, symmetric, reuse_keys=reuse)
-    step = ContrastiveStep(model, 0.2, symmetric, selector=selector)
+    step, _ = hvs_step(model, symmetric=symmetric, reuse_keys=reuse)
     model.zero_grad(set_to_none=True)
-    out = step(views, StepRandom(0, 3, 0, torch.device("cpu")), boxes=boxes, select=True)
+    out = step(views, StepRandom(0, 3, 0, torch.device("cpu")), boxes=boxes)
     out.loss.backward()
     grads = [p.grad.clone() for p in model.encoder_q.parameters()]
     model.load_state_dict(state)
@@ -211,7 +219,7 @@ def test_selected_pair_is_the_hardest_for_the_model_and_symmetric_scoring_sums_b
     views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
     for symmetric in (False, True):
         selector = HardViewSelector(model, 0.2, symmetric)
-        selection = selector(views, boxes, torch.Generator().manual_seed(1))
+        selection = selector(views, boxes, model.queue.features, torch.Generator().manual_seed(1))
         queries, keys = selector.embed_candidates(views, torch.Generator().manual_seed(1))
         losses = pair_losses(queries, keys, model.queue.features, 0.2)
         if symmetric:
@@ -224,7 +232,7 @@ def test_selected_pair_is_the_hardest_for_the_model_and_symmetric_scoring_sums_b
         assert torch.allclose(chosen, off.flatten(1).max(dim=1).values)
         assert torch.allclose(selection.metrics["hvs/loss_selected"], chosen.mean())
         easiest = HardViewSelector(model, 0.2, symmetric, mode="easiest")
-        easiest = easiest(views, boxes, torch.Generator().manual_seed(1))
+        easiest = easiest(views, boxes, model.queue.features, torch.Generator().manual_seed(1))
         off = losses.masked_fill(torch.eye(3, dtype=torch.bool), float("inf"))
         assert torch.allclose(losses[rows, easiest.query_view, easiest.key_view], off.flatten(1).min(dim=1).values)
 
@@ -233,10 +241,11 @@ def test_random_mode_scores_nothing_and_low_resolution_scoring_recomputes_keys()
     model = small_moco()
     views, boxes = torch.randn(4, 3, 3, 28, 28), torch.rand(4, 3, 4)
     calls, handle = count_forwards(model.encoder_k)
-    selection = HardViewSelector(model, 0.2, False, mode="random")(views, boxes, torch.Generator().manual_seed(0))
+    queue, generator = model.queue.features, torch.Generator().manual_seed(0)
+    selection = HardViewSelector(model, 0.2, False, mode="random")(views, boxes, queue, generator)
     assert not calls and selection.keys is None and (selection.query_view != selection.key_view).all()
     handle.remove()
-    low = HardViewSelector(model, 0.2, False, score_resolution=14)(views, boxes, torch.Generator().manual_seed(0))
+    low = HardViewSelector(model, 0.2, False, score_resolution=14)(views, boxes, queue, generator.manual_seed(0))
     assert low.keys is None  # keys from 14 px views are not the 28 px keys: the step re-forwards the chosen view
 
 
@@ -259,9 +268,10 @@ def test_two_views_without_selection_is_exactly_moco_v2(tiny_overrides):
 
 def test_select_every_and_start_epoch_decide_which_steps_select(tiny_overrides):
     trainer = Trainer(load_config(None, hvs_overrides(tiny_overrides, "hvs.select_every=3", "hvs.start_epoch=1")))
-    assert not any(trainer.selecting(step) for step in range(8))  # epoch 0: before start_epoch
-    trainer.position.epoch = 1
-    assert [s for s in range(8, 16) if trainer.selecting(s)] == [9, 12, 15]
+    (method,) = trainer.parts.methods
+    assert not any(method.active(0, step) for step in range(8))  # epoch 0: before start_epoch
+    assert [s for s in range(8, 16) if method.active(1, s)] == [9, 12, 15]
+    trainer.close()
 
 
 @pytest.mark.slow
@@ -272,7 +282,7 @@ def test_flagship_recipe_logs_iou_hardness_and_mochi_metrics(tmp_path):
         f"output_dir={tmp_path}", "name=f", "data.train_subset=512", "optim.batch_size=64", "moco.queue_size=256",
         "optim.epochs=2", "mochi.warmup_epochs=0", "mochi.num_hard=64", "log_every=4", "eval.knn_every=0",
         "eval.analysis_every=0", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
-        "eval.knn_random_baseline=false"])
+        "eval.knn_baseline=false"])
     Trainer(cfg).fit()
     records = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*records)

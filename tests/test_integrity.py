@@ -13,10 +13,10 @@ from weight_files import official_moco, our_checkpoint, small_training_checkpoin
 from mochi_hvs import pretrain
 from mochi_hvs.checkpoint import CheckpointError, load_checkpoint, load_file
 from mochi_hvs.config import load_config
-from mochi_hvs.engine import Trainer
 from mochi_hvs.export import export_backbone
 from mochi_hvs.export import main as export_main
 from mochi_hvs.integrity import file_digest, sidecar_line, sidecar_path, state_digest, with_digest
+from mochi_hvs.train import Trainer
 from mochi_hvs.weights import read_backbone_state
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
@@ -137,7 +137,9 @@ def test_files_without_a_digest_are_refused_naming_the_escape(tmp_path, capsys):
 
 
 def test_resume_checks_the_digest_unless_told_not_to(tiny_cfg, tmp_path):
-    state = torch.load(Trainer(tiny_cfg).save(), weights_only=True)
+    trainer = Trainer(tiny_cfg)
+    state = torch.load(trainer.state.save(), weights_only=True)
+    trainer.close()
     del state["sha256"]
     legacy = tmp_path / "before_digests.pth"  # a checkpoint written before checkpoints carried a digest
     torch.save(state, legacy)

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from mochi_hvs.config import load_config
-from mochi_hvs.engine import Trainer
 from mochi_hvs.loss import contrastive_logits
-from mochi_hvs.mochi import (
+from mochi_hvs.methods.mochi import (
     HardNegativeMixer,
     MixingDraw,
     draw_mixing,
@@ -18,6 +17,7 @@ from mochi_hvs.mochi import (
 )
 from mochi_hvs.queue import MemoryQueue
 from mochi_hvs.retrieval import FaissTopK, TorchTopK, build_retrieval
+from mochi_hvs.train import Trainer
 
 
 def unit(*shape):
@@ -106,7 +106,7 @@ def test_mixer_uses_the_exact_top_n_of_the_logits():
     queue = MemoryQueue(200, 8)
     q = unit(5, 8).requires_grad_(True)
     logits = q @ queue.features.t()
-    mixer = HardNegativeMixer(TorchTopK(queue), num_hard=10, num_mix=7, num_query_mix=3)
+    mixer = HardNegativeMixer(TorchTopK(), num_hard=10, num_mix=7, num_query_mix=3)
     mixed = mixer(q, logits, queue.features, torch.Generator().manual_seed(1))
     expected = (q.detach() @ queue.features.t()).topk(10, dim=1)
     assert torch.equal(mixed.hard_indices, expected.indices)
@@ -119,7 +119,7 @@ def test_top_n_and_synthetic_logits_under_bf16_autocast_are_the_float32_ones():
     # float32, so the top-N set and the synthetic logits are those of float32 from the same q.
     queue = MemoryQueue(4096, 128)
     q, k = unit(32, 128).requires_grad_(True), unit(32, 128)
-    mixer = HardNegativeMixer(TorchTopK(queue), num_hard=256, num_mix=64, num_query_mix=32)
+    mixer = HardNegativeMixer(TorchTopK(), num_hard=256, num_mix=64, num_query_mix=32)
 
     def mix():
         logits = contrastive_logits(q, k, queue.features)
@@ -141,7 +141,7 @@ def test_top_n_and_synthetic_logits_under_bf16_autocast_are_the_float32_ones():
 def test_torch_retrieval_reuses_given_logits_without_a_matmul():
     queue = MemoryQueue(50, 4)
     fake_logits = torch.arange(50.0).repeat(3, 1)  # deliberately not q @ bank.T
-    scores, indices = TorchTopK(queue).topk(unit(3, 4), 5, logits=fake_logits)
+    scores, indices = TorchTopK().topk(unit(3, 4), 5, queue.features, logits=fake_logits)
     assert indices.tolist() == [[49, 48, 47, 46, 45]] * 3
 
 
@@ -152,25 +152,25 @@ def test_faiss_returns_the_same_top_n_set_as_torch(index):
     queue = MemoryQueue(2000, 32)
     queries = unit(16, 32)
     # IVF probing every list is exhaustive, hence exact: the same set as torch on tie-free data.
-    faiss_backend = build_retrieval("faiss", queue, index, nlist=8, nprobe=8)
-    torch_scores, torch_idx = TorchTopK(queue).topk(queries, 50)
+    faiss_backend = build_retrieval("faiss", index, nlist=8, nprobe=8)
+    torch_scores, torch_idx = TorchTopK().topk(queries, 50, queue.features)
     for _ in range(2):  # the index follows the queue after it changes
-        faiss_scores, faiss_idx = faiss_backend.topk(queries, 50)
+        faiss_scores, faiss_idx = faiss_backend.topk(queries, 50, queue.features)
         for a, b in zip(torch_idx.tolist(), faiss_idx.tolist(), strict=True):
             assert set(a) == set(b)
         assert torch.allclose(torch_scores, faiss_scores, atol=1e-5)
         queue.enqueue(unit(500, 32))
-        torch_scores, torch_idx = TorchTopK(queue).topk(queries, 50)
+        torch_scores, torch_idx = TorchTopK().topk(queries, 50, queue.features)
 
 
 def test_missing_faiss_names_the_package_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):
-        FaissTopK(MemoryQueue(10, 4))
+        FaissTopK()
 
 
 def constructed_mixed(positive, queue_logits, synthetic, hard_indices):
-    from mochi_hvs.mochi import MixedNegatives
+    from mochi_hvs.methods.mochi import MixedNegatives
 
     logits = torch.cat([positive, queue_logits], dim=1)
     hard_logits = queue_logits.gather(1, hard_indices)
@@ -225,23 +225,23 @@ def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny
     plain.train()
     mixed = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=mixed", "optim.epochs=1",
                                                       "mochi.warmup_epochs=0")))
-    batch = next(iter(mixed.batches))
+    batch = next(iter(mixed.parts.batches))
     pointer = int(mixed.model.queue.pointer)
     captured = {}
-    real_step = mixed.step_fn.__call__
+    real_step = mixed.parts.step.__call__
 
     def capture(*args, **kwargs):
         captured["out"] = real_step(*args, **kwargs)
         return captured["out"]
 
-    mixed.step_fn = capture
+    mixed.parts.step = capture
     metrics = mixed.train_step(batch)
     out = captured["out"]
     assert int(mixed.model.queue.pointer) == pointer + 32  # the batch's keys, nothing more
     assert torch.equal(mixed.model.queue.features[pointer:pointer + 32], out.keys.float())
     assert torch.equal(mixed.model.queue.labels[pointer:pointer + 32], batch["label"])
     assert "mochi/logit_synthetic" in metrics
-    mixed.step_fn = real_step
+    mixed.parts.step = real_step
     mixed.train()
     assert not torch.equal(plain.model.state_dict()["encoder_q.head.2.weight"],
                            mixed.model.state_dict()["encoder_q.head.2.weight"])
@@ -249,15 +249,15 @@ def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny
 
 def test_labels_never_reach_the_loss(tiny_overrides):
     trainer = Trainer(load_config(None, mochi_overrides(tiny_overrides, "mochi.warmup_epochs=0")))
-    batch = next(iter(trainer.batches))
+    batch = next(iter(trainer.parts.batches))
     trainer.model.queue.labels.copy_(torch.randint(0, 10, trainer.model.queue.labels.shape))
 
     def loss_and_grads(labels, queue_labels):
-        from mochi_hvs.step import StepRandom
+        from mochi_hvs.random_streams import StepRandom
 
         trainer.model.queue.labels.copy_(queue_labels)
         trainer.model.zero_grad(set_to_none=True)
-        out = trainer.step_fn(batch["views"], StepRandom(0, 0, 0, trainer.device), labels, mix=True)
+        out = trainer.parts.step(batch["views"], StepRandom(0, 0, 0, trainer.parts.device), labels)
         out.loss.backward()
         grads = [p.grad.clone() for p in trainer.model.encoder_q.parameters()]
         return out.loss.detach(), grads, out.metrics["mochi/class_oracle_rate"]
@@ -278,7 +278,7 @@ def test_mochi_recipe_runs_and_logs_every_analysis_metric(tmp_path):
         f"output_dir={tmp_path}", "name=m", "data.train_subset=512", "optim.batch_size=64", "moco.queue_size=256",
         "optim.epochs=2", "mochi.warmup_epochs=1", "mochi.num_hard=64", "log_every=4", "eval.analysis_every=1",
         "eval.analysis_samples=64", "eval.knn_every=0", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
-        "eval.knn_random_baseline=false"])
+        "eval.knn_baseline=false"])
     Trainer(cfg).fit()
     records = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*records)

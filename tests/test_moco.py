@@ -3,15 +3,14 @@ import math
 import torch
 import torch.nn as nn
 
-from mochi_hvs.config import MocoConfig, ModelConfig
 from mochi_hvs.loss import contrastive_logits, info_nce, positive_rank_top1
 from mochi_hvs.models import MoCo, SplitBatchNorm2d, build_backbone, convert_split_bn
-from mochi_hvs.step import ContrastiveStep, StepRandom
+from mochi_hvs.random_streams import StepRandom
+from mochi_hvs.step import ContrastiveStep
 
 
 def small_moco(**moco_kw) -> MoCo:
-    return MoCo(ModelConfig(arch="resnet18", bn_splits=2, feature_dim=16),
-                MocoConfig(queue_size=64, **moco_kw))
+    return MoCo("resnet18", bn_splits=2, feature_dim=16, queue_size=64, **moco_kw)
 
 
 def test_key_encoder_starts_as_copy_and_gets_no_gradients():
@@ -137,7 +136,7 @@ def test_proxy_top1_counts_positive_ranked_first():
 
 def test_symmetric_step_sums_both_directions_and_returns_both_keys():
     torch.manual_seed(0)
-    model = small_moco(symmetric=True)
+    model = small_moco()
     views = torch.randn(4, 2, 3, 28, 28)
     step = ContrastiveStep(model, temperature=0.2, symmetric=True)
     model.shuffle_bn = False

@@ -6,8 +6,8 @@ import torch
 from mochi_hvs import pretrain
 from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.config import Config, ConfigError, load_config, to_dict
-from mochi_hvs.engine import Trainer
 from mochi_hvs.resume_changes import ABSENT, APPLY, REFUSE, Change, check_resume_changes, config_changes, policy
+from mochi_hvs.train import Trainer
 
 
 @pytest.mark.parametrize(("key", "expected"), [
@@ -53,7 +53,7 @@ def one_step_checkpoint(quick_overrides):
     trainer = Trainer(load_config(None, quick_overrides + ["optim.steps=1"]))
     trainer.train()
     trainer.close()
-    return trainer.checkpoint_path
+    return trainer.state.checkpoint_path
 
 
 def test_a_structural_change_on_resume_is_one_error_line_naming_the_keys(quick_overrides, one_step_checkpoint,
@@ -85,17 +85,17 @@ def test_a_new_learning_rate_and_sgd_momentum_are_really_used_after_resume_and_s
     for line in ("resume: optim.lr 0.06 -> 0.5 (applied)", "resume: optim.momentum 0.9 -> 0.8 (applied)",
                  "resume: optim.steps 1 -> 2 (applied)"):
         assert line in err
-    group = resumed.optimizer.param_groups[0]
+    group = resumed.parts.optimizer.param_groups[0]
     cosine_at_1_of_2 = 0.5 * (1 + math.cos(math.pi * 1 / 2))  # the cosine schedule of the extended run at step 1
     assert group["lr"] == 0.5 * cosine_at_1_of_2 and group["momentum"] == 0.8
-    assert resumed.scheduler.base_lrs == [0.5]
+    assert resumed.parts.scheduler.base_lrs == [0.5]
     used = []
-    resumed.optimizer.register_step_pre_hook(
+    resumed.parts.optimizer.register_step_pre_hook(
         lambda optimizer, *_: used.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"])))
     resumed.train()
     resumed.close()
     assert used == [(0.5 * cosine_at_1_of_2, 0.8)]
-    stored = load_checkpoint(resumed.checkpoint_path)
+    stored = load_checkpoint(resumed.state.checkpoint_path)
     assert (stored["config"]["optim"]["lr"], stored["config"]["optim"]["momentum"]) == (0.5, 0.8)
     assert stored["optimizer"]["param_groups"][0]["initial_lr"] == 0.5
     assert stored["scheduler"]["base_lrs"] == [0.5]
@@ -107,7 +107,8 @@ def test_an_unchanged_resume_prints_no_change_and_keeps_the_stored_optimiser_sta
     resumed = Trainer(load_config(None, quick_overrides + ["optim.steps=1"]), resume=one_step_checkpoint)
     assert "resume: " not in capsys.readouterr().err
     stored = load_checkpoint(one_step_checkpoint)
-    assert resumed.optimizer.param_groups[0]["lr"] == stored["optimizer"]["param_groups"][0]["lr"]
+    assert resumed.parts.optimizer.param_groups[0]["lr"] == stored["optimizer"]["param_groups"][0]["lr"]
+    restored = resumed.parts.optimizer.state_dict()["state"]
     for key, value in stored["optimizer"]["state"].items():
-        assert torch.equal(resumed.optimizer.state_dict()["state"][key]["momentum_buffer"], value["momentum_buffer"])
+        assert torch.equal(restored[key]["momentum_buffer"], value["momentum_buffer"])
     resumed.close()

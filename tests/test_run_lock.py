@@ -8,8 +8,9 @@ import pytest
 
 from mochi_hvs import pretrain
 from mochi_hvs.config import load_config
-from mochi_hvs.engine import Trainer
-from mochi_hvs.run_lock import LOCK_NAME, RunLock, RunLockedError, read_owner
+from mochi_hvs.run_files import LOCK
+from mochi_hvs.run_lock import RunLock, RunLockedError, read_owner
+from mochi_hvs.train import Trainer
 
 
 def dead_pid() -> int:
@@ -22,18 +23,18 @@ def dead_pid() -> int:
 def write_lock(run_dir, pid, host=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     owner = {"pid": pid, "host": host or socket.gethostname(), "started": "2024-01-01T00:00:00"}
-    (run_dir / LOCK_NAME).write_text(json.dumps(owner))
+    (run_dir / LOCK).write_text(json.dumps(owner))
 
 
 def test_the_lock_names_its_owner_and_refuses_a_second_holder(tmp_path):
     run_dir = tmp_path / "runs" / "a"
     lock = RunLock.acquire(run_dir)
-    owner = read_owner(run_dir / LOCK_NAME)
+    owner = read_owner(run_dir / LOCK)
     assert (owner.pid, owner.host) == (os.getpid(), socket.gethostname())
-    with pytest.raises(RunLockedError, match=rf"in use by pid {os.getpid()} on .*; lock file {run_dir / LOCK_NAME}"):
+    with pytest.raises(RunLockedError, match=rf"in use by pid {os.getpid()} on .*; lock file {run_dir / LOCK}"):
         RunLock.acquire(run_dir)
     lock.release()
-    assert not (run_dir / LOCK_NAME).exists()
+    assert not (run_dir / LOCK).exists()
     RunLock.acquire(run_dir).release()
 
 
@@ -50,8 +51,8 @@ def test_a_stale_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, cap
     pid = dead_pid()
     write_lock(tmp_path, pid)
     lock = RunLock.acquire(tmp_path)
-    assert read_owner(tmp_path / LOCK_NAME).pid == os.getpid()
-    assert f"taking over the stale lock {tmp_path / LOCK_NAME} of pid {pid}" in capsys.readouterr().err
+    assert read_owner(tmp_path / LOCK).pid == os.getpid()
+    assert f"taking over the stale lock {tmp_path / LOCK} of pid {pid}" in capsys.readouterr().err
     lock.release()
 
 
@@ -62,28 +63,28 @@ def test_a_live_owner_another_host_or_an_unreadable_lock_is_refused(tmp_path, ho
     elif holder == "other host":
         write_lock(tmp_path, dead_pid(), host="another-host.example")
     else:
-        (tmp_path / LOCK_NAME).write_text("")
+        (tmp_path / LOCK).write_text("")
     with pytest.raises(RunLockedError, match="in use by"):
         RunLock.acquire(tmp_path)
-    assert (tmp_path / LOCK_NAME).exists()  # never removed by the refused process
+    assert (tmp_path / LOCK).exists()  # never removed by the refused process
 
 
 def test_a_second_trainer_on_the_same_run_folder_is_refused_until_the_first_is_closed(quick_overrides):
     cfg = load_config(None, quick_overrides)
     first = Trainer(cfg)
-    with pytest.raises(RunLockedError, match=f"lock file {cfg.run_dir / LOCK_NAME}"):
+    with pytest.raises(RunLockedError, match=f"lock file {cfg.run_dir / LOCK}"):
         Trainer(cfg)
     first.close()
     Trainer(cfg).close()
-    assert not (cfg.run_dir / LOCK_NAME).exists()
+    assert not (cfg.run_dir / LOCK).exists()
 
 
 def test_the_lock_is_released_after_fit_and_after_a_failed_step(quick_overrides):
-    cfg = load_config(None, quick_overrides + ["optim.steps=1", "eval.knn_random_baseline=false"])
+    cfg = load_config(None, quick_overrides + ["optim.steps=1", "eval.knn_baseline=false"])
     Trainer(cfg).fit()
-    assert not (cfg.run_dir / LOCK_NAME).exists()
+    assert not (cfg.run_dir / LOCK).exists()
     failing = Trainer(cfg)
-    assert (cfg.run_dir / LOCK_NAME).exists()
+    assert (cfg.run_dir / LOCK).exists()
 
     def broken_step(batch):
         raise RuntimeError("step failed")
@@ -91,7 +92,7 @@ def test_the_lock_is_released_after_fit_and_after_a_failed_step(quick_overrides)
     failing.train_step = broken_step
     with pytest.raises(RuntimeError, match="step failed"):
         failing.fit()
-    assert not (cfg.run_dir / LOCK_NAME).exists()
+    assert not (cfg.run_dir / LOCK).exists()
 
 
 def test_pretrain_refuses_a_held_run_folder_in_one_line(quick_overrides, tmp_path, capsys):
@@ -101,6 +102,6 @@ def test_pretrain_refuses_a_held_run_folder_in_one_line(quick_overrides, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
     assert err == [f"error: run folder {cfg.run_dir} is in use by pid {os.getppid()} on {socket.gethostname()} "
-                   f"(started 2024-01-01T00:00:00); lock file {cfg.run_dir / LOCK_NAME}. Wait for that run to end, "
+                   f"(started 2024-01-01T00:00:00); lock file {cfg.run_dir / LOCK}. Wait for that run to end, "
                    "pick another name (--set name=...), or delete the lock file if no such run is going on"]
-    assert sorted(p.name for p in cfg.run_dir.iterdir()) == [LOCK_NAME]  # nothing written beside the lock
+    assert sorted(p.name for p in cfg.run_dir.iterdir()) == [LOCK]  # nothing written beside the lock

@@ -4,10 +4,11 @@ import signal
 
 import pytest
 
-import mochi_hvs.engine as engine
+import mochi_hvs.train.build as build
 from mochi_hvs import pretrain
 from mochi_hvs.config import load_config
-from mochi_hvs.run_lock import LOCK_NAME
+from mochi_hvs.evaluation.knn import KnnMonitor
+from mochi_hvs.run_files import LOCK
 
 
 class UnhandledSignal(Exception):
@@ -38,7 +39,7 @@ def signal_on_call(function, sig):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_start_up_stops_cleanly_saying_nothing_was_trained(quick_overrides, tmp_path, monkeypatch,
                                                                             capsys, sig):
-    monkeypatch.setattr(engine, "load_images", signal_on_call(engine.load_images, sig))  # while loading data
+    monkeypatch.setattr(build, "load_images", signal_on_call(build.load_images, sig))  # while loading data
     status = pretrain.main(["--set", *quick_overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 130
@@ -49,24 +50,24 @@ def test_a_signal_during_start_up_stops_cleanly_saying_nothing_was_trained(quick
 
 
 def test_a_signal_during_start_up_of_a_resume_names_the_untouched_checkpoint(quick_overrides, monkeypatch, capsys):
-    assert pretrain.main(["--set", *quick_overrides, "optim.steps=1", "eval.knn_random_baseline=false"]) == 0
+    assert pretrain.main(["--set", *quick_overrides, "optim.steps=1", "eval.knn_baseline=false"]) == 0
     checkpoint = load_config(None, quick_overrides).run_dir / "last.pth"
     data = checkpoint.read_bytes()
     capsys.readouterr()
-    monkeypatch.setattr(engine.MoCo, "__init__", signal_on_call(engine.MoCo.__init__, signal.SIGTERM))
+    monkeypatch.setattr(build.MoCo, "__init__", signal_on_call(build.MoCo.__init__, signal.SIGTERM))
     status = pretrain.main(["--set", *quick_overrides, "optim.steps=2", "--resume", "auto"])
     assert status == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"interrupted: stopped during start-up, before the first step in {checkpoint.parent}: nothing was trained "
         f"there since the checkpoint {checkpoint}, which is untouched: resume from it again")
-    assert checkpoint.read_bytes() == data and not (checkpoint.parent / LOCK_NAME).exists()
+    assert checkpoint.read_bytes() == data and not (checkpoint.parent / LOCK).exists()
 
 
 def test_a_signal_during_the_final_evaluation_names_the_saved_checkpoint_and_how_to_evaluate_it(
         quick_overrides, tmp_path, monkeypatch, capsys):
-    evaluate = engine.KnnMonitor.evaluate
-    monkeypatch.setattr(engine.KnnMonitor, "evaluate", signal_on_call(evaluate, signal.SIGTERM))
-    over = ["--set", *quick_overrides, "optim.steps=1", "eval.knn_random_baseline=false"]
+    evaluate = KnnMonitor.evaluate
+    monkeypatch.setattr(KnnMonitor, "evaluate", signal_on_call(evaluate, signal.SIGTERM))
+    over = ["--set", *quick_overrides, "optim.steps=1", "eval.knn_baseline=false"]
     status = pretrain.main(over)
     err = capsys.readouterr().err.strip().splitlines()
     checkpoint = tmp_path / "tiny" / "last.pth"
@@ -75,7 +76,7 @@ def test_a_signal_during_the_final_evaluation_names_the_saved_checkpoint_and_how
                        f"{checkpoint} is saved. Evaluate it with `python eval/knn.py --checkpoint {checkpoint}`, or "
                        "rerun the final evaluation with --resume auto")
     assert checkpoint.is_file() and not (tmp_path / "tiny" / "summary.json").exists()
-    assert not (tmp_path / "tiny" / LOCK_NAME).exists()
-    monkeypatch.setattr(engine.KnnMonitor, "evaluate", evaluate)
+    assert not (tmp_path / "tiny" / LOCK).exists()
+    monkeypatch.setattr(KnnMonitor, "evaluate", evaluate)
     assert pretrain.main([*over, "--resume", "auto"]) == 0  # as the message says: nothing left to train
     assert (tmp_path / "tiny" / "summary.json").is_file()

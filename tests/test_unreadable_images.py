@@ -75,7 +75,7 @@ def test_image_set_names_the_unreadable_file_and_the_switch(tree):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_pretraining_stops_with_one_line_naming_the_file(tree, workers):
     images = load_images("imagefolder", str(tree), "train")
-    batches = LoaderBatches(images, _data_cfg(tree, workers, False), 4, seed=3, device=torch.device("cpu"))
+    batches = LoaderBatches(images, _data_cfg(tree, workers, False), 2, 4, seed=3, device=torch.device("cpu"))
     with pytest.raises(DatasetError) as err:
         list(batches)
     message = str(err.value)
@@ -88,7 +88,7 @@ def test_pretraining_error_is_the_same_with_and_without_workers(tree):
     messages = []
     for workers in (0, 2):
         with pytest.raises(DatasetError) as err:
-            list(LoaderBatches(images, _data_cfg(tree, workers, False), 4, seed=3, device=torch.device("cpu")))
+            list(LoaderBatches(images, _data_cfg(tree, workers, False), 2, 4, seed=3, device=torch.device("cpu")))
         messages.append(str(err.value))
     assert messages[0] == messages[1]
 
@@ -97,8 +97,8 @@ def test_pretraining_error_is_the_same_with_and_without_workers(tree):
 def test_skipping_substitutes_the_next_readable_image_deterministically(tree, workers, capsys):
     images = load_images("imagefolder", str(tree), "train")
     cpu = torch.device("cpu")
-    skipping = LoaderBatches(images, _data_cfg(tree, workers, True), 4, seed=3, device=cpu)
-    reference = LoaderBatches(_repaired(images, SUBSTITUTE_TRAIN), _data_cfg(tree, 0, False), 4, seed=3, device=cpu)
+    skipping = LoaderBatches(images, _data_cfg(tree, workers, True), 2, 4, seed=3, device=cpu)
+    reference = LoaderBatches(_repaired(images, SUBSTITUTE_TRAIN), _data_cfg(tree, 0, False), 2, 4, seed=3, device=cpu)
     for epoch in (0, 1):
         skipping.set_epoch(epoch)
         reference.set_epoch(epoch)
@@ -157,8 +157,8 @@ def test_a_tree_with_no_readable_image_is_an_error(tmp_path):
 def test_pretrain_cli_reports_a_worker_error_in_one_line(tree, tmp_path, capsys):
     status = pretrain.main([
         "--set", "data.name=imagefolder", f"data.root={tree}", "data.image_size=16", "data.augment_on=cpu",
-        "data.workers=2", f"output_dir={tmp_path / 'runs'}", "name=broken", "optim.batch_size=4",
-        "moco.queue_size=8", "model.bn_splits=1", "optim.epochs=1", "eval.batch_size=4", "device=cpu",
+        "data.workers=2", f"output_dir={tmp_path / 'runs'}", "name=broken", "optim.batch_size=12",
+        "moco.queue_size=24", "model.bn_splits=1", "optim.epochs=1", "eval.batch_size=4", "device=cpu",
     ])
     err = capsys.readouterr().err  # the error line may follow the epoch's progress bar (carriage returns)
     assert status == 2 and "Traceback" not in err and err.count("error:") == 1

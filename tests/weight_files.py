@@ -9,13 +9,14 @@ import torchvision
 
 from mochi_hvs.checkpoint import FORMAT, capture_rng, save_checkpoint
 from mochi_hvs.config import Config, to_dict
-from mochi_hvs.models.moco import MoCo
+from mochi_hvs.distributed import DistEnv
+from mochi_hvs.train.build import build_model
 
 
 def our_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, torch.Tensor]:
     """A training checkpoint (with its digest) of a freshly built MoCo model; returns its query backbone's state."""
     cfg = cfg or Config()
-    model = MoCo(cfg.model, cfg.moco)
+    model = build_model(cfg, DistEnv())
     save_checkpoint({"format": FORMAT, "config": to_dict(cfg), "model": model.state_dict(), "epoch": 1}, path)
     return {k: v.clone() for k, v in model.backbone.state_dict().items()}
 

@@ -12,22 +12,23 @@ from collections.abc import Iterator
 
 import torch
 
+from ..random_streams import STREAMS, stream_seed
 from .batch_augment import BatchViewAugmenter
 from .datasets import ImageSet
-from .loader import VIEW_STREAM, EpochSampler, mixed_seed, pretrain_loader
+from .loader import EpochSampler, pretrain_loader
 
 
 class DeviceAugmentedBatches:
     """In-memory images on the device, augmented a whole batch at a time."""
 
-    def __init__(self, images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
+    def __init__(self, images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> None:
         if images.array is None:
             raise ValueError("data.augment_on=device needs an in-memory dataset (fashion_mnist, cifar, stl10)")
         self.sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
         self.pixels = torch.from_numpy(images.array.copy()).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(images.labels).to(device)
-        self.augment = BatchViewAugmenter(data_cfg.num_views, data_cfg.image_size, data_cfg.augmentation,
+        self.augment = BatchViewAugmenter(num_views, data_cfg.image_size, data_cfg.augmentation,
                                           data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale))
         self.local_batch = local_batch
         self.seed = seed
@@ -47,7 +48,7 @@ class DeviceAugmentedBatches:
         generator = torch.Generator(device=self.device)
         for offset, cpu_index in enumerate(order):
             index = cpu_index.to(self.device, non_blocking=True)
-            generator.manual_seed(mixed_seed(self.seed, VIEW_STREAM, epoch, start + offset, self.rank))
+            generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
             images = self.pixels.index_select(0, index)
             if images.shape[1] == 1:
                 images = images.expand(-1, 3, -1, -1)
@@ -58,9 +59,9 @@ class DeviceAugmentedBatches:
 class LoaderBatches:
     """torchvision transforms per sample in DataLoader workers, moved to the device per batch."""
 
-    def __init__(self, images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
+    def __init__(self, images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.loader = pretrain_loader(images, data_cfg, local_batch, seed, rank, world_size,
+        self.loader = pretrain_loader(images, data_cfg, num_views, local_batch, seed, rank, world_size,
                                       pin_memory=device.type == "cuda")
         self.sampler: EpochSampler = self.loader.sampler
         self.device = device
@@ -77,11 +78,14 @@ class LoaderBatches:
             yield {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
 
-def build_batches(images: ImageSet, data_cfg, local_batch: int, seed: int, device: torch.device,
-                  rank: int = 0, world_size: int = 1) -> DeviceAugmentedBatches | LoaderBatches:
+BatchSource = DeviceAugmentedBatches | LoaderBatches
+
+
+def build_batches(images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
+                  rank: int = 0, world_size: int = 1) -> BatchSource:
     """The batch source data.augment_on asks for (auto: device for in-memory sets, else cpu)."""
     where = data_cfg.augment_on
     if where == "auto":
         where = "device" if images.array is not None else "cpu"
     cls = DeviceAugmentedBatches if where == "device" else LoaderBatches
-    return cls(images, data_cfg, local_batch, seed, device, rank, world_size)
+    return cls(images, data_cfg, num_views, local_batch, seed, device, rank, world_size)

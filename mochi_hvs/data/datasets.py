@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UserError
+
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,7 +34,7 @@ UNREADABLE_IMAGE_ERRORS = (OSError, Image.DecompressionBombError)  # PIL: uniden
 SKIP_UNREADABLE_HINT = "--set data.skip_unreadable=true"
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(UserError, FileNotFoundError):
     """A dataset is missing or unreadable; the message says how to fix it."""
 
 

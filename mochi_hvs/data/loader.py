@@ -11,23 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from ..random_streams import STREAMS, stream_seed
 from .augment import clean_transform, post_crop_transform, supervised_transform
 from .datasets import DatasetError, ImageSet, UnreadableImageError
 from .views import ViewSampler
-
-ORDER_STREAM, VIEW_STREAM = 0, 1
-
-
-def mixed_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (run seed, stream, epoch, index...)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -58,7 +51,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return (self.batches_per_epoch - self.start_batch) * self.local_batch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, ORDER_STREAM, self.epoch))
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, STREAMS["order"], self.epoch))
         order = torch.randperm(self.size, generator=generator)
         used = order[: self.batches_per_epoch * self.local_batch * self.world_size]
         mine = used[self.rank:: self.world_size][self.start_batch * self.local_batch:]
@@ -98,13 +91,13 @@ class MultiViewDataset(Dataset):
         index, epoch = key
         image, source = readable_image(self.images, index, self.skip_unreadable)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mixed_seed(self.seed, VIEW_STREAM, epoch, index))
+            torch.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, index))
             views, boxes = self.sampler(image)
         return {"views": views, "boxes": boxes, "label": int(self.images.labels[source]), "index": index,
                 "source": source}
 
 
-class CleanDataset(Dataset):
+class LabelledDataset(Dataset):
     """Labelled samples: one view made by `transform` (clean or augmented), the label, the index and the
     source index (as in MultiViewDataset: the image read in place of a skipped unreadable one)."""
 
@@ -136,11 +129,11 @@ def worker_message(err: Exception) -> str | None:
 
 
 class ImageLoader(DataLoader):
-    """A DataLoader of MultiViewDataset / CleanDataset batches that, in the main process, names every skipped
+    """A DataLoader of MultiViewDataset / LabelledDataset batches that, in the main process, names every skipped
     unreadable file once (a warning line with the running count) and gives a DatasetError raised in a worker
     its own one-line message back."""
 
-    def __init__(self, dataset: MultiViewDataset | CleanDataset, **kwargs) -> None:
+    def __init__(self, dataset: MultiViewDataset | LabelledDataset, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         self.skipped: set[int] = set()
 
@@ -173,12 +166,12 @@ def native_size(images: ImageSet) -> int | None:
 
 
 def pretrain_loader(
-    images: ImageSet, data_cfg, local_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+    images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, rank: int = 0, world_size: int = 1,
     pin_memory: bool = False,
 ) -> ImageLoader:
     """Loader of multi-view batches; its `.sampler` is the EpochSampler to drive per epoch."""
     post = post_crop_transform(data_cfg.augmentation, data_cfg.image_size, data_cfg.mean, data_cfg.std)
-    views = ViewSampler(data_cfg.num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
+    views = ViewSampler(num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
     dataset = MultiViewDataset(images, views, seed, data_cfg.skip_unreadable)
     sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
     return ImageLoader(
@@ -192,7 +185,7 @@ def eval_loader(images: ImageSet, data_cfg, batch_size: int, workers: int | None
     """Loader of clean images in dataset order; under torch.distributed, this process's shard (padded to equal size)."""
     transform = clean_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std, native_size(images))
     workers = data_cfg.workers if workers is None else workers
-    dataset = CleanDataset(images, transform, data_cfg.skip_unreadable)
+    dataset = LabelledDataset(images, transform, data_cfg.skip_unreadable)
     sampler = DistributedSampler(dataset, shuffle=False) if dist.is_available() and dist.is_initialized() else None
     return ImageLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers)
 
@@ -205,6 +198,6 @@ def supervised_loader(images: ImageSet, data_cfg, batch_size: int, seed: int,
     """
     transform = supervised_transform(data_cfg.image_size, data_cfg.mean, data_cfg.std)
     workers = data_cfg.workers if workers is None else workers
-    dataset = CleanDataset(images, transform, data_cfg.skip_unreadable)
+    dataset = LabelledDataset(images, transform, data_cfg.skip_unreadable)
     return ImageLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(images) > batch_size,
                        num_workers=workers, generator=torch.Generator().manual_seed(seed))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .datasets import DatasetError, ImageSet
 
 

@@ -1,13 +1,17 @@
-"""Shared plumbing of the eval/ command-line entry points.
+"""Shared plumbing of the evaluator commands (mochi-knn, mochi-linear, mochi-semisup, mochi-detect and their
+eval/*.py wrappers).
 
-Every entry point takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
-against its SHA-256 digest unless `--no-verify`),
-`--config`/`--set` (data, device and eval settings, as for pretraining; without --config the data, device, amp and
-seed settings of the checkpoint's own config are used when it has one, less the pretraining subset
-data.train_subset; eval.* keeps its defaults, i.e. the full labelled sets and k = 20, 200), `--random-init` (the
-same architecture at a seeded random initialisation: the baseline) and `--results` (a JSON-lines file that gets one
-line per run). Evaluator-specific options are generated from the evaluator's settings dataclass (see settings.py),
-so flags and defaults are defined once.
+Every command takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
+against its SHA-256 digest unless `--no-verify`), `--config`/`--set` (data, device and evaluator settings, as for
+pretraining), `--random-init` (the same architecture at a seeded random initialisation: the baseline) and
+`--results` (a JSON-lines file that gets one line per run); kNN and the linear probe also take `--pixels` (the raw
+pixels of the dataset as features: no checkpoint needed). Each evaluator reads its settings from its config
+section (eval.knn_*, eval.linear.*, eval.semisup.*, eval.detection.*), which `--help` lists with defaults.
+
+Without --config, the data, device, amp and seed settings of the checkpoint's own config are used when it has one
+(less the pretraining subset data.train_subset). Evaluator settings are never taken from a checkpoint: a
+pretraining recipe's eval.* keys configure its in-training monitor (often on subsets, for speed), while an
+evaluation runs its protocol's defaults, on the full labelled sets, unless --config or --set say otherwise.
 Under torchrun, feature extraction is sharded across the processes and gathered in dataset order (kNN, cached
 linear probe); the trained evaluators are not data-parallel, and only the first process reports.
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import json
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +32,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import yaml
 
-from ..checkpoint import CheckpointError
-from ..config import Config, ConfigError, add_config_arguments, load_config
-from ..data.datasets import DatasetError
+from ..config import Config, add_config_arguments, load_config
 from ..distributed import init_distributed
+from ..errors import UserError
 from ..models.backbone import build_backbone
-from ..runtime import DeviceError, resolve_amp, resolve_device, seed_everything
+from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
-from .linear import BackboneChanged
-from .settings import add_settings_arguments, settings_from_args
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, DeviceError, FloatingPointError, BackboneChanged)
 DEFAULT_RESULTS = "eval_results.jsonl"
 INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes from a checkpoint's config
 # Pretraining-only keys of those sections: evaluation never reads them, and their checks refer to sections it does not
@@ -45,32 +48,107 @@ INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes 
 PRETRAINING_ONLY = {"data": ("train_subset",)}
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The options every evaluator shares: weights, config, baseline switch and results file."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--checkpoint", required=True,
-                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar")
+@dataclass(frozen=True)
+class Section:
+    """Config keys an evaluator reads: the fields `names` (all when None) of `settings` under `prefix`."""
+
+    prefix: str
+    settings: type
+    names: tuple[str, ...] | None = None
+
+    def fields(self) -> list[dataclasses.Field]:
+        """The section's dataclass fields: its own in declaration order, then those it inherits."""
+        own = inspect.get_annotations(self.settings)
+        chosen = [f for f in dataclasses.fields(self.settings) if self.names is None or f.name in self.names]
+        return sorted(chosen, key=lambda f: f.name not in own)
+
+
+def yaml_value(value: Any) -> str:
+    """A value as it is written after --set KEY= (null, true, [0.75,0.92], ''): YAML, lists without spaces."""
+    if isinstance(value, list):
+        return "[" + ",".join(yaml_value(item) for item in value) + "]"
+    return yaml.safe_dump(value, width=10**6).removesuffix("...\n").strip()
+
+
+def settings_help(sections: list[Section]) -> str:
+    """The --help text listing every key of the sections with its default, its help and its choices."""
+    lines = ["evaluator settings: config keys with their defaults; change them with --set KEY=VALUE ... or in the",
+             "--config recipe (e.g. `eval: {linear: {epochs: 50}}`):"]
+    for section in sections:
+        for f in section.fields():
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            text = f.metadata.get("help", "")
+            if "choices" in f.metadata:
+                text += f" (one of: {', '.join(f.metadata['choices'])})"
+            lines.append(f"  {section.prefix}{f.name}={yaml_value(default)}")
+            lines.append(textwrap.fill(text, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    lines.append("The data, device, amp and seed keys of pretraining apply too (e.g. --set data.root=DIR device=cpu).")
+    lines.append("A checkpoint's evaluator settings are not used: only its data, device, amp and seed.")
+    return "\n".join(lines)
+
+
+def base_parser(description: str, sections: list[Section], pixels: bool = False) -> argparse.ArgumentParser:
+    """The options every evaluator shares (weights, config, baseline switch, results file), its settings in --help,
+    and with `pixels` the --pixels reference (then --checkpoint is optional)."""
+    parser = argparse.ArgumentParser(description=textwrap.fill(description, width=100),
+                                     epilog=settings_help(sections),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=not pixels,
+                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar"
+                             + (" (with --pixels: optional, its config's data settings are used)" if pixels else ""))
     add_config_arguments(parser, "YAML recipe for data/device/eval settings (default: the checkpoint's data settings)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="evaluate the same architecture at a seeded random initialisation (the baseline)")
+    baselines = parser.add_mutually_exclusive_group()
+    baselines.add_argument("--random-init", action="store_true",
+                           help="evaluate the same architecture at a seeded random initialisation (the baseline)")
+    if pixels:
+        baselines.add_argument("--pixels", action="store_true",
+                               help="evaluate the raw pixels of the dataset instead of a backbone (the reference "
+                                    "every learned representation should beat; features cached per dataset)")
+    else:
+        parser.set_defaults(pixels=False)
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
     parser.add_argument("--no-verify", action="store_true",
                         help="read --checkpoint even without a matching SHA-256 digest (e.g. an official MoCo file)")
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, sections: list[Section],
+                    argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; an unknown option that names a setting points to its config key."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        settings: dict[str, str] = {}  # option-style name -> config key (the first section wins)
+        for section in sections:
+            for f in section.fields():
+                settings.setdefault(f.name, section.prefix + f.name)
+        names = [u[2:].split("=")[0].replace("-", "_") for u in unknown if u.startswith("--")]
+        moved = [settings[name] for name in names if name in settings]
+        hint = f"; evaluator settings are config keys: --set {moved[0]}=VALUE" if moved else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    if args.checkpoint is None and not args.pixels:
+        parser.error("the following arguments are required: --checkpoint (or --pixels)")
+    return args
+
+
+@dataclass
+class LoadedBackbone:
+    """The backbone to evaluate and where its weights came from."""
+
+    module: nn.Module
+    width: int
+    state: dict[str, torch.Tensor] | None  # None with --random-init
+    meta: WeightsMeta
+    report: LoadReport
+
+
 @dataclass
 class EvalContext:
-    """What an evaluator needs: config, device, the backbone (loaded or random) and where its weights came from."""
+    """What an evaluator needs: config, device and the backbone (None with --pixels: the raw pixels are evaluated)."""
 
     cfg: Config
     device: torch.device
     amp_dtype: torch.dtype | None
-    state: dict[str, torch.Tensor] | None  # None with --random-init
-    meta: WeightsMeta
-    backbone: nn.Module
-    width: int
-    report: LoadReport
+    backbone: LoadedBackbone | None
     is_main: bool = True  # under torchrun, only the first process prints and writes results
 
 
@@ -86,23 +164,32 @@ def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
     return inherited
 
 
+def load_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta, random_init: bool) -> LoadedBackbone:
+    """The checkpoint's architecture with its weights, or (random_init) at the current seed's initialisation."""
+    module, width = build_backbone(meta.arch, meta.small_stem)
+    if random_init:
+        return LoadedBackbone(module, width, None, meta, LoadReport(0, missing=list(module.state_dict())))
+    return LoadedBackbone(module, width, state, meta, load_backbone_weights(module, state))
+
+
 def prepare(args: argparse.Namespace) -> EvalContext:
-    """Read the weights, resolve the config and device, and build the backbone (seeded)."""
-    state, meta = read_backbone_state(args.checkpoint, verify=not args.no_verify)
-    cfg = load_config(args.config, args.set, defaults=None if args.config else inherited_settings(meta.config))
+    """Read the weights, resolve the config and device, and build the backbone (seeded) unless --pixels."""
+    state, meta = read_backbone_state(args.checkpoint, verify=not args.no_verify) if args.checkpoint else (None, None)
+    stored = meta.config if meta is not None else None
+    cfg = load_config(args.config, args.set, defaults=None if args.config else inherited_settings(stored))
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed)
-    backbone, width = build_backbone(meta.arch, meta.small_stem)
-    if args.random_init:
-        state, report = None, LoadReport(0, missing=list(backbone.state_dict()))
-    else:
-        report = load_backbone_weights(backbone, state)
+    backbone = None if args.pixels else load_backbone(state, meta, args.random_init)
     if env.is_main:
-        print(f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
-              f"{report.summary()}", file=sys.stderr)
-    return EvalContext(cfg, device, amp_dtype, state, meta, backbone.to(device), width, report, env.is_main)
+        described = (f"raw pixels of {cfg.data.name}" if backbone is None else
+                     f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
+                     f"{backbone.report.summary()}")
+        print(described, file=sys.stderr)
+    if backbone is not None:
+        backbone.module.to(device)
+    return EvalContext(cfg, device, amp_dtype, backbone, env.is_main)
 
 
 def results_table(title: str, metrics: dict[str, Any]) -> str:
@@ -124,15 +211,23 @@ def append_result(path: str | Path, entry: dict[str, Any]) -> Path:
     return path
 
 
+def weights_record(args: argparse.Namespace, ctx: EvalContext) -> dict[str, Any]:
+    """What was evaluated: the weights' format, architecture and load count, or the raw pixels."""
+    if ctx.backbone is None:
+        return {"format": "pixels"}
+    meta = ctx.backbone.meta
+    return {"format": meta.source, "arch": meta.arch, "small_stem": meta.small_stem, "random_init": args.random_init,
+            "loaded_tensors": ctx.backbone.report.loaded}
+
+
 def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
                  metrics: dict[str, Any]) -> dict[str, Any]:
     """The JSON record of one evaluation: what was measured, on which weights and data, with which settings."""
     return {
         "evaluator": evaluator,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": str(Path(args.checkpoint).resolve()),
-        "weights": {"format": ctx.meta.source, "arch": ctx.meta.arch, "small_stem": ctx.meta.small_stem,
-                    "random_init": args.random_init, "loaded_tensors": ctx.report.loaded},
+        "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+        "weights": weights_record(args, ctx),
         "data": {"name": ctx.cfg.data.name, "root": ctx.cfg.data.root, "image_size": ctx.cfg.data.image_size},
         "seed": ctx.cfg.seed,
         "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings,
@@ -140,15 +235,11 @@ def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, set
     }
 
 
-def run_settings_cli(evaluator: str, description: str, settings_cls: type, choices: dict[str, tuple[str, ...]],
-                     evaluate: Callable[[EvalContext, Any], tuple[Any, dict[str, Any]]],
-                     argv: list[str] | None = None) -> int:
-    """A whole eval/ entry point: shared options plus one per settings field, then run_evaluation."""
-    parser = base_parser(f"eval/{evaluator}.py", description)
-    add_settings_arguments(parser, settings_cls, choices)
-    args = parser.parse_args(argv)
-    settings = settings_from_args(settings_cls, args)
-    return run_evaluation(evaluator, args, lambda ctx: evaluate(ctx, settings))
+def title_of(evaluator: str, args: argparse.Namespace) -> str:
+    """The results table's title: evaluator and what it evaluated."""
+    if args.pixels:
+        return f"{evaluator} | raw pixels"
+    return f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
 
 
 def run_evaluation(evaluator: str, args: argparse.Namespace,
@@ -157,13 +248,12 @@ def run_evaluation(evaluator: str, args: argparse.Namespace,
     try:
         ctx = prepare(args)
         settings, metrics = evaluate(ctx)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not ctx.is_main:
         return 0
-    title = f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
-    print(results_table(title, metrics))
+    print(results_table(title_of(evaluator, args), metrics))
     path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
     print(f"appended to {path}", file=sys.stderr)
     return 0

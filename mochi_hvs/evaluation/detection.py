@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,45 +20,19 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
+from ..errors import TrainingDiverged
+from ..evaluator_settings import DetectionSettings
 from ..models.backbone import use_small_stem
 from ..schedule import lr_multiplier
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights
-from .settings import setting
 
-NORMS = ("sync", "frozen")
 COCO_METRICS = ("AP", "AP50", "AP75")
-
-
-@dataclass
-class DetectionSettings:
-    """Fine-tuning schedule and model options (torchvision/detectron2 defaults where they apply)."""
-
-    train: list[str] = setting([], "training sets as ROOT:SPLIT (COCO or VOC layout), concatenated")
-    val: str = setting("", "validation set as ROOT:SPLIT")
-    iterations: int = setting(1500, "SGD iterations")
-    batch_size: int = setting(8, "images per iteration")
-    lr: float = setting(0.02, "learning rate at batch 16 (detectron2's reference), scaled linearly with batch size")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(1e-4, "SGD weight decay")
-    warmup_iterations: int = setting(100, "linear warm-up iterations")
-    milestones: list[float] = setting([0.75, 0.92], "fractions of training where the lr is divided by 10")
-    norm: str = setting("sync", "sync: trainable BatchNorm (SyncBatchNorm under torch.distributed), as in MoCo's "
-                                "detection configs; frozen: FrozenBatchNorm2d with the pretrained statistics")
-    trainable_layers: int = setting(5, "ResNet stages fine-tuned, counted from the top (5: all, 0: none)")
-    min_size: int = setting(800, "shorter image side after resizing")
-    max_size: int = setting(1333, "longer image side limit after resizing")
-    proposals: int = setting(2000, "RPN proposals kept per training image")
-    roi_batch: int = setting(512, "RoIs sampled per training image for the box head")
-    workers: int = setting(2, "data-loading worker processes")
-    seed: int = setting(0, "seed of the head initialisation, shuffling and flips")
 
 
 def build_detector(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, num_classes: int,
                    settings: DetectionSettings, mean: list[float], std: list[float]
                    ) -> tuple[FasterRCNN, LoadReport]:
     """Faster R-CNN with a ResNet-FPN backbone of `meta.arch`, its ResNet loaded from `state` (None: random init)."""
-    if settings.norm not in NORMS:
-        raise ConfigError(f"unknown detection norm {settings.norm!r}; choose one of {', '.join(NORMS)}")
     norm_layer = FrozenBatchNorm2d if settings.norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(backbone_name=meta.arch, weights=None, norm_layer=norm_layer,
                                    trainable_layers=settings.trainable_layers)
@@ -100,7 +73,7 @@ def train_detector(model: FasterRCNN, dataset, settings: DetectionSettings, devi
         targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
         loss = sum(model(images, targets).values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"detection loss became non-finite at iteration {step} (lower --lr?)")
+            raise TrainingDiverged(f"detection loss became non-finite at iteration {step} (lower --lr?)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -142,7 +115,8 @@ def coco_box_ap(coco_gt: dict, results: list[dict]) -> dict[str, float]:
 def load_detection_sets(settings: DetectionSettings) -> tuple[ConcatDataset, DetectionSet]:
     """The (concatenated) training sets with flips, and the validation set; categories must agree."""
     if not settings.train or not settings.val:
-        raise DatasetError("detection needs --train ROOT:SPLIT [...] and --val ROOT:SPLIT")
+        raise ConfigError("detection needs its data sets: --set eval.detection.train=[ROOT:SPLIT, ...] "
+                          "eval.detection.val=ROOT:SPLIT")
     train_sets = [DetectionSet(read_detection_source(spec), train=True) for spec in settings.train]
     val = DetectionSet(read_detection_source(settings.val))
     for spec, part in zip(settings.train, train_sets, strict=True):

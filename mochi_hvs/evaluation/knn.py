@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import Config, ConfigError
 from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
 from .features import extract_features
+from .pixel_cache import pixel_features
 from .search import MAX_BLOCK, search
 
 
@@ -63,6 +65,18 @@ class KnnResult:
     top5: float | None
 
 
+def knn_results(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                num_classes: int, ks: Sequence[int], temperature: float, backend: str = "auto",
+                fp16: bool = False) -> list[KnnResult]:
+    """Weighted-kNN top-1/top-5 of labelled queries against a labelled bank (L2-normalised features), per k."""
+    scores = knn_scores_by_k(bank, bank_labels, queries, num_classes, ks, temperature, backend, fp16)
+    results = []
+    for k, by_class in scores.items():
+        acc = topk_accuracy(by_class, query_labels)
+        results.append(KnnResult(k=k, top1=acc[1], top5=acc.get(5)))
+    return results
+
+
 class KnnMonitor:
     """kNN accuracy of a backbone: labelled training images as the bank, the test split as queries."""
 
@@ -76,6 +90,9 @@ class KnnMonitor:
             raise ConfigError(f"'eval.knn_k' = {self.ks[-1]} exceeds the kNN bank: {len(bank)} labelled training "
                               f"images of {data.name}; choose k <= {len(bank)}")
         self.num_classes = len(bank.classes)
+        self.data = data
+        self.batch_size = cfg.eval.batch_size
+        self.bank_images, self.test_images = bank, test
         self.bank_loader = eval_loader(bank, data, cfg.eval.batch_size, workers=0)
         self.test_loader = eval_loader(test, data, cfg.eval.batch_size, workers=0)
         self.temperature = cfg.eval.knn_temperature
@@ -90,13 +107,18 @@ class KnnMonitor:
         options = dict(amp_dtype=self.amp_dtype, channels_last=self.channels_last)
         bank, bank_labels = extract_features(backbone, self.bank_loader, self.device, **options)
         test, test_labels = extract_features(backbone, self.test_loader, self.device, **options)
-        scores = knn_scores_by_k(bank, bank_labels, test, self.num_classes, self.ks, self.temperature,
-                                 self.backend, self.fp16)
-        results = []
-        for k, by_class in scores.items():
-            acc = topk_accuracy(by_class, test_labels)
-            results.append(KnnResult(k=k, top1=acc[1], top5=acc.get(5)))
-        return results
+        return self._classify(bank, bank_labels, test, test_labels)
+
+    def evaluate_pixels(self) -> list[KnnResult]:
+        """The same evaluation of the raw pixels (L2-normalised), from features cached per dataset."""
+        bank, bank_labels = pixel_features(self.bank_images, self.data, self.batch_size, self.device)
+        test, test_labels = pixel_features(self.test_images, self.data, self.batch_size, self.device)
+        return self._classify(F.normalize(bank, dim=1), bank_labels, F.normalize(test, dim=1), test_labels)
+
+    def _classify(self, bank: torch.Tensor, bank_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor
+                  ) -> list[KnnResult]:
+        return knn_results(bank, bank_labels, test, test_labels, self.num_classes, self.ks, self.temperature,
+                           self.backend, self.fp16)
 
     def evaluate(self, backbone: nn.Module) -> KnnResult:
         """The result for the largest configured k (the one monitored during training)."""

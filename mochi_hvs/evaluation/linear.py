@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
+from ..errors import UserError
+from ..evaluator_settings import LinearSettings
 from ..runtime import autocast
-from .features import extract_features
-from .knn import topk_accuracy
-from .settings import setting
-from .supervised import (
-    SgdSettings,
+from .classifier_training import (
     changed_tensors,
     classification_accuracy,
     image_batches,
@@ -25,27 +22,14 @@ from .supervised import (
     snapshot,
     train_classifier,
 )
+from .features import extract_features
+from .knn import topk_accuracy
+from .pixel_cache import pixel_features
+from .pixels import pixel_model, pixel_width
 
-MODES = ("classic", "cached", "sklearn")
 
-
-class BackboneChanged(RuntimeError):
+class BackboneChanged(UserError, RuntimeError):
     """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""
-
-
-@dataclass
-class LinearSettings(SgdSettings):
-    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs).
-    In cached mode, batch_size 0 trains full-batch."""
-
-    mode: str = setting("classic", "classic: augmented images through the frozen backbone every epoch; cached: "
-                        "features computed once, linear layer trained on them; sklearn: logistic regression")
-    epochs: int = setting(100, "training epochs (classic and cached)")
-    lr: float = setting(30.0, "SGD learning rate")
-    train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
-    test_subset: int | None = setting(None, "class-balanced subset of the test images")
-    sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
-    sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
 
 
 def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
@@ -67,13 +51,42 @@ def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: i
         yield features[rows], labels[rows]
 
 
+def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_batches: Callable[[int], Iterable],
+             steps_per_epoch: int, width: int, num_classes: int, settings: LinearSettings,
+             device: torch.device) -> nn.Linear:
+    """A new linear head trained with SGD on (inputs, labels) batches mapped through `forward_features`."""
+    s = settings
+    head = new_head(width, num_classes, device)
+    optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
+                                             s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
+    train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs, device,
+                     f"linear ({s.mode})")
+    return head
+
+
+STD_FLOOR = 1e-6  # features constant over the training set (e.g. always-zero ReLU outputs) are only centred
+
+
+def cached_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 num_classes: int, settings: LinearSettings, device: torch.device) -> dict[str, float]:
+    """The cached protocol: a linear head trained on features extracted once (unnormalised, dataset order); with
+    `standardize`, each feature is first shifted and scaled by its mean and standard deviation over the training
+    set, so that one learning rate fits raw pixels, random and trained backbones alike."""
+    s = settings
+    if s.standardize:
+        mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(STD_FLOOR)
+        train, test = (train - mean) / std, (test - mean) / std
+    steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
+    head = fit_head(lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch),
+                    steps, train.shape[1], num_classes, settings, device)
+    return classification_accuracy(head, [(test, test_labels)], device)
+
+
 class LinearProbe:
     """Trains a linear classifier on a frozen backbone and reports top-1/top-5 on the test split."""
 
     def __init__(self, cfg: Config, settings: LinearSettings, device: torch.device,
                  amp_dtype: torch.dtype | None = None) -> None:
-        if settings.mode not in MODES:
-            raise ConfigError(f"unknown linear-probe mode {settings.mode!r}; choose one of {', '.join(MODES)}")
         self.cfg = cfg
         self.settings = settings
         self.device = device
@@ -86,24 +99,27 @@ class LinearProbe:
         """Top-1/top-5 of the probe; raises BackboneChanged if any backbone tensor moved."""
         backbone = backbone.to(self.device).eval().requires_grad_(False)
         before = snapshot(backbone)
-        run = {"classic": self._classic, "cached": self._cached, "sklearn": self._sklearn}[self.settings.mode]
-        metrics = run(backbone, width)
+        if self.settings.mode == "classic":
+            metrics = self._classic(backbone, width)
+        else:
+            metrics = self._on_features(*self._features(backbone))
         changed = changed_tensors(backbone, before)
         if changed:
             raise BackboneChanged(f"linear probe changed {len(changed)} backbone tensors, e.g. {changed[:3]}")
         return metrics
 
+    def evaluate_pixels(self) -> dict[str, float]:
+        """The probe on the raw pixels: through the classic protocol's augmented images, or (cached, sklearn) on
+        pixel features cached per dataset."""
+        if self.settings.mode == "classic":
+            pixels = pixel_model(self.train, self.cfg.data.mean, self.cfg.data.std)
+            return self.evaluate(pixels, pixel_width(self.cfg.data.image_size, pixels.channels))
+        batch = self.cfg.eval.batch_size
+        return self._on_features(*pixel_features(self.train, self.cfg.data, batch, self.device),
+                                 *pixel_features(self.test, self.cfg.data, batch, self.device))
+
     def _loader(self, images: ImageSet):
         return eval_loader(images, self.cfg.data, self.cfg.eval.batch_size)
-
-    def _fit_head(self, forward_features, epoch_batches, steps_per_epoch: int, width: int) -> nn.Linear:
-        s = self.settings
-        head = new_head(width, self.num_classes, self.device)
-        optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
-                                                 s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
-        train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs,
-                         self.device, f"linear ({s.mode})")
-        return head
 
     def _classic(self, backbone: nn.Module, width: int) -> dict[str, float]:
         loader = supervised_loader(self.train, self.cfg.data, self.settings.batch_size, self.settings.seed)
@@ -112,7 +128,8 @@ class LinearProbe:
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
                 return backbone(images).float()
 
-        head = self._fit_head(frozen_features, lambda _: image_batches(loader), len(loader), width)
+        head = fit_head(frozen_features, lambda _: image_batches(loader), len(loader), width, self.num_classes,
+                        self.settings, self.device)
         test_batches = image_batches(self._loader(self.test))
         return classification_accuracy(lambda x: head(frozen_features(x)), test_batches, self.device)
 
@@ -122,20 +139,19 @@ class LinearProbe:
         test = extract_features(backbone, self._loader(self.test), self.device, **options)
         return (*train, *test)
 
-    def _cached(self, backbone: nn.Module, width: int) -> dict[str, float]:
-        s = self.settings
-        train, train_labels, test, test_labels = self._features(backbone)
-        steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
-        head = self._fit_head(
-            lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch), steps, width)
-        return classification_accuracy(head, [(test, test_labels)], self.device)
+    def _on_features(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                     test_labels: torch.Tensor) -> dict[str, float]:
+        """The cached or sklearn protocol on extracted (unnormalised) features."""
+        if self.settings.mode == "cached":
+            return cached_probe(train, train_labels, test, test_labels, self.num_classes, self.settings, self.device)
+        return self._sklearn(train, train_labels, test, test_labels)
 
-    def _sklearn(self, backbone: nn.Module, width: int) -> dict[str, float]:
+    def _sklearn(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                 test_labels: torch.Tensor) -> dict[str, float]:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        train, train_labels, test, test_labels = self._features(backbone)
         model = make_pipeline(StandardScaler(), LogisticRegression(C=self.settings.sklearn_c,
                                                                    max_iter=self.settings.sklearn_max_iter))
         model.fit(train.cpu().numpy(), train_labels.cpu().numpy())

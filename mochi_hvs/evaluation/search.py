@@ -5,13 +5,14 @@ never hold the whole (queries x bank) similarity matrix: queries go through in c
 similarity block stays under `max_block` elements. Unlike the training-step retrieval over the
 queue (mochi_hvs.retrieval, re-indexed every step, one small batch of queries), the bank here is a
 whole labelled set indexed once, the queries are a whole test set, and the bank may be held in fp16.
+Both build their Faiss indexes with mochi_hvs.faiss_index.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..retrieval import import_faiss
+from ..faiss_index import build_index, import_faiss
 
 BACKENDS = ("auto", "faiss", "torch")
 MAX_BLOCK = 2**27  # similarity elements per query chunk (512 MiB in float32)
@@ -42,40 +43,17 @@ def query_chunk(bank_size: int, max_block: int = MAX_BLOCK) -> int:
     return max(1, max_block // max(1, bank_size))
 
 
-def _faiss_index(bank: torch.Tensor, fp16: bool) -> tuple[object, bool, object]:
-    """A flat inner-product index holding `bank` on the bank's GPU when Faiss has GPU support, else on the CPU.
-
-    Returns (index, on_gpu, resources); the GPU resources must stay referenced while the index is used.
-    """
-    faiss = import_faiss()
-    dim = bank.shape[1]
-    on_gpu = bank.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    resources = None
-    if on_gpu:
-        resources = faiss.StandardGpuResources()
-        config = faiss.GpuIndexFlatConfig()
-        config.device = bank.device.index or 0
-        config.useFloat16 = fp16
-        index = faiss.GpuIndexFlatIP(resources, dim, config)
-    elif fp16:
-        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexFlatIP(dim)
-    index.add(bank.float().contiguous() if on_gpu else bank.float().cpu().contiguous())
-    return index, on_gpu, resources
-
-
 def faiss_search(bank: torch.Tensor, queries: torch.Tensor, k: int, fp16: bool = False,
                  max_block: int = MAX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (similarities, indices) with a Faiss flat inner-product index, queries in chunks."""
-    index, on_gpu, _resources = _faiss_index(bank, fp16)
+    index = build_index(bank.shape[1], bank.device, "flat", fp16)
+    index.add(bank)
     chunk = query_chunk(bank.shape[0], max_block)
     sims, idx = [], []
     for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk].float().contiguous()
-        s, i = index.search(q if on_gpu else q.cpu(), k)
-        sims.append(s.to(queries.device))
-        idx.append(i.to(queries.device))
+        s, i = index.search(queries[start:start + chunk], k)
+        sims.append(s)
+        idx.append(i)
     return torch.cat(sims), torch.cat(idx)
 
 

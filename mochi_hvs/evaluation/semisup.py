@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,36 +12,23 @@ from ..config import Config, ConfigError
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
+from ..evaluator_settings import LABEL_SOURCES, SemisupSettings
 from ..runtime import autocast
+from .classifier_training import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 from .linear import new_head
-from .settings import setting
-from .supervised import SgdSettings, classification_accuracy, image_batches, sgd_with_schedule, train_classifier
-
-
-@dataclass
-class SemisupSettings(SgdSettings):
-    """Which labels to use and how to fine-tune; defaults follow SwAV's semi-supervised protocol (20 epochs,
-    backbone lr 0.01, head lr 0.2, lr / 10 at 60% and 80%)."""
-
-    label_fraction: float | None = setting(None, "fraction of each class to label, e.g. 0.01 or 0.1 (stratified)")
-    labels_per_class: int | None = setting(None, "labelled images per class")
-    split_file: str | None = setting(None, "file listing the labelled images, one per line: file names (e.g. the "
-                                           "ImageNet 1%%/10%% lists) or, for in-memory sets, indices")
-    epochs: int = setting(20, "fine-tuning epochs")
-    lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
-    lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
-    test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
 
 
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
     """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
-    given = [name for name in ("label_fraction", "labels_per_class", "split_file") if getattr(settings, name)]
+    given = settings.label_sources()
     if len(given) != 1:
-        raise ConfigError("give exactly one of --label-fraction, --labels-per-class or --split-file"
-                         + (f" (got {', '.join(given)})" if given else ""))
-    if settings.label_fraction:
+        keys = ", ".join(f"'eval.semisup.{name}'" for name in LABEL_SOURCES)
+        raise ConfigError(f"semi-supervised evaluation needs exactly one of {keys}"
+                          + (f" (got {', '.join(given)})" if given else
+                             ", e.g. --set eval.semisup.label_fraction=0.01"))
+    if settings.label_fraction is not None:
         return fraction_subset(images.labels, settings.label_fraction, settings.seed)
-    if settings.labels_per_class:
+    if settings.labels_per_class is not None:
         return per_class_subset(images.labels, settings.labels_per_class, settings.seed)
     return split_file_subset(images, settings.split_file)
 
@@ -75,7 +61,8 @@ class SemisupFinetune:
         loader = supervised_loader(self.train, self.cfg.data, min(s.batch_size, len(self.train)), s.seed)
         groups = [{"params": backbone.parameters(), "lr": s.lr_backbone},
                   {"params": head.parameters(), "lr": s.lr_head}]
-        optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader))
+        optimizer, scheduler = sgd_with_schedule(groups, s.momentum, s.weight_decay, s.schedule, s.epochs * len(loader),
+                                                 round(s.warmup_epochs * len(loader)))
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.amp_dtype):

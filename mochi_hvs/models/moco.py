@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import MocoConfig, ModelConfig
 from ..distributed import shuffle_across_processes
 from ..queue import MemoryQueue
 from .backbone import build_backbone
@@ -36,19 +35,19 @@ class Encoder(nn.Module):
 class MoCo(nn.Module):
     """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients) and the queue."""
 
-    def __init__(self, model_cfg: ModelConfig, moco_cfg: MocoConfig, channels_last: bool = False,
-                 bn_splits: int | None = None) -> None:
-        """bn_splits: BatchNorm groups on this device (default: model_cfg.bn_splits, i.e. one process)."""
+    def __init__(self, arch: str = "resnet18", *, small_stem: bool = False, head: str = "mlp",
+                 head_hidden_dim: int | None = None, feature_dim: int = 128, queue_size: int = 4096,
+                 shuffle_bn: bool = True, bn_splits: int = 1, channels_last: bool = False) -> None:
+        """bn_splits: BatchNorm groups on this device (the configured splits divided by the processes)."""
         super().__init__()
-        backbone, width = build_backbone(model_cfg.arch, model_cfg.small_stem)
+        backbone, width = build_backbone(arch, small_stem)
         # Split BN everywhere (one group when no split is asked), so scoring can regroup statistics.
-        convert_split_bn(backbone, model_cfg.bn_splits if bn_splits is None else bn_splits)
-        head = projection_head(width, model_cfg.feature_dim, model_cfg.head, model_cfg.head_hidden_dim)
-        self.encoder_q = Encoder(backbone, head, channels_last)
+        convert_split_bn(backbone, bn_splits)
+        self.encoder_q = Encoder(backbone, projection_head(width, feature_dim, head, head_hidden_dim), channels_last)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.encoder_k.requires_grad_(False)
-        self.queue = MemoryQueue(moco_cfg.queue_size, model_cfg.feature_dim)
-        self.shuffle_bn = moco_cfg.shuffle_bn
+        self.queue = MemoryQueue(queue_size, feature_dim)
+        self.shuffle_bn = shuffle_bn
         self.feature_width = width
 
     @property

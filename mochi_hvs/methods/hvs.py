@@ -14,15 +14,17 @@ the very keys the step trains with (computed once).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .loss import full_precision
-from .mochi import HardNegativeMixer
-from .models.moco import MoCo
-from .models.split_bn import side_effect_free_bn
+from ..config import Config, HvsConfig
+from ..loss import full_precision
+from ..models.moco import MoCo
+from ..models.split_bn import side_effect_free_bn
+from .base import Method, StepContext, ViewChoice, register
+
+ExtraLogits = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def box_iou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,23 +81,11 @@ def select_pairs(losses: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.T
     return flat // views, flat % views
 
 
-@dataclass
-class ViewSelection:
-    """The pair each sample trains on and, when reusable, every candidate's key embedding."""
-
-    query_view: torch.Tensor  # (B,) view a, given to the query encoder
-    key_view: torch.Tensor  # (B,) view b, given to the momentum encoder
-    keys: torch.Tensor | None = None  # (B, V, D) momentum-encoder embeddings of the candidates, or None
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # for per-epoch histograms
-
-
 class HardViewSelector:
     """Scores all candidate pairs with the current model and picks one pair per sample."""
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, mode: str = "hardest",
-                 scorer: str = "query", score_resolution: int | None = None, reuse_keys: bool = True,
-                 mixer: HardNegativeMixer | None = None) -> None:
+                 scorer: str = "query", score_resolution: int | None = None, reuse_keys: bool = True) -> None:
         self.model = model
         self.temperature = temperature
         self.symmetric = symmetric
@@ -103,7 +93,6 @@ class HardViewSelector:
         self.scorer = scorer
         self.score_resolution = score_resolution
         self.reuse_keys = reuse_keys
-        self.mixer = mixer
 
     @torch.no_grad()
     def embed_candidates(self, views: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +112,12 @@ class HardViewSelector:
         return queries, keys
 
     @torch.no_grad()
-    def __call__(self, views: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
-                 mix: bool = False) -> ViewSelection:
-        """Select a pair per sample from views (B, V, C, H, W) with crop boxes (B, V, 4); draws only from `generator`.
+    def __call__(self, views: torch.Tensor, boxes: torch.Tensor, negatives: torch.Tensor, generator: torch.Generator,
+                 extra_negatives: ExtraLogits | None = None) -> ViewChoice:
+        """Select a pair per sample from views (B, V, C, H, W) with crop boxes (B, V, 4), scoring against the
+        queue's keys `negatives` (K, D); draws only from `generator`.
 
-        mix: score with MoCHi's synthetic negatives too (the mixer draws from the same generator).
+        extra_negatives: score with these synthetic negatives too (e.g. MoCHi's; they draw from `generator`).
         """
         batch, num_views = views.shape[:2]
         device = views.device
@@ -135,11 +125,8 @@ class HardViewSelector:
             first, second = random_pairs(batch, num_views, generator, device)
             return self._selection(first, second, boxes, generator, keys=None, losses=None)
         queries, keys = self.embed_candidates(views, generator)
-        extra = None
-        if mix and self.mixer is not None:
-            bank = self.model.queue.features
-            extra = lambda q, logits: self.mixer(q, logits, bank, generator).logits  # noqa: E731
-        losses = pair_losses(queries, keys, self.model.queue.features, self.temperature, extra)
+        extra = None if extra_negatives is None else lambda q, logits: extra_negatives(q, logits, generator)
+        losses = pair_losses(queries, keys, negatives, self.temperature, extra)
         if self.symmetric:
             losses = losses + losses.transpose(1, 2)
         first, second = select_pairs(losses, self.mode)
@@ -148,7 +135,7 @@ class HardViewSelector:
         return self._selection(first, second, boxes, generator, keys if reusable else None, losses)
 
     def _selection(self, first: torch.Tensor, second: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
-                   keys: torch.Tensor | None, losses: torch.Tensor | None) -> ViewSelection:
+                   keys: torch.Tensor | None, losses: torch.Tensor | None) -> ViewChoice:
         """Attach the IoU analysis (selected pair vs a random pair of the same candidates) and the losses."""
         rows = torch.arange(boxes.shape[0], device=boxes.device)
         iou_selected = box_iou_pairs(boxes[rows, first], boxes[rows, second])
@@ -159,5 +146,34 @@ class HardViewSelector:
             off_diagonal = ~torch.eye(losses.shape[1], dtype=torch.bool, device=losses.device)
             metrics["hvs/loss_selected"] = losses[rows, first, second].mean()
             metrics["hvs/loss_candidates"] = losses[:, off_diagonal].mean()
-        return ViewSelection(first, second, keys, metrics,
-                             per_sample={"hvs/iou_selected": iou_selected, "hvs/iou_random": iou_random})
+        return ViewChoice(first, second, keys, metrics,
+                          per_sample={"hvs/iou_selected": iou_selected, "hvs/iou_random": iou_random})
+
+
+def selects(hvs: HvsConfig, epoch: int, step: int) -> bool:
+    """True when HVS picks the pairs of this step: enabled, from hvs.start_epoch, every hvs.select_every steps."""
+    return hvs.enabled and epoch >= hvs.start_epoch and step % hvs.select_every == 0
+
+
+@register
+class Hvs(Method):
+    """HVS on the method seam: the hardest of every ordered pair of the V candidate views, on selecting steps."""
+
+    section = "hvs"
+
+    def __init__(self, cfg: Config, model: MoCo) -> None:
+        super().__init__(cfg, model)
+        hvs = cfg.hvs
+        self.selector = HardViewSelector(model, cfg.moco.temperature, cfg.moco.symmetric, hvs.mode, hvs.scorer,
+                                         hvs.score_resolution, hvs.reuse_keys)
+
+    def active(self, epoch: int, step: int) -> bool:
+        """From hvs.start_epoch, every hvs.select_every steps (other steps train views 0 and 1)."""
+        return selects(self.cfg.hvs, epoch, step)
+
+    def choose_views(self, ctx: StepContext) -> ViewChoice:
+        """Score the candidates (with the step's synthetic negatives when hvs.score_with_mochi) and pick a pair."""
+        if ctx.boxes is None:
+            raise ValueError("HVS needs the crop boxes of the views")
+        extra = ctx.extra_negatives if self.cfg.hvs.score_with_mochi else None
+        return self.selector(ctx.views, ctx.boxes, ctx.negatives, ctx.rng(self.section), extra)

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .retrieval import Retrieval
+from ..config import Config
+from ..models.moco import MoCo
+from ..retrieval import Retrieval, build_retrieval
+from .base import ExtraNegatives, Method, StepContext, register
 
 NORMALIZE_EPS = 1e-12  # F.normalize's default: x / max(||x||, eps)
 
@@ -92,12 +95,16 @@ def mixed_logits_reference(q: torch.Tensor, bank: torch.Tensor, hard: torch.Tens
 
 
 @dataclass
-class MixedNegatives:
-    """This step's synthetic negatives for each query, and the hard negatives they came from."""
+class MixedNegatives(ExtraNegatives):
+    """This step's synthetic negatives for each query (`logits`, (B, s + s')), and the hard negatives they came
+    from."""
 
-    logits: torch.Tensor  # (B, s + s') cosine logits, gradient to q only
     hard_indices: torch.Tensor  # (B, N) queue rows of the N hardest negatives
     hard_logits: torch.Tensor  # (B, N) their (detached) similarities to q
+
+    def metrics(self, logits: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """MoCHi's analysis of this step (see mixing_metrics)."""
+        return mixing_metrics(logits.detach(), self, ctx.labels, ctx.negative_labels)
 
 
 class HardNegativeMixer:
@@ -120,7 +127,7 @@ class HardNegativeMixer:
         `contrastive_logits` makes them): the top-N and the synthetic logits do not depend on autocast.
         """
         with torch.autocast(q.device.type, enabled=False):
-            hard_logits, hard = self.retrieval.topk(q, self.num_hard, logits=neg_logits)
+            hard_logits, hard = self.retrieval.topk(q, self.num_hard, bank, logits=neg_logits)
             hard = hard.long()
             draw = draw_mixing(q.shape[0], self.num_hard, self.num_mix, self.num_query_mix, self.query_mix_max,
                                generator, q.device)
@@ -155,3 +162,29 @@ def mixing_metrics(logits: torch.Tensor, mixed: MixedNegatives, labels: torch.Te
         same = (hard_labels == labels[:, None]) & known
         metrics["mochi/class_oracle_rate"] = same.sum().float() / known.sum()  # NaN until labels are known
     return metrics
+
+
+@register
+class Mochi(Method):
+    """MoCHi on the method seam: synthetic negatives for every query once `mochi.warmup_epochs` have passed."""
+
+    section = "mochi"
+    adds_negatives = True
+
+    def __init__(self, cfg: Config, model: MoCo) -> None:
+        super().__init__(cfg, model)
+        mochi = cfg.mochi
+        self.warmup_epochs = mochi.warmup_epochs
+        retrieval = build_retrieval(mochi.retrieval, mochi.faiss_index, mochi.faiss_nlist, mochi.faiss_nprobe)
+        self.mixer = HardNegativeMixer(retrieval, mochi.num_hard, mochi.num_mix, mochi.num_query_mix,
+                                       mochi.query_mix_max, reference=mochi.path == "reference")
+
+    def active(self, epoch: int, step: int) -> bool:
+        """Plain MoCo-v2 during the warm-up epochs."""
+        return epoch >= self.warmup_epochs
+
+    def extra_negatives(self, q: torch.Tensor, negative_logits: torch.Tensor, ctx: StepContext,
+                        generator: torch.Generator | None = None) -> MixedNegatives:
+        """s + s' synthetic negatives per query, mixed from its N hardest queue negatives."""
+        return self.mixer(q, negative_logits, ctx.negatives,
+                          ctx.rng(self.section) if generator is None else generator)

@@ -4,42 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import TrainingDiverged
+from ..evaluator_settings import SCHEDULES
 from ..schedule import lr_multiplier
 from .knn import topk_accuracy
-from .settings import setting
 
-SCHEDULES = ("step", "cosine")
 STEP_MILESTONES = (0.6, 0.8)  # fractions of training where step decay divides the lr by 10 (MoCo: epochs 60, 80 of 100)
 
 
-@dataclass
-class SgdSettings:
-    """The optimisation settings the linear probe and fine-tuning share."""
-
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(0.0, "SGD weight decay")
-    batch_size: int = setting(256, "mini-batch size")
-    schedule: str = setting("step", "step (lr / 10 at 60%% and 80%% of training) or cosine")
-    seed: int = setting(0, "seed of subsets, shuffling, augmentation and head initialisation")
-
-
 def sgd_with_schedule(
-    groups: list[dict], momentum: float, weight_decay: float, schedule: str, total_steps: int,
+    groups: list[dict], momentum: float, weight_decay: float, schedule: str, total_steps: int, warmup_steps: int = 0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD over parameter groups (each with its own lr) and a per-step step-decay or cosine schedule."""
+    """SGD over parameter groups (each with its own lr) and a per-step schedule: linear warm-up over
+    `warmup_steps`, then step decay or cosine."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     optimizer = torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
     milestones = [int(f * total_steps) for f in STEP_MILESTONES]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, 0, schedule, milestones))
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule, milestones))
     return optimizer, scheduler
 
 
@@ -64,7 +53,7 @@ def train_classifier(
             count += len(labels)
         mean_loss = float(total) / max(1, count)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"{desc}: loss became non-finite in epoch {epoch + 1} (learning rate too high?)")
+            raise TrainingDiverged(f"{desc}: loss became non-finite in epoch {epoch + 1} (learning rate too high?)")
         bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
     return mean_loss
 

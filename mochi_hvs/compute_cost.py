@@ -1,0 +1,48 @@
+"""Training compute counted in encoder image-forwards, the unit compute-matched comparisons use.
+
+One image through the query or the momentum encoder is one forward; a backward pass counts as two
+forwards (the usual estimate), so a trained query costs 3 and a key 1: a MoCo-v2 step costs 4 per image.
+HVS adds V no-grad scoring forwards per scoring encoder (at (score_resolution / image_size)^2 of the cost)
+and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward.
+"""
+
+from __future__ import annotations
+
+from .config import Config, views_per_image
+from .methods.hvs import selects
+
+QUERY_UNITS = 3.0  # forward + backward of a trained query
+KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
+
+
+def units_per_image(cfg: Config, selecting: bool) -> float:
+    """Encoder forwards one image of the batch costs in a step (with or without HVS selection)."""
+    directions = 2 if cfg.moco.symmetric else 1
+    query = QUERY_UNITS * directions
+    if not selecting:
+        return query + KEY_UNITS * directions
+    hvs = cfg.hvs
+    if hvs.mode == "random":
+        return query + KEY_UNITS * directions
+    full_resolution = not hvs.score_resolution or hvs.score_resolution == cfg.data.image_size
+    scale = 1.0 if full_resolution else (hvs.score_resolution / cfg.data.image_size) ** 2
+    encoders = 1 if hvs.scorer == "momentum" else 2
+    scoring = views_per_image(cfg) * scale * encoders * KEY_UNITS
+    keys = 0.0 if hvs.reuse_keys and full_resolution else KEY_UNITS * directions
+    return query + scoring + keys
+
+
+def run_units(cfg: Config, steps_per_epoch: int, total_steps: int) -> float:
+    """Encoder forwards of a whole run of `total_steps` steps of the global batch."""
+    batch = cfg.optim.batch_size
+    return sum(batch * units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
+               for step in range(total_steps))
+
+
+def steps_for_units(cfg: Config, steps_per_epoch: int, units: float) -> int:
+    """The fewest steps of `cfg` whose run costs at least `units` encoder forwards."""
+    total, step = 0.0, 0
+    while total < units:
+        total += cfg.optim.batch_size * units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
+        step += 1
+    return max(step, 1)

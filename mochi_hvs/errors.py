@@ -1,0 +1,20 @@
+"""The exceptions users meet. Every mistake or condition a user can fix is a UserError: the command-line entry
+points print its message as one `error: ...` line and exit with status 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad setting, missing data, damaged file, ...); the message says how."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem, with the offending key and file in the message."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """Training produced NaN or infinite values; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(Exception):
+    """The run stopped on request (Ctrl-C, SIGTERM); the message says what was kept and how to go on (exit 130)."""

@@ -1,0 +1,86 @@
+"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup` and `mochi-detect` (console scripts, also run
+as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`, `eval/detection.py`). Each reads its settings from
+its config section; `--help` lists them."""
+
+from __future__ import annotations
+
+from ..config import EvalConfig
+from ..evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings
+from .cli import EvalContext, Section, base_parser, parse_arguments, run_evaluation
+from .detection import detection_transfer
+from .knn import KnnMonitor
+from .linear import LinearProbe
+from .semisup import SemisupFinetune, subset_fingerprint
+
+KNN_KEYS = ("knn_k", "knn_temperature", "knn_backend", "knn_fp16", "knn_train_subset", "knn_test_subset", "batch_size")
+KNN = [Section("eval.", EvalConfig, KNN_KEYS)]
+LINEAR = [Section("eval.linear.", LinearSettings), Section("eval.", EvalConfig, ("batch_size",))]
+SEMISUP = [Section("eval.semisup.", SemisupSettings), Section("eval.", EvalConfig, ("batch_size",))]
+DETECTION = [Section("eval.detection.", DetectionSettings)]
+
+
+def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
+    """kNN results for every configured k."""
+    monitor = KnnMonitor(ctx.cfg, ctx.device, ctx.amp_dtype)
+    results = monitor.evaluate_pixels() if ctx.backbone is None else monitor.evaluate_all(ctx.backbone.module)
+    metrics = {}
+    for result in results:
+        metrics[f"k{result.k}_top1"] = result.top1
+        metrics[f"k{result.k}_top5"] = result.top5
+    e = ctx.cfg.eval
+    settings = {"k": monitor.ks, "temperature": e.knn_temperature, "backend": e.knn_backend, "fp16": e.knn_fp16,
+                "train_subset": e.knn_train_subset, "test_subset": e.knn_test_subset}
+    return settings, metrics
+
+
+def linear(ctx: EvalContext) -> tuple[LinearSettings, dict[str, float]]:
+    """Top-1/top-5 of the linear probe."""
+    probe = LinearProbe(ctx.cfg, ctx.cfg.eval.linear, ctx.device, ctx.amp_dtype)
+    metrics = probe.evaluate_pixels() if ctx.backbone is None else probe.evaluate(ctx.backbone.module,
+                                                                                  ctx.backbone.width)
+    return ctx.cfg.eval.linear, metrics
+
+
+def semisup(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
+    """Fine-tune on the labelled subset; the settings record the subset's fingerprint."""
+    settings = ctx.cfg.eval.semisup
+    finetune = SemisupFinetune(ctx.cfg, settings, ctx.device, ctx.amp_dtype)
+    metrics = finetune.evaluate(ctx.backbone.module, ctx.backbone.width)
+    return {**vars(settings), "subset_sha1": subset_fingerprint(finetune.indices)}, metrics
+
+
+def detection(ctx: EvalContext) -> tuple[DetectionSettings, dict[str, float]]:
+    """Fine-tune the detector and score it on the validation set."""
+    settings, data = ctx.cfg.eval.detection, ctx.cfg.data
+    metrics, _ = detection_transfer(ctx.backbone.state, ctx.backbone.meta, settings, data.mean, data.std, ctx.device)
+    return settings, metrics
+
+
+def knn_main(argv: list[str] | None = None) -> int:
+    """mochi-knn: weighted kNN top-1/top-5 of a backbone (or of the raw pixels) for every eval.knn_k."""
+    parser = base_parser("Weighted kNN top-1/top-5 of a frozen backbone (or of the raw pixels), for every k.", KNN,
+                         pixels=True)
+    return run_evaluation("knn", parse_arguments(parser, KNN, argv), knn)
+
+
+def linear_main(argv: list[str] | None = None) -> int:
+    """mochi-linear: linear probe of a frozen backbone (or of the raw pixels)."""
+    parser = base_parser("Linear probe of a frozen backbone (or of the raw pixels): eval.linear.mode classic "
+                         "(MoCo's protocol), cached or sklearn.", LINEAR, pixels=True)
+    return run_evaluation("linear", parse_arguments(parser, LINEAR, argv), linear)
+
+
+def semisup_main(argv: list[str] | None = None) -> int:
+    """mochi-semisup: semi-supervised fine-tuning on a labelled subset."""
+    parser = base_parser("Semi-supervised fine-tuning of backbone and a new head on a labelled subset (exactly one of "
+                         "eval.semisup.label_fraction, labels_per_class or split_file); top-1/top-5 on the full test "
+                         "split.", SEMISUP)
+    return run_evaluation("semisup", parse_arguments(parser, SEMISUP, argv), semisup)
+
+
+def detection_main(argv: list[str] | None = None) -> int:
+    """mochi-detect: detection transfer with torchvision's Faster R-CNN, COCO AP/AP50/AP75."""
+    parser = base_parser("Detection transfer: a torchvision Faster R-CNN (ResNet-FPN initialised from the checkpoint) "
+                         "fine-tuned on eval.detection.train and scored on eval.detection.val (COCO AP/AP50/AP75).",
+                         DETECTION)
+    return run_evaluation("detection", parse_arguments(parser, DETECTION, argv), detection)

@@ -1,0 +1,95 @@
+"""The evaluators' config sections (eval.linear, eval.semisup, eval.detection): each field defined once, with its
+default, a one-line help and, where it has them, its choices; `--help` and config validation read them from here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+SCHEDULES = ("step", "cosine")
+LINEAR_MODES = ("classic", "cached", "sklearn")
+DETECTION_NORMS = ("sync", "frozen")
+LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file")  # semi-supervised: exactly one of them
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text (and choices) as metadata; lists get a default factory."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass
+class SgdSettings:
+    """The optimisation settings the linear probe and fine-tuning share."""
+
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "SGD weight decay")
+    batch_size: int = setting(256, "mini-batch size")
+    schedule: str = setting("step", "lr / 10 at 60% and 80% of training (step) or cosine decay", SCHEDULES)
+    seed: int = setting(0, "seed of subsets, shuffling, augmentation and head initialisation")
+
+
+@dataclass
+class LinearSettings(SgdSettings):
+    """Linear-probe protocol; the defaults are MoCo's (SGD lr 30, momentum 0.9, no weight decay, 100 epochs).
+    In cached mode, batch_size 0 trains full-batch."""
+
+    mode: str = setting("classic", "classic: augmented images through the frozen backbone every epoch; cached: "
+                        "features computed once, linear layer trained on them (batch_size 0: full batch); "
+                        "sklearn: logistic regression on standardised features", LINEAR_MODES)
+    epochs: int = setting(100, "training epochs (classic and cached)")
+    lr: float = setting(30.0, "SGD learning rate")
+    train_subset: int | None = setting(None, "class-balanced subset of the labelled training images")
+    test_subset: int | None = setting(None, "class-balanced subset of the test images")
+    standardize: bool = setting(False, "cached mode: standardise each feature with its training-set mean and std "
+                                       "before the linear layer")
+    sklearn_c: float = setting(1.0, "inverse L2 strength of the logistic regression (sklearn mode)")
+    sklearn_max_iter: int = setting(1000, "iterations of the logistic regression solver (sklearn mode)")
+
+
+@dataclass
+class SemisupSettings(SgdSettings):
+    """Which labels to use and how to fine-tune; defaults follow SwAV's semi-supervised protocol (20 epochs,
+    backbone lr 0.01, head lr 0.2, lr / 10 at 60% and 80%)."""
+
+    label_fraction: float | None = setting(None, "fraction of each class to label, e.g. 0.01 or 0.1 (stratified)")
+    labels_per_class: int | None = setting(None, "labelled images per class")
+    split_file: str | None = setting(None, "file listing the labelled images, one per line: file names (e.g. the "
+                                           "ImageNet 1%/10% lists) or, for in-memory sets, indices")
+    epochs: int = setting(20, "fine-tuning epochs")
+    lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
+    lr_head: float = setting(0.2, "SGD learning rate of the new linear head")
+    warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0, in epochs")
+    test_subset: int | None = setting(None, "class-balanced subset of the test images (default: all of them)")
+
+    def label_sources(self) -> list[str]:
+        """The names of the label-source settings that are set (a valid evaluation has exactly one)."""
+        return [name for name in LABEL_SOURCES if getattr(self, name) is not None]
+
+
+@dataclass
+class DetectionSettings:
+    """Data, fine-tuning schedule and model options of detection transfer (torchvision/detectron2 defaults)."""
+
+    train: list[str] = setting([], "training sets as ROOT:SPLIT (COCO or VOC layout), concatenated")
+    val: str = setting("", "validation set as ROOT:SPLIT")
+    iterations: int = setting(1500, "SGD iterations")
+    batch_size: int = setting(8, "images per iteration")
+    lr: float = setting(0.02, "learning rate at batch 16 (detectron2's reference), scaled linearly with batch size")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "SGD weight decay")
+    warmup_iterations: int = setting(100, "linear warm-up iterations")
+    milestones: list[float] = setting([0.75, 0.92], "fractions of training where the lr is divided by 10")
+    norm: str = setting("sync", "sync: trainable BatchNorm (SyncBatchNorm under torch.distributed), as in MoCo's "
+                                "detection configs; frozen: FrozenBatchNorm2d with the pretrained statistics",
+                        DETECTION_NORMS)
+    trainable_layers: int = setting(5, "ResNet stages fine-tuned, counted from the top (5: all, 0: none)")
+    min_size: int = setting(800, "shorter image side after resizing")
+    max_size: int = setting(1333, "longer image side limit after resizing")
+    proposals: int = setting(2000, "RPN proposals kept per training image")
+    roi_batch: int = setting(512, "RoIs sampled per training image for the box head")
+    workers: int = setting(2, "data-loading worker processes")
+    seed: int = setting(0, "seed of the head initialisation, shuffling and flips")

@@ -1,0 +1,11 @@
+"""Training methods on the MoCo step's seam (base.py): each one module registered under its config section.
+
+Importing this package registers every method shipped with mochi_hvs, in this order (the order the step calls
+their hooks in).
+"""
+
+from . import mochi, hvs  # noqa: F401, I001  (registration order: negatives before view selection)
+from .base import METHODS, ExtraLoss, ExtraNegatives, Method, StepContext, ViewChoice, build_methods, register
+
+__all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "Method", "StepContext", "ViewChoice", "build_methods",
+           "register"]

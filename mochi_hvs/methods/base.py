@@ -1,0 +1,109 @@
+"""The method seam: what a training method may add to the MoCo step, and the registry that builds the enabled ones.
+
+A method is one module in mochi_hvs/methods/ with a `Method` subclass registered under its config section's name,
+plus that section in config.py (a `MethodConfig` with `enabled`, its views per image and its validation). The
+step calls the hooks of the methods that are active this step, in registration order; the loop never learns a
+method's name. Hooks not overridden add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..config import Config
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+
+
+@dataclass
+class StepContext:
+    """What the step shares with the methods: this step's data, the one read of the queue, and the position."""
+
+    views: torch.Tensor  # (B, V, C, H, W): the V views of each sample the data path drew
+    boxes: torch.Tensor | None  # (B, V, 4): each view's crop box in the original image
+    labels: torch.Tensor | None  # (B,): class labels where known, for analysis metrics only
+    negatives: torch.Tensor  # (K, D): the queue's keys, read once by the step
+    negative_labels: torch.Tensor | None  # (K,): their labels where known (analysis only)
+    rng: StepRandom  # this step's random streams; a method draws from its own (rng(section))
+    epoch: int
+    step: int
+    # The synthetic negatives of every active method for a query: q (B, D), its queue logits (B, K), the generator
+    # to draw from -> logits (B, S), or None. Set by the step, for methods that score with the full loss (HVS).
+    extra_negatives: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+
+@dataclass
+class ViewChoice:
+    """The pair of views each sample trains on, and (when reusable) every candidate's key embedding."""
+
+    query_view: torch.Tensor  # (B,) view index given to the query encoder
+    key_view: torch.Tensor  # (B,) view index given to the momentum encoder
+    keys: torch.Tensor | None = None  # (B, V, D): the momentum encoder's embeddings of all candidates, or None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # for per-epoch histograms
+
+
+@dataclass
+class ExtraNegatives:
+    """Synthetic negatives for each query of one direction: their logits join this step's logits only."""
+
+    logits: torch.Tensor  # (B, S) cosine logits, gradient to q only
+
+    def metrics(self, logits: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Analysis of these negatives given the step's (B, 1 + K) logits (positive first); none by default."""
+        return {}
+
+
+@dataclass
+class ExtraLoss:
+    """A loss term a method adds to the step's loss, with its metrics."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """A training method plugged into the MoCo step (see the module docstring). Subclasses set `section`."""
+
+    section: ClassVar[str]  # its config section, which also names its random stream
+    adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
+
+    def __init__(self, cfg: Config, model: MoCo) -> None:
+        self.cfg = cfg
+        self.model = model
+
+    def active(self, epoch: int, step: int) -> bool:
+        """Whether the method takes part in this step (e.g. after a warm-up); always, by default."""
+        return True
+
+    def choose_views(self, ctx: StepContext) -> ViewChoice | None:
+        """Pick the (query view, key view) pair of each sample, or None for the first two views."""
+        return None
+
+    def extra_negatives(self, q: torch.Tensor, negative_logits: torch.Tensor, ctx: StepContext,
+                        generator: torch.Generator | None = None) -> ExtraNegatives | None:
+        """Synthetic negatives for queries q (B, D) with queue logits (B, K); draw from `generator` when given,
+        else from the method's own stream."""
+        return None
+
+    def extra_loss(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> ExtraLoss | None:
+        """A loss term added for one direction (queries q, keys k); none by default."""
+        return None
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under its config section's name."""
+    METHODS[cls.section] = cls
+    return cls
+
+
+def build_methods(cfg: Config, model: MoCo) -> list[Method]:
+    """The enabled methods, in registration order."""
+    return [cls(cfg, model) for section, cls in METHODS.items() if getattr(cfg, section).enabled]

@@ -1,0 +1,64 @@
+"""`python -m mochi_hvs.study --config STUDY.yaml [--report] [--dry-run] [--only ARM ...] [--seeds K ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import ConfigError
+from ..errors import Interrupted, UserError
+from .plots import MATPLOTLIB_MISSING, write_plots
+from .recipe import load_study
+from .report import write_report
+from .runner import StudyRunner, describe_plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of the study runner."""
+    parser = argparse.ArgumentParser(prog="mochi-study", description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("--config", required=True, help="study recipe, e.g. configs/studies/fmnist_hardness.yaml")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides applied to every arm after the study's own (e.g. device=cuda)")
+    parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="run only these seeds")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--report", action="store_true", help="only regenerate the report and plots from the results")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print the plan with an estimated time per run (from a few timed steps) and stop")
+    return parser
+
+
+def report(runner: StudyRunner) -> None:
+    """Write the figures (when matplotlib is installed) and REPORT.md."""
+    spec = runner.study.spec
+    plots = write_plots(runner.study.report_dir, spec.baseline)
+    if plots is None:
+        print(MATPLOTLIB_MISSING, file=sys.stderr)
+    path = write_report(runner.study.report_dir, spec.name, spec.baseline, spec.description, plots)
+    print(f"report: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, plan or report a study; user errors print one line and exit 2, an interruption exits 130."""
+    args = build_parser().parse_args(argv)
+    try:
+        runner = StudyRunner(load_study(args.config, args.set), args.only, args.seeds)
+        if args.dry_run:
+            print(describe_plan(runner))
+            return 0
+        if not args.report:
+            runner.run()
+        if not runner.results_path.is_file():
+            raise ConfigError(f"{runner.results_path}: no results yet; run the study first")
+        report(runner)
+    except Interrupted as stop:
+        print(f"\ninterrupted: {stop}; run the same command again to continue the study", file=sys.stderr)
+        return 130
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The study's figures (PNG, matplotlib: the optional `report` extra), from the files under results/<study>/."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .report import ACCURACY, REFERENCE_NAMES, StudyResults, read_results
+from .stats import mean_interval, summarize
+
+MATPLOTLIB_MISSING = "plots need matplotlib: pip install 'mochi_hvs[report]' (the report is written without them)"
+
+
+def matplotlib_pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_records(report_dir: Path) -> dict[str, dict[int, list[dict]]]:
+    """records[arm][seed]: the metrics.jsonl lines of each copied run."""
+    records: dict[str, dict[int, list[dict]]] = defaultdict(dict)
+    for path in sorted((report_dir / "runs").glob("*/seed*/metrics.jsonl")):
+        seed = int(path.parent.name.removeprefix("seed"))
+        records[path.parent.parent.name][seed] = [json.loads(line) for line in path.read_text().splitlines()
+                                                  if line.strip()]
+    return records
+
+
+def curves(records: dict[int, list[dict]], key: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per seed, the (steps, values) of one logged metric, finite values only."""
+    out = {}
+    for seed, lines in records.items():
+        points = [(r["step"], r[key]) for r in lines if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if points:
+            steps, values = zip(*points, strict=True)
+            out[seed] = (np.asarray(steps, dtype=float), np.asarray(values, dtype=float))
+    return out
+
+
+def _band(ax, per_seed: dict[int, tuple[np.ndarray, np.ndarray]], label: str, scale: float = 1.0) -> bool:
+    """Mean over seeds on the steps all seeds logged, with a min-max band."""
+    if not per_seed:
+        return False
+    common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in per_seed.values())))
+    if not common:
+        return False
+    stacked = np.stack([np.interp(common, steps, values) for steps, values in per_seed.values()]) * scale
+    line, = ax.plot(common, stacked.mean(axis=0), label=f"{label} (n={len(per_seed)})")
+    if len(per_seed) > 1:
+        ax.fill_between(common, stacked.min(axis=0), stacked.max(axis=0), color=line.get_color(), alpha=0.2)
+    return True
+
+
+def _curve_figure(plt, records, panels: list[tuple[str, str, float]], title: str, path: Path) -> bool:
+    """One panel per (metric key, y label, scale), one line per arm with a band over seeds."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    drawn = False
+    for ax, (key, ylabel, scale) in zip(axes[0], panels, strict=True):
+        for arm, per_seed in records.items():
+            drawn |= _band(ax, curves(per_seed, key), arm, scale)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def _final_figure(plt, results: StudyResults, baseline: str, path: Path) -> bool:
+    """Per accuracy figure: each arm's per-seed values, mean and 95% interval; reference levels as lines."""
+    panels = [(e, m, t) for e, m, t in ACCURACY if any((a, e, m) in results.values for a in results.arms)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
+    for ax, (evaluator, metric, title) in zip(axes[0], panels, strict=True):
+        for x, arm in enumerate(results.arms):
+            per_seed = results.values.get((arm, evaluator, metric), {})
+            if not per_seed:
+                continue
+            values = list(per_seed.values())
+            ax.scatter([x] * len(values), values, s=14, color="grey", zorder=2)
+            mean = summarize(values).mean
+            if len(values) > 1:
+                low, high = mean_interval(values)
+                ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, zorder=3)
+            else:
+                ax.plot([x], [mean], "o", zorder=3)
+        for reference, style in (("pixels", ":"), ("random_init", "--")):
+            level = results.values.get((reference, evaluator, metric))
+            if level:
+                ax.axhline(summarize(list(level.values())).mean, linestyle=style, color="black", linewidth=1,
+                           label=REFERENCE_NAMES[reference])
+        ax.set_xticks(range(len(results.arms)), results.arms, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"final accuracy per arm (points: seeds; bars: 95% interval; baseline {baseline})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _iou_figure(plt, records, path: Path) -> bool:
+    """HVS: histograms of the selected pair's and a random pair's crop IoU, summed over each arm's runs."""
+    arms = {}
+    for arm, per_seed in records.items():
+        sums: dict[str, np.ndarray] = {}
+        edges = None
+        for lines in per_seed.values():
+            for r in lines:
+                for key, hist in r.get("histograms", {}).items():
+                    if "iou" in key:
+                        counts = np.asarray(hist["counts"], dtype=float)
+                        sums[key] = sums.get(key, 0) + counts
+                        edges = np.asarray(hist["edges"], dtype=float)
+        if sums:
+            arms[arm] = (edges, sums)
+    if not arms:
+        return False
+    fig, axes = plt.subplots(1, len(arms), figsize=(5.5 * len(arms), 4), squeeze=False)
+    for ax, (arm, (edges, sums)) in zip(axes[0], arms.items(), strict=True):
+        for key, counts in sorted(sums.items()):
+            ax.stairs(counts / counts.sum(), edges, label=key.split("/")[-1].replace("iou_", "") + " pair")
+        ax.set_xlabel("IoU of the two crops")
+        ax.set_ylabel("share of samples")
+        ax.set_title(arm)
+        ax.legend(fontsize=8)
+    fig.suptitle("HVS: crop overlap of the selected pair vs a random pair of the same candidates")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None:
+    """Write every figure that has data; returns (file, caption) pairs, or None without matplotlib."""
+    plt = matplotlib_pyplot()
+    if plt is None:
+        return None
+    records = run_records(report_dir)
+    results = read_results(report_dir / "results.jsonl")
+    written = []
+    figures = [
+        ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
+         "of the mean; lines: references)", lambda p: _final_figure(plt, results, baseline, p)),
+        ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
+         lambda p: _curve_figure(plt, records, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
+        ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step",
+         lambda p: _curve_figure(plt, records, [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
+        ("mochi_vs_step.png", "MoCHi: share of synthetic negatives above the positive, and share of the top-N "
+         "hard negatives from the query's own class (class-oracle rate), vs step",
+         lambda p: _curve_figure(plt, {a: r for a, r in records.items()},
+                                 [("train/mochi/synthetic_above_positive", "synthetic above positive", 1.0),
+                                  ("train/mochi/class_oracle_rate", "class-oracle rate", 1.0)], "MoCHi", p)),
+        ("hvs_iou.png", "HVS: crop IoU of the selected pair vs a random pair of the same candidates",
+         lambda p: _iou_figure(plt, records, p)),
+    ]
+    for file, caption, draw in figures:
+        if draw(report_dir / file):
+            written.append((file, caption))
+    return written

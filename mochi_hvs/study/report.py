@@ -1,0 +1,152 @@
+"""The study report (results/<study>/REPORT.md), regenerated from results.jsonl and the copied run files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .stats import paired_difference, summarize
+
+# (evaluator, metric, column title): the accuracy figures a study compares, in report order.
+ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), ("linear", "top1", "linear"),
+            ("semisup", "top1", "semi-sup 1%")]
+TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
+            ("train", "forward_units", "encoder fwd (M)")]
+REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
+
+
+@dataclass
+class StudyResults:
+    """Every recorded value: values[(arm, evaluator, metric)][seed] (seed None for seedless references)."""
+
+    values: dict[tuple[str, str, str], dict[int | None, float]]
+    arms: list[str]  # in the order they were first recorded
+    references: list[str]
+    devices: list[str]
+
+
+def read_results(path: Path) -> StudyResults:
+    """Parse results.jsonl (later lines for the same key win)."""
+    values: dict[tuple[str, str, str], dict[int | None, float]] = defaultdict(dict)
+    arms: list[str] = []
+    references: list[str] = []
+    devices: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        arm = entry["arm"]
+        bucket = references if arm in REFERENCE_NAMES else arms
+        if arm not in bucket:
+            bucket.append(arm)
+        if entry.get("device") and entry["device"] not in devices:
+            devices.append(entry["device"])
+        for metric, value in entry["metrics"].items():
+            if isinstance(value, (int, float)):
+                values[(arm, entry["evaluator"], metric)][entry["seed"]] = float(value)
+    return StudyResults(dict(values), arms, references, devices)
+
+
+def _cell(values: dict[Any, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "—"
+    finite = [v * scale for v in values.values() if math.isfinite(v)]
+    if not finite:
+        return "—"
+    summary = summarize(finite)
+    if summary.count == 1:
+        return f"{summary.mean:.{digits}f}"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
+
+
+def _scale(metric: str) -> tuple[float, int]:
+    if metric == "forward_units":
+        return 1e-6, 1
+    if metric == "train_seconds":
+        return 1.0, 0
+    if metric == "proxy_top1":
+        return 1.0, 3
+    return 1.0, 2
+
+
+def main_table(results: StudyResults, baseline: str) -> list[str]:
+    """Mean ± std over seeds of every figure, arms then references."""
+    columns = [c for c in TRAINING + ACCURACY if any(k[1:] == c[:2] for k in results.values)]
+    header = "| arm | seeds | " + " | ".join(title for *_, title in columns) + " |"
+    lines = [header, "|" + " --- |" * (len(columns) + 2)]
+    for arm in results.arms + results.references:
+        seeds = {s for (a, _, _), per_seed in results.values.items() if a == arm for s in per_seed}
+        name = REFERENCE_NAMES.get(arm, arm) + (" (baseline)" if arm == baseline else "")
+        count = "—" if seeds == {None} else str(len(seeds))
+        cells = [_cell(results.values.get((arm, evaluator, metric)), *_scale(metric))
+                 for evaluator, metric, _ in columns]
+        lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def difference_table(results: StudyResults, baseline: str) -> list[str]:
+    """Paired differences arm - baseline per accuracy figure, with the 95% interval and the verdict."""
+    lines = ["| arm | figure | difference to baseline | 95% interval (paired t) | seeds | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for arm in results.arms + [r for r in results.references if r != "pixels"]:
+        if arm == baseline:
+            continue
+        for evaluator, metric, title in ACCURACY:
+            mine = results.values.get((arm, evaluator, metric))
+            base = results.values.get((baseline, evaluator, metric))
+            if not mine or not base or not set(mine) & set(base):
+                continue
+            diff = paired_difference(mine, base)
+            interval = "—" if diff.count < 2 else f"[{diff.low:+.2f}, {diff.high:+.2f}]"
+            lines.append(f"| {REFERENCE_NAMES.get(arm, arm)} | {title} | {diff.mean:+.2f} | {interval} | "
+                         f"{diff.count} | {diff.verdict} |")
+    return lines
+
+
+def per_seed_table(results: StudyResults) -> list[str]:
+    """Every value of every seed."""
+    columns = [c for c in ACCURACY + TRAINING if any(k[1:] == c[:2] for k in results.values)]
+    lines = ["| arm | seed | " + " | ".join(title for *_, title in columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    for arm in results.arms + results.references:
+        seeds = sorted({s for (a, _, _), v in results.values.items() if a == arm for s in v},
+                       key=lambda s: -1 if s is None else s)
+        for seed in seeds:
+            cells = []
+            for evaluator, metric, _ in columns:
+                value = results.values.get((arm, evaluator, metric), {}).get(seed)
+                scale, digits = _scale(metric)
+                cells.append("—" if value is None else f"{value * scale:.{digits}f}")
+            lines.append(f"| {REFERENCE_NAMES.get(arm, arm)} | {'—' if seed is None else seed} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(report_dir: Path, name: str, baseline: str, description: str = "",
+                 plots: list[tuple[str, str]] | None = None) -> Path:
+    """Write REPORT.md from results.jsonl; `plots`: (file name, caption) of the figures written beside it."""
+    results = read_results(report_dir / "results.jsonl")
+    lines = [f"# Study: {name}", ""]
+    if description:
+        lines += [description.strip(), ""]
+    if results.devices:
+        lines += [f"Trained on: {'; '.join(results.devices)}.", ""]
+    lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "",
+              "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
+              "training) are per run; encoder forwards count one per image through an encoder, a backward as two.",
+              "", "## Differences to the baseline", "",
+              f"Paired by seed (same data order and initialisation); 95% interval of the mean difference from the "
+              f"t distribution; *better* / *worse* when the interval excludes 0, else *not distinguishable*. "
+              f"Baseline: {baseline}.", "", *difference_table(results, baseline), "",
+              "## Per-seed values", "", *per_seed_table(results), ""]
+    if plots:
+        lines += ["## Figures", ""]
+        for file, caption in plots:
+            lines += [f"![{caption}]({file})", "", f"*{caption}*", ""]
+    path = report_dir / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path

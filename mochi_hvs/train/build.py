@@ -1,0 +1,172 @@
+"""The composition root of a pretraining run: data, model, methods, step, optimiser and schedules from a Config."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config, ConfigError, views_per_image
+from ..data.batches import BatchSource, build_batches
+from ..data.datasets import ImageSet, balanced_subset, load_images
+from ..distributed import DistEnv
+from ..methods import Method, build_methods
+from ..models.backbone import freeze_all_but_batchnorm
+from ..models.moco import MoCo
+from ..runtime import resolve_amp, resolve_device, seed_everything
+from ..schedule import lr_multiplier
+from ..step import ContrastiveStep
+from ..supervised import SupervisedStep, add_classifier, classifier_network
+from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
+
+
+@dataclass
+class TrainingParts:
+    """Everything a run trains with."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    batches: BatchSource
+    steps_per_epoch: int
+    total_steps: int
+    model: MoCo
+    methods: list[Method]
+    step: ContrastiveStep | SupervisedStep
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    initial_backbone: dict[str, torch.Tensor]  # the starting point (random init or model.init_from), for its baseline
+    init_report: LoadReport | None = None  # what model.init_from loaded
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs the run touches (the last may be partial for runs measured in steps)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def check_world(cfg: Config, env: DistEnv) -> None:
+    """The global batch and the BatchNorm splits must divide over the processes."""
+    if cfg.optim.batch_size % env.world_size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} must divide over the {env.world_size} processes")
+    if cfg.model.bn_splits % env.world_size and cfg.model.bn_splits > 1:
+        raise ConfigError(f"model.bn_splits={cfg.model.bn_splits} must be 1 or a multiple of the {env.world_size} "
+                          "processes")
+
+
+def pretraining_images(cfg: Config) -> ImageSet:
+    """The pretraining images (data.train_subset: a fixed class-balanced subset)."""
+    images = load_images(cfg.data.name, cfg.data.root, "pretrain")
+    if cfg.data.train_subset:
+        images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
+    return images
+
+
+def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
+    """The MoCo model of a config: this process's share of the BatchNorm splits, SyncBatchNorm when asked."""
+    model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
+                 head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
+                 queue_size=cfg.moco.queue_size, shuffle_bn=cfg.moco.shuffle_bn,
+                 bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last)
+    if cfg.model.sync_bn and env.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) -> LoadReport:
+    """HPT: the query backbone from model.init_from, copied into the momentum encoder. The projection head keeps
+    its fresh initialisation, the queue starts empty and the optimiser fresh."""
+    path = cfg.model.init_from
+    state, meta = read_backbone_state(path, verify=verify)
+    wanted = (cfg.model.arch, cfg.model.small_stem)
+    if (meta.arch, meta.small_stem) != wanted:
+        raise WeightsError(f"model.init_from={path} holds a {meta.arch} backbone (small stem: {meta.small_stem}) "
+                           f"but the run builds {wanted[0]} (small stem: {wanted[1]}); set model.arch and "
+                           "model.small_stem to match")
+    report = load_backbone_weights(model.encoder_q.backbone, state)
+    model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+    if announce:
+        print(f"init_from {path} ({meta.source} format): {report.summary()}", file=sys.stderr)
+    return report
+
+
+def data_parallel(module: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """The module itself, or its DistributedDataParallel wrapper (gradients averaged over processes during
+    backward) when several processes take part: what the trained forward goes through."""
+    if not env.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_step(cfg: Config, model: MoCo, methods: list[Method], env: DistEnv, device: torch.device,
+               num_classes: int) -> ContrastiveStep | SupervisedStep:
+    """The step of the configured objective: MoCo-v2 with its methods, or the supervised reference."""
+    if cfg.objective == "supervised":
+        add_classifier(model, num_classes).to(device)
+        return SupervisedStep(data_parallel(classifier_network(model), env, device))
+    return ContrastiveStep(model, cfg.moco.temperature, cfg.moco.symmetric, methods,
+                           data_parallel(model.encoder_q, env, device))
+
+
+def base_lr(cfg: Config) -> float:
+    """The configured lr, linearly scaled when optim.base_batch_size is set."""
+    optim = cfg.optim
+    return optim.lr * (optim.batch_size / optim.base_batch_size if optim.base_batch_size else 1.0)
+
+
+def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_steps: int, device: torch.device,
+                       amp_dtype: torch.dtype | None):
+    """SGD over the trainable parameters (f_q's; f_k follows by momentum), its per-step lr schedule and the AMP
+    loss scaler."""
+    optim = cfg.optim
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr(cfg),
+                                momentum=optim.momentum, weight_decay=optim.weight_decay)
+    warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+    milestones = [m * steps_per_epoch for m in optim.lr_milestones]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, optim.schedule, milestones))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
+def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: bool = True,
+                images: ImageSet | None = None) -> TrainingParts:
+    """Build a run from its config. `images`: the pretraining images when given in memory (else read from disk).
+
+    A resume restores the model from its checkpoint; model.init_from is then loaded only when the starting point's
+    kNN baseline will be evaluated (it is that baseline).
+    """
+    device = resolve_device(cfg.device, env.local_rank)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    check_world(cfg, env)
+    seed_everything(cfg.seed)
+    images = pretraining_images(cfg) if images is None else images
+    if cfg.objective == "supervised" and bool((images.labels < 0).any()):
+        raise ConfigError(f"objective=supervised needs a label for every pretraining image; data.name={cfg.data.name} "
+                          "pretrains on unlabelled images too")
+    batches = build_batches(images, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size, cfg.seed,
+                            device, env.rank, env.world_size)
+    steps_per_epoch = batches.sampler.batches_per_epoch
+    total_steps = cfg.optim.steps or cfg.optim.epochs * steps_per_epoch
+    model = build_model(cfg, env, channels_last)
+    init_report = None
+    if cfg.model.init_from and (resume is None or cfg.eval.knn_baseline):
+        init_report = initialise_backbone(model, cfg, verify, announce=env.is_main)
+    if cfg.model.train_bn_only:
+        freeze_all_but_batchnorm(model.encoder_q.backbone)
+    model.to(device)
+    if cfg.compile:
+        model.encoder_q.compile()
+        model.encoder_k.compile()
+    initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    methods = build_methods(cfg, model)
+    step = build_step(cfg, model, methods, env, device, len(images.classes))
+    optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype)
+    return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, methods,
+                         step, optimizer, scheduler, scaler, initial_backbone, init_report)

@@ -1,0 +1,261 @@
+"""The training loop of a pretraining run: optimisation steps, epochs, logging, stopping, the final evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.datasets import ImageSet, check_splits
+from ..distributed import all_gather_cat, all_reduce_mean, init_distributed
+from ..errors import Interrupted, TrainingDiverged
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+from ..run_files import SUMMARY
+from ..run_lock import RunLock
+from ..runtime import autocast
+from ..schedule import momentum_at
+from ..tracking import MetricWindow, RunLogger, TimeEstimate
+from .build import TrainingParts, build_parts
+from .monitors import Monitors
+from .state import Position, RunState
+
+# The splits a run reads: the pretraining images, then the kNN bank and test set (final evaluation, kNN monitor,
+# embedding analysis). All are checked on disk before the first step.
+RUN_SPLITS = ("pretrain", "train", "test")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def on_stop_signal(action: Callable[[], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM call `action` (which may raise); the previous handlers return after."""
+    previous = {sig: signal.signal(sig, lambda *_: action()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """A pretraining run: its parts (build.py), resumable state (state.py) and monitors (monitors.py), and the loop.
+
+    Only the main process logs, prints and writes checkpoints; it holds the run folder (run.lock) until close().
+    """
+
+    def __init__(self, cfg: Config, resume: Path | None = None, verify: bool = True,
+                 images: ImageSet | None = None) -> None:
+        """Build the run (and restore `resume`); SIGINT/SIGTERM meanwhile stop it cleanly, and a failure releases
+        the run folder. verify: check the SHA-256 digests of the resumed checkpoint and of model.init_from.
+        images: the pretraining images in memory (the on-disk data checks are then skipped)."""
+        self.cfg = cfg
+        self.run_lock: RunLock | None = None
+        self.logger: RunLogger | None = None
+        with on_stop_signal(lambda: self._stop_during_startup(resume)), self._closing_on_error():
+            self.env = init_distributed(cfg.device)
+            if self.env.is_main:
+                self.run_lock = RunLock.acquire(cfg.run_dir)
+            if images is None:
+                check_splits(cfg.data.name, cfg.data.root, RUN_SPLITS)
+            self.parts: TrainingParts = build_parts(cfg, self.env, resume, verify, images)
+            self.state = RunState(cfg, self.parts, self.env, verify)
+            if resume is not None:
+                self.state.load(resume)
+            self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main, start_step=self.position.global_step)
+            self.monitors = Monitors(cfg, self.parts, self.logger, self.env.is_main)
+            self.last_metrics: dict[str, float] = {}
+            self.stop_requested = False
+            self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
+
+    @property
+    def model(self) -> MoCo:
+        """The MoCo model (query and key encoders, queue)."""
+        return self.parts.model
+
+    @property
+    def position(self) -> Position:
+        """Where training stands."""
+        return self.state.position
+
+    # ----------------------------------------------------------------- life cycle
+
+    @contextlib.contextmanager
+    def _closing_on_error(self) -> Iterator[None]:
+        """Close the run (logs, run-folder lock) when the block raises: the run is over."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def _stop_during_startup(self, resume: Path | None) -> None:
+        kept = "" if resume is None else f" since the checkpoint {resume}, which is untouched: resume from it again"
+        raise Interrupted(f"stopped during start-up, before the first step in {self.cfg.run_dir}: nothing was trained "
+                          f"there{kept}")
+
+    def _stop_during_evaluation(self) -> None:
+        path = self.state.checkpoint_path
+        raise Interrupted(f"stopped during the final evaluation; training had finished and its checkpoint {path} is "
+                          f"saved. Evaluate it with `python eval/knn.py --checkpoint {path}`, or rerun the final "
+                          "evaluation with --resume auto")
+
+    def close(self) -> None:
+        """Close the logs and release the run folder (idempotent; fit() does it on every exit)."""
+        if self.logger is not None:
+            self.logger.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    # ----------------------------------------------------------------- step
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step: momentum update of f_k, the contrastive step, SGD on f_q, enqueue; returns
+        detached device scalars."""
+        parts, cfg, pos = self.parts, self.cfg, self.position
+        momentum = momentum_at(pos.global_step, parts.total_steps, cfg.moco.momentum, cfg.moco.momentum_schedule)
+        parts.model.momentum_update(momentum)  # before the step: keys computed while scoring views are f_k's keys
+        rng = StepRandom(cfg.seed, pos.global_step, self.env.rank, parts.device)
+        with autocast(parts.device, parts.amp_dtype):
+            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step)
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(out.loss).backward()
+        if cfg.optim.grad_clip:
+            parts.scaler.unscale_(parts.optimizer)
+            trained = [p for group in parts.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(trained, cfg.optim.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        parts.scheduler.step()
+        if out.keys is not None:
+            parts.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
+        for key, values in out.per_sample.items():
+            self.epoch_samples.setdefault(key, []).append(values.detach())
+        return {**out.metrics, "lr": torch.tensor(parts.optimizer.param_groups[0]["lr"]),
+                "momentum": torch.tensor(momentum)}
+
+    # ----------------------------------------------------------------- loop
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and stop after the current step (at the next log point when
+        several processes run, so that all of them stop after the same step)."""
+        self.stop_requested = True
+
+    def _stop_agreed(self, log_point: bool) -> bool:
+        """Whether to stop now: this process's request alone, or any process's request at a log point."""
+        if not self.env.distributed:
+            return self.stop_requested
+        if not log_point:
+            return False
+        flag = torch.tensor(float(self.stop_requested), device=self.parts.device)
+        return bool(all_reduce_mean(flag) > 0)
+
+    def _flush(self, window: MetricWindow, bar: tqdm | None) -> None:
+        if not len(window):
+            return
+        metrics, first_bad = window.reduce()
+        self.last_metrics = metrics
+        if first_bad is not None:
+            raise TrainingDiverged(f"loss became non-finite at step {first_bad} (epoch {self.position.epoch + 1}); "
+                                   f"training stopped. Last good checkpoint: {self.state.last_good_text()}")
+        self.logger.log(self.position.global_step, {f"train/{k}": v for k, v in metrics.items()},
+                        epoch=self.position.epoch + 1)
+        if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['proxy_top1']:.2f}",
+                            img_s=f"{metrics['images_per_s']:.0f}", refresh=False)
+
+    def _run_epoch(self, estimate: TimeEstimate) -> None:
+        parts, pos = self.parts, self.position
+        parts.batches.set_epoch(pos.epoch, pos.batch_in_epoch)
+        epoch_steps = min(parts.steps_per_epoch, parts.total_steps - pos.global_step + pos.batch_in_epoch)
+        bar = tqdm(total=epoch_steps, initial=pos.batch_in_epoch, disable=not self.env.is_main,
+                   desc=f"epoch {pos.epoch + 1}/{parts.num_epochs}", dynamic_ncols=True, leave=False)
+        with bar:  # closed however the epoch ends, so that a message never lands on the bar's line
+            self._epoch_steps(bar, estimate)
+        for key, values in self.epoch_samples.items():
+            self.logger.histogram(key, torch.cat(values).float(), pos.global_step)
+        self.epoch_samples = {}
+        pos.epoch += 1
+        pos.batch_in_epoch = 0
+        self.state.save()
+        if self.env.is_main and self.last_metrics:
+            m = self.last_metrics
+            tqdm.write(f"epoch {pos.epoch}/{parts.num_epochs}: loss {m['loss']:.3f}, proxy top-1 "
+                       f"{m['proxy_top1']:.3f}, {m['images_per_s']:.0f} img/s, "
+                       f"data wait {100 * m['data_wait_frac']:.1f}%")
+
+    def _epoch_steps(self, bar: tqdm, estimate: TimeEstimate) -> None:
+        """The steps of the current epoch, with logging, stop requests, periodic checkpoints and kNN."""
+        cfg, parts, pos = self.cfg, self.parts, self.position
+        window = MetricWindow(pos.global_step)
+        tick = time.perf_counter()
+        for batch in parts.batches:
+            waited = time.perf_counter() - tick
+            window.add(self.train_step(batch), waited, cfg.optim.batch_size)
+            pos.global_step += 1
+            pos.batch_in_epoch += 1
+            bar.update(1)
+            if self.env.is_main and (line := estimate.step_done(pos.global_step)):
+                tqdm.write(line)
+            log_point = pos.global_step % cfg.log_every == 0
+            if log_point:
+                self._flush(window, bar)
+                window = MetricWindow(pos.global_step)
+            stop = self._stop_agreed(log_point)
+            periodic = cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0
+            ends_epoch = pos.batch_in_epoch == parts.steps_per_epoch or pos.global_step >= parts.total_steps
+            if stop or (periodic and not ends_epoch):  # the end of the epoch saves its own checkpoint
+                self._flush(window, bar)
+                window = MetricWindow(pos.global_step)
+                self.state.save()
+                if stop:
+                    raise Interrupted(f"stopped at step {pos.global_step}; checkpoint {self.state.checkpoint_path} "
+                                      "holds everything: continue with --resume auto")
+            every = cfg.eval.knn_every_steps
+            if every and pos.global_step % every == 0 and pos.global_step < parts.total_steps:
+                self.monitors.report_knn(f"step {pos.global_step}", pos)
+            if pos.global_step >= parts.total_steps:  # a run measured in steps may end mid-epoch
+                break
+            tick = time.perf_counter()
+        self._flush(window, bar)
+
+    def train(self) -> dict[str, Any]:
+        """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds. SIGINT/SIGTERM
+        save a checkpoint and stop (Interrupted); any exception closes the run."""
+        start = time.perf_counter()
+        start_step = self.position.global_step
+        estimate = TimeEstimate(start_step, self.parts.total_steps)
+        with on_stop_signal(self.request_stop), self._closing_on_error():
+            while self.position.global_step < self.parts.total_steps:
+                self._run_epoch(estimate)
+                self.monitors.end_of_epoch(self.position, last=self.position.global_step >= self.parts.total_steps)
+        return {"steps": self.position.global_step - start_step,
+                "train_seconds": round(time.perf_counter() - start, 1)}
+
+    def fit(self) -> dict[str, Any]:
+        """Train, then report kNN of the trained backbone beside its starting point (random init or init_from) and
+        the raw pixels; writes summary.json and closes the run on every exit."""
+        try:
+            summary = self.train()
+            with on_stop_signal(self._stop_during_evaluation):
+                trained = self.monitors.knn(self.position)
+                summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
+                               knn_top5=None if trained.top5 is None else round(trained.top5, 2))
+                summary["init_from"] = self.cfg.model.init_from
+                summary["objective"] = self.cfg.objective
+                if self.cfg.eval.knn_baseline:
+                    summary["init_knn_top1"] = round(self.monitors.start_knn().top1, 2)
+                if self.cfg.eval.knn_pixels:
+                    summary["pixels_knn_top1"] = round(self.monitors.pixels_knn().top1, 2)
+            if self.env.is_main:
+                (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            self.close()

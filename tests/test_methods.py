@@ -1,0 +1,144 @@
+"""The method seam: hooks a method plugs into, the registry, the views per image, and stored configs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mochi_hvs.checkpoint import load_checkpoint
+from mochi_hvs.config import ConfigError, load_config, views_per_image
+from mochi_hvs.data.datasets import ImageSet
+from mochi_hvs.loss import contrastive_logits, info_nce
+from mochi_hvs.methods import METHODS, ExtraLoss, ExtraNegatives, Method, build_methods
+from mochi_hvs.models import MoCo
+from mochi_hvs.random_streams import StepRandom
+from mochi_hvs.step import ContrastiveStep
+from mochi_hvs.train import Trainer
+
+
+class FixedNegatives(ExtraNegatives):
+    def metrics(self, logits, ctx):
+        return {"toy/positive": logits[:, 0].mean()}
+
+
+class Toy(Method):
+    """A method using two hooks: a constant synthetic negative per query, and an L2 penalty on the queries."""
+
+    section = "toy"
+    adds_negatives = True
+
+    def active(self, epoch, step):
+        return step % 2 == 0
+
+    def extra_negatives(self, q, negative_logits, ctx, generator=None):
+        self.seen_negatives = ctx.negatives
+        return FixedNegatives(logits=q @ torch.ones(q.shape[1], 1) / q.shape[1] ** 0.5)
+
+    def extra_loss(self, q, k, ctx):
+        return ExtraLoss(loss=0.5 * (q * k).sum(dim=1).mean(), metrics={"toy/term": torch.tensor(1.0)})
+
+
+def small_moco():
+    torch.manual_seed(0)
+    model = MoCo("resnet18", bn_splits=1, feature_dim=16, queue_size=64, shuffle_bn=False)
+    model.eval()  # BatchNorm on running statistics: every forward of a view gives the same embedding
+    return model
+
+
+def test_a_method_adds_negatives_and_a_loss_term_through_the_step_hooks():
+    model = small_moco()
+    toy = Toy(load_config(None, []), model)
+    views = torch.randn(4, 2, 3, 28, 28)
+    out = ContrastiveStep(model, 0.2, False, [toy])(views, StepRandom(0, 0, 0, torch.device("cpu")), step=0)
+    with torch.no_grad():
+        q, k = model.encoder_q(views[:, 0]), model.key(views[:, 1])
+        logits = contrastive_logits(q, k, model.queue.features)
+        extra = q @ torch.ones(16, 1) / 4.0
+        expected = info_nce(torch.cat([logits, extra], dim=1), 0.2) + 0.5 * (q * k).sum(dim=1).mean()
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert toy.seen_negatives is model.queue.features  # the queue, as the step read it
+    assert {"toy/term", "toy/positive", "proxy_top1", "loss"} <= set(out.metrics)
+    # An inactive method adds nothing: plain MoCo-v2 on the same views.
+    off = ContrastiveStep(model, 0.2, False, [toy])(views, StepRandom(0, 1, 0, torch.device("cpu")), step=1)
+    plain = ContrastiveStep(model, 0.2, False)(views, StepRandom(0, 1, 0, torch.device("cpu")))
+    assert torch.equal(off.loss, plain.loss) and "toy/term" not in off.metrics
+
+
+def test_the_registry_builds_the_enabled_methods_in_order():
+    assert list(METHODS) == ["mochi", "hvs"]
+    model = small_moco()
+    cfg = load_config(None, ["hvs.enabled=true", "mochi.enabled=true", "moco.queue_size=4096"])
+    assert [m.section for m in build_methods(cfg, model)] == ["mochi", "hvs"]
+    assert build_methods(load_config(None, []), model) == []
+
+
+def test_views_per_image_follow_the_enabled_methods():
+    assert views_per_image(load_config(None, [])) == 2
+    assert views_per_image(load_config(None, ["hvs.num_views=5"])) == 2  # HVS off
+    assert views_per_image(load_config(None, ["hvs.enabled=true", "hvs.num_views=5"])) == 5
+    with pytest.raises(ConfigError, match="'data.num_views' no longer exists: the views per image follow"):
+        load_config(None, ["data.num_views=3"])
+    with pytest.raises(ConfigError, match="'eval.knn_random_baseline' was renamed 'eval.knn_baseline'"):
+        load_config(None, ["eval.knn_random_baseline=false"])
+
+
+def test_a_checkpoint_written_with_retired_and_renamed_settings_resumes(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides + ["optim.steps=2", "eval.knn_baseline=false"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    trainer.close()
+    path = trainer.state.checkpoint_path
+    state = load_checkpoint(path)
+    state["config"]["data"]["num_views"] = 2  # as stored before views were derived from the methods
+    state["config"]["eval"]["knn_random_baseline"] = state["config"]["eval"].pop("knn_baseline")
+    from mochi_hvs.checkpoint import save_checkpoint
+
+    del state["sha256"]
+    save_checkpoint(state, path)
+    resumed = Trainer(load_config(None, tiny_overrides + ["optim.steps=3", "eval.knn_baseline=false"]), resume=path)
+    assert resumed.position.global_step == 2
+    resumed.train()
+    resumed.close()
+
+
+def synthetic_images(count=64, size=28, classes=4, seed=0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    return ImageSet(labels=np.arange(count) % classes, classes=[str(c) for c in range(classes)],
+                    array=rng.integers(0, 256, (count, size, size, 1), dtype=np.uint8))
+
+
+def test_a_training_step_needs_no_dataset_on_disk(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "data.root=/nonexistent", "optim.batch_size=16",
+                             "moco.queue_size=32", "model.bn_splits=2", "optim.steps=2"])
+    trainer = Trainer(cfg, images=synthetic_images())
+    before_q = {k: v.clone() for k, v in trainer.model.encoder_q.state_dict().items()}
+    before_k = {k: v.clone() for k, v in trainer.model.encoder_k.state_dict().items()}
+    batch = next(iter(trainer.parts.batches))
+    assert batch["views"].shape == (16, 2, 3, 28, 28)
+    metrics = trainer.train_step(batch)
+    assert torch.isfinite(metrics["loss"]) and int(trainer.model.queue.pointer) == 16
+    weight = "backbone.conv1.weight"
+    assert not torch.equal(before_q[weight], trainer.model.encoder_q.state_dict()[weight])  # SGD moved f_q
+    assert torch.equal(before_k[weight], trainer.model.encoder_k.state_dict()[weight])  # f_k = m f_k + (1-m) f_q_old
+    trainer.train_step(batch)
+    assert not torch.equal(before_k[weight], trainer.model.encoder_k.state_dict()[weight])  # now f_k follows
+    trainer.close()
+
+
+def test_training_logs_histograms_as_bin_counts_and_prints_its_estimated_time(tiny_overrides, tmp_path, capsys,
+                                                                                monkeypatch):
+    from mochi_hvs import tracking
+
+    monkeypatch.setattr(tracking, "ESTIMATE_STEPS", 2)
+    cfg = load_config(None, tiny_overrides + ["hvs.enabled=true", "hvs.num_views=3", "optim.epochs=1",
+                                              "eval.knn_baseline=false"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    trainer.close()
+    out = capsys.readouterr().out
+    assert "s per step: about" in out and "for the 5 steps left" in out  # 8 steps: estimated after step 3
+    lines = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    histograms = [line["histograms"] for line in lines if "histograms" in line]
+    selected = next(h["hvs/iou_selected"] for h in histograms if "hvs/iou_selected" in h)
+    assert selected["edges"][0] == 0.0 and selected["edges"][-1] == 1.0 and sum(selected["counts"]) == 8 * 32

@@ -1,0 +1,275 @@
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mochi_hvs.compute_cost import run_units, steps_for_units, units_per_image
+from mochi_hvs.config import ConfigError, load_config
+from mochi_hvs.study import plots
+from mochi_hvs.study.__main__ import main as study_main
+from mochi_hvs.study.recipe import load_study
+from mochi_hvs.study.report import read_results, write_report
+from mochi_hvs.study.runner import StudyRunner
+from mochi_hvs.study.stats import paired_difference, summarize
+from mochi_hvs.train import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["data.train_subset=256", "optim.batch_size=32", "moco.queue_size=128", "model.bn_splits=4",
+        "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
+        "eval.knn_every=0", "eval.knn_baseline=false"]
+
+
+def write_study(tmp_path, **changes):
+    study = {
+        "name": "tiny", "seeds": [0], "baseline": "moco", "shared": [*TINY, "optim.steps=3"],
+        "arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
+                 "hvs": {"recipe": str(CONFIGS / "moco_hvs.yaml")}},
+        "evaluations": ["knn", "linear"], "references": ["pixels", "random_init", "supervised"],
+        "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]"],
+        "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+    }
+    study.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ recipe validation
+
+@pytest.mark.parametrize("change, message", [
+    ({"baseline": "nope"}, "'baseline' must name one of the arms"),
+    ({"seeds": [0, 0]}, "'seeds' must be distinct"),
+    ({"evaluations": ["knn", "lineaar"]}, "'evaluations' must be among"),
+    ({"arms": {"moco": {"recipe": "missing.yaml"}}, "baseline": "moco"}, "'arms.moco.recipe' not found"),
+    ({"arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml"), "sett": []}}}, "unknown key 'arms.moco.sett'"),
+    ({"arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml"), "set": ["optim.lrr=1"]}}},
+     "arm 'moco' (seed 0): --set: unknown key 'optim.lrr'"),
+    ({"arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml"), "budget": {"match": "moco"}}}},
+     "'arms.moco.budget.match' must name another arm"),
+    ({"colour": 1}, "unknown key 'colour'"),
+])
+def test_study_recipe_errors_name_the_key_and_the_file(tmp_path, change, message):
+    path = write_study(tmp_path, **change)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_study_cli_reports_a_bad_recipe_in_one_line(tmp_path, capsys):
+    assert study_main(["--config", str(write_study(tmp_path, baseline="nope"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_shipped_study_recipes_load():
+    studies = sorted((CONFIGS / "studies").glob("*.yaml"))
+    assert studies
+    for path in studies:
+        study = load_study(path)
+        assert study.spec.baseline in study.spec.arms
+
+
+# ------------------------------------------------------------------ compute matching
+
+def test_units_per_image_follow_the_forward_count_model():
+    plain = load_config(None, [])
+    assert units_per_image(plain, selecting=False) == 4  # query forward + backward (3) + key forward (1)
+    symmetric = load_config(None, ["moco.symmetric=true"])
+    assert units_per_image(symmetric, selecting=False) == 8
+    hvs = ["hvs.enabled=true", "hvs.num_views=3"]
+    assert units_per_image(load_config(None, [*hvs, "hvs.scorer=momentum"]), selecting=True) == 3 + 3
+    assert units_per_image(load_config(None, [*hvs, "hvs.scorer=query"]), selecting=True) == 3 + 6
+    assert units_per_image(load_config(None, [*hvs, "hvs.scorer=momentum", "hvs.reuse_keys=false"]), True) == 7
+    half = load_config(None, [*hvs, "hvs.scorer=momentum", "hvs.score_resolution=14"])
+    assert units_per_image(half, selecting=True) == 3 + 3 / 4 + 1  # quarter-cost scoring, key recomputed
+    assert units_per_image(load_config(None, [*hvs, "hvs.mode=random"]), selecting=True) == 4
+
+
+def test_run_units_count_selection_steps_and_matching_finds_the_fewest_steps():
+    cfg = load_config(None, ["hvs.enabled=true", "hvs.num_views=3", "hvs.scorer=momentum", "hvs.select_every=2",
+                             "hvs.start_epoch=1", "optim.batch_size=8", "moco.queue_size=64", "model.bn_splits=1"])
+    # 4 steps per epoch, 12 steps: epoch 0 plain (4 x 4), then steps 4..11, of which 4, 6, 8, 10 select (6).
+    assert run_units(cfg, 4, 12) == 8 * (4 * 4 + 4 * 6 + 4 * 4)
+    plain = load_config(None, ["optim.batch_size=8", "moco.queue_size=64", "model.bn_splits=1"])
+    target = run_units(cfg, 4, 12)
+    steps = steps_for_units(plain, 4, target)
+    assert run_units(plain, 4, steps) >= target > run_units(plain, 4, steps - 1)
+
+
+def count_units(model, image_size):
+    """Hooks counting encoder image-forwards: 3 per image with gradient (forward + backward), else 1, scaled by
+    the input's pixels relative to a full-size image."""
+    counted = []
+
+    def hook(module, inputs, output):
+        pixels = inputs[0].shape[-1] * inputs[0].shape[-2] / image_size**2
+        counted.append(inputs[0].shape[0] * pixels * (3 if output.requires_grad else 1))
+
+    return counted, [model.encoder_q.register_forward_hook(hook), model.encoder_k.register_forward_hook(hook)]
+
+
+@pytest.mark.parametrize("extra", [[], ["moco.symmetric=true"], ["hvs.enabled=true", "hvs.num_views=3"],
+                                   ["hvs.enabled=true", "hvs.num_views=3", "hvs.scorer=momentum"],
+                                   ["hvs.enabled=true", "hvs.num_views=3", "hvs.score_resolution=14"]])
+def test_counted_encoder_forwards_of_real_steps_equal_the_model(tiny_overrides, extra):
+    cfg = load_config(None, tiny_overrides + extra + ["optim.steps=2"])
+    trainer = Trainer(cfg)
+    counted, handles = count_units(trainer.model, cfg.data.image_size)
+    trainer.train()
+    for handle in handles:
+        handle.remove()
+    assert sum(counted) == pytest.approx(run_units(cfg, trainer.parts.steps_per_epoch, 2))
+
+
+# ------------------------------------------------------------------ statistics
+
+def test_paired_difference_against_an_independent_computation():
+    arm = {0: 80.0, 1: 81.5, 2: 81.7, 3: 78.9}
+    base = {0: 79.0, 1: 80.0, 2: 80.5, 3: 78.0, 7: 99.0}  # seed 7 has no partner and is ignored
+    diffs = np.array([1.0, 1.5, 1.2, 0.9])
+    half = 3.182446305284263 * diffs.std(ddof=1) / math.sqrt(4)  # t(0.975, 3)
+    result = paired_difference(arm, base)
+    assert result.count == 4
+    assert result.mean == pytest.approx(diffs.mean())
+    assert (result.low, result.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert result.verdict == "better"
+    assert paired_difference(base, arm).verdict == "worse"
+    mixed = paired_difference({0: 1.0, 1: 3.0, 2: 2.0}, {0: 2.0, 1: 2.0, 2: 2.0})
+    assert mixed.verdict == "not distinguishable" and mixed.low < 0 < mixed.high
+    assert paired_difference({0: 1.0}, {0: 0.0}).verdict.startswith("not distinguishable")
+
+
+def test_summary_is_mean_and_sample_std():
+    summary = summarize([1.0, 2.0, 4.0])
+    assert (summary.mean, summary.std, summary.count) == (pytest.approx(7 / 3), pytest.approx(statistics.stdev(
+        [1.0, 2.0, 4.0])), 3)
+    assert summarize([5.0]).std == 0.0
+
+
+# ------------------------------------------------------------------ report
+
+FIXTURE = [
+    {"arm": "moco", "seed": s, "evaluator": "knn", "metrics": {"k20_top1": v, "k200_top1": v - 2}}
+    for s, v in ((0, 80.0), (1, 81.0), (2, 79.0))
+] + [
+    {"arm": "mochi", "seed": s, "evaluator": "knn", "metrics": {"k20_top1": v, "k200_top1": v - 2}}
+    for s, v in ((0, 82.0), (1, 83.0), (2, 81.5))
+] + [
+    {"arm": a, "seed": s, "evaluator": "train", "metrics": {"proxy_top1": 0.5, "train_seconds": 60.0,
+                                                             "forward_units": 4e6, "steps": 100}, "device": "cpu x"}
+    for a in ("moco", "mochi") for s in (0, 1, 2)
+] + [{"arm": "pixels", "seed": None, "evaluator": "knn", "metrics": {"k20_top1": 84.59, "k200_top1": 79.13}}]
+
+
+def write_fixture(report_dir: Path) -> None:
+    report_dir.mkdir(parents=True)
+    (report_dir / "results.jsonl").write_text("\n".join(json.dumps(line) for line in FIXTURE) + "\n")
+    for arm in ("moco", "mochi"):
+        for seed in (0, 1, 2):
+            run = report_dir / "runs" / arm / f"seed{seed}"
+            run.mkdir(parents=True)
+            lines = [{"step": s, "train/proxy_top1": 0.1 * s, "train/mochi/synthetic_above_positive": 0.2}
+                     for s in (10, 20, 30)] + [{"step": 30, "knn/top1": 70.0 + seed}]
+            lines.append({"step": 30, "histograms": {"hvs/iou_selected": {"edges": [0, 0.5, 1], "counts": [3, 1]},
+                                                     "hvs/iou_random": {"edges": [0, 0.5, 1], "counts": [1, 3]}}})
+            (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+
+
+def test_report_renders_from_a_fixed_jsonl(tmp_path):
+    write_fixture(tmp_path / "r")
+    results = read_results(tmp_path / "r" / "results.jsonl")
+    assert results.arms == ["moco", "mochi"] and results.references == ["pixels"]
+    path = write_report(tmp_path / "r", "demo", "moco", "A demo.", None)
+    text = path.read_text()
+    assert "| moco (baseline) | 3 |" in text and "80.00 ± 1.00" in text  # mean and std of 80, 81, 79
+    assert "| raw pixels | — |" in text and "84.59" in text
+    assert "| mochi | kNN k=20 | +2.17 |" in text and "better" in text
+    assert "| mochi | 2 | 81.50 |" in text  # per-seed values
+    assert "Trained on: cpu x." in text
+
+
+def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    write_fixture(tmp_path / "r")
+    written = plots.write_plots(tmp_path / "r", "moco")
+    files = {name for name, _ in written}
+    assert {"final_accuracy.png", "knn_vs_step.png", "proxy_vs_step.png", "mochi_vs_step.png", "hvs_iou.png"} == files
+    for name in files:
+        assert (tmp_path / "r" / name).read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert plots.write_plots(tmp_path / "r", "moco") is None
+
+
+# ------------------------------------------------------------------ running
+
+def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(tmp_path, monkeypatch):
+    path = write_study(tmp_path)
+    assert study_main(["--config", str(path)]) == 0
+    results = tmp_path / "results" / "tiny"
+    lines = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    keys = {(r["arm"], r["seed"], r["evaluator"]) for r in lines}
+    assert keys == {("moco", 0, "train"), ("moco", 0, "knn"), ("moco", 0, "linear"), ("hvs", 0, "train"),
+                    ("hvs", 0, "knn"), ("hvs", 0, "linear"), ("pixels", None, "knn"), ("pixels", None, "linear"),
+                    ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
+                    ("supervised", 0, "knn"), ("supervised", 0, "linear")}
+    assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
+    assert (results / "runs" / "hvs" / "seed0" / "summary.json").is_file()
+    assert json.loads((tmp_path / "runs" / "tiny" / "supervised" / "seed0" / "summary.json").read_text())[
+        "objective"] == "supervised"
+    assert not list(results.rglob("*.pth"))
+
+    # Called again: nothing is trained or evaluated twice.
+    fits = []
+    monkeypatch.setattr(Trainer, "fit", lambda self: fits.append(self.cfg.run_dir) or {})
+    assert study_main(["--config", str(path)]) == 0
+    assert not fits and len((results / "results.jsonl").read_text().splitlines()) == len(lines)
+
+    # An interrupted run (checkpoint, no summary) is resumed from its checkpoint; --only restricts the call.
+    (tmp_path / "runs" / "tiny" / "hvs" / "seed0" / "summary.json").unlink()
+    resumed = []
+    original_init = Trainer.__init__
+
+    def spy_init(self, cfg, resume=None, *args, **kwargs):
+        resumed.append(resume)
+        original_init(self, cfg, resume, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", spy_init)
+    monkeypatch.setattr(Trainer, "fit", lambda self: fits.append(self.cfg.run_dir) or {
+        "steps": 0, "train_seconds": 1.0, "knn_top1": 0.0})
+    assert study_main(["--config", str(path), "--only", "hvs"]) == 0
+    assert fits == [tmp_path / "runs" / "tiny" / "hvs" / "seed0"]
+    assert resumed == [tmp_path / "runs" / "tiny" / "hvs" / "seed0" / "last.pth"]
+
+
+def test_matched_arm_gets_its_targets_encoder_forwards_and_keeps_its_budget(tmp_path):
+    arms = {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
+            "hvs": {"recipe": str(CONFIGS / "moco_hvs.yaml")},
+            "moco_matched": {"recipe": str(CONFIGS / "moco_v2.yaml"), "budget": {"match": "hvs"}}}
+    study = load_study(write_study(tmp_path, arms=arms, shared=[*TINY, "optim.steps=4"]))
+    runner = StudyRunner(study)
+    assert runner.arms == ["moco", "hvs", "moco_matched"]
+    planned = {run.arm: run for run in runner.plan()}
+    assert planned["moco_matched"].extra == ["optim.steps=6"]  # HVS V=3, momentum scorer: 6 / 4 per image
+    resolved = runner.resolve_budget(planned["moco_matched"])
+    budget = json.loads((resolved.run_dir / "budget.json").read_text())
+    assert budget["steps"] == 6 and budget["target_forward_units"] == 4 * 32 * 6
+    # The fixed budget wins over a later change of the target (a resume keeps what the run started with).
+    later = load_study(write_study(tmp_path, arms=arms, shared=[*TINY, "optim.steps=8"]))
+    assert StudyRunner(later).planned("moco_matched", 0).extra == ["optim.steps=6"]
+
+
+def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys):
+    assert study_main(["--config", str(write_study(tmp_path)), "--dry-run", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "moco" in out and "hvs" in out and "est. time" in out and "estimated training time" in out
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_report_only_needs_results(tmp_path, capsys):
+    assert study_main(["--config", str(write_study(tmp_path)), "--report"]) == 2
+    assert "no results yet" in capsys.readouterr().err
