@@ -79,6 +79,7 @@ HVS = ["hvs.enabled=true", "hvs.num_views=4", "hvs.scorer=query"]
 VARIANTS = {
     "moco_v2": [],
     "moco_v2_plain": ["moco.shuffle_bn=false", "model.bn_splits=1"],
+    "moco_v2_channels_last": ["channels_last=true"],  # split BN on channels_last: the layout the default avoids
     "mochi": MOCHI,
     "hvs": HVS,
     "mochi_hvs": MOCHI + HVS + ["hvs.score_with_mochi=true"],

@@ -211,7 +211,7 @@ class Config:
     objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA unless BatchNorm is split on the device (see train/build.py)
     compile: bool = False  # torch.compile both encoders (in place: checkpoints keep their keys)
     log_every: int = 20  # steps between logged metrics
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)

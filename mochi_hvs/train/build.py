@@ -67,6 +67,13 @@ def pretraining_images(cfg: Config) -> ImageSet:
     return images
 
 
+def default_channels_last(cfg: Config, env: DistEnv, device: torch.device) -> bool:
+    """channels_last when unset: on CUDA, unless BatchNorm is split on this device. Split BatchNorm groups samples
+    through a view of the contiguous layout, so channels_last would cost two copies of every BatchNorm's input and
+    output (measured on an H100: 0.67x lightly's step for ResNet-18 at 32 px, 0.41x for ResNet-50 at 224 px)."""
+    return device.type == "cuda" and cfg.model.bn_splits // env.world_size <= 1
+
+
 def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
     """The MoCo model of a config: this process's share of the BatchNorm splits, SyncBatchNorm when asked."""
     model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
@@ -143,7 +150,7 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     """
     device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(cfg, env, device)
     check_world(cfg, env)
     seed_everything(cfg.seed)
     images = pretraining_images(cfg) if images is None else images
