@@ -1,12 +1,13 @@
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from mochi_hvs.config import DataConfig
-from mochi_hvs.data.datasets import ImageSet
+from mochi_hvs.config import DataConfig, load_config
+from mochi_hvs.data.datasets import ImageSet, load_fashion_mnist
 from mochi_hvs.data.loader import LabelledDataset, eval_loader
 from mochi_hvs.evaluation.features import extract_features
 
@@ -61,3 +62,21 @@ def test_distributed_extraction_gathers_by_index(tmp_path):
         assert features.shape == expected.shape
         assert torch.allclose(features, expected, atol=1e-6)
         assert torch.equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize("image_size", [28, 56])
+def test_in_memory_sets_are_transformed_a_batch_at_a_time_exactly_as_image_by_image(image_size):
+    from torch.utils.data import DistributedSampler
+
+    from mochi_hvs.data.loader import BatchedImages
+
+    cfg = load_config(None, [f"data.image_size={image_size}"])
+    images = load_fashion_mnist(None, train=False).subset(np.arange(300))
+    batched = eval_loader(images, cfg.data, 128)
+    assert isinstance(batched, BatchedImages) and len(batched) == 3
+    for fast, slow in zip(batched, DataLoader(batched.dataset, batch_size=128), strict=True):
+        assert torch.equal(fast["image"], slow["image"]) and torch.equal(fast["label"], slow["label"])
+        assert torch.equal(fast["index"], slow["index"])
+    sampler = DistributedSampler(batched.dataset, num_replicas=2, rank=1, shuffle=False)  # a process's shard
+    sharded = BatchedImages(batched.dataset, 128, sampler)
+    assert torch.cat([b["index"] for b in sharded]).tolist() == list(sampler)
