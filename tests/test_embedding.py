@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mochi_hvs.evaluation.embedding import alignment, uniformity
+from mochi_hvs.evaluation.embedding import alignment, pair_retrieval, uniformity
 
 
 def test_alignment_and_uniformity_match_their_definitions():
@@ -23,3 +23,20 @@ def test_collapsed_embeddings_are_perfectly_aligned_and_not_uniform():
     assert abs(float(uniformity(z))) < 1e-6  # log E exp(0) = 0, the worst possible value
     spread = F.normalize(torch.randn(256, 4), dim=1)
     assert float(uniformity(spread)) < -1.0
+
+
+def test_pair_retrieval_counts_views_whose_nearest_other_view_is_their_partner():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(10, 6, dtype=torch.float64), dim=1)
+    y = F.normalize(x + 0.4 * torch.randn(10, 6, dtype=torch.float64), dim=1)
+    views = torch.cat([x, y])
+    hits = 0
+    for i in range(20):  # loop reference: the nearest of the 19 other views
+        others = [j for j in range(20) if j != i]
+        nearest = max(others, key=lambda j: float(views[i] @ views[j]))
+        hits += nearest == (i + 10) % 20
+    assert math.isclose(float(pair_retrieval(x, y)), hits / 20)
+    assert 0 < hits < 20  # the noise makes some views miss: the reference is not trivially all or nothing
+    assert float(pair_retrieval(x, x.clone())) == 1.0
+    collapsed = F.normalize(torch.ones(10, 6), dim=1)
+    assert float(pair_retrieval(collapsed, collapsed)) < 0.2

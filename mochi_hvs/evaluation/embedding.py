@@ -22,6 +22,17 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
 
 
+def pair_retrieval(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of the 2n views (rows of x, then of y) whose nearest other view by cosine similarity is their
+    partner: held-out instance discrimination, 1 / (2n - 1) by chance; a collapsed embedding scores near chance."""
+    z = nn.functional.normalize(torch.cat([x, y]), dim=1)
+    similarity = z @ z.T
+    similarity.fill_diagonal_(-float("inf"))
+    n = x.shape[0]
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return (similarity.argmax(dim=1) == partner).float().mean()
+
+
 class EmbeddingAnalysis:
     """Two fixed augmented views of a class-balanced held-out set (test split), embedded on demand."""
 
@@ -36,7 +47,7 @@ class EmbeddingAnalysis:
 
     @torch.no_grad()
     def evaluate(self, encoder: nn.Module) -> dict[str, float]:
-        """Alignment and uniformity of `encoder`'s normalised embeddings (eval mode, nothing updated)."""
+        """Alignment, uniformity and view-pair retrieval top-1 of `encoder`'s normalised embeddings (eval mode)."""
         was_training = encoder.training
         encoder.eval()
         try:
@@ -48,4 +59,5 @@ class EmbeddingAnalysis:
         return {
             "analysis/alignment": float(alignment(z1, z2)),
             "analysis/uniformity": float(0.5 * (uniformity(z1) + uniformity(z2))),
+            "analysis/pair_top1": float(pair_retrieval(z1, z2)),
         }

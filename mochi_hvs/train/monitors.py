@@ -83,4 +83,5 @@ class Monitors:
             metrics = self.analyse_embeddings(position)
             if self.is_main:
                 tqdm.write(f"epoch {epoch}: alignment {metrics['analysis/alignment']:.3f}, "
-                           f"uniformity {metrics['analysis/uniformity']:.3f}")
+                           f"uniformity {metrics['analysis/uniformity']:.3f}, "
+                           f"held-out view-pair top-1 {metrics['analysis/pair_top1']:.3f}")
