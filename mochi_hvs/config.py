@@ -360,11 +360,13 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
             setattr(obj, name, _coerce(value, hints[name], key, source))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """The `--config FILE` and `--set key=value ...` options shared by the command-line entry points."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str,
+                         example: str = "optim.lr=0.06 data.root=/data device=cpu") -> None:
+    """The `--config FILE` and `--set key=value ...` options shared by the command-line entry points; `example`
+    shows overrides that command reads."""
     parser.add_argument("--config", help=config_help)
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. --set optim.lr=0.06 data.root=/data device=cpu")
+                        help=f"override config values, e.g. --set {example}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

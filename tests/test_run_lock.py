@@ -83,6 +83,7 @@ def test_the_lock_is_released_after_fit_and_after_a_failed_step(quick_overrides)
     cfg = load_config(None, quick_overrides + ["optim.steps=1", "eval.knn_baseline=false"])
     Trainer(cfg).fit()
     assert not (cfg.run_dir / LOCK).exists()
+    cfg = load_config(None, quick_overrides + ["optim.steps=1", "eval.knn_baseline=false", "name=failing"])
     failing = Trainer(cfg)
     assert (cfg.run_dir / LOCK).exists()
 
@@ -105,3 +106,20 @@ def test_pretrain_refuses_a_held_run_folder_in_one_line(quick_overrides, tmp_pat
                    f"(started 2024-01-01T00:00:00); lock file {cfg.run_dir / LOCK}. Wait for that run to end, "
                    "pick another name (--set name=...), or delete the lock file if no such run is going on"]
     assert sorted(p.name for p in cfg.run_dir.iterdir()) == [LOCK]  # nothing written beside the lock
+
+
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused_and_leaves_it_as_it_was(quick_overrides, capsys):
+    cfg = load_config(None, quick_overrides + ["optim.steps=1"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    trainer.close()
+    checkpoint = cfg.run_dir / "last.pth"
+    files = {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    status = pretrain.main(["--set", *quick_overrides, "optim.steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == [f"error: {cfg.run_dir} already holds a run ({checkpoint}): continue it with --resume auto, or "
+                   "start a new one under another name (--set name=NEW) or after removing that folder"]
+    assert {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()} == files  # nothing overwritten
+    assert pretrain.main(["--set", *quick_overrides, "optim.steps=2", "--resume", "auto"]) == 0

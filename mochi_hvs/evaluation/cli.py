@@ -87,16 +87,19 @@ def settings_help(sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-def base_parser(description: str, sections: list[Section], pixels: bool = False) -> argparse.ArgumentParser:
-    """The options every evaluator shares (weights, config, baseline switch, results file), its settings in --help,
-    and with `pixels` the --pixels reference (then --checkpoint is optional)."""
+def base_parser(description: str, sections: list[Section], example: str,
+                pixels: bool = False) -> argparse.ArgumentParser:
+    """The options every evaluator shares (weights, config, baseline switch, results file), its settings in --help
+    (`example`: overrides it reads, for --set's help), and with `pixels` the --pixels reference (then --checkpoint
+    is optional)."""
     parser = argparse.ArgumentParser(description=textwrap.fill(description, width=100),
                                      epilog=settings_help(sections),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=not pixels,
                         help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar"
                              + (" (with --pixels: optional, its config's data settings are used)" if pixels else ""))
-    add_config_arguments(parser, "YAML recipe for data/device/eval settings (default: the checkpoint's data settings)")
+    add_config_arguments(parser, "YAML recipe for data/device/eval settings (default: the checkpoint's data settings)",
+                         example)
     baselines = parser.add_mutually_exclusive_group()
     baselines.add_argument("--random-init", action="store_true",
                            help="evaluate the same architecture at a seeded random initialisation (the baseline)")

@@ -59,14 +59,15 @@ def detection(ctx: EvalContext) -> tuple[DetectionSettings, dict[str, float]]:
 def knn_main(argv: list[str] | None = None) -> int:
     """mochi-knn: weighted kNN top-1/top-5 of a backbone (or of the raw pixels) for every eval.knn_k."""
     parser = base_parser("Weighted kNN top-1/top-5 of a frozen backbone (or of the raw pixels), for every k.", KNN,
-                         pixels=True)
+                         "eval.knn_k=[20,200] eval.knn_backend=torch device=cpu", pixels=True)
     return run_evaluation("knn", parse_arguments(parser, KNN, argv), knn)
 
 
 def linear_main(argv: list[str] | None = None) -> int:
     """mochi-linear: linear probe of a frozen backbone (or of the raw pixels)."""
     parser = base_parser("Linear probe of a frozen backbone (or of the raw pixels): eval.linear.mode classic "
-                         "(MoCo's protocol), cached or sklearn.", LINEAR, pixels=True)
+                         "(MoCo's protocol), cached or sklearn.", LINEAR,
+                         "eval.linear.mode=cached eval.linear.epochs=100 device=cpu", pixels=True)
     return run_evaluation("linear", parse_arguments(parser, LINEAR, argv), linear)
 
 
@@ -74,7 +75,8 @@ def semisup_main(argv: list[str] | None = None) -> int:
     """mochi-semisup: semi-supervised fine-tuning on a labelled subset."""
     parser = base_parser("Semi-supervised fine-tuning of backbone and a new head on a labelled subset (exactly one of "
                          "eval.semisup.label_fraction, labels_per_class or split_file); top-1/top-5 on the full test "
-                         "split.", SEMISUP)
+                         "split.", SEMISUP,
+                         "eval.semisup.label_fraction=0.01 eval.semisup.epochs=30 device=cpu")
     return run_evaluation("semisup", parse_arguments(parser, SEMISUP, argv), semisup)
 
 
@@ -82,5 +84,5 @@ def detection_main(argv: list[str] | None = None) -> int:
     """mochi-detect: detection transfer with torchvision's Faster R-CNN, COCO AP/AP50/AP75."""
     parser = base_parser("Detection transfer: a torchvision Faster R-CNN (ResNet-FPN initialised from the checkpoint) "
                          "fine-tuned on eval.detection.train and scored on eval.detection.val (COCO AP/AP50/AP75).",
-                         DETECTION)
+                         DETECTION, "eval.detection.train=[data/det:train] eval.detection.val=data/det:val")
     return run_evaluation("detection", parse_arguments(parser, DETECTION, argv), detection)

@@ -48,7 +48,13 @@ def curves(records: dict[int, list[dict]], key: str) -> dict[int, tuple[np.ndarr
     return out
 
 
-def _band(ax, per_seed: dict[int, tuple[np.ndarray, np.ndarray]], label: str, scale: float = 1.0) -> bool:
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """One colour per arm (the study's arms, then the trained references), the same in every figure."""
+    return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+
+
+def _band(ax, per_seed: dict[int, tuple[np.ndarray, np.ndarray]], label: str, color: str | None,
+          scale: float = 1.0) -> bool:
     """Mean over seeds on the steps all seeds logged, with a min-max band."""
     if not per_seed:
         return False
@@ -56,19 +62,20 @@ def _band(ax, per_seed: dict[int, tuple[np.ndarray, np.ndarray]], label: str, sc
     if not common:
         return False
     stacked = np.stack([np.interp(common, steps, values) for steps, values in per_seed.values()]) * scale
-    line, = ax.plot(common, stacked.mean(axis=0), label=f"{label} (n={len(per_seed)})")
+    line, = ax.plot(common, stacked.mean(axis=0), label=f"{label} (n={len(per_seed)})", color=color)
     if len(per_seed) > 1:
         ax.fill_between(common, stacked.min(axis=0), stacked.max(axis=0), color=line.get_color(), alpha=0.2)
     return True
 
 
-def _curve_figure(plt, records, panels: list[tuple[str, str, float]], title: str, path: Path) -> bool:
+def _curve_figure(plt, records, colors: dict[str, str], panels: list[tuple[str, str, float]], title: str,
+                  path: Path) -> bool:
     """One panel per (metric key, y label, scale), one line per arm with a band over seeds."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     drawn = False
     for ax, (key, ylabel, scale) in zip(axes[0], panels, strict=True):
-        for arm, per_seed in records.items():
-            drawn |= _band(ax, curves(per_seed, key), arm, scale)
+        for arm in sorted(records, key=lambda a: list(colors).index(a) if a in colors else len(colors)):
+            drawn |= _band(ax, curves(records[arm], key), arm, colors.get(arm), scale)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -82,7 +89,7 @@ def _curve_figure(plt, records, panels: list[tuple[str, str, float]], title: str
     return drawn
 
 
-def _final_figure(plt, results: StudyResults, baseline: str, path: Path) -> bool:
+def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: str, path: Path) -> bool:
     """Per accuracy figure: each arm's per-seed values, mean and 95% interval; reference levels as lines."""
     panels = [(e, m, t) for e, m, t in ACCURACY if any((a, e, m) in results.values for a in results.arms)]
     if not panels:
@@ -98,10 +105,11 @@ def _final_figure(plt, results: StudyResults, baseline: str, path: Path) -> bool
             mean = summarize(values).mean
             if len(values) > 1:
                 low, high = mean_interval(values)
-                ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, zorder=3)
+                ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, zorder=3,
+                            color=colors.get(arm))
             else:
-                ax.plot([x], [mean], "o", zorder=3)
-        for reference, style in (("pixels", ":"), ("random_init", "--")):
+                ax.plot([x], [mean], "o", zorder=3, color=colors.get(arm))
+        for reference, style in (("pixels", ":"), ("random_init", "--"), ("supervised", "-.")):
             level = results.values.get((reference, evaluator, metric))
             if level:
                 ax.axhline(summarize(list(level.values())).mean, linestyle=style, color="black", linewidth=1,
@@ -158,17 +166,18 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
         return None
     records = run_records(report_dir)
     results = read_results(report_dir / "results.jsonl")
+    colors = arm_colors(results.arms + [r for r in results.references if r in records])
     written = []
     figures = [
         ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
-         "of the mean; lines: references)", lambda p: _final_figure(plt, results, baseline, p)),
+         "of the mean; lines: references)", lambda p: _final_figure(plt, results, colors, baseline, p)),
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
-         lambda p: _curve_figure(plt, records, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
+         lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
         ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step",
-         lambda p: _curve_figure(plt, records, [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
+         lambda p: _curve_figure(plt, records, colors, [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
         ("mochi_vs_step.png", "MoCHi: share of synthetic negatives above the positive, and share of the top-N "
          "hard negatives from the query's own class (class-oracle rate), vs step",
-         lambda p: _curve_figure(plt, {a: r for a, r in records.items()},
+         lambda p: _curve_figure(plt, records, colors,
                                  [("train/mochi/synthetic_above_positive", "synthetic above positive", 1.0),
                                   ("train/mochi/class_oracle_rate", "class-oracle rate", 1.0)], "MoCHi", p)),
         ("hvs_iou.png", "HVS: crop IoU of the selected pair vs a random pair of the same candidates",

@@ -65,7 +65,7 @@ def _cell(values: dict[Any, float] | None, scale: float = 1.0, digits: int = 2) 
 
 def _scale(metric: str) -> tuple[float, int]:
     if metric == "forward_units":
-        return 1e-6, 1
+        return 1e-6, 3
     if metric == "train_seconds":
         return 1.0, 0
     if metric == "proxy_top1":

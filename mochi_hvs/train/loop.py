@@ -16,10 +16,10 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.datasets import ImageSet, check_splits
 from ..distributed import all_gather_cat, all_reduce_mean, init_distributed
-from ..errors import Interrupted, TrainingDiverged
+from ..errors import Interrupted, TrainingDiverged, UserError
 from ..models.moco import MoCo
 from ..random_streams import StepRandom
-from ..run_files import SUMMARY
+from ..run_files import LAST, SUMMARY
 from ..run_lock import RunLock
 from ..runtime import autocast
 from ..schedule import momentum_at
@@ -45,6 +45,13 @@ def on_stop_signal(action: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A fresh start must not write over a run the folder already holds (its checkpoint and logs)."""
+    if (run_dir / LAST).is_file():
+        raise UserError(f"{run_dir} already holds a run ({run_dir / LAST}): continue it with --resume auto, or start "
+                        "a new one under another name (--set name=NEW) or after removing that folder")
+
+
 class Trainer:
     """A pretraining run: its parts (build.py), resumable state (state.py) and monitors (monitors.py), and the loop.
 
@@ -63,6 +70,8 @@ class Trainer:
             self.env = init_distributed(cfg.device)
             if self.env.is_main:
                 self.run_lock = RunLock.acquire(cfg.run_dir)
+            if resume is None:
+                refuse_to_overwrite(cfg.run_dir)
             if images is None:
                 check_splits(cfg.data.name, cfg.data.root, RUN_SPLITS)
             self.parts: TrainingParts = build_parts(cfg, self.env, resume, verify, images)
