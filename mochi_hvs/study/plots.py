@@ -173,8 +173,9 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
          "of the mean; lines: references)", lambda p: _final_figure(plt, results, colors, baseline, p)),
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
          lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
-        ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step",
-         lambda p: _curve_figure(plt, records, colors, [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
+        ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step (the contrastive arms)",
+         lambda p: _curve_figure(plt, {a: r for a, r in records.items() if a != "supervised"}, colors,
+                                 [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
         ("mochi_vs_step.png", "MoCHi: share of synthetic negatives above the positive, and share of the top-N "
          "hard negatives from the query's own class (class-oracle rate), vs step",
          lambda p: _curve_figure(plt, records, colors,
