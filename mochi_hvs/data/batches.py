@@ -15,7 +15,7 @@ import torch
 from ..random_streams import STREAMS, stream_seed
 from .batch_augment import BatchViewAugmenter
 from .datasets import ImageSet
-from .loader import EpochSampler, pretrain_loader
+from .loader import EpochSampler, pretrain_loader, three_channels
 
 
 class DeviceAugmentedBatches:
@@ -49,10 +49,7 @@ class DeviceAugmentedBatches:
         for offset, cpu_index in enumerate(order):
             index = cpu_index.to(self.device, non_blocking=True)
             generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
-            images = self.pixels.index_select(0, index)
-            if images.shape[1] == 1:
-                images = images.expand(-1, 3, -1, -1)
-            views, boxes = self.augment(images, generator)
+            views, boxes = self.augment(three_channels(self.pixels.index_select(0, index)), generator)
             yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index}
 
 

@@ -181,6 +181,11 @@ def pretrain_loader(
     )
 
 
+def three_channels(images: torch.Tensor) -> torch.Tensor:
+    """A (N, C, H, W) batch as three channels: grayscale repeated (a view, no copy), colour as it is."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
 class BatchedImages:
     """The samples of an in-memory LabelledDataset made a batch at a time: its transform applied once to a stacked
     batch of images (the clean evaluation transform gives exactly what it gives image by image), in dataset order
@@ -202,8 +207,7 @@ class BatchedImages:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         images = self.dataset.images
         for index in self._order().split(self.batch_size):
-            pixels = torch.from_numpy(images.array[index.numpy()]).permute(0, 3, 1, 2)
-            pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+            pixels = three_channels(torch.from_numpy(images.array[index.numpy()]).permute(0, 3, 1, 2))
             yield {"image": self.dataset.transform(pixels), "index": index, "source": index,
                    "label": torch.from_numpy(images.labels[index.numpy()])}
 
