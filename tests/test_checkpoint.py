@@ -433,3 +433,13 @@ def test_a_checkpoint_every_that_divides_the_epoch_saves_the_epoch_end_once(quic
     trainer.train()
     trainer.close()
     assert saved == [(2, 0, 2), (4, 1, 0)]
+
+
+def test_resuming_a_finished_run_changes_nothing_and_returns_its_summary(quick_overrides):
+    cfg = load_config(None, quick_overrides + ["optim.epochs=1"])
+    summary = Trainer(cfg).fit()
+    files = {name: (cfg.run_dir / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "last.pth")}
+    resumed = Trainer(cfg, resume=cfg.run_dir / "last.pth")
+    resumed.monitors.knn = None  # evaluating again would fail here: a finished run is not evaluated twice
+    assert resumed.fit() == json.loads(json.dumps(summary))
+    assert {name: (cfg.run_dir / name).read_bytes() for name in files} == files

@@ -248,10 +248,23 @@ class Trainer:
         return {"steps": self.position.global_step - start_step,
                 "train_seconds": round(time.perf_counter() - start, 1)}
 
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that had already finished when it was resumed (all steps done and summary.json
+        written), else None. The main process decides (it holds the run folder); the others get an empty dict."""
+        summary = self.cfg.run_dir / SUMMARY
+        done = self.position.global_step >= self.parts.total_steps and self.env.is_main and summary.is_file()
+        if self.env.distributed:
+            done = bool(all_reduce_mean(torch.tensor(float(done), device=self.parts.device)) > 0)
+        if not done:
+            return None
+        return json.loads(summary.read_text()) if self.env.is_main else {}
+
     def fit(self) -> dict[str, Any]:
         """Train, then report kNN of the trained backbone beside its starting point (random init or init_from) and
         the raw pixels; writes summary.json and closes the run on every exit."""
         try:
+            if (finished := self.finished_summary()) is not None:
+                return finished
             summary = self.train()
             with on_stop_signal(self._stop_during_evaluation):
                 trained = self.monitors.knn(self.position)
