@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -72,3 +74,32 @@ def test_semisup_head_and_backbone_learning_rates_are_separate(tiny_cfg):
     SemisupFinetune(tiny_cfg, settings, CPU).evaluate(backbone, width)
     changed = changed_tensors(backbone, before)
     assert changed and all("running" in k or "num_batches" in k for k in changed)  # only BatchNorm statistics
+
+
+def test_semisup_defaults_warm_up_over_the_first_epoch_then_decay_by_cosine(tiny_cfg, monkeypatch):
+    """The learning rates the fine-tuning really steps with: linear warm-up over epoch 1, cosine to 0 after it,
+    the backbone at lr_backbone / lr_head of the head throughout."""
+    import mochi_hvs.evaluation.semisup as semisup_module
+
+    stepped: list[tuple[float, float]] = []  # (backbone lr, head lr) at every optimiser step
+    build = semisup_module.sgd_with_schedule
+
+    def recording(*args, **kwargs):
+        optimizer, scheduler = build(*args, **kwargs)
+        optimizer.register_step_pre_hook(
+            lambda opt, *_: stepped.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"])))
+        return optimizer, scheduler
+
+    monkeypatch.setattr(semisup_module, "sgd_with_schedule", recording)
+    settings = SemisupSettings(labels_per_class=8, batch_size=16, epochs=4, test_subset=20)  # 80 images: 5 steps/epoch
+    assert (settings.lr_head, settings.warmup_epochs, settings.schedule) == (0.05, 1.0, "cosine")
+    backbone, width = small_stem_backbone()
+    SemisupFinetune(tiny_cfg, settings, CPU).evaluate(backbone, width)
+
+    per_epoch, total = 5, 20
+    assert len(stepped) == total
+    head = [h for _, h in stepped]
+    assert head[:per_epoch] == pytest.approx([0.05 * (i + 1) / per_epoch for i in range(per_epoch)])
+    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * i / (total - per_epoch))) for i in range(total - per_epoch)]
+    assert head[per_epoch:] == pytest.approx(cosine)
+    assert [b for b, _ in stepped] == pytest.approx([h * 0.01 / 0.05 for h in head])
