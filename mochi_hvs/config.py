@@ -34,7 +34,7 @@ __all__ = ["Config", "ConfigError", "MethodConfig", "load_config", "validate", "
 class DataConfig:
     """Which images to train on and how views are made."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | mnist5k | cifar10 | cifar100 | stl10 | imagefolder
+    name: str = "fashion_mnist"  # fashion_mnist | mnist5k | sklearn_digits | opencv_digits | cifar10 | ... (CHOICES)
     root: str | None = None  # None: the dataset's default location
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
@@ -234,7 +234,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective": ("contrastive", "supervised"),
-    "data.name": ("fashion_mnist", "mnist5k", "cifar10", "cifar100", "stl10", "imagefolder"),
+    "data.name": ("fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits", "cifar10", "cifar100", "stl10",
+                  "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
