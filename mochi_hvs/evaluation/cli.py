@@ -245,18 +245,24 @@ def title_of(evaluator: str, args: argparse.Namespace) -> str:
     return f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
 
 
-def run_evaluation(evaluator: str, args: argparse.Namespace,
-                   evaluate: Callable[[EvalContext], tuple[Any, dict[str, Any]]]) -> int:
-    """Prepare, evaluate, print the table and append the JSON line; user errors print one line and return 2."""
+def report_result(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
+                  metrics: dict[str, Any]) -> None:
+    """Print the results table and append the JSON line."""
+    print(results_table(title_of(evaluator, args), metrics))
+    path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
+    print(f"appended to {path}", file=sys.stderr)
+
+
+def run_evaluation(evaluator: str, args: argparse.Namespace, evaluate: Callable[[EvalContext], tuple[Any, Any]],
+                   report: Callable[[str, argparse.Namespace, EvalContext, Any, Any], None] = report_result) -> int:
+    """Prepare, evaluate and report (by default report_result: the table and one JSON line); user errors print one
+    line and return 2."""
     try:
         ctx = prepare(args)
         settings, metrics = evaluate(ctx)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not ctx.is_main:
-        return 0
-    print(results_table(title_of(evaluator, args), metrics))
-    path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
-    print(f"appended to {path}", file=sys.stderr)
+    if ctx.is_main:
+        report(evaluator, args, ctx, settings, metrics)
     return 0
