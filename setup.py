@@ -40,6 +40,7 @@ setup(
             "mochi-linear=mochi_hvs.evaluation.commands:linear_main",
             "mochi-semisup=mochi_hvs.evaluation.commands:semisup_main",
             "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
+            "mochi-transfer=mochi_hvs.evaluation.commands:transfer_main",
         ],
     },
 )

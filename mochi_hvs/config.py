@@ -22,7 +22,9 @@ from .evaluator_settings import (
     DetectionSettings,
     LinearSettings,
     SemisupSettings,
+    TransferSettings,
     setting,
+    task_name_and_root,
 )
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
@@ -34,7 +36,7 @@ __all__ = ["Config", "ConfigError", "MethodConfig", "load_config", "validate", "
 class DataConfig:
     """Which images to train on and how views are made."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | mnist5k | cifar10 | cifar100 | stl10 | imagefolder
+    name: str = "fashion_mnist"  # fashion_mnist | mnist5k | sklearn_digits | opencv_digits | cifar10 | ... (CHOICES)
     root: str | None = None  # None: the dataset's default location
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
@@ -171,7 +173,7 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
-    of the other evaluators (eval/linear.py, eval/semisup.py, eval/detection.py)."""
+    of the other evaluators (eval/linear.py, eval/semisup.py, eval/detection.py, eval/transfer.py)."""
 
     knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)")
     knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)")
@@ -192,6 +194,7 @@ class EvalConfig:
     linear: LinearSettings = field(default_factory=LinearSettings)
     semisup: SemisupSettings = field(default_factory=SemisupSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
 
     @property
     def knn_ks(self) -> list[int]:
@@ -234,7 +237,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective": ("contrastive", "supervised"),
-    "data.name": ("fashion_mnist", "mnist5k", "cifar10", "cifar100", "stl10", "imagefolder"),
+    "data.name": ("fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits", "cifar10", "cifar100", "stl10",
+                  "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
@@ -565,11 +569,12 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
     _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
-    for name in ("linear", "semisup", "detection"):
+    for name in ("linear", "semisup", "detection", "transfer"):
         _validate_choices(getattr(ev, name), f"eval.{name}.", source)
     _validate_linear(ev.linear, source)
     _validate_semisup(ev.semisup, source)
     _validate_detection(ev.detection, source)
+    _validate_transfer(ev.transfer, source)
 
 
 def _validate_choices(section: Any, prefix: str, source: str) -> None:
@@ -639,6 +644,23 @@ def _validate_detection(detection: DetectionSettings, source: str) -> None:
            f"must be >= eval.detection.min_size={d.min_size}; got {d.max_size}")
     _check(d.workers >= 0, source, p + "workers", f"must be >= 0; got {d.workers}")
     _check(0 <= d.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {d.seed}")
+
+
+def _validate_transfer(transfer: TransferSettings, source: str) -> None:
+    p, t = "eval.transfer.", transfer
+    names = [task_name_and_root(task)[0] for task in t.tasks]
+    unknown = [name for name in names if name not in CHOICES["data.name"]]
+    _check(bool(t.tasks), source, p + "tasks", "must list at least one task")
+    _check(not unknown, source, p + "tasks", f"must name datasets ({', '.join(CHOICES['data.name'])}), each as NAME "
+           f"or NAME=ROOT; got {unknown[0] if unknown else ''!r}")
+    repeated = sorted({task for task in t.tasks if t.tasks.count(task) > 1})
+    _check(not repeated, source, p + "tasks", f"lists {repeated[0] if repeated else ''!r} twice")
+    _check(t.ways >= 2, source, p + "ways", f"must be >= 2; got {t.ways}")
+    _check(bool(t.shots) and min(t.shots) > 0 and len(set(t.shots)) == len(t.shots), source, p + "shots",
+           f"must be distinct positive numbers; got {t.shots}")
+    _check(t.queries > 0, source, p + "queries", f"must be positive; got {t.queries}")
+    _check(t.episodes > 1, source, p + "episodes", f"must be >= 2 (the interval needs a spread); got {t.episodes}")
+    _check(0 <= t.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {t.seed}")
 
 
 def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:

@@ -1,5 +1,6 @@
-"""The evaluators' config sections (eval.linear, eval.semisup, eval.detection): each field defined once, with its
-default, a one-line help and, where it has them, its choices; `--help` and config validation read them from here."""
+"""The evaluators' config sections (eval.linear, eval.semisup, eval.detection, eval.transfer): each field defined
+once, with its default, a one-line help and, where it has them, its choices; `--help` and config validation read
+them from here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ SCHEDULE_HELP = "lr / 10 at 60% and 80% of training (step) or cosine decay"
 LINEAR_MODES = ("classic", "cached", "sklearn")
 DETECTION_NORMS = ("sync", "frozen")
 LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file")  # semi-supervised: exactly one of them
+TRANSFER_TASKS = ["fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits"]  # the offline tasks
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -97,3 +99,23 @@ class DetectionSettings:
     roi_batch: int = setting(512, "RoIs sampled per training image for the box head")
     workers: int = setting(2, "data-loading worker processes")
     seed: int = setting(0, "seed of the head initialisation, shuffling and flips")
+
+
+@dataclass
+class TransferSettings:
+    """The transfer suite: its target tasks and few-shot episodes (prototypes on frozen features, as in Ericsson et
+    al., "How well do self-supervised models transfer?"); kNN and the linear probe take eval.knn_* and eval.linear.*."""
+
+    tasks: list[str] = setting(TRANSFER_TASKS, "target tasks: a dataset name (data.name), or NAME=ROOT for its data at "
+                                               "ROOT (e.g. cifar10=/data/cifar, imagefolder=/data/pets)")
+    ways: int = setting(5, "classes per few-shot episode (N-way)")
+    shots: list[int] = setting([1, 5, 10], "labelled support images per class (K-shot), one evaluation each")
+    queries: int = setting(15, "query images per class and episode")
+    episodes: int = setting(600, "few-shot episodes per shot count (mean and 95% interval over them)")
+    seed: int = setting(0, "seed of the episodes")
+
+
+def task_name_and_root(task: str) -> tuple[str, str | None]:
+    """A transfer task as written (NAME or NAME=ROOT) split into the dataset name and its root (None: the default)."""
+    name, _, root = task.partition("=")
+    return name.strip(), root.strip() or None

@@ -1,4 +1,5 @@
-"""Labelled image sets from disk: the embedded Fashion-MNIST, CIFAR, STL-10 and ImageFolder trees."""
+"""Labelled image sets from disk: the embedded Fashion-MNIST, MNIST-5k, the digit sets of digits.py, CIFAR, STL-10 and
+ImageFolder trees."""
 
 from __future__ import annotations
 
@@ -258,6 +259,14 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
         return load_fashion_mnist(root, train=split != "test")
     if name == "mnist5k":
         return load_mnist5k(root, train=split != "test")
+    if name == "sklearn_digits":
+        from .digits import load_sklearn_digits  # digits.py builds on this module
+
+        return load_sklearn_digits(train=split != "test")
+    if name == "opencv_digits":
+        from .digits import load_opencv_digits
+
+        return load_opencv_digits(root, train=split != "test")
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, train=split != "test")
     if name == "stl10":
@@ -293,6 +302,12 @@ def check_splits(name: str, root: str | None, splits: tuple[str, ...]) -> None:
             _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
         elif name == "mnist5k":
             _mnist5k_file(root)
+        elif name == "sklearn_digits":
+            continue  # inside scikit-learn, a dependency
+        elif name == "opencv_digits":
+            from .digits import opencv_digits_file
+
+            opencv_digits_file(root)
         elif name in ("cifar10", "cifar100", "stl10"):
             _check_binary_files(name, root, split)
         elif name == "imagefolder":

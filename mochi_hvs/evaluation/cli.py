@@ -1,12 +1,14 @@
-"""Shared plumbing of the evaluator commands (mochi-knn, mochi-linear, mochi-semisup, mochi-detect and their
-eval/*.py wrappers).
+"""Shared plumbing of the evaluator commands (mochi-knn, mochi-linear, mochi-semisup, mochi-detect, mochi-transfer
+and their eval/*.py wrappers).
 
 Every command takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
 against its SHA-256 digest unless `--no-verify`), `--config`/`--set` (data, device and evaluator settings, as for
 pretraining), `--random-init` (the same architecture at a seeded random initialisation: the baseline) and
-`--results` (a JSON-lines file that gets one line per run); kNN and the linear probe also take `--pixels` (the raw
-pixels of the dataset as features: no checkpoint needed). Each evaluator reads its settings from its config
-section (eval.knn_*, eval.linear.*, eval.semisup.*, eval.detection.*), which `--help` lists with defaults.
+`--results` (a JSON-lines file that gets one line per run; the transfer suite: one per task and metric group); kNN,
+the linear probe and the transfer suite also take `--pixels` (the raw pixels of the dataset as features: no
+checkpoint needed). Each evaluator reads its settings from its config
+section (eval.knn_*, eval.linear.*, eval.semisup.*, eval.detection.*, eval.transfer.*), which `--help` lists with
+defaults.
 
 Without --config, the data, device, amp and seed settings of the checkpoint's own config are used when it has one
 (less the pretraining subset data.train_subset). Evaluator settings are never taken from a checkpoint: a
@@ -245,18 +247,24 @@ def title_of(evaluator: str, args: argparse.Namespace) -> str:
     return f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
 
 
-def run_evaluation(evaluator: str, args: argparse.Namespace,
-                   evaluate: Callable[[EvalContext], tuple[Any, dict[str, Any]]]) -> int:
-    """Prepare, evaluate, print the table and append the JSON line; user errors print one line and return 2."""
+def report_result(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
+                  metrics: dict[str, Any]) -> None:
+    """Print the results table and append the JSON line."""
+    print(results_table(title_of(evaluator, args), metrics))
+    path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
+    print(f"appended to {path}", file=sys.stderr)
+
+
+def run_evaluation(evaluator: str, args: argparse.Namespace, evaluate: Callable[[EvalContext], tuple[Any, Any]],
+                   report: Callable[[str, argparse.Namespace, EvalContext, Any, Any], None] = report_result) -> int:
+    """Prepare, evaluate and report (by default report_result: the table and one JSON line); user errors print one
+    line and return 2."""
     try:
         ctx = prepare(args)
         settings, metrics = evaluate(ctx)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not ctx.is_main:
-        return 0
-    print(results_table(title_of(evaluator, args), metrics))
-    path = append_result(args.results, result_entry(evaluator, args, ctx, settings, metrics))
-    print(f"appended to {path}", file=sys.stderr)
+    if ctx.is_main:
+        report(evaluator, args, ctx, settings, metrics)
     return 0

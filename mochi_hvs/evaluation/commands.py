@@ -1,22 +1,48 @@
-"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup` and `mochi-detect` (console scripts, also run
-as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`, `eval/detection.py`). Each reads its settings from
-its config section; `--help` lists them."""
+"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-detect` and `mochi-transfer` (console
+scripts, also run as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`, `eval/detection.py`,
+`eval/transfer.py`). Each reads its settings from its config section; `--help` lists them."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 from ..config import EvalConfig
-from ..evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings
-from .cli import EvalContext, Section, base_parser, parse_arguments, run_evaluation
+from ..evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings, TransferSettings
+from .cli import (
+    EvalContext,
+    Section,
+    append_result,
+    base_parser,
+    parse_arguments,
+    result_entry,
+    run_evaluation,
+    title_of,
+)
 from .detection import detection_transfer
 from .knn import KnnMonitor
 from .linear import LinearProbe
 from .semisup import SemisupFinetune, subset_fingerprint
+from .transfer import TaskResult, evaluate_task, group_lines, markdown_table
 
 KNN_KEYS = ("knn_k", "knn_temperature", "knn_backend", "knn_fp16", "knn_train_subset", "knn_test_subset", "batch_size")
 KNN = [Section("eval.", EvalConfig, KNN_KEYS)]
 LINEAR = [Section("eval.linear.", LinearSettings), Section("eval.", EvalConfig, ("batch_size",))]
 SEMISUP = [Section("eval.semisup.", SemisupSettings), Section("eval.", EvalConfig, ("batch_size",))]
 DETECTION = [Section("eval.detection.", DetectionSettings)]
+CACHED_PROBE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "schedule", "seed", "standardize")
+TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS),
+            Section("eval.", EvalConfig, KNN_KEYS)]
+
+
+def knn_settings(e: EvalConfig) -> dict[str, Any]:
+    """The kNN settings a result records."""
+    return {"k": e.knn_ks, "temperature": e.knn_temperature, "backend": e.knn_backend, "fp16": e.knn_fp16,
+            "train_subset": e.knn_train_subset, "test_subset": e.knn_test_subset}
 
 
 def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
@@ -27,10 +53,7 @@ def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
     for result in results:
         metrics[f"k{result.k}_top1"] = result.top1
         metrics[f"k{result.k}_top5"] = result.top5
-    e = ctx.cfg.eval
-    settings = {"k": monitor.ks, "temperature": e.knn_temperature, "backend": e.knn_backend, "fp16": e.knn_fp16,
-                "train_subset": e.knn_train_subset, "test_subset": e.knn_test_subset}
-    return settings, metrics
+    return knn_settings(ctx.cfg.eval), metrics
 
 
 def linear(ctx: EvalContext) -> tuple[LinearSettings, dict[str, float]]:
@@ -86,3 +109,49 @@ def detection_main(argv: list[str] | None = None) -> int:
                          "fine-tuned on eval.detection.train and scored on eval.detection.val (COCO AP/AP50/AP75).",
                          DETECTION, "eval.detection.train=[data/det:train] eval.detection.val=data/det:val")
     return run_evaluation("detection", parse_arguments(parser, DETECTION, argv), detection)
+
+
+def transfer(ctx: EvalContext) -> tuple[dict[str, Any], list[TaskResult]]:
+    """Every task of eval.transfer.tasks in turn; the settings record the suite's, the probe's and kNN's."""
+    e = ctx.cfg.eval
+    backbone = None if ctx.backbone is None else ctx.backbone.module
+    results = [evaluate_task(ctx.cfg, task, backbone, ctx.device, ctx.amp_dtype) for task in e.transfer.tasks]
+    settings = {"transfer": dataclasses.asdict(e.transfer),
+                "linear": {name: getattr(e.linear, name) for name in CACHED_PROBE_KEYS}, "knn": knn_settings(e)}
+    return settings, results
+
+
+def report_transfer(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: dict[str, Any],
+                    results: list[TaskResult]) -> None:
+    """One JSON line per task and metric group (or per skipped task), then the Markdown table, printed and written
+    to --table."""
+    lines = [{**result_entry(evaluator, args, dataclasses.replace(ctx, cfg=result.cfg), settings, metrics),
+              "task": result.task, "group": group, "skipped": skipped}
+             for result in results for group, metrics, skipped in group_lines(result)]
+    for line in lines:
+        append_result(args.results, line)
+    print(f"appended {len(lines)} lines to {args.results}", file=sys.stderr)
+    table = markdown_table(results, ctx.cfg.eval.knn_ks, ctx.cfg.eval.transfer)
+    print(f"{title_of(evaluator, args)}\n\n{table}")
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table + "\n", encoding="utf-8")
+        print(f"table written to {args.table}", file=sys.stderr)
+
+
+def transfer_main(argv: list[str] | None = None) -> int:
+    """mochi-transfer: kNN, linear probe with calibration and few-shot episodes of a backbone (or of the raw pixels)
+    on every transfer task; one JSON line per task and metric group, one Markdown table."""
+    parser = base_parser("Transfer suite: one backbone (or the raw pixels), many target tasks, one table. Per task, "
+                         "on frozen features: weighted kNN top-1, the cached linear probe's top-1 and expected "
+                         "calibration error (15 bins), and N-way K-shot prototype episodes (mean and 95% interval) "
+                         "drawn from the test split. Every task uses the checkpoint's data settings (image size, "
+                         "mean, std). A task whose data is missing is skipped with the reason.", TRANSFER,
+                         "eval.transfer.episodes=1000 eval.linear.epochs=50 device=cpu", pixels=True)
+    parser.add_argument("--tasks", nargs="+", metavar="TASK",
+                        help="the tasks, NAME or NAME=ROOT (shorthand for --set eval.transfer.tasks=[...])")
+    parser.add_argument("--table", help="also write the Markdown table to this file")
+    args = parse_arguments(parser, TRANSFER, argv)
+    if args.tasks:
+        args.set = [*args.set, f"eval.transfer.tasks={json.dumps(args.tasks)}"]  # JSON is YAML: any path survives
+    return run_evaluation("transfer", args, transfer, report_transfer)

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
+from ..evaluator_settings import LinearSettings
 from .features import extract_features
 from .knn import knn_results
-from .linear import cached_probe
+from .linear import cached_classifier, cached_probe
 from .pixels import PixelFeatures, pixel_model
 
 
@@ -66,8 +67,18 @@ class FrozenEvaluation:
                 metrics[f"k{result.k}_top5"] = result.top5
         return metrics
 
+    def linear_settings(self) -> LinearSettings:
+        """The config's eval.linear settings, in the cached mode this evaluation runs."""
+        return dataclasses.replace(self.cfg.eval.linear, mode="cached")
+
     def linear(self, features: FrozenFeatures) -> dict[str, float]:
         """The cached linear probe on the extracted features, with the config's eval.linear settings."""
-        settings = dataclasses.replace(self.cfg.eval.linear, mode="cached")
         return cached_probe(features.train, features.train_labels, features.test, features.test_labels,
-                            features.num_classes, settings, self.device)
+                            features.num_classes, self.linear_settings(), self.device)
+
+    def linear_scores(self, features: FrozenFeatures) -> torch.Tensor:
+        """The test logits (N, classes) of the same probe as `linear` (its top-1 is linear's top-1)."""
+        classifier = cached_classifier(features.train, features.train_labels, features.num_classes,
+                                       self.linear_settings(), self.device)
+        with torch.no_grad():
+            return classifier(features.test.to(self.device)).float()

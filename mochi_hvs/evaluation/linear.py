@@ -67,19 +67,27 @@ def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_bat
 STD_FLOOR = 1e-6  # features constant over the training set (e.g. always-zero ReLU outputs) are only centred
 
 
-def cached_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 num_classes: int, settings: LinearSettings, device: torch.device) -> dict[str, float]:
-    """The cached protocol: a linear head trained on features extracted once (unnormalised, dataset order); with
-    `standardize`, each feature is first shifted and scaled by its mean and standard deviation over the training
-    set, so that one learning rate fits raw pixels, random and trained backbones alike."""
+def cached_classifier(train: torch.Tensor, train_labels: torch.Tensor, num_classes: int, settings: LinearSettings,
+                      device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The cached protocol's classifier, features -> logits: a linear head trained on features extracted once
+    (unnormalised, dataset order); with `standardize`, each feature is first shifted and scaled by its mean and
+    standard deviation over the training set, so that one learning rate fits raw pixels, random and trained
+    backbones alike."""
     s = settings
     if s.standardize:
         mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(STD_FLOOR)
-        train, test = (train - mean) / std, (test - mean) / std
+        train = (train - mean) / std
     steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
     head = fit_head(lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch),
                     steps, train.shape[1], num_classes, settings, device)
-    return classification_accuracy(head, [(test, test_labels)], device)
+    return (lambda x: head((x - mean) / std)) if s.standardize else head
+
+
+def cached_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 num_classes: int, settings: LinearSettings, device: torch.device) -> dict[str, float]:
+    """Top-1/top-5 on the test features of the cached protocol's classifier (cached_classifier)."""
+    classifier = cached_classifier(train, train_labels, num_classes, settings, device)
+    return classification_accuracy(classifier, [(test, test_labels)], device)
 
 
 class LinearProbe:
