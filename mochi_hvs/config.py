@@ -617,6 +617,8 @@ def _validate_semisup(semisup: SemisupSettings, source: str) -> None:
     _check(per_class is None or per_class > 0, source, p + "labels_per_class",
            f"must be null or positive; got {per_class}")
     _check(semisup.split_file != "", source, p + "split_file", "must be null or a file name; got ''")
+    _check(semisup.random_labels is None or semisup.random_labels > 0, source, p + "random_labels",
+           f"must be null or positive; got {semisup.random_labels}")
     given = semisup.label_sources()
     if len(given) > 1:
         raise ConfigError(f"{source}: '{p}{given[1]}' cannot be set together with '{p}{given[0]}': give exactly one "

@@ -10,7 +10,8 @@ from typing import Any
 SCHEDULES = ("step", "cosine")
 LINEAR_MODES = ("classic", "cached", "sklearn")
 DETECTION_NORMS = ("sync", "frozen")
-LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file")  # semi-supervised: exactly one of them
+# semi-supervised: exactly one of them
+LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file", "random_labels")
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -59,6 +60,8 @@ class SemisupSettings(SgdSettings):
     labels_per_class: int | None = setting(None, "labelled images per class")
     split_file: str | None = setting(None, "file listing the labelled images, one per line: file names (e.g. the "
                                            "ImageNet 1%/10% lists) or, for in-memory sets, indices")
+    random_labels: int | None = setting(None, "this many labelled images drawn uniformly at random, without class "
+                                              "balance (seeded): the baseline of mochi-select's label sets")
     epochs: int = setting(20, "fine-tuning epochs")
     lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
     lr_head: float = setting(0.2, "SGD learning rate of the new linear head")

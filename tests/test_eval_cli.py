@@ -99,7 +99,8 @@ def test_user_mistakes_give_one_clear_line(checkpoint, tmp_path, capsys):
     assert cli("semisup")(["--checkpoint", str(checkpoint), *results]) == 2
     assert error_line(capsys) == (
         "error: semi-supervised evaluation needs exactly one of 'eval.semisup.label_fraction', "
-        "'eval.semisup.labels_per_class', 'eval.semisup.split_file', e.g. --set eval.semisup.label_fraction=0.01")
+        "'eval.semisup.labels_per_class', 'eval.semisup.split_file', 'eval.semisup.random_labels', e.g. --set "
+        "eval.semisup.label_fraction=0.01")
     assert cli("detection")(["--checkpoint", str(checkpoint), *results, "--set", "eval.detection.val=x:val"]) == 2
     assert error_line(capsys) == ("error: detection needs its data sets: --set eval.detection.train=[ROOT:SPLIT, ...] "
                                   "eval.detection.val=ROOT:SPLIT")

@@ -43,6 +43,7 @@ def test_recipes_and_overrides_set_evaluator_sections(tmp_path):
     ("eval.semisup.schedule=linear", "'eval.semisup.schedule' must be one of step, cosine; got 'linear'"),
     ("eval.semisup.label_fraction=1.5", "'eval.semisup.label_fraction' must be null or in (0, 1]; got 1.5"),
     ("eval.semisup.epochs=0", "'eval.semisup.epochs' must be positive; got 0"),
+    ("eval.semisup.random_labels=0", "'eval.semisup.random_labels' must be null or positive; got 0"),
     ("eval.detection.norm=group", "'eval.detection.norm' must be one of sync, frozen; got 'group'"),
     ("eval.detection.trainable_layers=6", "'eval.detection.trainable_layers' must be in [0, 5] (ResNet stages); got 6"),
     ("eval.detection.milestones=[0.9,0.5]", "'eval.detection.milestones' must be fractions of training in (0, 1], "
@@ -68,7 +69,8 @@ def test_full_batches_are_a_cached_mode_setting():
 def test_two_label_sources_are_refused_when_the_config_loads():
     with pytest.raises(ConfigError, match=re.escape(
             "--set: 'eval.semisup.labels_per_class' cannot be set together with 'eval.semisup.label_fraction': give "
-            "exactly one of eval.semisup.label_fraction, eval.semisup.labels_per_class, eval.semisup.split_file")):
+            "exactly one of eval.semisup.label_fraction, eval.semisup.labels_per_class, eval.semisup.split_file, "
+            "eval.semisup.random_labels")):
         load_config(None, ["eval.semisup.label_fraction=0.1", "eval.semisup.labels_per_class=3"])
 
 

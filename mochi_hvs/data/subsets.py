@@ -1,4 +1,5 @@
-"""Deterministic, class-stratified labelled subsets for semi-supervised evaluation."""
+"""Deterministic labelled subsets for semi-supervised evaluation: class-stratified, uniformly random, or listed in a
+split file."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
     if per_class < 1:
         raise ConfigError(f"labels per class must be >= 1; got {per_class}")
     return _take_per_class(labels, {int(c): per_class for c in np.unique(labels[labels >= 0])}, seed)
+
+
+def random_subset(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of `count` of `size` items drawn uniformly without replacement (no class balance), fixed by
+    `seed`."""
+    return np.sort(np.random.default_rng(seed).choice(size, count, replace=False)).astype(np.int64)
 
 
 def split_file_subset(images: ImageSet, path: str | Path) -> np.ndarray:

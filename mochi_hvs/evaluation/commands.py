@@ -74,8 +74,8 @@ def linear_main(argv: list[str] | None = None) -> int:
 def semisup_main(argv: list[str] | None = None) -> int:
     """mochi-semisup: semi-supervised fine-tuning on a labelled subset."""
     parser = base_parser("Semi-supervised fine-tuning of backbone and a new head on a labelled subset (exactly one of "
-                         "eval.semisup.label_fraction, labels_per_class or split_file); top-1/top-5 on the full test "
-                         "split.", SEMISUP,
+                         "eval.semisup.label_fraction, labels_per_class, split_file or random_labels); top-1/top-5 "
+                         "on the full test split.", SEMISUP,
                          "eval.semisup.label_fraction=0.01 eval.semisup.epochs=30 device=cpu")
     return run_evaluation("semisup", parse_arguments(parser, SEMISUP, argv), semisup)
 
