@@ -149,7 +149,7 @@ def test_console_scripts_are_the_mains_of_the_eval_scripts(monkeypatch):
     runpy.run_path(str(ROOT / "setup.py"))
     targets = dict(line.split("=") for line in captured["entry_points"]["console_scripts"])
     for script, name in (("mochi-knn", "knn"), ("mochi-linear", "linear"), ("mochi-semisup", "semisup"),
-                         ("mochi-detect", "detection")):
+                         ("mochi-select", "select_labels"), ("mochi-detect", "detection")):
         module, function = targets[script].split(":")
         assert getattr(importlib.import_module(module), function) is cli(name)
 

@@ -14,7 +14,7 @@ from weight_files import our_checkpoint
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.evaluation import commands
 from mochi_hvs.evaluation.cli import prepare
-from mochi_hvs.evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings
+from mochi_hvs.evaluator_settings import DetectionSettings, LinearSettings, SelectSettings, SemisupSettings
 
 
 def write(tmp_path, text, name="recipe.yaml"):
@@ -44,6 +44,13 @@ def test_recipes_and_overrides_set_evaluator_sections(tmp_path):
     ("eval.semisup.label_fraction=1.5", "'eval.semisup.label_fraction' must be null or in (0, 1]; got 1.5"),
     ("eval.semisup.epochs=0", "'eval.semisup.epochs' must be positive; got 0"),
     ("eval.semisup.random_labels=0", "'eval.semisup.random_labels' must be null or positive; got 0"),
+    ("eval.select.budget=0", "'eval.select.budget' must be null or positive; got 0"),
+    ("eval.select.pool=-3", "'eval.select.pool' must be null or positive; got -3"),
+    ("eval.select.knn_k=0", "'eval.select.knn_k' must be positive; got 0"),
+    ("eval.select.reg_lambda=-1", "'eval.select.reg_lambda' must be >= 0; got -1.0"),
+    ("eval.select.reg_alpha=0", "'eval.select.reg_alpha' must be > 0; got 0.0"),
+    ("eval.select.reg_momentum=1", "'eval.select.reg_momentum' must be in [0, 1); got 1.0"),
+    ("eval.select.seed=2147483648", "'eval.select.seed' must be in [0, 2**31) (Faiss's k-means seed); got 2147483648"),
     ("eval.detection.norm=group", "'eval.detection.norm' must be one of sync, frozen; got 'group'"),
     ("eval.detection.trainable_layers=6", "'eval.detection.trainable_layers' must be in [0, 5] (ResNet stages); got 6"),
     ("eval.detection.milestones=[0.9,0.5]", "'eval.detection.milestones' must be fractions of training in (0, 1], "
@@ -86,6 +93,7 @@ def as_set_value(value) -> str:
 @pytest.mark.parametrize(("main", "section", "settings"), [
     (commands.linear_main, "eval.linear.", LinearSettings),
     (commands.semisup_main, "eval.semisup.", SemisupSettings),
+    (commands.select_main, "eval.select.", SelectSettings),
     (commands.detection_main, "eval.detection.", DetectionSettings),
 ])
 def test_help_lists_every_key_of_the_section_with_default_and_help(main, section, settings, capsys):

@@ -1,5 +1,5 @@
 """Deterministic labelled subsets for semi-supervised evaluation: class-stratified, uniformly random, or listed in a
-split file."""
+split file (read and written here)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,13 @@ def split_file_subset(images: ImageSet, path: str | Path) -> np.ndarray:
     if unknown:
         raise DatasetError(f"{path}: {len(unknown)} listed images are not in the dataset, e.g. {unknown[:3]}")
     return np.array(sorted({position[Path(e).name] for e in entries}), dtype=np.int64)
+
+
+def write_split_file(images: ImageSet, indices: np.ndarray, path: str | Path) -> Path:
+    """Write the images at `indices` as a split file that split_file_subset reads back: one integer index per line
+    for in-memory sets, one file path per line for file-based sets (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [str(int(i)) if images.files is None else images.files[i] for i in np.sort(indices)]
+    path.write_text("".join(f"{entry}\n" for entry in entries))
+    return path
