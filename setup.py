@@ -39,6 +39,7 @@ setup(
             "mochi-knn=mochi_hvs.evaluation.commands:knn_main",
             "mochi-linear=mochi_hvs.evaluation.commands:linear_main",
             "mochi-semisup=mochi_hvs.evaluation.commands:semisup_main",
+            "mochi-select=mochi_hvs.evaluation.commands:select_main",
             "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
             "mochi-transfer=mochi_hvs.evaluation.commands:transfer_main",
         ],

@@ -2,7 +2,8 @@
 command):
 
     python eval/semisup.py --checkpoint FILE --set eval.semisup.label_fraction=0.01
-    (or eval.semisup.labels_per_class=K, or eval.semisup.split_file=FILE)
+    (or eval.semisup.labels_per_class=K, eval.semisup.split_file=FILE, e.g. from eval/select_labels.py, or
+    eval.semisup.random_labels=N)
 
 `--help` lists the settings (config keys) with their defaults.
 """

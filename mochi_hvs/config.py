@@ -21,6 +21,7 @@ from .evaluator_settings import (
     LABEL_SOURCES,
     DetectionSettings,
     LinearSettings,
+    SelectSettings,
     SemisupSettings,
     TransferSettings,
     setting,
@@ -173,7 +174,8 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
-    of the other evaluators (eval/linear.py, eval/semisup.py, eval/detection.py, eval/transfer.py)."""
+    of the other evaluators (eval/linear.py, eval/semisup.py, eval/select_labels.py, eval/detection.py,
+    eval/transfer.py)."""
 
     knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)")
     knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)")
@@ -193,6 +195,7 @@ class EvalConfig:
     batch_size: int = setting(512, "images per batch of feature extraction and testing")
     linear: LinearSettings = field(default_factory=LinearSettings)
     semisup: SemisupSettings = field(default_factory=SemisupSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
 
@@ -569,10 +572,11 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
     _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
-    for name in ("linear", "semisup", "detection", "transfer"):
+    for name in ("linear", "semisup", "select", "detection", "transfer"):
         _validate_choices(getattr(ev, name), f"eval.{name}.", source)
     _validate_linear(ev.linear, source)
     _validate_semisup(ev.semisup, source)
+    _validate_select(ev.select, source)
     _validate_detection(ev.detection, source)
     _validate_transfer(ev.transfer, source)
 
@@ -622,10 +626,25 @@ def _validate_semisup(semisup: SemisupSettings, source: str) -> None:
     _check(per_class is None or per_class > 0, source, p + "labels_per_class",
            f"must be null or positive; got {per_class}")
     _check(semisup.split_file != "", source, p + "split_file", "must be null or a file name; got ''")
+    _check(semisup.random_labels is None or semisup.random_labels > 0, source, p + "random_labels",
+           f"must be null or positive; got {semisup.random_labels}")
     given = semisup.label_sources()
     if len(given) > 1:
         raise ConfigError(f"{source}: '{p}{given[1]}' cannot be set together with '{p}{given[0]}': give exactly one "
                           f"of {', '.join(p + name for name in LABEL_SOURCES)}")
+
+
+def _validate_select(select: SelectSettings, source: str) -> None:
+    p, s = "eval.select.", select
+    for name in ("budget", "pool"):
+        _check(getattr(s, name) is None or getattr(s, name) > 0, source, p + name,
+               f"must be null or positive; got {getattr(s, name)}")
+    for name in ("knn_k", "kmeans_iterations", "restarts", "iterations"):
+        _check(getattr(s, name) > 0, source, p + name, f"must be positive; got {getattr(s, name)}")
+    _check(s.reg_lambda >= 0, source, p + "reg_lambda", f"must be >= 0; got {s.reg_lambda}")
+    _check(s.reg_alpha > 0, source, p + "reg_alpha", f"must be > 0; got {s.reg_alpha}")
+    _check(0 <= s.reg_momentum < 1, source, p + "reg_momentum", f"must be in [0, 1); got {s.reg_momentum}")
+    _check(0 <= s.seed < 2**31, source, p + "seed", f"must be in [0, 2**31) (Faiss's k-means seed); got {s.seed}")
 
 
 def _validate_detection(detection: DetectionSettings, source: str) -> None:

@@ -1,6 +1,6 @@
-"""The evaluators' config sections (eval.linear, eval.semisup, eval.detection, eval.transfer): each field defined
-once, with its default, a one-line help and, where it has them, its choices; `--help` and config validation read
-them from here."""
+"""The evaluators' config sections (eval.linear, eval.semisup, eval.select, eval.detection, eval.transfer): each
+field defined once, with its default, a one-line help and, where it has them, its choices; `--help` and config
+validation read them from here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ SCHEDULES = ("step", "cosine")
 SCHEDULE_HELP = "lr / 10 at 60% and 80% of training (step) or cosine decay"
 LINEAR_MODES = ("classic", "cached", "sklearn")
 DETECTION_NORMS = ("sync", "frozen")
-LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file")  # semi-supervised: exactly one of them
+# semi-supervised: exactly one of them
+LABEL_SOURCES = ("label_fraction", "labels_per_class", "split_file", "random_labels")
 TRANSFER_TASKS = ["fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits"]  # the offline tasks
 
 
@@ -63,7 +64,10 @@ class SemisupSettings(SgdSettings):
     label_fraction: float | None = setting(None, "fraction of each class to label, e.g. 0.01 or 0.1 (stratified)")
     labels_per_class: int | None = setting(None, "labelled images per class")
     split_file: str | None = setting(None, "file listing the labelled images, one per line: file names (e.g. the "
-                                           "ImageNet 1%/10% lists) or, for in-memory sets, indices")
+                                           "ImageNet 1%/10% lists) or, for in-memory sets, indices (e.g. "
+                                           "written by mochi-select)")
+    random_labels: int | None = setting(None, "this many labelled images drawn uniformly at random, without class "
+                                              "balance (seeded): the baseline of mochi-select's label sets")
     epochs: int = setting(20, "fine-tuning epochs")
     lr_backbone: float = setting(0.01, "SGD learning rate of the backbone")
     lr_head: float = setting(0.05, "SGD learning rate of the new linear head")
@@ -74,6 +78,26 @@ class SemisupSettings(SgdSettings):
     def label_sources(self) -> list[str]:
         """The names of the label-source settings that are set (a valid evaluation has exactly one)."""
         return [name for name in LABEL_SOURCES if getattr(self, name) is not None]
+
+
+@dataclass
+class SelectSettings:
+    """Unsupervised selection of the images to label (USL, Wang et al., ECCV 2022): k-means on the self-supervised
+    features into `budget` clusters, from each the densest image, pushed apart by a diversity regulariser.
+    Defaults: k = 20 as in the paper; the regulariser's lambda, alpha, momentum and iterations are the authors'."""
+
+    budget: int | None = setting(None, "images to select, one per k-means cluster (required; --budget N)")
+    pool: int | None = setting(None, "select among this many training images drawn uniformly at random (seeded, "
+                                     "no labels); default: all of them")
+    knn_k: int = setting(20, "neighbours of the density estimate: 1 / mean squared distance to the k nearest")
+    kmeans_iterations: int = setting(100, "Lloyd iterations of each k-means run")
+    restarts: int = setting(3, "k-means runs from different initialisations; the best objective is kept")
+    reg_lambda: float = setting(0.5, "weight of the diversity regulariser (0: the densest image of each cluster)")
+    reg_alpha: float = setting(0.5, "regulariser: sum over the picks of the other clusters of 1 / squared "
+                                    "distance^alpha")
+    reg_momentum: float = setting(0.9, "weight of the previous iterations in the regulariser's moving average")
+    iterations: int = setting(10, "selection rounds; each recomputes the regulariser from the last picks (1: none)")
+    seed: int = setting(0, "seed of the k-means initialisation and of the pool")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from weight_files import our_checkpoint
 
 from mochi_hvs.config import load_config
 
@@ -43,3 +44,12 @@ def tiny_cfg(tiny_overrides):
 def quick_overrides(tiny_overrides) -> list[str]:
     """The tiny run at half the batch: 64 images, batch 16, 4 steps per epoch (runs, resumes and their logs)."""
     return tiny_overrides + ["data.train_subset=64", "optim.batch_size=16", "moco.queue_size=64", "model.bn_splits=2"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A freshly built MoCo training checkpoint (ResNet-18, Fashion-MNIST normalisation) for the evaluator commands."""
+    cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
+                             "moco.queue_size=64", "model.bn_splits=4"])
+    our_checkpoint(tmp_path / "last.pth", cfg)
+    return tmp_path / "last.pth"

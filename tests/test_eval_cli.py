@@ -1,5 +1,4 @@
 import importlib
-import json
 import runpy
 import sys
 from pathlib import Path
@@ -7,9 +6,9 @@ from pathlib import Path
 import pytest
 import setuptools
 import torch
-from weight_files import official_moco, our_checkpoint
+from eval_outputs import error_line, read_results
+from weight_files import official_moco
 
-from mochi_hvs.config import load_config
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.export import export_backbone
 
@@ -21,18 +20,6 @@ SMALL_KNN = ["--set", "eval.knn_train_subset=200", "eval.knn_test_subset=50", "e
 def cli(name):
     """The main() of an eval/ script."""
     return runpy.run_path(str(EVAL / f"{name}.py"))["main"]
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
-                             "moco.queue_size=64", "model.bn_splits=4"])
-    our_checkpoint(tmp_path / "last.pth", cfg)
-    return tmp_path / "last.pth"
-
-
-def read_results(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_knn_cli_on_our_checkpoint_prints_table_and_appends_json(checkpoint, tmp_path, capsys):
@@ -80,12 +67,6 @@ def test_linear_cli_cached_mode(checkpoint, tmp_path, capsys):
     assert "top1" in capsys.readouterr().out
 
 
-def error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1
-    return err[0]
-
-
 def test_user_mistakes_give_one_clear_line(checkpoint, tmp_path, capsys):
     knn = cli("knn")
     results = ["--results", str(tmp_path / "r.jsonl")]
@@ -99,7 +80,8 @@ def test_user_mistakes_give_one_clear_line(checkpoint, tmp_path, capsys):
     assert cli("semisup")(["--checkpoint", str(checkpoint), *results]) == 2
     assert error_line(capsys) == (
         "error: semi-supervised evaluation needs exactly one of 'eval.semisup.label_fraction', "
-        "'eval.semisup.labels_per_class', 'eval.semisup.split_file', e.g. --set eval.semisup.label_fraction=0.01")
+        "'eval.semisup.labels_per_class', 'eval.semisup.split_file', 'eval.semisup.random_labels', e.g. --set "
+        "eval.semisup.label_fraction=0.01")
     assert cli("detection")(["--checkpoint", str(checkpoint), *results, "--set", "eval.detection.val=x:val"]) == 2
     assert error_line(capsys) == ("error: detection needs its data sets: --set eval.detection.train=[ROOT:SPLIT, ...] "
                                   "eval.detection.val=ROOT:SPLIT")
@@ -167,7 +149,8 @@ def test_console_scripts_are_the_mains_of_the_eval_scripts(monkeypatch):
     runpy.run_path(str(ROOT / "setup.py"))
     targets = dict(line.split("=") for line in captured["entry_points"]["console_scripts"])
     for script, name in (("mochi-knn", "knn"), ("mochi-linear", "linear"), ("mochi-semisup", "semisup"),
-                         ("mochi-detect", "detection"), ("mochi-transfer", "transfer")):
+                         ("mochi-select", "select_labels"), ("mochi-detect", "detection"),
+                         ("mochi-transfer", "transfer")):
         module, function = targets[script].split(":")
         assert getattr(importlib.import_module(module), function) is cli(name)
 

@@ -14,7 +14,7 @@ from weight_files import our_checkpoint
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.evaluation import commands
 from mochi_hvs.evaluation.cli import prepare
-from mochi_hvs.evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings
+from mochi_hvs.evaluator_settings import DetectionSettings, LinearSettings, SelectSettings, SemisupSettings
 
 
 def write(tmp_path, text, name="recipe.yaml"):
@@ -43,6 +43,14 @@ def test_recipes_and_overrides_set_evaluator_sections(tmp_path):
     ("eval.semisup.schedule=linear", "'eval.semisup.schedule' must be one of step, cosine; got 'linear'"),
     ("eval.semisup.label_fraction=1.5", "'eval.semisup.label_fraction' must be null or in (0, 1]; got 1.5"),
     ("eval.semisup.epochs=0", "'eval.semisup.epochs' must be positive; got 0"),
+    ("eval.semisup.random_labels=0", "'eval.semisup.random_labels' must be null or positive; got 0"),
+    ("eval.select.budget=0", "'eval.select.budget' must be null or positive; got 0"),
+    ("eval.select.pool=-3", "'eval.select.pool' must be null or positive; got -3"),
+    ("eval.select.knn_k=0", "'eval.select.knn_k' must be positive; got 0"),
+    ("eval.select.reg_lambda=-1", "'eval.select.reg_lambda' must be >= 0; got -1.0"),
+    ("eval.select.reg_alpha=0", "'eval.select.reg_alpha' must be > 0; got 0.0"),
+    ("eval.select.reg_momentum=1", "'eval.select.reg_momentum' must be in [0, 1); got 1.0"),
+    ("eval.select.seed=2147483648", "'eval.select.seed' must be in [0, 2**31) (Faiss's k-means seed); got 2147483648"),
     ("eval.detection.norm=group", "'eval.detection.norm' must be one of sync, frozen; got 'group'"),
     ("eval.detection.trainable_layers=6", "'eval.detection.trainable_layers' must be in [0, 5] (ResNet stages); got 6"),
     ("eval.detection.milestones=[0.9,0.5]", "'eval.detection.milestones' must be fractions of training in (0, 1], "
@@ -68,7 +76,8 @@ def test_full_batches_are_a_cached_mode_setting():
 def test_two_label_sources_are_refused_when_the_config_loads():
     with pytest.raises(ConfigError, match=re.escape(
             "--set: 'eval.semisup.labels_per_class' cannot be set together with 'eval.semisup.label_fraction': give "
-            "exactly one of eval.semisup.label_fraction, eval.semisup.labels_per_class, eval.semisup.split_file")):
+            "exactly one of eval.semisup.label_fraction, eval.semisup.labels_per_class, eval.semisup.split_file, "
+            "eval.semisup.random_labels")):
         load_config(None, ["eval.semisup.label_fraction=0.1", "eval.semisup.labels_per_class=3"])
 
 
@@ -84,6 +93,7 @@ def as_set_value(value) -> str:
 @pytest.mark.parametrize(("main", "section", "settings"), [
     (commands.linear_main, "eval.linear.", LinearSettings),
     (commands.semisup_main, "eval.semisup.", SemisupSettings),
+    (commands.select_main, "eval.select.", SelectSettings),
     (commands.detection_main, "eval.detection.", DetectionSettings),
 ])
 def test_help_lists_every_key_of_the_section_with_default_and_help(main, section, settings, capsys):

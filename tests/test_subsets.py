@@ -3,7 +3,7 @@ import pytest
 
 from mochi_hvs.config import ConfigError
 from mochi_hvs.data.datasets import DatasetError, ImageSet
-from mochi_hvs.data.subsets import fraction_subset, per_class_subset, split_file_subset
+from mochi_hvs.data.subsets import fraction_subset, per_class_subset, random_subset, split_file_subset
 from mochi_hvs.evaluation.semisup import labelled_subset, subset_fingerprint
 from mochi_hvs.evaluator_settings import SemisupSettings
 
@@ -29,6 +29,19 @@ def test_subset_is_independent_of_other_classes():
     more = np.concatenate([LABELS, np.full(30, 9)])
     base = per_class_subset(LABELS, 5, seed=1)
     assert np.array_equal(per_class_subset(more, 5, seed=1)[: len(base)], base)
+
+
+def test_random_labels_are_uniform_exact_and_seeded():
+    chosen = random_subset(len(LABELS), 20, seed=3)
+    assert len(np.unique(chosen)) == 20 and np.all(np.diff(chosen) > 0) and chosen.max() < len(LABELS)
+    assert np.array_equal(chosen, random_subset(len(LABELS), 20, seed=3))
+    assert not np.array_equal(chosen, random_subset(len(LABELS), 20, seed=4))
+    draws = np.concatenate([LABELS[random_subset(len(LABELS), 20, seed)] for seed in range(200)])
+    assert np.allclose(np.bincount(draws) / len(draws), np.bincount(LABELS) / len(LABELS), atol=0.02)  # no balance
+    images = ImageSet(labels=LABELS, classes=list("abcd"), array=np.zeros((len(LABELS), 2, 2, 1), np.uint8))
+    assert np.array_equal(labelled_subset(images, SemisupSettings(random_labels=20, seed=3)), chosen)
+    with pytest.raises(ConfigError, match="'eval.semisup.random_labels' = 358 exceeds the 357 labelled training"):
+        labelled_subset(images, SemisupSettings(random_labels=358))
 
 
 def test_invalid_requests():

@@ -276,12 +276,17 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
     raise DatasetError(f"unknown dataset {name!r}")
 
 
+def labelled_training_images(name: str, root: str | None) -> ImageSet:
+    """The training images that have a label, in dataset order: the images split files and label subsets index."""
+    train = load_images(name, root, "train")
+    return train.subset(np.flatnonzero(train.labels >= 0))
+
+
 def labelled_splits(
     name: str, root: str | None, train_subset: int | None = None, test_subset: int | None = None, seed: int = 0,
 ) -> tuple[ImageSet, ImageSet]:
     """The labelled training images and the test images, each optionally cut to a fixed class-balanced subset."""
-    train = load_images(name, root, "train")
-    train = train.subset(np.flatnonzero(train.labels >= 0))
+    train = labelled_training_images(name, root)
     test = load_images(name, root, "test")
     if train_subset:
         train = train.subset(balanced_subset(train.labels, train_subset, seed))

@@ -1,4 +1,5 @@
-"""Deterministic, class-stratified labelled subsets for semi-supervised evaluation."""
+"""Deterministic labelled subsets for semi-supervised evaluation: class-stratified, uniformly random, or listed in a
+split file (read and written here)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
     return _take_per_class(labels, {int(c): per_class for c in np.unique(labels[labels >= 0])}, seed)
 
 
+def random_subset(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of `count` of `size` items drawn uniformly without replacement (no class balance), fixed by
+    `seed`."""
+    return np.sort(np.random.default_rng(seed).choice(size, count, replace=False)).astype(np.int64)
+
+
 def split_file_subset(images: ImageSet, path: str | Path) -> np.ndarray:
     """Indices of the images a split file lists, one per line: file names (e.g. the ImageNet 1%/10% lists,
     matched on the base name) for file-based sets, integer indices for in-memory sets."""
@@ -56,3 +63,13 @@ def split_file_subset(images: ImageSet, path: str | Path) -> np.ndarray:
     if unknown:
         raise DatasetError(f"{path}: {len(unknown)} listed images are not in the dataset, e.g. {unknown[:3]}")
     return np.array(sorted({position[Path(e).name] for e in entries}), dtype=np.int64)
+
+
+def write_split_file(images: ImageSet, indices: np.ndarray, path: str | Path) -> Path:
+    """Write the images at `indices` as a split file that split_file_subset reads back: one integer index per line
+    for in-memory sets, one file path per line for file-based sets (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [str(int(i)) if images.files is None else images.files[i] for i in np.sort(indices)]
+    path.write_text("".join(f"{entry}\n" for entry in entries))
+    return path

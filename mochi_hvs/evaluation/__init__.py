@@ -1,8 +1,9 @@
 """Evaluators of pretrained backbones (usable inside the training loop and from eval/).
 
 Light to import (the training loop needs only the kNN monitor); the other evaluators live in
-`linear`, `semisup` and `detection`, their settings in mochi_hvs.evaluator_settings (the config sections
-eval.linear / eval.semisup / eval.detection), their commands in `commands` and its plumbing in `cli`.
+`linear`, `semisup` and `detection`, the unsupervised choice of images to label (USL) in `label_selection` (the
+algorithm) and `usl` (its data), their settings in mochi_hvs.evaluator_settings (the config sections
+eval.linear / eval.semisup / eval.select / eval.detection), their commands in `commands` and its plumbing in `cli`.
 """
 
 from .features import extract_features

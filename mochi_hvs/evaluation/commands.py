@@ -1,6 +1,7 @@
-"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-detect` and `mochi-transfer` (console
-scripts, also run as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`, `eval/detection.py`,
-`eval/transfer.py`). Each reads its settings from its config section; `--help` lists them."""
+"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-select`, `mochi-detect` and
+`mochi-transfer` (console scripts, also run as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`,
+`eval/select_labels.py`, `eval/detection.py`, `eval/transfer.py`). Each reads its settings from its config section;
+`--help` lists them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import EvalConfig
-from ..evaluator_settings import DetectionSettings, LinearSettings, SemisupSettings, TransferSettings
+from ..data.subsets import write_split_file
+from ..evaluator_settings import (
+    DetectionSettings,
+    LinearSettings,
+    SelectSettings,
+    SemisupSettings,
+    TransferSettings,
+)
 from .cli import (
     EvalContext,
     Section,
@@ -28,11 +38,13 @@ from .knn import KnnMonitor
 from .linear import LinearProbe
 from .semisup import SemisupFinetune, subset_fingerprint
 from .transfer import TaskResult, evaluate_task, group_lines, markdown_table
+from .usl import LabelSelection
 
 KNN_KEYS = ("knn_k", "knn_temperature", "knn_backend", "knn_fp16", "knn_train_subset", "knn_test_subset", "batch_size")
 KNN = [Section("eval.", EvalConfig, KNN_KEYS)]
 LINEAR = [Section("eval.linear.", LinearSettings), Section("eval.", EvalConfig, ("batch_size",))]
 SEMISUP = [Section("eval.semisup.", SemisupSettings), Section("eval.", EvalConfig, ("batch_size",))]
+SELECT = [Section("eval.select.", SelectSettings), Section("eval.", EvalConfig, ("batch_size",))]
 DETECTION = [Section("eval.detection.", DetectionSettings)]
 CACHED_PROBE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "schedule", "seed", "standardize")
 TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS),
@@ -72,6 +84,22 @@ def semisup(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
     return {**vars(settings), "subset_sha1": subset_fingerprint(finetune.indices)}, metrics
 
 
+def select_labels(ctx: EvalContext, out: str | None) -> tuple[dict, dict]:
+    """Choose the images to label without labels and write the split file (default usl_<budget>.txt); only then
+    are the labels read, to report how many classes the choice covers."""
+    settings = ctx.cfg.eval.select
+    selection = LabelSelection(ctx.cfg, settings, ctx.device, ctx.amp_dtype)
+    chosen = selection.select(None if ctx.backbone is None else ctx.backbone.module)
+    path = Path(out or f"usl_{settings.budget}.txt")
+    if ctx.is_main:
+        write_split_file(selection.images, chosen, path)
+    counts = np.bincount(selection.images.labels[chosen], minlength=len(selection.images.classes))
+    record = {**vars(settings), "out": str(path.resolve()), "subset_sha1": subset_fingerprint(chosen)}
+    metrics = {"labelled_images": len(chosen), "pool_images": len(selection.pool),
+               "classes_covered": int((counts > 0).sum()), "class_counts": counts.tolist()}
+    return record, metrics
+
+
 def detection(ctx: EvalContext) -> tuple[DetectionSettings, dict[str, float]]:
     """Fine-tune the detector and score it on the validation set."""
     settings, data = ctx.cfg.eval.detection, ctx.cfg.data
@@ -97,10 +125,27 @@ def linear_main(argv: list[str] | None = None) -> int:
 def semisup_main(argv: list[str] | None = None) -> int:
     """mochi-semisup: semi-supervised fine-tuning on a labelled subset."""
     parser = base_parser("Semi-supervised fine-tuning of backbone and a new head on a labelled subset (exactly one of "
-                         "eval.semisup.label_fraction, labels_per_class or split_file); top-1/top-5 on the full test "
-                         "split.", SEMISUP,
+                         "eval.semisup.label_fraction, labels_per_class, split_file or random_labels); top-1/top-5 "
+                         "on the full test split.", SEMISUP,
                          "eval.semisup.label_fraction=0.01 eval.semisup.epochs=30 device=cpu")
     return run_evaluation("semisup", parse_arguments(parser, SEMISUP, argv), semisup)
+
+
+def select_main(argv: list[str] | None = None) -> int:
+    """mochi-select: USL, the images to label chosen from a backbone's (or the raw pixels') features, as a split
+    file for mochi-semisup."""
+    parser = base_parser("Unsupervised selection of the images to label (USL): k-means of the training images' "
+                         "features into eval.select.budget clusters, from each the densest image, kept apart by a "
+                         "diversity regulariser; no label is used. Writes a split file for mochi-semisup (--set "
+                         "eval.semisup.split_file=FILE).", SELECT,
+                         "eval.select.knn_k=20 eval.select.reg_lambda=0.5 device=cpu", pixels=True)
+    parser.add_argument("--budget", type=int, help="images to select: short for --set eval.select.budget=N")
+    parser.add_argument("--out", help="split file to write, one training-set index (or file) per line "
+                                      "(default: usl_<budget>.txt)")
+    args = parse_arguments(parser, SELECT, argv)
+    if args.budget is not None:
+        args.set.append(f"eval.select.budget={args.budget}")
+    return run_evaluation("select", args, lambda ctx: select_labels(ctx, args.out))
 
 
 def detection_main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..config import Config, ConfigError
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
-from ..data.subsets import fraction_subset, per_class_subset, split_file_subset
+from ..data.subsets import fraction_subset, per_class_subset, random_subset, split_file_subset
 from ..evaluator_settings import LABEL_SOURCES, SemisupSettings
 from ..runtime import autocast
 from .classifier_training import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
@@ -19,7 +19,8 @@ from .linear import new_head
 
 
 def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
-    """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count or split file."""
+    """Indices of the labelled images to fine-tune on, from exactly one of fraction, per-class count, split file or
+    random count."""
     given = settings.label_sources()
     if len(given) != 1:
         keys = ", ".join(f"'eval.semisup.{name}'" for name in LABEL_SOURCES)
@@ -30,7 +31,12 @@ def labelled_subset(images: ImageSet, settings: SemisupSettings) -> np.ndarray:
         return fraction_subset(images.labels, settings.label_fraction, settings.seed)
     if settings.labels_per_class is not None:
         return per_class_subset(images.labels, settings.labels_per_class, settings.seed)
-    return split_file_subset(images, settings.split_file)
+    if settings.split_file is not None:
+        return split_file_subset(images, settings.split_file)
+    if settings.random_labels > len(images):
+        raise ConfigError(f"'eval.semisup.random_labels' = {settings.random_labels} exceeds the {len(images)} labelled "
+                          "training images")
+    return random_subset(len(images), settings.random_labels, settings.seed)
 
 
 def subset_fingerprint(indices: np.ndarray) -> str:

@@ -274,7 +274,8 @@ class StudyRunner:
         if "semisup" in todo:
             model, width = backbone()
             settings = dataclasses.replace(evaluation.cfg.eval.semisup, label_fraction=SEMISUP_FRACTION,
-                                           labels_per_class=None, split_file=None, seed=seed or 0)
+                                           labels_per_class=None, split_file=None, random_labels=None,
+                                           seed=seed or 0)
             finetune = SemisupFinetune(evaluation.cfg, settings, evaluation.device, evaluation.amp_dtype)
             self.record(arm, seed, "semisup", finetune.evaluate(model, width), label_fraction=SEMISUP_FRACTION)
 
