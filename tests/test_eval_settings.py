@@ -133,12 +133,13 @@ def test_a_checkpoints_evaluator_settings_are_not_inherited(tmp_path):
     stored = load_config(None, ["optim.batch_size=32", "moco.queue_size=64", "model.bn_splits=4",
                                 "eval.linear.epochs=3", "eval.knn_k=5", "data.image_size=32"])
     our_checkpoint(tmp_path / "last.pth", stored)
-    args = argparse.Namespace(checkpoint=str(tmp_path / "last.pth"), config=None, set=["device=cpu"],
+    args = argparse.Namespace(checkpoint=[str(tmp_path / "last.pth")], config=None, set=["device=cpu"],
                               random_init=False, pixels=False, no_verify=False)
     ctx = prepare(args)
     assert ctx.cfg.data.image_size == 32  # data settings come from the checkpoint
     assert ctx.cfg.eval.linear == LinearSettings() and ctx.cfg.eval.knn_ks == [20, 200]
-    assert ctx.backbone.report.loaded == 120 and ctx.backbone.module.conv1.weight.device == torch.device("cpu")
+    (backbone,) = ctx.backbones
+    assert backbone.report.loaded == 120 and backbone.module.conv1.weight.device == torch.device("cpu")
 
 
 def section_float_keys() -> list[str]:

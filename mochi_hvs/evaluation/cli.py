@@ -6,12 +6,15 @@ against its SHA-256 digest unless `--no-verify`), `--config`/`--set` (data, devi
 pretraining), `--random-init` (the same architecture at a seeded random initialisation: the baseline) and
 `--results` (a JSON-lines file that gets one line per run; the transfer suite: one per task and metric group); kNN,
 the linear probe, the label selection and the transfer suite also take `--pixels` (the raw pixels of the dataset as
-features: no checkpoint needed). Each evaluator reads its settings from its config section (eval.knn_*,
-eval.linear.*, eval.semisup.*, eval.select.*, eval.detection.*, eval.transfer.*), which `--help` lists with
-defaults.
+features: no checkpoint needed). The frozen-feature evaluators (kNN, linear probe, label selection, transfer suite)
+also take several checkpoints, `--checkpoint A B C`, and evaluate the concatenation of their features, each model's
+L2-normalised, in the order given (see ensemble.py); the trained ones (semi-supervised, detection) take one. Each
+evaluator reads its settings from its config section (eval.knn_*, eval.linear.*, eval.semisup.*, eval.select.*,
+eval.detection.*, eval.transfer.*), which `--help` lists with defaults.
 
 Without --config, the data, device, amp and seed settings of the checkpoint's own config are used when it has one
-(less the pretraining subset data.train_subset). Evaluator settings are never taken from a checkpoint: a
+(less the pretraining subset data.train_subset); of several checkpoints, the first one's, and their configs must
+agree on the dataset, image size, mean and std. Evaluator settings are never taken from a checkpoint: a
 pretraining recipe's eval.* keys configure its in-training monitor (often on subsets, for speed), while an
 evaluation runs its protocol's defaults, on the full labelled sets, unless --config or --set say otherwise.
 Under torchrun, feature extraction is sharded across the processes and gathered in dataset order (kNN, cached
@@ -36,12 +39,13 @@ import torch
 import torch.nn as nn
 import yaml
 
-from ..config import Config, add_config_arguments, load_config
+from ..config import Config, DataConfig, add_config_arguments, load_config
 from ..distributed import init_distributed
 from ..errors import UserError
 from ..models.backbone import build_backbone
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
+from .ensemble import ConcatenatedBackbones, check_shared_data
 
 DEFAULT_RESULTS = "eval_results.jsonl"
 INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes from a checkpoint's config
@@ -97,14 +101,17 @@ def base_parser(description: str, sections: list[Section], example: str,
     parser = argparse.ArgumentParser(description=textwrap.fill(description, width=100),
                                      epilog=settings_help(sections),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=not pixels,
-                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar"
-                             + (" (with --pixels: optional, its config's data settings are used)" if pixels else ""))
+    parser.add_argument("--checkpoint", nargs="+", metavar="FILE", required=not pixels,
+                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar; "
+                             "several (frozen-feature evaluators): their features, each L2-normalised, concatenated"
+                             + (" (with --pixels: one, optional, its config's data settings are used)" if pixels
+                                else ""))
     add_config_arguments(parser, "YAML recipe for data/device/eval settings (default: the checkpoint's data settings)",
                          example)
     baselines = parser.add_mutually_exclusive_group()
     baselines.add_argument("--random-init", action="store_true",
-                           help="evaluate the same architecture at a seeded random initialisation (the baseline)")
+                           help="evaluate the same architecture at a seeded random initialisation (the baseline; of "
+                                "several checkpoints, each at its own seed: seed + its position)")
     if pixels:
         baselines.add_argument("--pixels", action="store_true",
                                help="evaluate the raw pixels of the dataset instead of a backbone (the reference "
@@ -113,7 +120,8 @@ def base_parser(description: str, sections: list[Section], example: str,
         parser.set_defaults(pixels=False)
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
     parser.add_argument("--no-verify", action="store_true",
-                        help="read --checkpoint even without a matching SHA-256 digest (e.g. an official MoCo file)")
+                        help="read the --checkpoint files even without a matching SHA-256 digest (e.g. official MoCo "
+                             "files)")
     return parser
 
 
@@ -148,13 +156,32 @@ class LoadedBackbone:
 
 @dataclass
 class EvalContext:
-    """What an evaluator needs: config, device and the backbone (None with --pixels: the raw pixels are evaluated)."""
+    """What an evaluator needs: config, device and the backbones (none with --pixels: the raw pixels are evaluated)."""
 
     cfg: Config
     device: torch.device
     amp_dtype: torch.dtype | None
-    backbone: LoadedBackbone | None
+    backbones: list[LoadedBackbone]  # one per --checkpoint file, in the order given
     is_main: bool = True  # under torchrun, only the first process prints and writes results
+
+    def feature_model(self) -> nn.Module | None:
+        """What the frozen-feature evaluators read: the backbone, the concatenation of several backbones' features
+        (each L2-normalised, in --checkpoint order), or None for the raw pixels."""
+        if len(self.backbones) > 1:
+            return ConcatenatedBackbones([backbone.module for backbone in self.backbones])
+        return self.backbones[0].module if self.backbones else None
+
+    @property
+    def width(self) -> int:
+        """Feature width of feature_model(): the sum of the backbones' widths."""
+        return sum(backbone.width for backbone in self.backbones)
+
+    def single_backbone(self, evaluator: str) -> LoadedBackbone:
+        """The one backbone a trained evaluator fine-tunes; several checkpoints are a UserError."""
+        if len(self.backbones) > 1:
+            raise UserError(f"{evaluator} fine-tunes one backbone: give one --checkpoint (the concatenation of "
+                            f"several applies to the frozen-feature evaluators: kNN, linear, transfer, select)")
+        return self.backbones[0]
 
 
 def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
@@ -169,32 +196,50 @@ def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
     return inherited
 
 
-def load_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta, random_init: bool) -> LoadedBackbone:
-    """The checkpoint's architecture with its weights, or (random_init) at the current seed's initialisation."""
+def load_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta, random_init: bool, seed: int) -> LoadedBackbone:
+    """The checkpoint's architecture with its weights, or (random_init) at the initialisation of `seed`."""
+    seed_everything(seed)
     module, width = build_backbone(meta.arch, meta.small_stem)
     if random_init:
         return LoadedBackbone(module, width, None, meta, LoadReport(0, missing=list(module.state_dict())))
     return LoadedBackbone(module, width, state, meta, load_backbone_weights(module, state))
 
 
+def stored_data(metas: list[WeightsMeta]) -> dict[str, DataConfig]:
+    """The data settings each checkpoint's own config resolves to, by file (files without a config left out)."""
+    return {meta.path: load_config(None, None, defaults=inherited_settings(meta.config)).data
+            for meta in metas if meta.config is not None}
+
+
 def prepare(args: argparse.Namespace) -> EvalContext:
-    """Read the weights, resolve the config and device, and build the backbone (seeded) unless --pixels."""
-    state, meta = read_backbone_state(args.checkpoint, verify=not args.no_verify) if args.checkpoint else (None, None)
-    stored = meta.config if meta is not None else None
+    """Read the weights of every --checkpoint file, resolve the config (the first file's, without --config) and the
+    device, and build the backbones (the i-th seeded with seed + i) unless --pixels."""
+    paths = args.checkpoint or []
+    if args.pixels and len(paths) > 1:
+        raise UserError("--pixels reads one --checkpoint at most (for its config's data settings), "
+                        f"not {len(paths)}")
+    weights = [read_backbone_state(path, verify=not args.no_verify) for path in paths]
+    metas = [meta for _, meta in weights]
+    if len(weights) > 1:
+        check_shared_data(stored_data(metas))
+    stored = metas[0].config if metas else None
     cfg = load_config(args.config, args.set, defaults=None if args.config else inherited_settings(stored))
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed)
-    backbone = None if args.pixels else load_backbone(state, meta, args.random_init)
-    if env.is_main:
-        described = (f"raw pixels of {cfg.data.name}" if backbone is None else
-                     f"{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
-                     f"{backbone.report.summary()}")
-        print(described, file=sys.stderr)
-    if backbone is not None:
+    backbones = [] if args.pixels else [load_backbone(state, meta, args.random_init, cfg.seed + index)
+                                        for index, (state, meta) in enumerate(weights)]
+    if env.is_main and args.pixels:
+        print(f"raw pixels of {cfg.data.name}", file=sys.stderr)
+    for backbone in backbones:
+        meta = backbone.meta
+        if env.is_main:
+            named = f"{meta.path}: " if len(backbones) > 1 else ""
+            print(f"{named}{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
+                  f"{backbone.report.summary()}", file=sys.stderr)
         backbone.module.to(device)
-    return EvalContext(cfg, device, amp_dtype, backbone, env.is_main)
+    return EvalContext(cfg, device, amp_dtype, backbones, env.is_main)
 
 
 def results_table(title: str, metrics: dict[str, Any]) -> str:
@@ -216,13 +261,30 @@ def append_result(path: str | Path, entry: dict[str, Any]) -> Path:
     return path
 
 
-def weights_record(args: argparse.Namespace, ctx: EvalContext) -> dict[str, Any]:
-    """What was evaluated: the weights' format, architecture and load count, or the raw pixels."""
-    if ctx.backbone is None:
-        return {"format": "pixels"}
-    meta = ctx.backbone.meta
+def backbone_record(args: argparse.Namespace, backbone: LoadedBackbone) -> dict[str, Any]:
+    """One backbone's weights: format, architecture and load count."""
+    meta = backbone.meta
     return {"format": meta.source, "arch": meta.arch, "small_stem": meta.small_stem, "random_init": args.random_init,
-            "loaded_tensors": ctx.backbone.report.loaded}
+            "loaded_tensors": backbone.report.loaded}
+
+
+def weights_record(args: argparse.Namespace, ctx: EvalContext) -> dict[str, Any]:
+    """What was evaluated: the raw pixels, one backbone's weights, or the concatenation of several (each one's
+    record under `members`, in --checkpoint order)."""
+    records = [backbone_record(args, backbone) for backbone in ctx.backbones]
+    if not records:
+        return {"format": "pixels"}
+    if len(records) == 1:
+        return records[0]
+    return {"format": "concatenation", "random_init": args.random_init, "width": ctx.width, "members": records}
+
+
+def checkpoint_record(args: argparse.Namespace) -> str | list[str] | None:
+    """The evaluated file's absolute path, or the list of them for several (None: raw pixels without a file)."""
+    paths = [str(Path(path).resolve()) for path in args.checkpoint or []]
+    if len(paths) > 1:
+        return paths
+    return paths[0] if paths else None
 
 
 def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
@@ -231,7 +293,7 @@ def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, set
     return {
         "evaluator": evaluator,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+        "checkpoint": checkpoint_record(args),
         "weights": weights_record(args, ctx),
         "data": {"name": ctx.cfg.data.name, "root": ctx.cfg.data.root, "image_size": ctx.cfg.data.image_size},
         "seed": ctx.cfg.seed,
@@ -244,7 +306,8 @@ def title_of(evaluator: str, args: argparse.Namespace) -> str:
     """The results table's title: evaluator and what it evaluated."""
     if args.pixels:
         return f"{evaluator} | raw pixels"
-    return f"{evaluator} | {args.checkpoint}{' (random init)' if args.random_init else ''}"
+    several = f"{len(args.checkpoint)} checkpoints (concatenated): " if len(args.checkpoint) > 1 else ""
+    return f"{evaluator} | {several}{', '.join(args.checkpoint)}{' (random init)' if args.random_init else ''}"
 
 
 def report_result(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,

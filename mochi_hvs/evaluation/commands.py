@@ -60,7 +60,8 @@ def knn_settings(e: EvalConfig) -> dict[str, Any]:
 def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
     """kNN results for every configured k."""
     monitor = KnnMonitor(ctx.cfg, ctx.device, ctx.amp_dtype)
-    results = monitor.evaluate_pixels() if ctx.backbone is None else monitor.evaluate_all(ctx.backbone.module)
+    model = ctx.feature_model()
+    results = monitor.evaluate_pixels() if model is None else monitor.evaluate_all(model)
     metrics = {}
     for result in results:
         metrics[f"k{result.k}_top1"] = result.top1
@@ -71,16 +72,17 @@ def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
 def linear(ctx: EvalContext) -> tuple[LinearSettings, dict[str, float]]:
     """Top-1/top-5 of the linear probe."""
     probe = LinearProbe(ctx.cfg, ctx.cfg.eval.linear, ctx.device, ctx.amp_dtype)
-    metrics = probe.evaluate_pixels() if ctx.backbone is None else probe.evaluate(ctx.backbone.module,
-                                                                                  ctx.backbone.width)
+    model = ctx.feature_model()
+    metrics = probe.evaluate_pixels() if model is None else probe.evaluate(model, ctx.width)
     return ctx.cfg.eval.linear, metrics
 
 
 def semisup(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
     """Fine-tune on the labelled subset; the settings record the subset's fingerprint."""
+    backbone = ctx.single_backbone("semisup")
     settings = ctx.cfg.eval.semisup
     finetune = SemisupFinetune(ctx.cfg, settings, ctx.device, ctx.amp_dtype)
-    metrics = finetune.evaluate(ctx.backbone.module, ctx.backbone.width)
+    metrics = finetune.evaluate(backbone.module, backbone.width)
     return {**vars(settings), "subset_sha1": subset_fingerprint(finetune.indices)}, metrics
 
 
@@ -89,7 +91,7 @@ def select_labels(ctx: EvalContext, out: str | None) -> tuple[dict, dict]:
     are the labels read, to report how many classes the choice covers."""
     settings = ctx.cfg.eval.select
     selection = LabelSelection(ctx.cfg, settings, ctx.device, ctx.amp_dtype)
-    chosen = selection.select(None if ctx.backbone is None else ctx.backbone.module)
+    chosen = selection.select(ctx.feature_model())
     path = Path(out or f"usl_{settings.budget}.txt")
     if ctx.is_main:
         write_split_file(selection.images, chosen, path)
@@ -103,7 +105,8 @@ def select_labels(ctx: EvalContext, out: str | None) -> tuple[dict, dict]:
 def detection(ctx: EvalContext) -> tuple[DetectionSettings, dict[str, float]]:
     """Fine-tune the detector and score it on the validation set."""
     settings, data = ctx.cfg.eval.detection, ctx.cfg.data
-    metrics, _ = detection_transfer(ctx.backbone.state, ctx.backbone.meta, settings, data.mean, data.std, ctx.device)
+    backbone = ctx.single_backbone("detection")
+    metrics, _ = detection_transfer(backbone.state, backbone.meta, settings, data.mean, data.std, ctx.device)
     return settings, metrics
 
 
@@ -159,8 +162,8 @@ def detection_main(argv: list[str] | None = None) -> int:
 def transfer(ctx: EvalContext) -> tuple[dict[str, Any], list[TaskResult]]:
     """Every task of eval.transfer.tasks in turn; the settings record the suite's, the probe's and kNN's."""
     e = ctx.cfg.eval
-    backbone = None if ctx.backbone is None else ctx.backbone.module
-    results = [evaluate_task(ctx.cfg, task, backbone, ctx.device, ctx.amp_dtype) for task in e.transfer.tasks]
+    model = ctx.feature_model()
+    results = [evaluate_task(ctx.cfg, task, model, ctx.device, ctx.amp_dtype) for task in e.transfer.tasks]
     settings = {"transfer": dataclasses.asdict(e.transfer),
                 "linear": {name: getattr(e.linear, name) for name in CACHED_PROBE_KEYS}, "knn": knn_settings(e)}
     return settings, results
@@ -187,11 +190,12 @@ def report_transfer(evaluator: str, args: argparse.Namespace, ctx: EvalContext, 
 def transfer_main(argv: list[str] | None = None) -> int:
     """mochi-transfer: kNN, linear probe with calibration and few-shot episodes of a backbone (or of the raw pixels)
     on every transfer task; one JSON line per task and metric group, one Markdown table."""
-    parser = base_parser("Transfer suite: one backbone (or the raw pixels), many target tasks, one table. Per task, "
-                         "on frozen features: weighted kNN top-1, the cached linear probe's top-1 and expected "
-                         "calibration error (15 bins), and N-way K-shot prototype episodes (mean and 95% interval) "
-                         "drawn from the test split. Every task uses the checkpoint's data settings (image size, "
-                         "mean, std). A task whose data is missing is skipped with the reason.", TRANSFER,
+    parser = base_parser("Transfer suite: one backbone (several: their features concatenated; or the raw pixels), "
+                         "many target tasks, one table. Per task, on frozen features: weighted kNN top-1, the cached "
+                         "linear probe's top-1 and expected calibration error (15 bins), and N-way K-shot prototype "
+                         "episodes (mean and 95% interval) drawn from the test split. Every task uses the "
+                         "checkpoint's data settings (image size, mean, std). A task whose data is missing is skipped "
+                         "with the reason.", TRANSFER,
                          "eval.transfer.episodes=1000 eval.linear.epochs=50 device=cpu", pixels=True)
     parser.add_argument("--tasks", nargs="+", metavar="TASK",
                         help="the tasks, NAME or NAME=ROOT (shorthand for --set eval.transfer.tasks=[...])")
