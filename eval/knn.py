@@ -2,6 +2,7 @@
 
     python eval/knn.py --checkpoint FILE [--config F] [--set eval.knn_k=[20,200] eval.knn_train_subset=10000 ...]
     python eval/knn.py --pixels [--config F] [--set data.name=cifar10 ...]
+    python eval/knn.py --checkpoint A.pth B.pth [...]   # the concatenation of their L2-normalised features
 
 `--help` lists the settings (config keys) with their defaults.
 """

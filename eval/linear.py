@@ -2,6 +2,7 @@
 
     python eval/linear.py --checkpoint FILE [--set eval.linear.mode=cached eval.linear.epochs=50 ...]
     python eval/linear.py --pixels --set eval.linear.mode=sklearn
+    python eval/linear.py --checkpoint A.pth B.pth [...]   # the concatenation of their L2-normalised features
 
 `--help` lists the settings (config keys) with their defaults.
 """
