@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from knn_reference import reference_knn
 from PIL import Image
 
 from mochi_hvs.config import DataConfig
@@ -93,21 +94,8 @@ def reference_knn_top1(k, temperature=0.07):
     """Weighted kNN top-1 of L2-normalised raw pixels in float64 with numpy, independent of the toolkit's search.
     Also returns the smallest margins that decide it, so that float32 rounding cannot change the figure."""
     train, test = small_splits()
-    bank = train.array.reshape(len(train), -1) / 255.0
-    queries = test.array.reshape(len(test), -1) / 255.0
-    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    sims = queries @ bank.T
-    order = np.argsort(-sims, axis=1, kind="stable")
-    scores = np.zeros((len(test), 10))
-    for row, neighbours in enumerate(order[:, :k]):
-        np.add.at(scores[row], train.labels[neighbours], np.exp(sims[row, neighbours] / temperature))
-    ranked = np.sort(scores, axis=1)
-    vote_margin = ((ranked[:, -1] - ranked[:, -2]) / ranked[:, -1]).min()
-    sorted_sims = np.take_along_axis(sims, order, axis=1)
-    boundary_gap = (sorted_sims[:, k - 1] - sorted_sims[:, k]).min() if k < len(train) else np.inf
-    top1 = 100.0 * (scores.argmax(axis=1) == test.labels).mean()
-    return top1, vote_margin, boundary_gap
+    return reference_knn(train.array.reshape(len(train), -1) / 255.0, train.labels,
+                         test.array.reshape(len(test), -1) / 255.0, test.labels, k, temperature=temperature)
 
 
 def read_results(path):

@@ -4,13 +4,13 @@ L2-normalised, in the order given; checked against features and a weighted kNN c
 import argparse
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from eval_outputs import error_line, read_results
+from knn_reference import reference_knn
 from weight_files import our_checkpoint
 
 from mochi_hvs.config import load_config
@@ -100,22 +100,6 @@ def split_features(backbones, images):
             rows = [backbone(batch["image"]) for batch in eval_loader(images, cfg.data, 50, workers=0)]
             blocks.append(F.normalize(torch.cat(rows).double(), dim=1))
     return torch.cat(blocks, dim=1).numpy()
-
-
-def reference_knn(bank, bank_labels, queries, query_labels, k, temperature=0.07):
-    """Weighted kNN top-1 in float64 with numpy, and the smallest vote margin and neighbour gap that decide it."""
-    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sims = queries @ bank.T
-    order = np.argsort(-sims, axis=1, kind="stable")
-    scores = np.zeros((len(queries), 10))
-    for row, neighbours in enumerate(order[:, :k]):
-        np.add.at(scores[row], bank_labels[neighbours], np.exp(sims[row, neighbours] / temperature))
-    ranked = np.sort(scores, axis=1)
-    vote_margin = ((ranked[:, -1] - ranked[:, -2]) / ranked[:, -1]).min()
-    sorted_sims = np.take_along_axis(sims, order, axis=1)
-    boundary_gap = (sorted_sims[:, k - 1] - sorted_sims[:, k]).min()
-    return 100.0 * (scores.argmax(axis=1) == query_labels).mean(), vote_margin, boundary_gap
 
 
 def test_knn_of_two_checkpoints_matches_an_independent_computation(checkpoints, tmp_path, capsys):
