@@ -1,5 +1,5 @@
 """Shared plumbing of the evaluator commands (mochi-knn, mochi-linear, mochi-semisup, mochi-select, mochi-detect,
-mochi-transfer and their eval/*.py wrappers).
+mochi-transfer, mochi-transferability and their eval/*.py wrappers).
 
 Every command takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
 against its SHA-256 digest unless `--no-verify`), `--config`/`--set` (data, device and evaluator settings, as for
@@ -7,8 +7,8 @@ pretraining), `--random-init` (the same architecture at a seeded random initiali
 `--results` (a JSON-lines file that gets one line per run; the transfer suite: one per task and metric group); kNN,
 the linear probe, the label selection and the transfer suite also take `--pixels` (the raw pixels of the dataset as
 features: no checkpoint needed). Each evaluator reads its settings from its config section (eval.knn_*,
-eval.linear.*, eval.semisup.*, eval.select.*, eval.detection.*, eval.transfer.*), which `--help` lists with
-defaults.
+eval.linear.*, eval.semisup.*, eval.select.*, eval.detection.*, eval.transfer.*, eval.transferability.*), which
+`--help` lists with defaults.
 
 Without --config, the data, device, amp and seed settings of the checkpoint's own config are used when it has one
 (less the pretraining subset data.train_subset). Evaluator settings are never taken from a checkpoint: a
