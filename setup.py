@@ -42,6 +42,7 @@ setup(
             "mochi-select=mochi_hvs.evaluation.commands:select_main",
             "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
             "mochi-transfer=mochi_hvs.evaluation.commands:transfer_main",
+            "mochi-transferability=mochi_hvs.evaluation.commands:transferability_main",
         ],
     },
 )

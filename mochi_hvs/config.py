@@ -23,6 +23,7 @@ from .evaluator_settings import (
     LinearSettings,
     SelectSettings,
     SemisupSettings,
+    TransferabilitySettings,
     TransferSettings,
     setting,
     task_name_and_root,
@@ -175,7 +176,7 @@ class OptimConfig:
 class EvalConfig:
     """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
     of the other evaluators (eval/linear.py, eval/semisup.py, eval/select_labels.py, eval/detection.py,
-    eval/transfer.py)."""
+    eval/transfer.py, eval/transferability.py)."""
 
     knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)")
     knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)")
@@ -198,6 +199,7 @@ class EvalConfig:
     select: SelectSettings = field(default_factory=SelectSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    transferability: TransferabilitySettings = field(default_factory=TransferabilitySettings)
 
     @property
     def knn_ks(self) -> list[int]:
@@ -572,13 +574,14 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _check(ev.batch_size > 0, source, "eval.batch_size", f"must be positive; got {ev.batch_size}")
     _check(ev.analysis_every >= 0, source, "eval.analysis_every", "must be >= 0")
     _check(ev.analysis_samples >= 2, source, "eval.analysis_samples", "must be >= 2")
-    for name in ("linear", "semisup", "select", "detection", "transfer"):
+    for name in ("linear", "semisup", "select", "detection", "transfer", "transferability"):
         _validate_choices(getattr(ev, name), f"eval.{name}.", source)
     _validate_linear(ev.linear, source)
     _validate_semisup(ev.semisup, source)
     _validate_select(ev.select, source)
     _validate_detection(ev.detection, source)
     _validate_transfer(ev.transfer, source)
+    _validate_transferability(ev.transferability, source)
 
 
 def _validate_choices(section: Any, prefix: str, source: str) -> None:
@@ -665,20 +668,35 @@ def _validate_detection(detection: DetectionSettings, source: str) -> None:
     _check(0 <= d.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {d.seed}")
 
 
+def _validate_tasks(tasks: list[str], key: str, source: str) -> None:
+    """A non-empty list of distinct tasks, each a known dataset name as NAME or NAME=ROOT."""
+    unknown = [name for name in (task_name_and_root(task)[0] for task in tasks) if name not in CHOICES["data.name"]]
+    _check(bool(tasks), source, key, "must list at least one task")
+    _check(not unknown, source, key, f"must name datasets ({', '.join(CHOICES['data.name'])}), each as NAME "
+           f"or NAME=ROOT; got {unknown[0] if unknown else ''!r}")
+    repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+    _check(not repeated, source, key, f"lists {repeated[0] if repeated else ''!r} twice")
+
+
 def _validate_transfer(transfer: TransferSettings, source: str) -> None:
     p, t = "eval.transfer.", transfer
-    names = [task_name_and_root(task)[0] for task in t.tasks]
-    unknown = [name for name in names if name not in CHOICES["data.name"]]
-    _check(bool(t.tasks), source, p + "tasks", "must list at least one task")
-    _check(not unknown, source, p + "tasks", f"must name datasets ({', '.join(CHOICES['data.name'])}), each as NAME "
-           f"or NAME=ROOT; got {unknown[0] if unknown else ''!r}")
-    repeated = sorted({task for task in t.tasks if t.tasks.count(task) > 1})
-    _check(not repeated, source, p + "tasks", f"lists {repeated[0] if repeated else ''!r} twice")
+    _validate_tasks(t.tasks, p + "tasks", source)
     _check(t.ways >= 2, source, p + "ways", f"must be >= 2; got {t.ways}")
     _check(bool(t.shots) and min(t.shots) > 0 and len(set(t.shots)) == len(t.shots), source, p + "shots",
            f"must be distinct positive numbers; got {t.shots}")
     _check(t.queries > 0, source, p + "queries", f"must be positive; got {t.queries}")
     _check(t.episodes > 1, source, p + "episodes", f"must be >= 2 (the interval needs a spread); got {t.episodes}")
+    _check(0 <= t.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {t.seed}")
+
+
+def _validate_transferability(transferability: TransferabilitySettings, source: str) -> None:
+    p, t = "eval.transferability.", transferability
+    _validate_tasks([t.source], p + "source", source)
+    _validate_tasks(t.tasks, p + "tasks", source)
+    for name in ("batches", "batch_size"):
+        _check(getattr(t, name) > 0, source, p + name, f"must be positive; got {getattr(t, name)}")
+    _check(bool(t.parameters) and all(isinstance(prefix, str) for prefix in t.parameters), source, p + "parameters",
+           f"must list parameter-name prefixes ('' for all); got {t.parameters}")
     _check(0 <= t.seed < 2**63, source, p + "seed", f"must be in [0, 2**63); got {t.seed}")
 
 

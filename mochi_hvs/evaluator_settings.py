@@ -1,4 +1,5 @@
-"""The evaluators' config sections (eval.linear, eval.semisup, eval.select, eval.detection, eval.transfer): each
+"""The evaluators' config sections (eval.linear, eval.semisup, eval.select, eval.detection, eval.transfer,
+eval.transferability): each
 field defined once, with its default, a one-line help and, where it has them, its choices; `--help` and config
 validation read them from here."""
 
@@ -137,6 +138,21 @@ class TransferSettings:
     queries: int = setting(15, "query images per class and episode")
     episodes: int = setting(600, "few-shot episodes per shot count (mean and 95% interval over them)")
     seed: int = setting(0, "seed of the episodes")
+
+
+@dataclass
+class TransferabilitySettings:
+    """Transferability estimates from one source task to each target (PGE, after Qi et al. 2023, and LogME, after
+    You et al. 2021): the images they read and the backbone parameters whose gradients PGE compares."""
+
+    source: str = setting("fashion_mnist", "the source task: a dataset name, or NAME=ROOT")
+    tasks: list[str] = setting(TRANSFER_TASKS, "target tasks: a dataset name (data.name), or NAME=ROOT")
+    batches: int = setting(16, "mini-batches of labelled training images per task whose gradients are averaged; as "
+                               "many other images fit the task's head (seeded class-balanced subsets)")
+    batch_size: int = setting(64, "images per mini-batch")
+    parameters: list[str] = setting(["layer4"], "backbone parameter-name prefixes whose gradients PGE compares "
+                                                "(layer4: the last ResNet stage; '': every parameter)")
+    seed: int = setting(0, "seed of the image subsets")
 
 
 def task_name_and_root(task: str) -> tuple[str, str | None]:

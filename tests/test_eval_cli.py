@@ -150,7 +150,7 @@ def test_console_scripts_are_the_mains_of_the_eval_scripts(monkeypatch):
     targets = dict(line.split("=") for line in captured["entry_points"]["console_scripts"])
     for script, name in (("mochi-knn", "knn"), ("mochi-linear", "linear"), ("mochi-semisup", "semisup"),
                          ("mochi-select", "select_labels"), ("mochi-detect", "detection"),
-                         ("mochi-transfer", "transfer")):
+                         ("mochi-transfer", "transfer"), ("mochi-transferability", "transferability")):
         module, function = targets[script].split(":")
         assert getattr(importlib.import_module(module), function) is cli(name)
 

@@ -174,7 +174,7 @@ def test_trained_evaluators_take_one_checkpoint(checkpoints, tmp_path, capsys, m
     results = tmp_path / "r.jsonl"
     assert main(["--checkpoint", *map(str, paths), "--results", str(results), "--set", "device=cpu", *settings]) == 2
     line = error_line(capsys)
-    assert "fine-tunes one backbone" in line and "frozen-feature evaluators" in line
+    assert "works on one backbone" in line and "frozen-feature evaluators" in line
     assert not results.exists()
 
 

@@ -1,5 +1,5 @@
 """Shared plumbing of the evaluator commands (mochi-knn, mochi-linear, mochi-semisup, mochi-select, mochi-detect,
-mochi-transfer and their eval/*.py wrappers).
+mochi-transfer, mochi-transferability and their eval/*.py wrappers).
 
 Every command takes `--checkpoint` (our checkpoint, an exported backbone or an official MoCo .pth.tar; checked
 against its SHA-256 digest unless `--no-verify`), `--config`/`--set` (data, device and evaluator settings, as for
@@ -10,7 +10,7 @@ features: no checkpoint needed). The frozen-feature evaluators (kNN, linear prob
 also take several checkpoints, `--checkpoint A B C`, and evaluate the concatenation of their features, each model's
 L2-normalised, in the order given (see ensemble.py); the trained ones (semi-supervised, detection) take one. Each
 evaluator reads its settings from its config section (eval.knn_*, eval.linear.*, eval.semisup.*, eval.select.*,
-eval.detection.*, eval.transfer.*), which `--help` lists with defaults.
+eval.detection.*, eval.transfer.*, eval.transferability.*), which `--help` lists with defaults.
 
 Without --config, the data, device, amp and seed settings of the checkpoint's own config are used when it has one
 (less the pretraining subset data.train_subset); of several checkpoints, the first one's, and their configs must
@@ -177,9 +177,10 @@ class EvalContext:
         return sum(backbone.width for backbone in self.backbones)
 
     def single_backbone(self, evaluator: str) -> LoadedBackbone:
-        """The one backbone a trained evaluator fine-tunes; several checkpoints are a UserError."""
+        """The one backbone a trained evaluator fine-tunes (or transferability differentiates); several checkpoints
+        are a UserError."""
         if len(self.backbones) > 1:
-            raise UserError(f"{evaluator} fine-tunes one backbone: give one --checkpoint (the concatenation of "
+            raise UserError(f"{evaluator} works on one backbone: give one --checkpoint (the concatenation of "
                             f"several applies to the frozen-feature evaluators: kNN, linear, transfer, select)")
         return self.backbones[0]
 

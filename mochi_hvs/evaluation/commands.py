@@ -1,7 +1,7 @@
-"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-select`, `mochi-detect` and
-`mochi-transfer` (console scripts, also run as `python eval/knn.py`, `eval/linear.py`, `eval/semisup.py`,
-`eval/select_labels.py`, `eval/detection.py`, `eval/transfer.py`). Each reads its settings from its config section;
-`--help` lists them."""
+"""The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-select`, `mochi-detect`,
+`mochi-transfer` and `mochi-transferability` (console scripts, also run as `python eval/knn.py`, `eval/linear.py`,
+`eval/semisup.py`, `eval/select_labels.py`, `eval/detection.py`, `eval/transfer.py`, `eval/transferability.py`).
+Each reads its settings from its config section; `--help` lists them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..evaluator_settings import (
     LinearSettings,
     SelectSettings,
     SemisupSettings,
+    TransferabilitySettings,
     TransferSettings,
 )
 from .cli import (
@@ -38,6 +40,8 @@ from .knn import KnnMonitor
 from .linear import LinearProbe
 from .semisup import SemisupFinetune, subset_fingerprint
 from .transfer import TaskResult, evaluate_task, group_lines, markdown_table
+from .transfer_ranking import Measured, correlation_table, correlations, read_measured
+from .transferability import TaskEstimate, estimate_transferability, estimates_table
 from .usl import LabelSelection
 
 KNN_KEYS = ("knn_k", "knn_temperature", "knn_backend", "knn_fp16", "knn_train_subset", "knn_test_subset", "batch_size")
@@ -49,6 +53,8 @@ DETECTION = [Section("eval.detection.", DetectionSettings)]
 CACHED_PROBE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "schedule", "seed", "standardize")
 TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS),
             Section("eval.", EvalConfig, KNN_KEYS)]
+TRANSFERABILITY = [Section("eval.transferability.", TransferabilitySettings),
+                   Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS)]
 
 
 def knn_settings(e: EvalConfig) -> dict[str, Any]:
@@ -187,6 +193,17 @@ def report_transfer(evaluator: str, args: argparse.Namespace, ctx: EvalContext, 
         print(f"table written to {args.table}", file=sys.stderr)
 
 
+def add_tasks_argument(parser: argparse.ArgumentParser, what: str, key: str) -> None:
+    """--tasks TASK ...: shorthand for the config key `key` (see task_list_override)."""
+    parser.add_argument("--tasks", nargs="+", metavar="TASK",
+                        help=f"{what}, NAME or NAME=ROOT (shorthand for --set {key}=[...])")
+
+
+def task_list_override(key: str, tasks: list[str]) -> str:
+    """--set text giving a list of tasks (JSON is YAML: any path survives)."""
+    return f"{key}={json.dumps(tasks)}"
+
+
 def transfer_main(argv: list[str] | None = None) -> int:
     """mochi-transfer: kNN, linear probe with calibration and few-shot episodes of a backbone (or of the raw pixels)
     on every transfer task; one JSON line per task and metric group, one Markdown table."""
@@ -197,10 +214,75 @@ def transfer_main(argv: list[str] | None = None) -> int:
                          "checkpoint's data settings (image size, mean, std). A task whose data is missing is skipped "
                          "with the reason.", TRANSFER,
                          "eval.transfer.episodes=1000 eval.linear.epochs=50 device=cpu", pixels=True)
-    parser.add_argument("--tasks", nargs="+", metavar="TASK",
-                        help="the tasks, NAME or NAME=ROOT (shorthand for --set eval.transfer.tasks=[...])")
+    add_tasks_argument(parser, "the tasks", "eval.transfer.tasks")
     parser.add_argument("--table", help="also write the Markdown table to this file")
     args = parse_arguments(parser, TRANSFER, argv)
     if args.tasks:
-        args.set = [*args.set, f"eval.transfer.tasks={json.dumps(args.tasks)}"]  # JSON is YAML: any path survives
+        args.set = [*args.set, task_list_override("eval.transfer.tasks", args.tasks)]
     return run_evaluation("transfer", args, transfer, report_transfer)
+
+
+@dataclass
+class TransferabilityResults:
+    """The estimates per target and, with --measured, the transfer they are ranked against."""
+
+    estimates: list[TaskEstimate]
+    measured: Measured | None
+
+
+def transferability(ctx: EvalContext, measured: str | None) -> tuple[dict[str, Any], TransferabilityResults]:
+    """The --measured file first (a bad one stops before any work), then the estimates of every target."""
+    truth = None if measured is None else read_measured(measured)
+    estimates = estimate_transferability(ctx.cfg, ctx.single_backbone("transferability").module, ctx.device)
+    e = ctx.cfg.eval
+    settings = {"transferability": dataclasses.asdict(e.transferability),
+                "linear": {name: getattr(e.linear, name) for name in CACHED_PROBE_KEYS}}
+    return settings, TransferabilityResults(estimates, truth)
+
+
+def report_transferability(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: dict[str, Any],
+                           results: TransferabilityResults) -> None:
+    """One JSON line per target (and, with --measured, one with the rank correlations), then the Markdown tables."""
+    source = ctx.cfg.eval.transferability.source
+    lines = [{**result_entry(evaluator, args, dataclasses.replace(ctx, cfg=e.cfg), settings, e.metrics()),
+              "task": e.task, "source": source, "skipped": e.skipped} for e in results.estimates]
+    text = f"{title_of(evaluator, args)}\n\n{estimates_table(results.estimates, source)}"
+    if results.measured is not None:
+        kept = [e for e in results.estimates if e.skipped is None]
+        scores = {"PGE": {e.task: -e.pge_distance for e in kept if e.pge_distance is not None},
+                  "LogME": {e.task: e.logme for e in kept}}
+        table = correlations(scores, results.measured)
+        records = {metric: {name: dataclasses.asdict(c) for name, c in row.items()} for metric, row in table.items()}
+        lines.append({**result_entry(evaluator, args, ctx, settings, records), "task": None, "source": source,
+                      "measured": str(Path(args.measured).resolve()), "skipped": None})
+        text += (f"\n\nRank correlation with the measured transfer ({args.measured}) across the targets; PGE is "
+                 f"ranked by -distance, so positive means the estimate orders the targets as measured:\n\n"
+                 f"{correlation_table(table)}")
+    for line in lines:
+        append_result(args.results, line)
+    print(f"appended {len(lines)} lines to {args.results}", file=sys.stderr)
+    print(text)
+
+
+def transferability_main(argv: list[str] | None = None) -> int:
+    """mochi-transferability: PGE distance and LogME from a source task to every target task, optionally ranked
+    against the transfer mochi-transfer measured."""
+    parser = base_parser("Transferability estimates from a source task to every target task, for one backbone: "
+                         "PGE (distance of the normalised expected gradients of the backbone parameters named by "
+                         "eval.transferability.parameters, each task with its own fitted linear head; smaller: "
+                         "better) and LogME (log maximum evidence of a linear model on the frozen features; larger: "
+                         "better). With --measured, their rank correlations with the measured transfer.",
+                         TRANSFERABILITY, "eval.transferability.batches=4 eval.linear.standardize=true device=cpu")
+    parser.add_argument("--source", help="the source task, NAME or NAME=ROOT (shorthand for --set "
+                                         "eval.transferability.source=...)")
+    add_tasks_argument(parser, "the target tasks", "eval.transferability.tasks")
+    parser.add_argument("--measured", metavar="FILE",
+                        help="results of mochi-transfer (its --results JSON lines): report how well each estimate "
+                             "ranks the targets against them (Spearman and Kendall, per measured metric)")
+    args = parse_arguments(parser, TRANSFERABILITY, argv)
+    if args.source:
+        args.set = [*args.set, f"eval.transferability.source={json.dumps(args.source)}"]
+    if args.tasks:
+        args.set = [*args.set, task_list_override("eval.transferability.tasks", args.tasks)]
+    return run_evaluation("transferability", args, lambda ctx: transferability(ctx, args.measured),
+                          report_transferability)

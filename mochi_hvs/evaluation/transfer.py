@@ -109,16 +109,20 @@ def markdown_table(results: list[TaskResult], ks: list[int], settings: TransferS
             for shots in settings.shots:
                 stem = shot_key(settings.ways, shots)
                 cells.append(number(few.get(f"{stem}_mean"), few.get(f"{stem}_interval")))
-        lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in [result.task, *cells])
-                     + " |")
+        lines.append(markdown_row([result.task, *cells]))
     return "\n".join(lines)
 
 
-def number(value: float | None, interval: float | None = None) -> str:
-    """A table cell: two decimals, `mean ± interval` with an interval, n/a when missing."""
+def markdown_row(cells: list[str]) -> str:
+    """One Markdown table row; a cell's pipes are escaped and its line breaks become spaces."""
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+def number(value: float | None, interval: float | None = None, digits: int = 2) -> str:
+    """A table cell: `digits` decimals, `mean ± interval` with an interval, n/a when missing."""
     if value is None:
         return "n/a"
-    return f"{value:.2f}" if interval is None else f"{value:.2f} ± {interval:.2f}"
+    return f"{value:.{digits}f}" if interval is None else f"{value:.{digits}f} ± {interval:.{digits}f}"
 
 
 def group_lines(result: TaskResult) -> list[tuple[str | None, dict[str, Any], str | None]]:
