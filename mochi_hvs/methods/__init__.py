@@ -5,7 +5,17 @@ their hooks in).
 """
 
 from . import mochi, hvs  # noqa: F401, I001  (registration order: negatives before view selection)
-from .base import METHODS, ExtraLoss, ExtraNegatives, Method, StepContext, ViewChoice, build_methods, register
+from .base import (
+    METHODS,
+    ExtraLoss,
+    ExtraNegatives,
+    ExtraQueries,
+    Method,
+    StepContext,
+    ViewChoice,
+    build_methods,
+    register,
+)
 
-__all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "Method", "StepContext", "ViewChoice", "build_methods",
-           "register"]
+__all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "ExtraQueries", "Method", "StepContext", "ViewChoice",
+           "build_methods", "register"]
