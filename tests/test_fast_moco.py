@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_checkpoint import assert_same_state, weights
+from test_checkpoint import assert_same_state, stop_after, weights
 from test_distributed import _train, overrides_for, run_ranks
 
 from mochi_hvs.checkpoint import resolve_resume
@@ -125,17 +125,7 @@ def test_resume_is_exact_with_fast_moco_on(quick_overrides):
     straight.train()
     cfg = load_config(None, over + ["name=split"])
     interrupted = Trainer(cfg)
-    real_step = interrupted.train_step
-    calls = []
-
-    def step_then_stop(batch):
-        out = real_step(batch)
-        calls.append(1)
-        if len(calls) == 2:
-            interrupted.request_stop()
-        return out
-
-    interrupted.train_step = step_then_stop
+    stop_after(interrupted, 2)
     with pytest.raises(Interrupted):
         interrupted.train()
     resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
