@@ -11,6 +11,7 @@ from test_checkpoint import assert_same_state, stop_after, weights
 from test_distributed import _train, overrides_for, run_ranks
 
 from mochi_hvs.checkpoint import resolve_resume
+from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.errors import Interrupted
 from mochi_hvs.methods.fast_moco import FastMoco, combine_features, patch_subsets, split_patches
@@ -134,6 +135,12 @@ def test_resume_is_exact_with_fast_moco_on(quick_overrides):
     assert resumed.position.global_step == 3
     assert_same_state(weights(straight), weights(resumed))
     assert torch.equal(straight.model.queue.features, resumed.model.queue.features)
+
+
+def test_the_patches_cost_one_query_view():
+    plain = units_per_image(load_config(None, []), selecting=False)
+    assert units_per_image(load_config(None, ENABLED), selecting=False) == plain == 4
+    assert units_per_image(load_config(None, [*ENABLED, "fast_moco.mode=add"]), selecting=False) == 4 + 3
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
