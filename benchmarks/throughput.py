@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of MoCo-v2, MoCHi, HVS and MoCHi+HVS steps, beside lightly's MoCo.
+"""Training throughput and peak memory of MoCo-v2, MoCHi, HVS, MoCHi+HVS and Fast-MoCo steps, beside lightly's MoCo.
 
     python benchmarks/throughput.py                  # all parts below
     python benchmarks/throughput.py --part step      # ResNet-18 (small stem, 32 px) and ResNet-50 (224 px) steps
@@ -83,6 +83,7 @@ VARIANTS = {
     "mochi": MOCHI,
     "hvs": HVS,
     "mochi_hvs": MOCHI + HVS + ["hvs.score_with_mochi=true"],
+    "fast_moco": ["fast_moco.enabled=true"],  # 2 x 2 patches, 6 pairs replacing the whole view's query
 }
 SETTINGS = {  # arch -> (small stem, image size, queue size, batch on CPU, batch on GPU)
     "resnet18": (True, 32, 4096, 64, 256),

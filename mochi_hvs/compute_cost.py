@@ -3,7 +3,10 @@
 One image through the query or the momentum encoder is one forward; a backward pass counts as two
 forwards (the usual estimate), so a trained query costs 3 and a key 1: a MoCo-v2 step costs 4 per image.
 HVS adds V no-grad scoring forwards per scoring encoder (at (score_resolution / image_size)^2 of the cost)
-and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward.
+and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward. Fast-MoCo's
+m x m patches of a query view cost one view together (a convolution's cost follows the pixels; the head on the
+combinations is negligible): nothing more when they replace the whole view's query, one more trained query when
+they are added to it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
 def units_per_image(cfg: Config, selecting: bool) -> float:
     """Encoder forwards one image of the batch costs in a step (with or without HVS selection)."""
     directions = 2 if cfg.moco.symmetric else 1
-    query = QUERY_UNITS * directions
+    added_patches = cfg.fast_moco.enabled and cfg.fast_moco.mode == "add"
+    query = QUERY_UNITS * directions * (2 if added_patches else 1)
     if not selecting:
         return query + KEY_UNITS * directions
     hvs = cfg.hvs

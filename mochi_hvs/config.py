@@ -155,6 +155,36 @@ class HvsConfig(MethodConfig):
                "needs mochi.enabled")
 
 
+# Most patch combinations Fast-MoCo may score per query view: each adds a batch of queries (B rows of 1 + K logits).
+MAX_COMBINATIONS = 64
+
+
+@dataclass
+class FastMocoConfig(MethodConfig):
+    """Fast-MoCo combinatorial patches: the query view split into grid x grid patches, each encoded by the backbone,
+    their features averaged over every subset of `subset` patches, each combination a query against the key."""
+
+    grid: int = 2  # m: the query view is split into m x m equal patches (the paper: 2)
+    subset: int = 2  # n: patches per combination, C(m * m, n) combinations (the paper: 2 of 4, 6 combinations)
+    weight: float = 1.0  # weight of the combinations' loss (their InfoNCE averaged over the combinations)
+    mode: str = "replace"  # replace: the combinations' loss is the query side's loss (the paper) | add: added to it
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Equal patches, a subset size within the patches, few enough combinations, a positive weight."""
+        _check(self.grid >= 1, source, "fast_moco.grid", f"must be >= 1; got {self.grid}")
+        size = cfg.data.image_size
+        _check(not self.enabled or size % self.grid == 0, source, "fast_moco.grid",
+               f"must divide data.image_size={size} into equal patches; got {self.grid}")
+        patches = self.grid * self.grid
+        _check(1 <= self.subset <= patches, source, "fast_moco.subset",
+               f"must be in [1, fast_moco.grid^2 = {patches}]; got {self.subset}")
+        count = math.comb(patches, self.subset)
+        _check(count <= MAX_COMBINATIONS, source, "fast_moco.subset",
+               f"with fast_moco.grid={self.grid} gives C({patches}, {self.subset}) = {count} combinations, each a "
+               f"batch of queries against the queue; at most {MAX_COMBINATIONS}")
+        _check(self.weight > 0, source, "fast_moco.weight", f"must be > 0; got {self.weight}")
+
+
 @dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
@@ -228,6 +258,7 @@ class Config:
     moco: MocoConfig = field(default_factory=MocoConfig)
     mochi: MochiConfig = field(default_factory=MochiConfig)
     hvs: HvsConfig = field(default_factory=HvsConfig)
+    fast_moco: FastMocoConfig = field(default_factory=FastMocoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Staged (HPT) runs: each entry overrides this config for one stage (name, data, optim, model...);
@@ -254,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mochi.path": ("fast", "reference"),
     "hvs.mode": ("hardest", "easiest", "random"),
     "hvs.scorer": ("query", "momentum"),
+    "fast_moco.mode": ("replace", "add"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "eval.knn_backend": ("auto", "faiss", "torch"),

@@ -31,6 +31,7 @@ POLICY: dict[str, str] = {
     "mochi.": REFUSE, "mochi.retrieval": APPLY, "mochi.faiss_index": APPLY, "mochi.faiss_nlist": APPLY,
     "mochi.faiss_nprobe": APPLY, "mochi.path": APPLY,
     "hvs.": REFUSE,
+    "fast_moco.": REFUSE,
     "optim.": APPLY, "optim.batch_size": REFUSE,
     "eval.": APPLY,
 }

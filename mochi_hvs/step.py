@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,17 @@ def _view(views: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
     return views[torch.arange(views.shape[0], device=views.device), index]
 
 
+Scored = tuple[torch.Tensor, torch.Tensor, StepContext]  # queries (N, D), their keys (N, D), their context
+
+
+def _tiled(queries: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> Scored:
+    """G sets of queries (G, B, D) as one batch of G x B queries (set-major), with the keys and the context's labels
+    repeated to match: each query is scored against its own sample's key."""
+    sets = queries.shape[0]
+    labels = None if ctx.labels is None else ctx.labels.repeat(sets)
+    return queries.flatten(0, 1), k.repeat(sets, 1), dataclasses.replace(ctx, labels=labels)
+
+
 def _mean_metrics(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: 0.5 * (a[key] + b[key]) for key in a}
 
@@ -41,11 +53,12 @@ class ContrastiveStep:
         x_q, x_k = aug(x), aug(x)          # the data path draws views_per_image(cfg) views
         [choose_views]                     # a method may pick the pair per sample (HVS), else views 0 and 1
         k = f_k(x_k).detach()              # shuffle-BN; reused when choose_views computed the keys
-        q = f_q(x_q)
+        q = f_q(x_q)                       # skipped when a method's queries replace it (Fast-MoCo)
         l_pos = q . k                      # (B, 1)
         l_neg = q . queue                  # (B, K): the step's one read of the queue
         [extra_negatives]                  # methods add synthetic negatives' logits (MoCHi)
         loss = CE([l_pos, l_neg, ...] / t, 0)
+        [extra_queries]                    # methods' own queries, scored as q is, weighted means added (Fast-MoCo)
         [extra_loss]                       # methods add loss terms
         (symmetric: the same with x_q and x_k swapped, losses summed)
         # then the loop: loss.backward(); SGD on f_q; f_k = m f_k + (1 - m) f_q; enqueue(k)
@@ -103,8 +116,40 @@ class ContrastiveStep:
 
     def _direction(self, x_q: torch.Tensor, k: torch.Tensor, active: list[Method],
                    ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """InfoNCE of queries from x_q against keys k, the queue and the methods' negatives, plus their terms."""
-        q = self.query_encoder(x_q)
+        """InfoNCE of queries from x_q against keys k, the queue and the methods' negatives, plus their terms.
+
+        The first query set scored (the whole view's, or the first method's queries replacing it) reports its
+        metrics under their plain names, and its queries reach the methods' extra_loss; further sets are reported
+        under their method's section.
+        """
+        loss: torch.Tensor | None = None
+        metrics: dict[str, torch.Tensor] = {}
+        trained: Scored | None = None
+        if not any(m.replaces_query for m in active):
+            q = self.query_encoder(x_q)
+            loss, metrics = self._score(q, k, ctx, active)
+            trained = (q, k, ctx)
+        for method in active:
+            extra = method.extra_queries(x_q, self.query_encoder, ctx)
+            if extra is None:
+                continue
+            tiled = _tiled(extra.queries, k, ctx)
+            loss_set, metrics_set = self._score(*tiled, active)
+            prefix = "" if loss is None else f"{method.section}/"
+            metrics.update({prefix + name: value for name, value in metrics_set.items()})
+            loss = extra.weight * loss_set if loss is None else loss + extra.weight * loss_set
+            if trained is None:
+                trained = tiled
+        if loss is None or trained is None:
+            raise RuntimeError("a method replaces the whole view's query but brought no queries of its own")
+        for term in (t for m in active if (t := m.extra_loss(*trained)) is not None):
+            loss = loss + term.loss
+            metrics.update(term.metrics)
+        return loss, metrics
+
+    def _score(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext,
+               active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """InfoNCE of queries q against keys k, the queue and the methods' negatives, with its metrics."""
         logits = contrastive_logits(q, k, ctx.negatives)
         metrics = {"proxy_top1": positive_rank_top1(logits.detach())}
         extras = self._extra_negatives(active, q, logits[:, 1:], ctx)
@@ -112,8 +157,4 @@ class ContrastiveStep:
             metrics.update(extra.metrics(logits, ctx))
         if extras:
             logits = torch.cat([logits, *(extra.logits.to(logits.dtype) for extra in extras)], dim=1)
-        loss = info_nce(logits, self.temperature)
-        for term in (t for m in active if (t := m.extra_loss(q, k, ctx)) is not None):
-            loss = loss + term.loss
-            metrics.update(term.metrics)
-        return loss, metrics
+        return info_nce(logits, self.temperature), metrics

@@ -155,23 +155,28 @@ def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
 
+def stop_after(trainer, steps):
+    """Make trainer.train() stop, as SIGINT/SIGTERM would, once it has run `steps` steps."""
+    real_step = trainer.train_step
+    calls = []
+
+    def step_then_stop(batch):
+        out = real_step(batch)
+        calls.append(1)
+        if len(calls) == steps:
+            trainer.request_stop()
+        return out
+
+    trainer.train_step = step_then_stop
+
+
 def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5"])
     straight = Trainer(load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5", "name=ref"]))
     straight.train()
 
     interrupted = Trainer(cfg)
-    real_step = interrupted.train_step
-    calls = []
-
-    def step_then_stop(batch):
-        out = real_step(batch)
-        calls.append(1)
-        if len(calls) == 3:
-            interrupted.request_stop()  # what SIGINT/SIGTERM does
-        return out
-
-    interrupted.train_step = step_then_stop
+    stop_after(interrupted, 3)
     with pytest.raises(Interrupted, match="--resume auto"):
         interrupted.train()
     resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))

@@ -4,8 +4,18 @@ Importing this package registers every method shipped with mochi_hvs, in this or
 their hooks in).
 """
 
-from . import mochi, hvs  # noqa: F401, I001  (registration order: negatives before view selection)
-from .base import METHODS, ExtraLoss, ExtraNegatives, Method, StepContext, ViewChoice, build_methods, register
+from . import mochi, hvs, fast_moco  # noqa: F401, I001  (registration order: negatives before view selection)
+from .base import (
+    METHODS,
+    ExtraLoss,
+    ExtraNegatives,
+    ExtraQueries,
+    Method,
+    StepContext,
+    ViewChoice,
+    build_methods,
+    register,
+)
 
-__all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "Method", "StepContext", "ViewChoice", "build_methods",
-           "register"]
+__all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "ExtraQueries", "Method", "StepContext", "ViewChoice",
+           "build_methods", "register"]

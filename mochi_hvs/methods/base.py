@@ -4,6 +4,11 @@ A method is one module in mochi_hvs/methods/ with a `Method` subclass registered
 plus that section in config.py (a `MethodConfig` with `enabled`, its views per image and its validation). The
 step calls the hooks of the methods that are active this step, in registration order; the loop never learns a
 method's name. Hooks not overridden add nothing.
+
+A method may also bring queries of its own (`extra_queries`, e.g. Fast-MoCo's patch combinations): the step scores
+them exactly as the whole view's query (against the key, the queue and every active method's synthetic
+negatives). A method whose `replaces_query` is True supplies the query side's loss instead of the whole view: the
+step then skips that view's query forward and loss.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn as nn
 
 from ..config import Config
 from ..models.moco import MoCo
@@ -59,6 +65,15 @@ class ExtraNegatives:
 
 
 @dataclass
+class ExtraQueries:
+    """Queries a method brings for one direction: G sets of B queries, each set scored against the direction's keys
+    like the whole view's query, their InfoNCE averaged over all G x B queries and weighted."""
+
+    queries: torch.Tensor  # (G, B, D) L2-normalised, with gradient; set g, row i is a query of sample i
+    weight: float = 1.0
+
+
+@dataclass
 class ExtraLoss:
     """A loss term a method adds to the step's loss, with its metrics."""
 
@@ -71,6 +86,7 @@ class Method:
 
     section: ClassVar[str]  # its config section, which also names its random stream
     adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
+    replaces_query: bool = False  # True when, while active, its extra_queries replace the whole view's query
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         self.cfg = cfg
@@ -90,8 +106,14 @@ class Method:
         else from the method's own stream."""
         return None
 
+    def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries | None:
+        """Queries of its own from the query views x_q (B, C, H, W), encoded through `encoder` (the trained query
+        encoder: its DDP wrapper under torchrun, so that gradients are averaged); none by default."""
+        return None
+
     def extra_loss(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> ExtraLoss | None:
-        """A loss term added for one direction (queries q, keys k); none by default."""
+        """A loss term added for one direction (queries q, keys k); none by default. When a method replaces the
+        whole view's query, q is its queries flattened (G x B, D) and k the keys repeated to match."""
         return None
 
 

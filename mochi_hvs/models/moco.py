@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -26,10 +27,15 @@ class Encoder(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Embeddings of x (N, C, H, W); `combine` maps the backbone's features (N, F) to the rows the head embeds
+        (e.g. Fast-MoCo's averages of patch features)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        features = self.backbone(x)
+        if combine is not None:
+            features = combine(features)
+        return F.normalize(self.head(features), dim=1)
 
 
 class MoCo(nn.Module):
