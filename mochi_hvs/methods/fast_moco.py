@@ -50,8 +50,12 @@ def patch_subsets(patches: int, size: int) -> torch.Tensor:
 
 
 def combine_features(features: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
-    """The mean of each subset's patch features: features (P, B, F), subsets (S, n) -> (S, B, F)."""
-    return features[subsets].mean(dim=1)
+    """The mean of each subset's patch features: features (P, B, F), subsets (S, n) -> (S, B, F). Written as a
+    product with the (S, P) averaging matrix: indexing with repeated indices would accumulate its gradient in an
+    order that varies between CPU threads, and training would not be reproducible."""
+    averaging = torch.zeros(subsets.shape[0], features.shape[0], dtype=features.dtype, device=features.device)
+    averaging.scatter_(1, subsets, 1.0 / subsets.shape[1])
+    return torch.einsum("sp,pbf->sbf", averaging, features)
 
 
 @register
