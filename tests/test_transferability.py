@@ -128,23 +128,48 @@ def test_rank_correlation_on_a_hand_computed_case():
     assert table[2] == "| linear.top1 | 4 | 0.80 | 0.67 | n/a | n/a |"
 
 
-def transfer_line(task, group, metrics, evaluator="transfer"):
+def transfer_line(task, group, metrics, evaluator="transfer", weights=None):
     return json.dumps({"evaluator": evaluator, "task": task, "group": group, "metrics": metrics,
-                       "skipped": None if group else "missing"})
+                       "skipped": None if group else "missing",
+                       "weights": weights or {"format": "mochi_hvs", "random_init": False}})
 
 
-def write_measured(path: Path, values: dict[str, float]) -> Path:
+RANDOM_INIT = {"format": "mochi_hvs", "random_init": True}
+PIXELS = {"format": "pixels"}
+
+
+def write_measured(path: Path, values: dict[str, float], weights: dict | None = None) -> Path:
     """A mochi-transfer results file: kNN, linear and few-shot lines per task, one skipped task, one line of another
     evaluator, and an earlier run of the first task that a later line replaces."""
     first = next(iter(values))
-    lines = [transfer_line(first, "linear", {"top1": -1.0, "ece": 3.0})]
+    lines = [transfer_line(first, "linear", {"top1": -1.0, "ece": 3.0}, weights=weights)]
     for task, value in values.items():
-        lines += [transfer_line(task, "knn", {"k20_top1": value, "k20_top5": 99.0}),
-                  transfer_line(task, "linear", {"top1": value + 1, "ece": 5.0}),
-                  transfer_line(task, "few_shot", {"5way_5shot_mean": 100 - value, "5way_5shot_interval": 1.0})]
+        lines += [transfer_line(task, "knn", {"k20_top1": value, "k20_top5": 99.0}, weights=weights),
+                  transfer_line(task, "linear", {"top1": value + 1, "ece": 5.0}, weights=weights),
+                  transfer_line(task, "few_shot", {"5way_5shot_mean": 100 - value, "5way_5shot_interval": 1.0},
+                                weights=weights)]
     lines += [transfer_line("opencv_digits", None, {}), transfer_line("x", "knn", {"k20_top1": 1.0}, "knn"), ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def test_measured_transfer_keeps_one_kind_of_weights_and_gives_the_gain_over_random_init(tmp_path):
+    """One results file holding a trained, a random-init and a raw-pixel run of the same tasks (as the README's
+    measurement writes it): each kind is read on its own, pixels never, and the trained read adds the gains."""
+    parts = [write_measured(tmp_path / "t.jsonl", {"a": 50.0, "b": 70.0}),
+             write_measured(tmp_path / "r.jsonl", {"a": 45.0, "b": 72.0}, RANDOM_INIT),
+             write_measured(tmp_path / "p.jsonl", {"a": 99.0, "b": 99.0}, PIXELS)]
+    both = tmp_path / "all.jsonl"
+    both.write_text("\n".join(part.read_text() for part in parts))
+    trained = read_measured(both)
+    assert trained["knn.k20_top1"] == {"a": 50.0, "b": 70.0}
+    assert trained["gain.knn.k20_top1"] == {"a": 5.0, "b": -2.0}
+    assert trained["gain.few_shot.5way_5shot_mean"] == {"a": -5.0, "b": 2.0}
+    assert read_measured(both, random_init=True) == {"linear.top1": {"a": 46.0, "b": 73.0},
+                                                     "knn.k20_top1": {"a": 45.0, "b": 72.0},
+                                                     "few_shot.5way_5shot_mean": {"a": 55.0, "b": 28.0}}
+    with pytest.raises(UserError, match="no mochi-transfer results of random-init weights"):
+        read_measured(parts[0], random_init=True)
 
 
 def test_measured_transfer_is_read_per_accuracy_metric_and_task(tmp_path):
@@ -173,7 +198,8 @@ def test_command_writes_estimates_skips_missing_targets_and_ranks_against_measur
     tree = image_tree(tmp_path / "tree")
     folder, missing = f"imagefolder={tree}", f"opencv_digits={tmp_path / 'missing.png'}"
     results = tmp_path / "out.jsonl"
-    measured = write_measured(tmp_path / "measured.jsonl", {"sklearn_digits": 90.0, "mnist5k": 80.0, folder: 60.0})
+    measured = write_measured(tmp_path / "measured.jsonl", {"sklearn_digits": 90.0, "mnist5k": 80.0, folder: 60.0},
+                              RANDOM_INIT)
     argv = ["--checkpoint", str(checkpoint), "--random-init", "--results", str(results), "--source", "sklearn_digits",
             "--tasks", "sklearn_digits", "mnist5k", folder, missing, "--measured", str(measured), "--set", *SMALL]
     assert TRANSFERABILITY(argv) == 0
@@ -188,7 +214,7 @@ def test_command_writes_estimates_skips_missing_targets_and_ranks_against_measur
     assert "opencv-doc" in targets[3]["skipped"] and targets[3]["metrics"] == {}
     scores = {"PGE": {t["task"]: -t["metrics"]["pge_distance"] for t in targets[:3]},
               "LogME": {t["task"]: t["metrics"]["logme"] for t in targets[:3]}}
-    truth = read_measured(measured)
+    truth = read_measured(measured, random_init=True)
     for metric in ("linear.top1", "knn.k20_top1", "few_shot.5way_5shot_mean"):
         for name in ("PGE", "LogME"):
             expected = rank_correlation(scores[name], truth[metric])

@@ -230,9 +230,11 @@ class TransferabilityResults:
     measured: Measured | None
 
 
-def transferability(ctx: EvalContext, measured: str | None) -> tuple[dict[str, Any], TransferabilityResults]:
-    """The --measured file first (a bad one stops before any work), then the estimates of every target."""
-    truth = None if measured is None else read_measured(measured)
+def transferability(ctx: EvalContext, measured: str | None,
+                     random_init: bool = False) -> tuple[dict[str, Any], TransferabilityResults]:
+    """The --measured file first (a bad one stops before any work; its lines of the same kind of weights, trained or
+    random-init, count), then the estimates of every target."""
+    truth = None if measured is None else read_measured(measured, random_init)
     estimates = estimate_transferability(ctx.cfg, ctx.single_backbone("transferability").module, ctx.device)
     e = ctx.cfg.eval
     settings = {"transferability": dataclasses.asdict(e.transferability),
@@ -284,5 +286,5 @@ def transferability_main(argv: list[str] | None = None) -> int:
         args.set = [*args.set, f"eval.transferability.source={json.dumps(args.source)}"]
     if args.tasks:
         args.set = [*args.set, task_list_override("eval.transferability.tasks", args.tasks)]
-    return run_evaluation("transferability", args, lambda ctx: transferability(ctx, args.measured),
+    return run_evaluation("transferability", args, lambda ctx: transferability(ctx, args.measured, args.random_init),
                           report_transferability)

@@ -27,14 +27,17 @@ class Correlation:
     kendall: float | None
 
 
-def read_measured(path: str | Path) -> Measured:
+def read_measured(path: str | Path, random_init: bool = False) -> Measured:
     """The accuracy metrics of a `mochi-transfer` results file (JSON lines with "task", "group" and "metrics"), by
-    metric and task; when a task and group appear more than once, the last line counts."""
+    metric and task, from the lines of trained weights (or, with `random_init`, of random-init weights; raw-pixel
+    lines never count); when a task and group appear more than once, the last line counts. For trained weights,
+    where the file also holds random-init lines of the same task and metric, `gain.<metric>` is the difference: how
+    much the pretraining adds on that target, which absolute accuracy confounds with the target's difficulty."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"--measured {path}: {err.strerror}") from err
-    measured: Measured = {}
+    by_init: dict[bool, Measured] = {False: {}, True: {}}
     for number_, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -42,13 +45,22 @@ def read_measured(path: str | Path) -> Measured:
             entry = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"--measured {path}, line {number_}: not JSON ({err.msg})") from err
-        if entry.get("evaluator") != "transfer" or entry.get("group") is None:
-            continue  # another evaluator's line, or a skipped task
+        weights = entry.get("weights") or {}
+        if entry.get("evaluator") != "transfer" or entry.get("group") is None or weights.get("format") == "pixels":
+            continue  # another evaluator's line, a skipped task, or the raw pixels
+        measured = by_init[bool(weights.get("random_init", False))]
         for name, value in entry["metrics"].items():
             if name.endswith(ACCURACY_SUFFIXES):
                 measured.setdefault(f"{entry['group']}.{name}", {})[entry["task"]] = float(value)
+    measured = by_init[random_init]
     if not measured:
-        raise UserError(f"--measured {path}: no mochi-transfer results in it")
+        kind = "random-init" if random_init else "trained"
+        raise UserError(f"--measured {path}: no mochi-transfer results of {kind} weights in it")
+    if not random_init:
+        baseline = by_init[True]
+        gains = {f"gain.{metric}": {task: value - baseline[metric][task] for task, value in values.items()
+                                    if task in baseline.get(metric, {})} for metric, values in measured.items()}
+        measured = {**measured, **{metric: values for metric, values in gains.items() if values}}
     return measured
 
 
