@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,7 @@ from ..data.loader import eval_loader
 from ..evaluator_settings import LinearSettings
 from .features import extract_features
 from .knn import knn_results
-from .linear import cached_classifier, cached_probe
+from .linear import cached_classifier, cached_probe, cached_settings
 from .pixels import PixelFeatures, pixel_model
 
 
@@ -69,7 +68,7 @@ class FrozenEvaluation:
 
     def linear_settings(self) -> LinearSettings:
         """The config's eval.linear settings, in the cached mode this evaluation runs."""
-        return dataclasses.replace(self.cfg.eval.linear, mode="cached")
+        return cached_settings(self.cfg.eval.linear)
 
     def linear(self, features: FrozenFeatures) -> dict[str, float]:
         """The cached linear probe on the extracted features, with the config's eval.linear settings."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -65,6 +66,11 @@ def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_bat
 
 
 STD_FLOOR = 1e-6  # features constant over the training set (e.g. always-zero ReLU outputs) are only centred
+
+
+def cached_settings(settings: LinearSettings) -> LinearSettings:
+    """The linear-probe settings in cached mode (what the frozen-feature evaluators train on extracted features)."""
+    return dataclasses.replace(settings, mode="cached")
 
 
 def cached_classifier(train: torch.Tensor, train_labels: torch.Tensor, num_classes: int, settings: LinearSettings,

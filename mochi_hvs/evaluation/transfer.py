@@ -99,7 +99,7 @@ def markdown_table(results: list[TaskResult], ks: list[int], settings: TransferS
     A skipped task's row says why; a value that could not be measured is n/a."""
     header = ["task", *(f"kNN k={k}" for k in ks), "linear top-1", "linear ECE",
               *(f"{settings.ways}-way {shots}-shot" for shots in settings.shots)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for result in results:
         if "task" in result.skipped:
             cells = [f"skipped: {result.skipped['task']}"] + [""] * (len(header) - 2)
@@ -111,6 +111,11 @@ def markdown_table(results: list[TaskResult], ks: list[int], settings: TransferS
                 cells.append(number(few.get(f"{stem}_mean"), few.get(f"{stem}_interval")))
         lines.append(markdown_row([result.task, *cells]))
     return "\n".join(lines)
+
+
+def table_head(header: list[str]) -> list[str]:
+    """The first two lines of a Markdown table: the header row and its separator."""
+    return [markdown_row(header), "|" + "---|" * len(header)]
 
 
 def markdown_row(cells: list[str]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from scipy import stats
 
 from ..errors import UserError
-from .transfer import markdown_row, number
+from .transfer import markdown_row, number, table_head
 
 ACCURACY_SUFFIXES = ("top1", "_mean")  # kNN top-1 per k, linear top-1, few-shot mean accuracy (not ECE, intervals)
 MIN_TARGETS = 3  # fewer targets rank nothing worth a correlation
@@ -84,7 +84,7 @@ def correlation_table(table: dict[str, dict[str, Correlation]]) -> str:
     """Markdown rows = measured metrics: the number of targets and each estimate's Spearman rho and Kendall tau."""
     names = list(next(iter(table.values())))
     header = ["measured metric", "targets", *(f"{name} {kind}" for name in names for kind in ("Spearman", "Kendall"))]
-    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    lines = table_head(header)
     for metric, by_estimate in table.items():
         targets = max(c.targets for c in by_estimate.values())
         cells = [number(value) for c in by_estimate.values() for value in (c.spearman, c.kendall)]

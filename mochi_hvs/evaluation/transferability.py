@@ -14,7 +14,6 @@ a missing source is an error.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +25,10 @@ from ..data.datasets import DatasetError, balanced_subset, labelled_training_ima
 from ..data.loader import eval_loader
 from ..runtime import seed_everything
 from .features import extract_features
-from .linear import cached_classifier
+from .linear import cached_classifier, cached_settings
 from .logme import logme
 from .pge import chosen_parameters, expected_gradient, pge_distance
-from .transfer import markdown_row, number, task_config
+from .transfer import markdown_row, number, table_head, task_config
 
 
 @dataclass
@@ -73,7 +72,7 @@ def task_signature(cfg: Config, backbone: nn.Module, device: torch.device) -> Ta
         backbone, eval_loader(images.subset(fit), cfg.data, s.batch_size, workers=0), device, normalize=False)
     seed_everything(cfg.seed)  # the head's initialisation does not depend on the tasks that ran before
     head = cached_classifier(fit_features, fit_labels, len(images.classes),
-                             dataclasses.replace(cfg.eval.linear, mode="cached"), device)
+                             cached_settings(cfg.eval.linear), device)
     parameters = [p for _, p in chosen_parameters(backbone, s.parameters)]
     loader = eval_loader(images.subset(held_out), cfg.data, s.batch_size, workers=0)
     batches = ((batch["image"].to(device), batch["label"].to(device)) for batch in loader)
@@ -100,7 +99,7 @@ def estimate_transferability(cfg: Config, backbone: nn.Module, device: torch.dev
 
 def estimates_table(estimates: list[TaskEstimate], source: str) -> str:
     """Markdown rows = targets: PGE distance from the source (smaller: better transfer) and LogME (larger: better)."""
-    lines = [f"| target (source: {source}) | PGE distance | LogME |", "|---|---|---|"]
+    lines = table_head([f"target (source: {source})", "PGE distance", "LogME"])
     for e in estimates:
         cells = ([f"skipped: {e.skipped}", ""] if e.skipped is not None
                  else [number(e.pge_distance, digits=4), number(e.logme, digits=4)])
