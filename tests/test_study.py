@@ -263,6 +263,31 @@ def test_matched_arm_gets_its_targets_encoder_forwards_and_keeps_its_budget(tmp_
     assert StudyRunner(later).planned("moco_matched", 0).extra == ["optim.steps=6"]
 
 
+def test_seconds_matched_arm_gets_the_targets_training_time_over_its_measured_step_time(tmp_path, monkeypatch):
+    import mochi_hvs.study.runner as runner_module
+    arms = {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
+            "slow": {"recipe": str(CONFIGS / "moco_v2.yaml"), "budget": {"match": "moco", "by": "seconds"}}}
+    runner = StudyRunner(load_study(write_study(tmp_path, arms=arms)))
+    slow = runner.planned("slow", 0)
+    with pytest.raises(ConfigError, match="has not finished seed 0"):
+        runner.matched_steps(slow)
+    target = runner.planned("moco", 0).run_dir
+    target.mkdir(parents=True)
+    (target / "summary.json").write_text(json.dumps({"train_seconds": 30.0}))
+    monkeypatch.setattr(runner_module, "seconds_per_step", lambda run: 0.7)
+    assert runner.matched_steps(slow) == (43, {"target_seconds": 30.0})  # round(30 / 0.7)
+
+
+def test_step_timing_warms_up_past_the_boosted_first_steps_even_when_an_epoch_is_shorter(tmp_path, monkeypatch):
+    import mochi_hvs.study.runner as runner_module
+    runner = StudyRunner(load_study(write_study(tmp_path)))  # 256 images of 32: 8 steps an epoch
+    steps = []
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(batch["views"].shape[0]))
+    assert runner_module.seconds_per_step(runner.planned("moco", 0)) >= 0
+    assert len(steps) == runner_module.WARMUP_STEPS + runner_module.TIMED_STEPS > 8
+    assert set(steps) == {32}
+
+
 def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys):
     assert study_main(["--config", str(write_study(tmp_path)), "--dry-run", "--seeds", "0"]) == 0
     out = capsys.readouterr().out

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -44,7 +44,12 @@ from .recipe import Study, resolved
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
 SEMISUP_FRACTION = 0.01
-TIMED_STEPS = 4  # steps timed (after one warm-up step) to estimate a run's duration
+# A run's duration is estimated from timed steps after warm-up steps. The warm-up is long on purpose: on shared
+# cloud CPUs the first seconds of load run at a boosted clock (2-core AMD EPYC: 0.35 s per default step for the
+# first few steps, 0.45-0.5 s from about the tenth on), and four steps after one warm-up step underestimated a
+# 42 px run's time by a third, giving its seconds-matched arm 1.5x its target's training time.
+WARMUP_STEPS = 8
+TIMED_STEPS = 8
 
 
 @dataclass
@@ -94,12 +99,24 @@ def steps_of(cfg: Config) -> tuple[int, int]:
     return per_epoch, cfg.optim.steps or cfg.optim.epochs * per_epoch
 
 
+def _endless(batches: Iterable) -> Iterator:
+    """The batches of an epoch over and over (a small data set may have fewer steps than the timing needs)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the run's data yields no batch to time")
+
+
 def seconds_per_step(run: PlannedRun, steps: int = TIMED_STEPS) -> float:
-    """Mean wall-clock seconds of one training step of the run on this machine (after a warm-up step)."""
+    """Mean wall-clock seconds of one training step of the run on this machine (after WARMUP_STEPS steps)."""
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run.config(f"output_dir={scratch}", "name=timing"))
-        batches = iter(trainer.parts.batches)
-        trainer.train_step(next(batches))
+        batches = _endless(trainer.parts.batches)
+        for _ in range(WARMUP_STEPS):
+            trainer.train_step(next(batches))
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step(next(batches))
