@@ -6,12 +6,13 @@ HVS adds V no-grad scoring forwards per scoring encoder (at (score_resolution / 
 and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward. Fast-MoCo's
 m x m patches of a query view cost one view together (a convolution's cost follows the pixels; the head on the
 combinations is negligible): nothing more when they replace the whole view's query, one more trained query when
-they are added to it.
+they are added to it. Multi-crop's L small crops are trained queries at (local_size / image_size)^2 of a view's
+cost each, encoded once per step (the symmetric loss scores the same crops in both directions).
 """
 
 from __future__ import annotations
 
-from .config import Config, views_per_image
+from .config import Config, local_crops, views_per_image
 from .methods.hvs import selects
 
 QUERY_UNITS = 3.0  # forward + backward of a trained query
@@ -23,6 +24,9 @@ def units_per_image(cfg: Config, selecting: bool) -> float:
     directions = 2 if cfg.moco.symmetric else 1
     added_patches = cfg.fast_moco.enabled and cfg.fast_moco.mode == "add"
     query = QUERY_UNITS * directions * (2 if added_patches else 1)
+    crops = local_crops(cfg)
+    if crops is not None:
+        query += QUERY_UNITS * crops.count * (crops.size / cfg.data.image_size) ** 2
     if not selecting:
         return query + KEY_UNITS * directions
     hvs = cfg.hvs

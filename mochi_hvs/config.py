@@ -31,7 +31,8 @@ from .evaluator_settings import (
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
 
-__all__ = ["Config", "ConfigError", "MethodConfig", "load_config", "validate", "views_per_image"]
+__all__ = ["Config", "ConfigError", "LocalCrops", "MethodConfig", "load_config", "local_crops", "validate",
+           "views_per_image"]
 
 
 @dataclass
@@ -78,6 +79,16 @@ class MocoConfig:
     shuffle_bn: bool = True  # shuffle the key batch before the key encoder
 
 
+@dataclass(frozen=True)
+class LocalCrops:
+    """Small crops the data path draws per image beside its views (multi-crop): how many, their side in px and the
+    range of the image's area each one covers."""
+
+    count: int
+    size: int
+    scale: tuple[float, float]
+
+
 @dataclass
 class MethodConfig:
     """The config section of a training method (mochi_hvs/methods/): whether it runs, the views per image it needs
@@ -88,6 +99,11 @@ class MethodConfig:
     def views_per_image(self) -> int:
         """Views the data path must draw per image while this method is enabled (a pair by default)."""
         return 2
+
+    def local_crops_per_image(self, cfg: Config) -> LocalCrops | None:
+        """Small crops the data path must draw per image besides the views while this method is enabled; none by
+        default."""
+        return None
 
     def validate(self, cfg: Config, source: str) -> None:
         """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
@@ -185,6 +201,43 @@ class FastMocoConfig(MethodConfig):
         _check(self.weight > 0, source, "fast_moco.weight", f"must be > 0; got {self.weight}")
 
 
+# SwAV's local crops are 96 px beside 224 px global views (Caron et al., 2020): the default local side keeps the ratio.
+LOCAL_SIZE_RATIO = 96 / 224
+
+
+@dataclass
+class MultiCropConfig(MethodConfig):
+    """SwAV's multi-crop: besides the pair of global views, `local_crops` small crops of each image at `local_size` px,
+    each a query (through the query encoder) against the other global view's key and the queue."""
+
+    local_crops: int = 6  # L small crops per image (SwAV: 2 x 224 + 6 x 96)
+    local_size: int | None = None  # their side in px; None: data.image_size x 96 / 224 rounded, at least 8 (28 px: 12)
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])  # their area range (SwAV's)
+    weight: float = 1.0  # weight of the local crops' InfoNCE (averaged over the crops) beside the global query's
+
+    def size(self, image_size: int) -> int:
+        """The local crops' side in px for global views of `image_size` px."""
+        return self.local_size if self.local_size is not None else max(8, round(image_size * LOCAL_SIZE_RATIO))
+
+    def local_crops_per_image(self, cfg: Config) -> LocalCrops:
+        """The multi-crop's small crops, from this section and data.image_size."""
+        return LocalCrops(self.local_crops, self.size(cfg.data.image_size), (self.local_scale[0], self.local_scale[1]))
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """At least one crop, a side no larger than the global views', an area range within the image, a positive
+        weight."""
+        _check(self.local_crops >= 1, source, "multicrop.local_crops", f"must be >= 1; got {self.local_crops}")
+        size = cfg.data.image_size
+        _check(self.local_size is None or self.local_size >= 8, source, "multicrop.local_size",
+               f"must be null or >= 8; got {self.local_size}")
+        _check(not self.enabled or self.size(size) <= size, source, "multicrop.local_size",
+               f"must not exceed data.image_size={size} (local crops are the small ones); got {self.local_size}")
+        scale = self.local_scale
+        _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "multicrop.local_scale",
+               f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
+        _check(self.weight > 0, source, "multicrop.weight", f"must be > 0; got {self.weight}")
+
+
 @dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
@@ -259,6 +312,7 @@ class Config:
     mochi: MochiConfig = field(default_factory=MochiConfig)
     hvs: HvsConfig = field(default_factory=HvsConfig)
     fast_moco: FastMocoConfig = field(default_factory=FastMocoConfig)
+    multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Staged (HPT) runs: each entry overrides this config for one stage (name, data, optim, model...);
@@ -768,6 +822,12 @@ def method_sections(cfg: Config) -> dict[str, MethodConfig]:
 def views_per_image(cfg: Config) -> int:
     """How many views the data path draws per image: a pair, or more when an enabled method needs them."""
     return max([2, *(section.views_per_image() for section in method_sections(cfg).values() if section.enabled)])
+
+
+def local_crops(cfg: Config) -> LocalCrops | None:
+    """The small crops the data path draws per image besides the views: those an enabled method asks for, or None."""
+    return next((crops for section in method_sections(cfg).values()
+                 if section.enabled and (crops := section.local_crops_per_image(cfg)) is not None), None)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

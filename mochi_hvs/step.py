@@ -76,12 +76,15 @@ class ContrastiveStep:
         self.methods = methods or []
 
     def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
-                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0) -> StepOutput:
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 local_views: torch.Tensor | None = None, local_boxes: torch.Tensor | None = None) -> StepOutput:
         """views (B, V, C, H, W) with crop boxes (B, V, 4); labels (B,), where known, travel with the keys into the
-        queue for analysis metrics only. The methods active at (epoch, step) take part."""
+        queue for analysis metrics only; local_views (B, L, C, h, w) with boxes (B, L, 4): multi-crop's small
+        crops, for the methods. The methods active at (epoch, step) take part."""
         active = [m for m in self.methods if m.active(epoch, step)]
         queue = self.model.queue
-        ctx = StepContext(views, boxes, labels, queue.features, queue.labels, rng, epoch, step)
+        ctx = StepContext(views, boxes, labels, queue.features, queue.labels, rng, epoch, step,
+                          local_views=local_views, local_boxes=local_boxes)
         if any(m.adds_negatives for m in active):
             ctx.extra_negatives = lambda q, logits, generator: torch.cat(
                 [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)

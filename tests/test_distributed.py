@@ -122,6 +122,17 @@ def overrides_for(tiny_overrides, tmp_path, name, *extra):
             "data.workers=0", "model.bn_splits=2", "log_every=4", *extra]
 
 
+def identical_replicas(out_dir):
+    """The results _train saved for ranks 0 and 1 in `out_dir`, checked to hold the same queue and query encoder (DDP
+    averaged the gradients); rank 0's."""
+    r0, r1 = torch.load(out_dir / "rank0.pt"), torch.load(out_dir / "rank1.pt")
+    assert torch.equal(r0["queue"], r1["queue"])
+    for key, value in r0["params"].items():
+        if key.startswith("encoder_q."):
+            assert torch.equal(value, r1["params"][key]), key
+    return r0
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_overrides, tmp_path):
     # Views on the CPU path depend only on (seed, epoch, index), and with bn_splits=2 the single process's
     # split BatchNorm groups hold exactly the samples each of the two processes holds.

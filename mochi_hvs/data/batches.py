@@ -3,7 +3,8 @@
 `device` path: the uint8 images sit on the training device and BatchViewAugmenter makes the views
 there, from a generator seeded by (seed, epoch, batch, rank). `cpu` path: torchvision transforms
 per sample in DataLoader workers. Both follow the same EpochSampler order and yield dicts with
-views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,).
+views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,); with `local_crops` (multi-crop) also
+local_views (B, L, 3, s, s) and local_boxes (B, L, 4), drawn after the views from the same stream.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..config import LocalCrops
 from ..random_streams import STREAMS, stream_seed
 from .batch_augment import BatchViewAugmenter
 from .datasets import ImageSet
@@ -22,7 +24,7 @@ class DeviceAugmentedBatches:
     """In-memory images on the device, augmented a whole batch at a time."""
 
     def __init__(self, images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, local_crops: LocalCrops | None = None) -> None:
         if images.array is None:
             raise ValueError("data.augment_on=device needs an in-memory dataset (fashion_mnist, cifar, stl10)")
         self.sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
@@ -30,6 +32,8 @@ class DeviceAugmentedBatches:
         self.labels = torch.from_numpy(images.labels).to(device)
         self.augment = BatchViewAugmenter(num_views, data_cfg.image_size, data_cfg.augmentation,
                                           data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale))
+        self.augment_local = None if local_crops is None else BatchViewAugmenter(
+            local_crops.count, local_crops.size, data_cfg.augmentation, data_cfg.mean, data_cfg.std, local_crops.scale)
         self.local_batch = local_batch
         self.seed = seed
         self.rank = rank
@@ -49,17 +53,21 @@ class DeviceAugmentedBatches:
         for offset, cpu_index in enumerate(order):
             index = cpu_index.to(self.device, non_blocking=True)
             generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
-            views, boxes = self.augment(three_channels(self.pixels.index_select(0, index)), generator)
-            yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index}
+            images = three_channels(self.pixels.index_select(0, index))
+            views, boxes = self.augment(images, generator)
+            local = {} if self.augment_local is None else dict(zip(("local_views", "local_boxes"),
+                                                                   self.augment_local(images, generator), strict=True))
+            yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index,
+                   **local}
 
 
 class LoaderBatches:
     """torchvision transforms per sample in DataLoader workers, moved to the device per batch."""
 
     def __init__(self, images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, local_crops: LocalCrops | None = None) -> None:
         self.loader = pretrain_loader(images, data_cfg, num_views, local_batch, seed, rank, world_size,
-                                      pin_memory=device.type == "cuda")
+                                      pin_memory=device.type == "cuda", local_crops=local_crops)
         self.sampler: EpochSampler = self.loader.sampler
         self.device = device
 
@@ -79,10 +87,10 @@ BatchSource = DeviceAugmentedBatches | LoaderBatches
 
 
 def build_batches(images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, device: torch.device,
-                  rank: int = 0, world_size: int = 1) -> BatchSource:
+                  rank: int = 0, world_size: int = 1, local_crops: LocalCrops | None = None) -> BatchSource:
     """The batch source data.augment_on asks for (auto: device for in-memory sets, else cpu)."""
     where = data_cfg.augment_on
     if where == "auto":
         where = "device" if images.array is not None else "cpu"
     cls = DeviceAugmentedBatches if where == "device" else LoaderBatches
-    return cls(images, data_cfg, num_views, local_batch, seed, device, rank, world_size)
+    return cls(images, data_cfg, num_views, local_batch, seed, device, rank, world_size, local_crops)

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from ..config import LocalCrops
 from ..random_streams import STREAMS, stream_seed
 from .augment import clean_transform, post_crop_transform, supervised_transform
 from .datasets import DatasetError, ImageSet, UnreadableImageError
@@ -72,17 +73,21 @@ def readable_image(images: ImageSet, index: int, skip_unreadable: bool) -> tuple
 
 
 class MultiViewDataset(Dataset):
-    """Pretraining samples: V augmented views, their crop boxes, the label, the index and the source index.
+    """Pretraining samples: V augmented views, their crop boxes, the label, the index and the source index; with
+    `local_sampler` (multi-crop) also L small crops and their boxes (`local_views`, `local_boxes`).
 
-    The views are drawn from (seed, epoch, index); `source` differs from `index` only when the image at
-    `index` was unreadable and skipped (the views, label and source then belong to the image read instead).
+    The views are drawn from (seed, epoch, index), the small crops after them from the same stream (so the views
+    are the same with or without them); `source` differs from `index` only when the image at `index` was
+    unreadable and skipped (the views, label and source then belong to the image read instead).
     """
 
-    def __init__(self, images: ImageSet, sampler: ViewSampler, seed: int, skip_unreadable: bool = False) -> None:
+    def __init__(self, images: ImageSet, sampler: ViewSampler, seed: int, skip_unreadable: bool = False,
+                 local_sampler: ViewSampler | None = None) -> None:
         self.images = images
         self.sampler = sampler
         self.seed = seed
         self.skip_unreadable = skip_unreadable
+        self.local_sampler = local_sampler
 
     def __len__(self) -> int:
         return len(self.images)
@@ -93,8 +98,10 @@ class MultiViewDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, index))
             views, boxes = self.sampler(image)
+            local = {} if self.local_sampler is None else dict(zip(("local_views", "local_boxes"),
+                                                                   self.local_sampler(image), strict=True))
         return {"views": views, "boxes": boxes, "label": int(self.images.labels[source]), "index": index,
-                "source": source}
+                "source": source, **local}
 
 
 class LabelledDataset(Dataset):
@@ -165,14 +172,22 @@ def native_size(images: ImageSet) -> int | None:
     return None if images.array is None else int(images.array.shape[1])
 
 
+def local_view_sampler(data_cfg, crops: LocalCrops) -> ViewSampler:
+    """The sampler of multi-crop's small crops: the views' augmentation at the crops' size and area range."""
+    post = post_crop_transform(data_cfg.augmentation, crops.size, data_cfg.mean, data_cfg.std)
+    return ViewSampler(crops.count, crops.size, post, crops.scale)
+
+
 def pretrain_loader(
     images: ImageSet, data_cfg, num_views: int, local_batch: int, seed: int, rank: int = 0, world_size: int = 1,
-    pin_memory: bool = False,
+    pin_memory: bool = False, local_crops: LocalCrops | None = None,
 ) -> ImageLoader:
-    """Loader of multi-view batches; its `.sampler` is the EpochSampler to drive per epoch."""
+    """Loader of multi-view batches (with multi-crop's small crops when `local_crops` is given); its `.sampler` is the
+    EpochSampler to drive per epoch."""
     post = post_crop_transform(data_cfg.augmentation, data_cfg.image_size, data_cfg.mean, data_cfg.std)
     views = ViewSampler(num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
-    dataset = MultiViewDataset(images, views, seed, data_cfg.skip_unreadable)
+    local = None if local_crops is None else local_view_sampler(data_cfg, local_crops)
+    dataset = MultiViewDataset(images, views, seed, data_cfg.skip_unreadable, local)
     sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
     return ImageLoader(
         dataset, batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=data_cfg.workers,

@@ -40,6 +40,10 @@ class StepContext:
     # The synthetic negatives of every active method for a query: q (B, D), its queue logits (B, K), the generator
     # to draw from -> logits (B, S), or None. Set by the step, for methods that score with the full loss (HVS).
     extra_negatives: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # Multi-crop's small crops of each sample, drawn by the data path when an enabled method asks for them (they
+    # have their own size, so they cannot share `views`); None otherwise.
+    local_views: torch.Tensor | None = None  # (B, L, C, h, w)
+    local_boxes: torch.Tensor | None = None  # (B, L, 4): each small crop's box in the original image
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config, ConfigError, views_per_image
+from ..config import Config, ConfigError, local_crops, views_per_image
 from ..data.batches import BatchSource, build_batches
 from ..data.datasets import ImageSet, balanced_subset, load_images
 from ..distributed import DistEnv
@@ -158,7 +158,7 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
         raise ConfigError(f"objective=supervised needs a label for every pretraining image; data.name={cfg.data.name} "
                           "pretrains on unlabelled images too")
     batches = build_batches(images, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size, cfg.seed,
-                            device, env.rank, env.world_size)
+                            device, env.rank, env.world_size, local_crops(cfg))
     steps_per_epoch = batches.sampler.batches_per_epoch
     total_steps = cfg.optim.steps or cfg.optim.epochs * steps_per_epoch
     model = build_model(cfg, env, channels_last)

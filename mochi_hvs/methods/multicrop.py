@@ -1,0 +1,71 @@
+"""Multi-crop: small local crops as extra queries (Caron et al., "Unsupervised Learning of Visual Features by
+Contrasting Cluster Assignments", NeurIPS 2020, SwAV's multi-crop, here on MoCo-v2).
+
+Besides the pair of global views (data.image_size px, area range data.crop_scale), the data path draws L small
+crops of each image (multicrop.local_size px, area range multicrop.local_scale; SwAV: 2 x 224 + 6 x 96 px with
+areas 0.05-0.14 for the small ones), each with the views' augmentation and its crop box, from the same seeded
+stream as the views, after them (the global views are the same with or without multi-crop). They reach the step
+as ctx.local_views (B, L, C, h, w) and ctx.local_boxes (B, L, 4).
+
+The small crops are queries only, as in SwAV, where only the global views give targets: all L x B crops go through
+the query encoder as one crop-major batch (crop l of sample n is row l * B + n), so that with split BatchNorm every
+crop of sample n falls in sample n's group (n % splits), as Fast-MoCo's patches do; the key side is unchanged.
+Each crop is a query against its sample's key, the queue and every active method's synthetic negatives (MoCHi
+mixes hard negatives for each crop), exactly as the global query is scored. For one direction of the step (query
+view a, key view b):
+
+    loss_ab = InfoNCE(q_a, k_b) + weight x (1 / L) sum_l InfoNCE(q_l, k_b)
+
+The small crops are encoded once per step: with the symmetric loss the step calls the direction twice, and both
+calls score the same L queries, against k_b and then k_a. So every (query crop, key crop) pair of different views
+is scored: the global pairs (a, b) and (b, a), and each small crop against both global keys; the small crops' term
+of a direction is their mean over the L crops, and the directions add up as MoCo's symmetric loss does. Without the
+symmetric loss the small crops are scored against the key view only. weight = 1 (the default) lets the L crops
+together weigh as much as the global query; weight = L gives every pair the same weight, as SwAV's loss does (SwAV
+divides that sum by the number of pairs, L + 1 per target: the same gradient direction, at 1 / (L + 1) of its
+length).
+
+With HVS, HVS picks the hardest pair among its candidate global views as before, and the small crops ride along:
+they are queries against the keys of the pair it chose. With Fast-MoCo, its patch combinations and the small crops
+are both extra queries against the same key, in either of its modes.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..models.moco import MoCo
+from .base import ExtraQueries, Method, StepContext, register
+
+
+def encode_crops(crops: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
+    """Embeddings (L, B, D) of the small crops (B, L, C, h, w), encoded as one crop-major batch of L x B (crop l of
+    sample n at row l * B + n: each in its sample's BatchNorm group)."""
+    count = crops.shape[1]
+    return encoder(crops.transpose(0, 1).flatten(0, 1)).unflatten(0, (count, -1))
+
+
+@register
+class MultiCrop(Method):
+    """Multi-crop on the method seam: the small crops of each sample as queries (see the module docstring)."""
+
+    section = "multicrop"
+
+    def __init__(self, cfg: Config, model: MoCo) -> None:
+        super().__init__(cfg, model)
+        self.weight = cfg.multicrop.weight
+        # This step's queries, for the second direction of the symmetric loss: (the step's context, queries).
+        self._encoded: tuple[weakref.ref[StepContext], torch.Tensor] | None = None
+
+    def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries:
+        """The L small crops' queries (L, B, D) of this step, encoded on the step's first call only."""
+        if ctx.local_views is None:
+            raise ValueError("multi-crop needs the small crops of each sample (ctx.local_views): the data path draws "
+                             "them when multicrop.enabled is set in the run's config")
+        if self._encoded is None or self._encoded[0]() is not ctx:
+            self._encoded = (weakref.ref(ctx), encode_crops(ctx.local_views, encoder))
+        return ExtraQueries(self._encoded[1], self.weight)
