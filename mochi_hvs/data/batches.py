@@ -3,7 +3,8 @@
 `device` path: the uint8 images sit on the training device and BatchViewAugmenter makes the views
 there, from a generator seeded by (seed, epoch, batch, rank). `cpu` path: torchvision transforms
 per sample in DataLoader workers. Both follow the same EpochSampler order and yield dicts with
-views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,).
+views (B, V, 3, S, S), boxes (B, V, 4), flips (B, V) (whether each view was flipped horizontally), label (B,)
+and index (B,).
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class DeviceAugmentedBatches:
         for offset, cpu_index in enumerate(order):
             index = cpu_index.to(self.device, non_blocking=True)
             generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
-            views, boxes = self.augment(three_channels(self.pixels.index_select(0, index)), generator)
-            yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index}
+            views, boxes, flips = self.augment.with_flips(three_channels(self.pixels.index_select(0, index)), generator)
+            yield {"views": views, "boxes": boxes, "flips": flips, "label": self.labels.index_select(0, index),
+                   "index": index}
 
 
 class LoaderBatches:

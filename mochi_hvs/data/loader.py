@@ -72,7 +72,7 @@ def readable_image(images: ImageSet, index: int, skip_unreadable: bool) -> tuple
 
 
 class MultiViewDataset(Dataset):
-    """Pretraining samples: V augmented views, their crop boxes, the label, the index and the source index.
+    """Pretraining samples: V augmented views, their crop boxes and flips, the label, the index and the source index.
 
     The views are drawn from (seed, epoch, index); `source` differs from `index` only when the image at
     `index` was unreadable and skipped (the views, label and source then belong to the image read instead).
@@ -92,9 +92,9 @@ class MultiViewDataset(Dataset):
         image, source = readable_image(self.images, index, self.skip_unreadable)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, index))
-            views, boxes = self.sampler(image)
-        return {"views": views, "boxes": boxes, "label": int(self.images.labels[source]), "index": index,
-                "source": source}
+            views, boxes, flips = self.sampler.with_flips(image)
+        return {"views": views, "boxes": boxes, "flips": flips, "label": int(self.images.labels[source]),
+                "index": index, "source": source}
 
 
 class LabelledDataset(Dataset):
