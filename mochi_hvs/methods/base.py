@@ -9,6 +9,11 @@ A method may also bring queries of its own (`extra_queries`, e.g. Fast-MoCo's pa
 them exactly as the whole view's query (against the key, the queue and every active method's synthetic
 negatives). A method whose `replaces_query` is True supplies the query side's loss instead of the whole view: the
 step then skips that view's query forward and loss.
+
+Methods that need the geometry of the views (LC-loss) read it from the context: each view's crop box and flip,
+and `pair`, the (query view, key view) of the direction whose extra_loss is being asked for. The encoders' dense
+embeddings of that direction's views (with dense heads, `MoCo.add_dense_heads`) are left by its forwards in
+`model.encoder_q.dense` and `model.key_dense`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class StepContext:
     # The synthetic negatives of every active method for a query: q (B, D), its queue logits (B, K), the generator
     # to draw from -> logits (B, S), or None. Set by the step, for methods that score with the full loss (HVS).
     extra_negatives: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    flips: torch.Tensor | None = None  # (B, V) bool: each view was flipped horizontally after cropping, where known
+    # The (query view, key view) of the direction being scored, as ints (the same for every sample) or (B,) per
+    # sample (HVS's choice); set by the step for each direction (swapped in the symmetric loss's second).
+    pair: tuple[torch.Tensor | int, torch.Tensor | int] = (0, 1)
 
 
 @dataclass

@@ -133,7 +133,8 @@ class Trainer:
         parts.model.momentum_update(momentum)  # before the step: keys computed while scoring views are f_k's keys
         rng = StepRandom(cfg.seed, pos.global_step, self.env.rank, parts.device)
         with autocast(parts.device, parts.amp_dtype):
-            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step)
+            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step,
+                             flips=batch.get("flips"))
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip:
