@@ -32,6 +32,7 @@ POLICY: dict[str, str] = {
     "mochi.faiss_nprobe": APPLY, "mochi.path": APPLY,
     "hvs.": REFUSE,
     "fast_moco.": REFUSE,
+    "lc.": REFUSE, "lc.weight": APPLY, "lc.temperature": APPLY,
     "optim.": APPLY, "optim.batch_size": REFUSE,
     "eval.": APPLY,
 }
