@@ -170,6 +170,26 @@ def stop_after(trainer, steps):
     trainer.train_step = step_then_stop
 
 
+def assert_resume_is_exact(overrides, steps=3, stop=2):
+    """Train `steps` steps straight through, and again stopped after `stop` steps and resumed: the resumed run ends
+    in exactly the straight run's state (both encoders, queue). Returns the resumed trainer."""
+    over = overrides + [f"optim.steps={steps}", "eval.knn_baseline=false", "eval.knn_pixels=false"]
+    straight = Trainer(load_config(None, over + ["name=straight"]))
+    straight.train()
+    cfg = load_config(None, over + ["name=split"])
+    interrupted = Trainer(cfg)
+    stop_after(interrupted, stop)
+    with pytest.raises(Interrupted):
+        interrupted.train()
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    assert resumed.position.global_step == stop
+    resumed.train()
+    assert resumed.position.global_step == steps
+    assert_same_state(weights(straight), weights(resumed))
+    assert torch.equal(straight.model.queue.features, resumed.model.queue.features)
+    return resumed
+
+
 def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5"])
     straight = Trainer(load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5", "name=ref"]))

@@ -7,13 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_checkpoint import assert_same_state, stop_after, weights
+from test_checkpoint import assert_resume_is_exact, weights
 from test_distributed import _train, overrides_for, run_ranks
 
-from mochi_hvs.checkpoint import resolve_resume
 from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config
-from mochi_hvs.errors import Interrupted
 from mochi_hvs.methods.fast_moco import FastMoco, combine_features, patch_subsets, split_patches
 from mochi_hvs.models import MoCo
 from mochi_hvs.random_streams import StepRandom
@@ -121,20 +119,7 @@ def test_a_few_training_steps_train_the_query_encoder(quick_overrides):
 
 
 def test_resume_is_exact_with_fast_moco_on(quick_overrides):
-    over = quick_overrides + ENABLED + ["optim.steps=3", "eval.knn_baseline=false", "eval.knn_pixels=false"]
-    straight = Trainer(load_config(None, over + ["name=straight"]))
-    straight.train()
-    cfg = load_config(None, over + ["name=split"])
-    interrupted = Trainer(cfg)
-    stop_after(interrupted, 2)
-    with pytest.raises(Interrupted):
-        interrupted.train()
-    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
-    assert resumed.position.global_step == 2
-    resumed.train()
-    assert resumed.position.global_step == 3
-    assert_same_state(weights(straight), weights(resumed))
-    assert torch.equal(straight.model.queue.features, resumed.model.queue.features)
+    assert_resume_is_exact(quick_overrides + ENABLED)
 
 
 def test_the_patches_cost_one_query_view():
