@@ -239,6 +239,42 @@ class MultiCropConfig(MethodConfig):
 
 
 @dataclass
+class LcConfig(MethodConfig):
+    """LC-loss, local contrast: a dense head on the backbone's last feature map, and InfoNCE between the locations of
+    the query view and the key view's locations they fall into in the original image (crop boxes and flips)."""
+
+    weight: float = 1.0  # factor on the local loss (averaged over the matched locations), added to the MoCo loss
+    temperature: float = 0.2  # T of the local InfoNCE
+    dim: int = 128  # dense embedding size (the dense head's output channels)
+    hidden_dim: int | None = None  # the dense head's hidden channels; None: the backbone's width (DenseCL's head)
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Positive weight, temperature and sizes; when enabled, a last feature map of at least 2 x 2 locations and
+        a whole query view to take its map from (not Fast-MoCo's replacing patches)."""
+        _check(self.weight > 0, source, "lc.weight", f"must be > 0; got {self.weight}")
+        _check(self.temperature > 0, source, "lc.temperature", f"must be > 0; got {self.temperature}")
+        _check(self.dim > 0, source, "lc.dim", f"must be positive; got {self.dim}")
+        _check(self.hidden_dim is None or self.hidden_dim > 0, source, "lc.hidden_dim",
+               f"must be null or positive; got {self.hidden_dim}")
+        if not self.enabled:
+            return
+        from .models.backbone import feature_map_side  # here: loading a config does not import torch
+
+        side = feature_map_side(cfg.data.image_size, cfg.model.small_stem)
+        _check(side >= 2, source, "lc.enabled",
+               f"needs a last feature map of at least 2 x 2 locations to match; data.image_size={cfg.data.image_size} "
+               f"with model.small_stem={str(cfg.model.small_stem).lower()} gives {side} x {side} (raise "
+               "data.image_size to 56 or more, or set model.small_stem=true)")
+        _check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
+               "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's feature "
+               "map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
+        _check(not cfg.multicrop.enabled, source, "lc.enabled",
+               "cannot be combined with multicrop.enabled yet: the small crops' forward through the query encoder "
+               "replaces the whole view's dense map the local loss reads (matching small crops to the key's map is "
+               "not built)")
+
+
+@dataclass
 class OptimConfig:
     """SGD, learning-rate schedule and run length."""
 
@@ -313,6 +349,7 @@ class Config:
     hvs: HvsConfig = field(default_factory=HvsConfig)
     fast_moco: FastMocoConfig = field(default_factory=FastMocoConfig)
     multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
+    lc: LcConfig = field(default_factory=LcConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Staged (HPT) runs: each entry overrides this config for one stage (name, data, optim, model...);

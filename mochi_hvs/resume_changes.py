@@ -33,6 +33,7 @@ POLICY: dict[str, str] = {
     "hvs.": REFUSE,
     "fast_moco.": REFUSE,
     "multicrop.": REFUSE,
+    "lc.": REFUSE, "lc.weight": APPLY, "lc.temperature": APPLY,
     "optim.": APPLY, "optim.batch_size": REFUSE,
     "eval.": APPLY,
 }

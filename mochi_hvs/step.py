@@ -59,11 +59,12 @@ class ContrastiveStep:
         [extra_negatives]                  # methods add synthetic negatives' logits (MoCHi)
         loss = CE([l_pos, l_neg, ...] / t, 0)
         [extra_queries]                    # methods' own queries, scored as q is, weighted means added (Fast-MoCo)
-        [extra_loss]                       # methods add loss terms
+        [extra_loss]                       # methods add loss terms (ctx.pair: this direction's views)
         (symmetric: the same with x_q and x_k swapped, losses summed)
         # then the loop: loss.backward(); SGD on f_q; f_k = m f_k + (1 - m) f_q; enqueue(k)
 
-    The queue is read once per step, here; methods see it through the StepContext.
+    The queue is read once per step, here; methods see it through the StepContext, with the views' crop boxes and
+    flips, and, for each direction, the pair of views it trains (ctx.pair).
     """
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, methods: list[Method] | None = None,
@@ -77,25 +78,28 @@ class ContrastiveStep:
 
     def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
                  boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
-                 local_views: torch.Tensor | None = None, local_boxes: torch.Tensor | None = None) -> StepOutput:
-        """views (B, V, C, H, W) with crop boxes (B, V, 4); labels (B,), where known, travel with the keys into the
-        queue for analysis metrics only; local_views (B, L, C, h, w) with boxes (B, L, 4): multi-crop's small
-        crops, for the methods. The methods active at (epoch, step) take part."""
+                 local_views: torch.Tensor | None = None, local_boxes: torch.Tensor | None = None,
+                 flips: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W) with crop boxes (B, V, 4) and flips (B, V); labels (B,), where known, travel with the
+        keys into the queue for analysis metrics only; local_views (B, L, C, h, w) with boxes (B, L, 4): multi-crop's
+        small crops, for the methods. The methods active at (epoch, step) take part."""
         active = [m for m in self.methods if m.active(epoch, step)]
         queue = self.model.queue
         ctx = StepContext(views, boxes, labels, queue.features, queue.labels, rng, epoch, step,
-                          local_views=local_views, local_boxes=local_boxes)
+                          local_views=local_views, local_boxes=local_boxes, flips=flips)
         if any(m.adds_negatives for m in active):
             ctx.extra_negatives = lambda q, logits, generator: torch.cat(
                 [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)
         choice = next((c for m in active if (c := m.choose_views(ctx)) is not None), None)
         query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
         k = self._keys(views, key_view, choice, rng)
-        loss, metrics = self._direction(_view(views, query_view), k, active, ctx)
+        loss, metrics = self._direction(_view(views, query_view), k, active,
+                                        dataclasses.replace(ctx, pair=(query_view, key_view)))
         keys, key_labels = k, labels
         if self.symmetric:
             k_reverse = self._keys(views, query_view, choice, rng)
-            loss_reverse, metrics_reverse = self._direction(_view(views, key_view), k_reverse, active, ctx)
+            loss_reverse, metrics_reverse = self._direction(_view(views, key_view), k_reverse, active,
+                                                            dataclasses.replace(ctx, pair=(key_view, query_view)))
             loss = loss + loss_reverse
             metrics = _mean_metrics(metrics, metrics_reverse)
             keys = torch.cat([k, k_reverse], dim=0)

@@ -43,7 +43,8 @@ class SupervisedStep:
         self.network = network
 
     def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
-                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0) -> StepOutput:
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 flips: torch.Tensor | None = None) -> StepOutput:
         """views (B, V, C, H, W): the first view of each sample is classified; nothing is enqueued."""
         if labels is None or bool((labels < 0).any()):
             raise ValueError("the supervised reference needs a label for every training image")

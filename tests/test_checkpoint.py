@@ -187,6 +187,7 @@ def assert_resume_is_exact(overrides, steps=3, stop=2):
     assert resumed.position.global_step == steps
     assert_same_state(weights(straight), weights(resumed))
     assert torch.equal(straight.model.queue.features, resumed.model.queue.features)
+    return resumed
 
 
 def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):

@@ -16,6 +16,25 @@ BLUR_P = 0.5
 FLIP_P = 0.5
 
 
+class RecordedFlip:
+    """RandomHorizontalFlip(p) that records whether its last call flipped (`flipped`), for the views' geometry.
+
+    The same draw as torchvision's v2.RandomHorizontalFlip (one `torch.rand(1)` from the global generator, no flip
+    when it is >= p) and the same output, so a pipeline using it draws and produces exactly what it did before.
+    """
+
+    def __init__(self, p: float = FLIP_P) -> None:
+        self.p = p
+        self.flipped = False
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self.flipped = not bool(torch.rand(1) >= self.p)
+        return v2.functional.horizontal_flip(image) if self.flipped else image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+
 def blur_kernel_size(image_size: int) -> int:
     """Odd Gaussian kernel covering about 10% of the image side (23 px at 224, as in SimCLR/MoCo-v2)."""
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
@@ -24,7 +43,8 @@ def blur_kernel_size(image_size: int) -> int:
 def post_crop_transform(augmentation: str, image_size: int, mean: list[float], std: list[float]) -> v2.Compose:
     """Everything after the random resized crop: jitter, grayscale, blur (aug+ only), flip, normalise.
 
-    Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor.
+    Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor. The flip is a RecordedFlip: whether the
+    last call flipped can be read back from it (ViewSampler does).
     """
     steps: list[v2.Transform] = [
         v2.RandomApply([v2.ColorJitter(*JITTER)], p=JITTER_P),
@@ -35,7 +55,7 @@ def post_crop_transform(augmentation: str, image_size: int, mean: list[float], s
     elif augmentation != "mocov2_small":
         raise ValueError(f"unknown augmentation {augmentation!r}")
     steps += [
-        v2.RandomHorizontalFlip(p=FLIP_P),
+        RecordedFlip(FLIP_P),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ]

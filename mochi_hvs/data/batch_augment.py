@@ -189,6 +189,13 @@ class BatchViewAugmenter:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Views (B, V, 3, S, S) float32 normalised, boxes (B, V, 4) normalised to [0, 1]."""
+        views, boxes, _ = self.with_flips(images, generator)
+        return views, boxes
+
+    def with_flips(self, images: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views and boxes as __call__ gives them (the same draws), and whether each view was flipped horizontally
+        (B, V) bool."""
         batch, _, height, width = images.shape
         n, device = batch * self.num_views, images.device
         pixels = sample_crop_boxes(n, height, width, generator, device, scale=self.crop_scale)
@@ -206,4 +213,4 @@ class BatchViewAugmenter:
         x = (x - self.mean.to(device)) / self.std.to(device)
         scale = torch.tensor([width, height, width, height], device=device, dtype=pixels.dtype)
         views = x.view(batch, self.num_views, 3, self.image_size, self.image_size)
-        return views, (pixels / scale).view(batch, self.num_views, 4)
+        return views, (pixels / scale).view(batch, self.num_views, 4), flip.view(batch, self.num_views)

@@ -3,8 +3,9 @@
 `device` path: the uint8 images sit on the training device and BatchViewAugmenter makes the views
 there, from a generator seeded by (seed, epoch, batch, rank). `cpu` path: torchvision transforms
 per sample in DataLoader workers. Both follow the same EpochSampler order and yield dicts with
-views (B, V, 3, S, S), boxes (B, V, 4), label (B,) and index (B,); with `local_crops` (multi-crop) also
-local_views (B, L, 3, s, s) and local_boxes (B, L, 4), drawn after the views from the same stream.
+views (B, V, 3, S, S), boxes (B, V, 4), flips (B, V) (whether each view was flipped horizontally), label (B,)
+and index (B,); with `local_crops` (multi-crop) also local_views (B, L, 3, s, s) and local_boxes (B, L, 4), drawn
+after the views from the same stream.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ class DeviceAugmentedBatches:
             index = cpu_index.to(self.device, non_blocking=True)
             generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
             images = three_channels(self.pixels.index_select(0, index))
-            views, boxes = self.augment(images, generator)
+            views, boxes, flips = self.augment.with_flips(images, generator)
             local = {} if self.augment_local is None else dict(zip(("local_views", "local_boxes"),
                                                                    self.augment_local(images, generator), strict=True))
-            yield {"views": views, "boxes": boxes, "label": self.labels.index_select(0, index), "index": index,
-                   **local}
+            yield {"views": views, "boxes": boxes, "flips": flips, "label": self.labels.index_select(0, index),
+                   "index": index, **local}
 
 
 class LoaderBatches:

@@ -73,8 +73,8 @@ def readable_image(images: ImageSet, index: int, skip_unreadable: bool) -> tuple
 
 
 class MultiViewDataset(Dataset):
-    """Pretraining samples: V augmented views, their crop boxes, the label, the index and the source index; with
-    `local_sampler` (multi-crop) also L small crops and their boxes (`local_views`, `local_boxes`).
+    """Pretraining samples: V augmented views, their crop boxes and flips, the label, the index and the source index;
+    with `local_sampler` (multi-crop) also L small crops and their boxes (`local_views`, `local_boxes`).
 
     The views are drawn from (seed, epoch, index), the small crops after them from the same stream (so the views
     are the same with or without them); `source` differs from `index` only when the image at `index` was
@@ -97,11 +97,11 @@ class MultiViewDataset(Dataset):
         image, source = readable_image(self.images, index, self.skip_unreadable)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, index))
-            views, boxes = self.sampler(image)
+            views, boxes, flips = self.sampler.with_flips(image)
             local = {} if self.local_sampler is None else dict(zip(("local_views", "local_boxes"),
                                                                    self.local_sampler(image), strict=True))
-        return {"views": views, "boxes": boxes, "label": int(self.images.labels[source]), "index": index,
-                "source": source, **local}
+        return {"views": views, "boxes": boxes, "flips": flips, "label": int(self.images.labels[source]),
+                "index": index, "source": source, **local}
 
 
 class LabelledDataset(Dataset):

@@ -4,7 +4,7 @@ Importing this package registers every method shipped with mochi_hvs, in this or
 their hooks in).
 """
 
-from . import mochi, hvs, fast_moco, multicrop  # noqa: F401, I001  (registration order: negatives before view selection)
+from . import mochi, hvs, fast_moco, multicrop, lc  # noqa: F401, I001  (registration order: negatives before view selection)
 from .base import (
     METHODS,
     ExtraLoss,

@@ -9,6 +9,11 @@ A method may also bring queries of its own (`extra_queries`, e.g. Fast-MoCo's pa
 them exactly as the whole view's query (against the key, the queue and every active method's synthetic
 negatives). A method whose `replaces_query` is True supplies the query side's loss instead of the whole view: the
 step then skips that view's query forward and loss.
+
+Methods that need the geometry of the views (LC-loss) read it from the context: each view's crop box and flip,
+and `pair`, the (query view, key view) of the direction whose extra_loss is being asked for. The encoders' dense
+embeddings of that direction's views (with dense heads, `MoCo.add_dense_heads`) are left by its forwards in
+`model.encoder_q.dense` and `model.key_dense`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class StepContext:
     # have their own size, so they cannot share `views`); None otherwise.
     local_views: torch.Tensor | None = None  # (B, L, C, h, w)
     local_boxes: torch.Tensor | None = None  # (B, L, 4): each small crop's box in the original image
+    flips: torch.Tensor | None = None  # (B, V) bool: each view was flipped horizontally after cropping, where known
+    # The (query view, key view) of the direction being scored, as ints (the same for every sample) or (B,) per
+    # sample (HVS's choice); set by the step for each direction (swapped in the symmetric loss's second).
+    pair: tuple[torch.Tensor | int, torch.Tensor | int] = (0, 1)
 
 
 @dataclass

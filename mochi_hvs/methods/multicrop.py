@@ -58,14 +58,15 @@ class MultiCrop(Method):
     def __init__(self, cfg: Config, model: MoCo) -> None:
         super().__init__(cfg, model)
         self.weight = cfg.multicrop.weight
-        # This step's queries, for the second direction of the symmetric loss: (the step's context, queries).
-        self._encoded: tuple[weakref.ref[StepContext], torch.Tensor] | None = None
+        # This step's queries, for the second direction of the symmetric loss: (the step's small crops, queries).
+        # Keyed by the crops tensor, which both directions' contexts share (each direction has its own context).
+        self._encoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
 
     def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries:
         """The L small crops' queries (L, B, D) of this step, encoded on the step's first call only."""
         if ctx.local_views is None:
             raise ValueError("multi-crop needs the small crops of each sample (ctx.local_views): the data path draws "
                              "them when multicrop.enabled is set in the run's config")
-        if self._encoded is None or self._encoded[0]() is not ctx:
-            self._encoded = (weakref.ref(ctx), encode_crops(ctx.local_views, encoder))
+        if self._encoded is None or self._encoded[0]() is not ctx.local_views:
+            self._encoded = (weakref.ref(ctx.local_views), encode_crops(ctx.local_views, encoder))
         return ExtraQueries(self._encoded[1], self.weight)

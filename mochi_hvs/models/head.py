@@ -13,3 +13,10 @@ def projection_head(in_dim: int, out_dim: int, kind: str = "mlp", hidden_dim: in
         hidden = hidden_dim or in_dim
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
     raise ValueError(f"unknown head {kind!r}")
+
+
+def dense_projection_head(in_dim: int, out_dim: int, hidden_dim: int | None = None) -> nn.Module:
+    """The MLP of projection_head applied at every location of a feature map (N, in_dim, h, w) -> (N, out_dim, h, w):
+    1x1 Conv-ReLU-1x1 Conv, as DenseCL's dense projection head."""
+    hidden = hidden_dim or in_dim
+    return nn.Sequential(nn.Conv2d(in_dim, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_dim, 1))

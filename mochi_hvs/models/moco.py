@@ -11,19 +11,26 @@ import torch.nn.functional as F
 
 from ..distributed import shuffle_across_processes
 from ..queue import MemoryQueue
-from .backbone import build_backbone
-from .head import projection_head
+from .backbone import build_backbone, feature_map, pooled_features
+from .head import dense_projection_head, projection_head
 from .split_bn import convert_split_bn
 
 
 class Encoder(nn.Module):
-    """Backbone followed by the projection head; returns L2-normalised embeddings."""
+    """Backbone followed by the projection head; returns L2-normalised embeddings.
+
+    With a dense head (MoCo.add_dense_heads, for LC-loss), a forward of whole views (no `combine`) also embeds every
+    location of the backbone's last feature map, taken from that same forward, and keeps the embeddings, each
+    L2-normalised, in `dense` (N, D', h, w) until the next forward of whole views.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.channels_last = channels_last
+        self.dense_head: nn.Module | None = None
+        self.dense: torch.Tensor | None = None
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -32,7 +39,12 @@ class Encoder(nn.Module):
         (e.g. Fast-MoCo's averages of patch features)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
+        if self.dense_head is None or combine is not None:
+            features = self.backbone(x)
+        else:
+            spatial = feature_map(self.backbone, x)
+            self.dense = F.normalize(self.dense_head(spatial), dim=1)
+            features = pooled_features(self.backbone, spatial)
         if combine is not None:
             features = combine(features)
         return F.normalize(self.head(features), dim=1)
@@ -55,11 +67,23 @@ class MoCo(nn.Module):
         self.queue = MemoryQueue(queue_size, feature_dim)
         self.shuffle_bn = shuffle_bn
         self.feature_width = width
+        self.key_dense: torch.Tensor | None = None  # see key()
 
     @property
     def backbone(self) -> nn.Module:
         """The query encoder's backbone: what gets evaluated and exported."""
         return self.encoder_q.backbone
+
+    def add_dense_heads(self, dim: int, hidden_dim: int | None = None) -> None:
+        """Give both encoders a dense projection head on the backbone's last feature map (LC-loss): f_q's trained,
+        f_k's a copy that follows it by momentum like the rest of f_k. On the model's device, dtype and memory
+        format; call it before the optimiser and the DDP wrapper are built."""
+        reference = next(self.encoder_q.backbone.parameters())
+        head = dense_projection_head(self.feature_width, dim, hidden_dim).to(reference.device, reference.dtype)
+        if self.encoder_q.channels_last:
+            head.to(memory_format=torch.channels_last)
+        self.encoder_q.dense_head = head
+        self.encoder_k.dense_head = copy.deepcopy(head).requires_grad_(False)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:
@@ -76,7 +100,13 @@ class MoCo(nn.Module):
         groups differ from f_q's: one permutation of the samples, drawn as for a single view, the views of a
         sample moving together. Views are then encoded as one sample-major batch of B * V; giving each view
         slot its own BatchNorm groups is the caller's part (`side_effect_free_bn(..., view_slots=V)`).
+
+        With dense heads, the dense key embeddings of the same forward are left in `key_dense`, un-shuffled like the
+        keys: (B, D', h, w) or (B, V, D', h, w), until the next call.
         """
         shuffled, restore = shuffle_across_processes(x, generator) if self.shuffle_bn else (x, None)
         keys = self.encoder_k(shuffled.flatten(0, -4)).unflatten(0, shuffled.shape[:-3])
+        if self.encoder_k.dense_head is not None:
+            dense = self.encoder_k.dense.unflatten(0, shuffled.shape[:-3])
+            self.key_dense = dense if restore is None else restore(dense)
         return keys if restore is None else restore(keys)

@@ -134,7 +134,8 @@ class Trainer:
         rng = StepRandom(cfg.seed, pos.global_step, self.env.rank, parts.device)
         with autocast(parts.device, parts.amp_dtype):
             local = {key: batch[key] for key in ("local_views", "local_boxes") if key in batch}  # multi-crop's
-            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step, **local)
+            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step,
+                             flips=batch.get("flips"), **local)
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip:

@@ -1,0 +1,137 @@
+"""LC-loss: local contrast between corresponding locations of two views of an image (Islam et al., "Self-supervised
+Learning with Local Contrastive Loss for Detection and Semantic Segmentation", WACV 2023), added to the MoCo loss.
+
+- Dense embeddings: a dense projection head (1x1 conv MLP, as DenseCL's) on the backbone's last feature map, in
+  the query encoder and, as its momentum copy, in the key encoder (`MoCo.add_dense_heads`). The map comes from
+  the very forward that gives the view's global embedding (no extra encoder forward); on the key side it is
+  un-shuffled with the keys (shuffle-BN), and with HVS it is the map of the scoring forward whose keys are reused.
+- Correspondence, from the crop boxes and flips alone (`correspondence`): the centre of each cell of the query
+  view's h x w map is placed in the original image (through the query view's flip and box), and matched to the
+  cell of the key view's map that holds that point (through the key view's box and flip); a point outside the key
+  crop has no match and no loss.
+- Loss (`local_contrast_loss`): InfoNCE per matched query location, its positive the key's dense embedding at the
+  matched cell, its negatives every other location of every key map of the batch (this image's other locations
+  and all locations of the other images), at temperature lc.temperature; averaged over the matched locations and
+  added with factor lc.weight for each direction of the loss (the symmetric loss matches both ways).
+
+The negatives are the batch's key locations, not a dense queue: B x h x w of them (1,024 for the embedded recipe,
+12,544 per 256 images at 224 px) is as many as the embedded recipe's global queue holds, a queue would add state to
+checkpoints, and its entries would come from older encoders and other crops. Under torchrun each process contrasts
+its own batch's locations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..loss import full_precision
+from ..models.moco import MoCo
+from .base import ExtraLoss, Method, StepContext, register
+
+
+def cell_centres(side: int, device: torch.device | None = None) -> torch.Tensor:
+    """Centres (side^2, 2) of the cells of a side x side map as (u, v) in [0, 1] of the view, row-major: cell
+    r * side + c is row r from the top, column c from the left, centre ((c + 0.5) / side, (r + 0.5) / side)."""
+    steps = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side
+    v, u = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([u.flatten(), v.flatten()], dim=1)
+
+
+def view_to_image(points: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Points (B, P, 2) as (u, v) in [0, 1] of views -> (x, y) in the original image, normalised as the boxes (B, 4)
+    (x0, y0, x1, y1) are; flips (B,): the view was flipped horizontally after cropping (u seen at 1 - u)."""
+    u = torch.where(flips[:, None], 1.0 - points[..., 0], points[..., 0])
+    x = boxes[:, None, 0] + u * (boxes[:, None, 2] - boxes[:, None, 0])
+    y = boxes[:, None, 1] + points[..., 1] * (boxes[:, None, 3] - boxes[:, None, 1])
+    return torch.stack([x, y], dim=-1)
+
+
+def image_to_view(points: torch.Tensor, boxes: torch.Tensor,
+                  flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of view_to_image: image points (B, P, 2) -> (u, v) in the views, and whether each point lies in
+    the view's crop (its box, borders included)."""
+    x = (points[..., 0] - boxes[:, None, 0]) / (boxes[:, None, 2] - boxes[:, None, 0])
+    y = (points[..., 1] - boxes[:, None, 1]) / (boxes[:, None, 3] - boxes[:, None, 1])
+    inside = (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)
+    u = torch.where(flips[:, None], 1.0 - x, x)
+    return torch.stack([u, y], dim=-1), inside
+
+
+def correspondence(query_boxes: torch.Tensor, query_flips: torch.Tensor, key_boxes: torch.Tensor,
+                   key_flips: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each cell of the query views' side x side maps, the key view's cell holding the same image point.
+
+    Boxes (B, 4) and flips (B,) of each sample's query and key views. Returns cells (B, P), P = side^2, the
+    row-major index of the key cell that holds the query cell's centre (a point on a cell border belongs to the cell
+    right of or below it), and matched (B, P): whether that point lies in the key crop at all (cells is clamped into
+    the map where it does not).
+    """
+    centres = cell_centres(side, query_boxes.device).expand(query_boxes.shape[0], -1, -1)
+    in_key, matched = image_to_view(view_to_image(centres, query_boxes, query_flips), key_boxes, key_flips)
+    column, row = (in_key * side).floor().long().clamp_(0, side - 1).unbind(dim=-1)
+    return row * side + column, matched
+
+
+def local_contrast_loss(q: torch.Tensor, k: torch.Tensor, cells: torch.Tensor, matched: torch.Tensor,
+                        temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InfoNCE of every matched query location against all key locations of the batch.
+
+    q: (B, P, D) the query views' dense embeddings, k: (B, P, D) the key views', both L2-normalised, locations
+    row-major; cells, matched (B, P) from `correspondence`. The positive of query location (i, p) is k[i, cells[i, p]],
+    its negatives the B x P - 1 other rows of k. Returns the mean over matched locations (0 when none matches, still
+    connected to q so that every parameter gets its gradient) and metrics: the loss, the share of matched locations
+    and the share of those whose positive scores above every negative. Computed in full precision (autocast off).
+    """
+    batch, points = cells.shape
+    with torch.autocast(q.device.type, enabled=False):
+        q, k = full_precision(q, k)
+        logits = torch.einsum("bpd,nd->bpn", q, k.flatten(0, 1)) / temperature  # (B, P, B x P)
+        target = torch.arange(batch, device=cells.device)[:, None] * points + cells
+        per_location = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(batch, points)
+        weight = matched.to(per_location.dtype)
+        count = weight.sum().clamp_min(1.0)
+        loss = (per_location * weight).sum() / count
+        hit = (logits.detach().argmax(dim=2) == target).to(weight.dtype)
+    return loss, {"lc/loss": loss.detach(), "lc/matched": weight.mean(), "lc/top1": (hit * weight).sum() / count}
+
+
+def _pick(values: torch.Tensor, view: torch.Tensor | int) -> torch.Tensor:
+    """values[:, view] for one view of every sample, or values[i, view[i]] for a view per sample."""
+    if isinstance(view, int):
+        return values[:, view]
+    return values[torch.arange(values.shape[0], device=values.device), view]
+
+
+@register
+class LocalContrast(Method):
+    """LC-loss on the method seam: a dense head on both encoders and, in extra_loss, the local InfoNCE between
+    this direction's query and key views (the pair in ctx.pair: views 0 and 1, HVS's choice, or swapped)."""
+
+    section = "lc"
+
+    def __init__(self, cfg: Config, model: MoCo) -> None:
+        super().__init__(cfg, model)
+        model.add_dense_heads(cfg.lc.dim, cfg.lc.hidden_dim)
+        self.weight = cfg.lc.weight
+        self.temperature = cfg.lc.temperature
+
+    def extra_loss(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> ExtraLoss:
+        """weight x the local InfoNCE of this direction's query view map (from the step's query forward) against
+        its key view map (from the key forward: the step's, or HVS scoring's when its keys are reused)."""
+        if ctx.boxes is None or ctx.flips is None:
+            raise ValueError("LC-loss needs the crop boxes and the flips of the views")
+        query_view, key_view = ctx.pair
+        q_dense, k_dense = self.model.encoder_q.dense, self.model.key_dense
+        if q_dense is None or k_dense is None or q_dense.shape[0] != q.shape[0]:
+            raise RuntimeError("LC-loss found no dense map of this step's query views: the whole query view must go "
+                               "through the query encoder")
+        if k_dense.dim() == 5:  # (B, V, D', h, w): every candidate's, from HVS scoring
+            k_dense = _pick(k_dense, key_view)
+        side = q_dense.shape[-1]
+        cells, matched = correspondence(_pick(ctx.boxes, query_view), _pick(ctx.flips, query_view),
+                                        _pick(ctx.boxes, key_view), _pick(ctx.flips, key_view), side)
+        loss, metrics = local_contrast_loss(q_dense.flatten(2).transpose(1, 2), k_dense.flatten(2).transpose(1, 2),
+                                            cells, matched, self.temperature)
+        return ExtraLoss(self.weight * loss, metrics)
