@@ -124,9 +124,9 @@ class LocalContrast(Method):
             raise ValueError("LC-loss needs the crop boxes and the flips of the views")
         query_view, key_view = ctx.pair
         q_dense, k_dense = self.model.encoder_q.dense, self.model.key_dense
-        if q_dense is None or k_dense is None or q_dense.shape[0] != q.shape[0]:
-            raise RuntimeError("LC-loss found no dense map of this step's query views: the whole query view must go "
-                               "through the query encoder")
+        if q_dense is None or k_dense is None or not q_dense.shape[0] == k_dense.shape[0] == q.shape[0]:
+            raise RuntimeError("LC-loss found no dense maps of this direction's views: the whole query view must go "
+                               "through the query encoder, its key view through model.key")
         if k_dense.dim() == 5:  # (B, V, D', h, w): every candidate's, from HVS scoring
             k_dense = _pick(k_dense, key_view)
         side = q_dense.shape[-1]
