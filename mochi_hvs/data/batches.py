@@ -10,7 +10,7 @@ after the views from the same stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -95,3 +95,14 @@ def build_batches(images: ImageSet, data_cfg, num_views: int, local_batch: int, 
         where = "device" if images.array is not None else "cpu"
     cls = DeviceAugmentedBatches if where == "device" else LoaderBatches
     return cls(images, data_cfg, num_views, local_batch, seed, device, rank, world_size, local_crops)
+
+
+def endless(batches: Iterable) -> Iterator:
+    """The batches of an iterable (a loader, a batch source) over and over; an error if it yields none."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the data yields no batch")

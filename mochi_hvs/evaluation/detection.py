@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from ..config import ConfigError
+from ..data.batches import endless
 from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
 from ..errors import TrainingDiverged
@@ -48,11 +48,6 @@ def build_detector(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, num
     return model, report
 
 
-def _endless(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
 def train_detector(model: FasterRCNN, dataset, settings: DetectionSettings, device: torch.device) -> float:
     """SGD for `settings.iterations` steps (linear warm-up, step decay); returns the mean loss of the last 20 steps."""
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, num_workers=settings.workers,
@@ -66,7 +61,7 @@ def train_detector(model: FasterRCNN, dataset, settings: DetectionSettings, devi
         s, settings.iterations, min(settings.warmup_iterations, settings.iterations), "step", milestones))
     model.to(device).train()
     recent: list[float] = []
-    bar = tqdm(zip(range(settings.iterations), _endless(loader), strict=False), total=settings.iterations,
+    bar = tqdm(zip(range(settings.iterations), endless(loader), strict=False), total=settings.iterations,
                desc="detection", leave=False)
     for step, (images, targets) in bar:
         images = [im.to(device) for im in images]

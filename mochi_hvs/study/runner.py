@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -29,6 +29,7 @@ import yaml
 from ..checkpoint import resolve_resume
 from ..compute_cost import run_units, steps_for_units
 from ..config import Config, ConfigError
+from ..data.batches import endless
 from ..data.datasets import load_images
 from ..evaluation.frozen import FrozenEvaluation
 from ..evaluation.pixels import pixel_width
@@ -99,22 +100,11 @@ def steps_of(cfg: Config) -> tuple[int, int]:
     return per_epoch, cfg.optim.steps or cfg.optim.epochs * per_epoch
 
 
-def _endless(batches: Iterable) -> Iterator:
-    """The batches of an epoch over and over (a small data set may have fewer steps than the timing needs)."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise RuntimeError("the run's data yields no batch to time")
-
-
 def seconds_per_step(run: PlannedRun, steps: int = TIMED_STEPS) -> float:
     """Mean wall-clock seconds of one training step of the run on this machine (after WARMUP_STEPS steps)."""
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run.config(f"output_dir={scratch}", "name=timing"))
-        batches = _endless(trainer.parts.batches)
+        batches = endless(trainer.parts.batches)
         for _ in range(WARMUP_STEPS):
             trainer.train_step(next(batches))
         start = time.perf_counter()
