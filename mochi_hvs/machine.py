@@ -43,6 +43,13 @@ def vector_isa(flags: set[str]) -> str:
     return "no AVX2"
 
 
+def kernel_isa() -> str:
+    """The instruction set torch's CPU kernels dispatch to, in vector_isa's spelling; lower than the CPU's when
+    ATEN_CPU_CAPABILITY caps it (e.g. =avx2 on an AVX-512 machine, to check numerics as on an AVX2-only CPU)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": "AVX-512", "AVX2": "AVX2", "DEFAULT": "no AVX2"}.get(capability, capability)
+
+
 @functools.cache
 def _cpu_info() -> dict[str, object]:
     fields = _cpu_fields()
@@ -50,6 +57,7 @@ def _cpu_info() -> dict[str, object]:
         "cpu": fields.get("model name") or platform.processor() or platform.machine(),
         "cpu_cores": len(os.sched_getaffinity(0)),  # the logical CPUs this process may run on
         "isa": vector_isa(set(fields.get("flags", "").split())),
+        "kernel_isa": kernel_isa(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
@@ -65,9 +73,11 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     return info
 
 
-
 def device_description(device: torch.device | str = "cpu") -> str:
-    """One line for reports, e.g. 'AMD EPYC, 2 cores, AVX2' or 'NVIDIA H100 (CPU: Intel Xeon, 16 cores, AVX-512)'."""
+    """One line for reports, e.g. 'AMD EPYC, 2 cores, AVX2' or 'NVIDIA H100 (CPU: Intel Xeon, 16 cores, AVX-512)';
+    torch's kernel instruction set is named too where it is capped below the CPU's."""
     info = machine_info(device)
     cpu = f"{info['cpu']}, {info['cpu_cores']} cores, {info['isa']}"
+    if info["kernel_isa"] != info["isa"]:
+        cpu += f" (torch kernels: {info['kernel_isa']})"
     return f"{info['gpu']} (CPU: {cpu})" if "gpu" in info else cpu
