@@ -24,7 +24,8 @@ def test_machine_info_names_the_cpu_cores_and_both_instruction_sets():
 
 
 def _description_under(capability: str) -> tuple[str, str]:
-    code = "from mochi_hvs.machine import device_description, kernel_isa; print(kernel_isa()); print(device_description())"
+    code = ("from mochi_hvs.machine import device_description, kernel_isa; "
+            "print(kernel_isa()); print(device_description())")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     lines = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     kernels, description = lines.strip().splitlines()

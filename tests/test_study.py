@@ -193,12 +193,24 @@ def test_report_renders_from_a_fixed_jsonl(tmp_path):
     assert "Trained on: cpu x." in text
 
 
+def test_time_points_pair_each_seeds_training_minutes_with_its_accuracy(tmp_path):
+    write_fixture(tmp_path / "r")
+    lines = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    lines.append({"arm": "moco", "seed": 1, "evaluator": "train", "metrics": {"train_seconds": 90.0}})  # later wins
+    lines.append({"arm": "moco", "seed": 3, "evaluator": "knn", "metrics": {"k20_top1": 70.0}})  # no training line
+    (tmp_path / "r" / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    results = read_results(tmp_path / "r" / "results.jsonl")
+    assert plots.time_points(results, "moco", "knn", "k20_top1") == [(1.0, 80.0), (1.5, 81.0), (1.0, 79.0)]
+    assert plots.time_points(results, "pixels", "knn", "k20_top1") == []  # untrained: no training time
+
+
 def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     write_fixture(tmp_path / "r")
     written = plots.write_plots(tmp_path / "r", "moco")
     files = {name for name, _ in written}
-    assert {"final_accuracy.png", "knn_vs_step.png", "proxy_vs_step.png", "mochi_vs_step.png", "hvs_iou.png"} == files
+    assert {"final_accuracy.png", "accuracy_vs_time.png", "knn_vs_step.png", "proxy_vs_step.png", "mochi_vs_step.png",
+            "hvs_iou.png"} == files
     for name in files:
         assert (tmp_path / "r" / name).read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError

@@ -127,6 +127,45 @@ def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: 
     return True
 
 
+def time_points(results: StudyResults, arm: str, evaluator: str, metric: str) -> list[tuple[float, float]]:
+    """(training minutes, accuracy) of each of an arm's seeds that recorded both, in seed order."""
+    seconds = results.values.get((arm, "train", "train_seconds"), {})
+    accuracy = results.values.get((arm, evaluator, metric), {})
+    return [(seconds[seed] / 60, accuracy[seed]) for seed in sorted(set(seconds) & set(accuracy), key=str)]
+
+
+def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path) -> bool:
+    """Per accuracy figure: every trained arm's runs at their training minutes, the untrained references as lines:
+    the frontier of accuracy against training time."""
+    trained = results.arms + [r for r in results.references if r not in ("pixels", "random_init")]
+    panels = [(e, m, t) for e, m, t in ACCURACY if any(time_points(results, a, e, m) for a in trained)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (evaluator, metric, title) in zip(axes[0], panels, strict=True):
+        for arm in trained:
+            points = time_points(results, arm, evaluator, metric)
+            if points:
+                minutes, values = zip(*points, strict=True)
+                ax.scatter(minutes, values, s=22, color=colors.get(arm), label=REFERENCE_NAMES.get(arm, arm),
+                           zorder=3)
+        for reference, style in (("pixels", ":"), ("random_init", "--")):
+            level = results.values.get((reference, evaluator, metric))
+            if level:
+                ax.axhline(summarize(list(level.values())).mean, linestyle=style, color="black", linewidth=1,
+                           label=REFERENCE_NAMES[reference])
+        ax.set_xlabel("training minutes")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("final accuracy against training time (points: runs; lines: untrained references)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _iou_figure(plt, records, path: Path) -> bool:
     """HVS: histograms of the selected pair's and a random pair's crop IoU, summed over each arm's runs."""
     arms = {}
@@ -171,6 +210,8 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
     figures = [
         ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
          "of the mean; lines: references)", lambda p: _final_figure(plt, results, colors, baseline, p)),
+        ("accuracy_vs_time.png", "Final accuracy against training time on this machine (points: runs; lines: raw "
+         "pixels and random init)", lambda p: _time_figure(plt, results, colors, p)),
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
          lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
         ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step (the contrastive arms)",
