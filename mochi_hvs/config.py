@@ -268,10 +268,6 @@ class LcConfig(MethodConfig):
         _check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
                "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's feature "
                "map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
-        _check(not cfg.multicrop.enabled, source, "lc.enabled",
-               "cannot be combined with multicrop.enabled yet: the small crops' forward through the query encoder "
-               "replaces the whole view's dense map the local loss reads (matching small crops to the key's map is "
-               "not built)")
 
 
 @dataclass

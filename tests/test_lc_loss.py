@@ -23,6 +23,7 @@ from mochi_hvs.methods import Method, ViewChoice
 from mochi_hvs.methods.fast_moco import FastMoco
 from mochi_hvs.methods.hvs import Hvs
 from mochi_hvs.methods.lc import LocalContrast, correspondence, image_to_view, local_contrast_loss, view_to_image
+from mochi_hvs.methods.multicrop import MultiCrop
 from mochi_hvs.models import MoCo
 from mochi_hvs.models.backbone import build_backbone, feature_map_side
 from mochi_hvs.random_streams import StepRandom
@@ -301,6 +302,27 @@ def test_with_fast_moco_added_the_local_loss_uses_the_whole_query_view():
     assert torch.allclose(out.metrics["lc/loss"], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_still_count(symmetric):
+    model, lc = lc_moco()
+    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", "multicrop.local_crops=3"])
+    side = cfg.multicrop.size(cfg.data.image_size)
+    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, 3, 3, side, side)
+    boxes, flips = random_geometry(4, 2, seed=4)
+    batch = {"boxes": boxes, "flips": flips, "local_views": local_views, "local_boxes": torch.rand(4, 3, 4)}
+    both = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model), lc])(views, StepRandom(0, 0, 0, CPU),
+                                                                              **batch)
+    crops_only = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model)])(views, StepRandom(0, 0, 0, CPU),
+                                                                                **batch)
+    zeros = torch.zeros(4, dtype=torch.long)
+    terms = [direction_reference(model, views, boxes, flips, zeros, zeros + 1, 0.3)]
+    if symmetric:
+        terms.append(direction_reference(model, views, boxes, flips, zeros + 1, zeros, 0.3))
+    assert torch.allclose(both.metrics["lc/loss"], sum(terms) / len(terms), atol=1e-5)
+    assert torch.allclose(both.loss - crops_only.loss, 0.7 * sum(terms), atol=1e-5)  # the crops' term is in both
+    assert "multicrop/proxy_top1" in both.metrics
+
+
 def test_the_local_loss_needs_the_flips():
     model, lc = lc_moco()
     boxes, _ = random_geometry(4, 2)
@@ -379,7 +401,6 @@ def test_both_batch_sources_carry_the_flips(source):
     (["lc.dim=0"], "'lc.dim' must be positive; got 0"),
     (["lc.hidden_dim=0"], "'lc.hidden_dim' must be null or positive; got 0"),
     (["fast_moco.enabled=true"], "'lc.enabled' cannot be combined with fast_moco.mode=replace"),
-    (["multicrop.enabled=true"], "'lc.enabled' cannot be combined with multicrop.enabled yet"),
     (["objective=supervised"], "'lc.enabled' needs objective=contrastive"),
 ])
 def test_config_errors_name_the_keys(overrides, message):
@@ -391,6 +412,7 @@ def test_a_small_stem_at_28_px_is_accepted_and_a_disabled_section_is_not_checked
     assert load_config(None, ["lc.enabled=true", "model.small_stem=true"]).lc.enabled
     assert not load_config(None, ["lc.weight=2"]).lc.enabled  # 28 px, 1 x 1 map: fine while off
     assert load_config(None, [*ENABLED, "fast_moco.enabled=true", "fast_moco.mode=add"]).lc.enabled
+    assert load_config(None, [*ENABLED, "multicrop.enabled=true"]).lc.enabled
 
 
 def test_the_shipped_recipes_enable_lc_on_maps_it_can_match():
@@ -426,6 +448,21 @@ def test_a_few_steps_with_mochi_hvs_and_the_symmetric_loss_train_the_dense_heads
     after = trainer.model.state_dict()
     for key in ("encoder_q.dense_head.0.weight", "encoder_k.dense_head.0.weight"):
         assert not torch.equal(before[key], after[key]), key
+    trainer.close()
+
+
+def test_a_few_steps_with_multicrop_and_hvs_train_the_dense_heads_on_the_global_pair(quick_overrides):
+    cfg = load_config(None, quick_overrides + ENABLED + [
+        "moco.symmetric=true", "multicrop.enabled=true", "multicrop.local_crops=2", "hvs.enabled=true",
+        "hvs.num_views=3"])
+    trainer = Trainer(cfg)
+    before = weights(trainer)
+    batches = iter(trainer.parts.batches)
+    metrics = [trainer.train_step(next(batches)) for _ in range(2)]
+    assert all(math.isfinite(float(m["loss"])) for m in metrics)
+    assert {"lc/loss", "lc/matched", "multicrop/proxy_top1", "hvs/iou_selected"} <= set(metrics[-1])
+    after = trainer.model.state_dict()
+    assert not torch.equal(before["encoder_q.dense_head.0.weight"], after["encoder_q.dense_head.0.weight"])
     trainer.close()
 
 

@@ -19,9 +19,9 @@ from .split_bn import convert_split_bn
 class Encoder(nn.Module):
     """Backbone followed by the projection head; returns L2-normalised embeddings.
 
-    With a dense head (MoCo.add_dense_heads, for LC-loss), a forward of whole views (no `combine`) also embeds every
-    location of the backbone's last feature map, taken from that same forward, and keeps the embeddings, each
-    L2-normalised, in `dense` (N, D', h, w) until the next forward of whole views.
+    With a dense head (MoCo.add_dense_heads, for LC-loss), a forward of whole views (no `combine`, `dense` left on)
+    also embeds every location of the backbone's last feature map, taken from that same forward, and keeps the
+    embeddings, each L2-normalised, in `dense` (N, D', h, w) until the next such forward.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False) -> None:
@@ -34,12 +34,14 @@ class Encoder(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                dense: bool = True) -> torch.Tensor:
         """Embeddings of x (N, C, H, W); `combine` maps the backbone's features (N, F) to the rows the head embeds
-        (e.g. Fast-MoCo's averages of patch features)."""
+        (e.g. Fast-MoCo's averages of patch features); dense=False leaves `dense` as it is (multi-crop's small
+        crops, whose forward must not replace the whole view's map)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.dense_head is None or combine is not None:
+        if self.dense_head is None or combine is not None or not dense:
             features = self.backbone(x)
         else:
             spatial = feature_map(self.backbone, x)
