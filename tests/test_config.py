@@ -119,6 +119,14 @@ def test_mochi_recipes_hold_the_paper_settings():
     assert load_config(root / "moco_mochi.yaml").mochi.enabled
 
 
+def test_the_long_recipe_is_the_default_stretched_to_30_epochs():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    default, long = load_config(root / "moco_v2.yaml"), load_config(root / "fmnist_long.yaml")
+    assert (long.data, long.model, long.moco) == (default.data, default.model, default.moco)
+    assert long.optim == dataclasses.replace(default.optim, epochs=30)
+    assert long.optim.schedule == "cosine" and long.name == "fmnist_long"
+
+
 def test_base_chain_applies_the_base_first_and_reports_errors_with_the_right_file(tmp_path):
     (tmp_path / "a.yaml").write_text("name: a\noptim:\n  lr: 0.5\n  epochs: 7\n")
     (tmp_path / "sub").mkdir()
