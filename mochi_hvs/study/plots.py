@@ -12,6 +12,7 @@ import numpy as np
 from .report import ACCURACY, REFERENCE_NAMES, StudyResults, read_results
 from .stats import mean_interval, summarize
 
+REFERENCE_STYLES = {"pixels": ":", "random_init": "--", "supervised": "-."}
 MATPLOTLIB_MISSING = "plots need matplotlib: pip install 'mochi_hvs[report]' (the report is written without them)"
 
 
@@ -81,12 +82,28 @@ def _curve_figure(plt, records, colors: dict[str, str], panels: list[tuple[str, 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    if drawn:
+        _save(plt, fig, title, path)
+    else:
+        plt.close(fig)
+    return drawn
+
+
+def _save(plt, fig, title: str, path: Path) -> None:
+    """Title, tight layout, PNG at 120 dpi, figure closed."""
     fig.suptitle(title)
     fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return drawn
+
+
+def _reference_lines(ax, results: StudyResults, evaluator: str, metric: str, references: tuple[str, ...]) -> None:
+    """The references' mean levels of one figure as black horizontal lines, one line style per reference."""
+    for reference in references:
+        level = results.values.get((reference, evaluator, metric))
+        if level:
+            ax.axhline(summarize(list(level.values())).mean, linestyle=REFERENCE_STYLES[reference], color="black",
+                       linewidth=1, label=REFERENCE_NAMES[reference])
 
 
 def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: str, path: Path) -> bool:
@@ -109,21 +126,14 @@ def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: 
                             color=colors.get(arm))
             else:
                 ax.plot([x], [mean], "o", zorder=3, color=colors.get(arm))
-        for reference, style in (("pixels", ":"), ("random_init", "--"), ("supervised", "-.")):
-            level = results.values.get((reference, evaluator, metric))
-            if level:
-                ax.axhline(summarize(list(level.values())).mean, linestyle=style, color="black", linewidth=1,
-                           label=REFERENCE_NAMES[reference])
+        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init", "supervised"))
         ax.set_xticks(range(len(results.arms)), results.arms, rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
         ax.set_ylabel("top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"final accuracy per arm (points: seeds; bars: 95% interval; baseline {baseline})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, f"final accuracy per arm (points: seeds; bars: 95% interval; baseline {baseline})", path)
     return True
 
 
@@ -149,20 +159,13 @@ def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path)
                 minutes, values = zip(*points, strict=True)
                 ax.scatter(minutes, values, s=22, color=colors.get(arm), label=REFERENCE_NAMES.get(arm, arm),
                            zorder=3)
-        for reference, style in (("pixels", ":"), ("random_init", "--")):
-            level = results.values.get((reference, evaluator, metric))
-            if level:
-                ax.axhline(summarize(list(level.values())).mean, linestyle=style, color="black", linewidth=1,
-                           label=REFERENCE_NAMES[reference])
+        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init"))
         ax.set_xlabel("training minutes")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("final accuracy against training time (points: runs; lines: untrained references)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, "final accuracy against training time (points: runs; lines: untrained references)", path)
     return True
 
 
@@ -191,10 +194,7 @@ def _iou_figure(plt, records, path: Path) -> bool:
         ax.set_ylabel("share of samples")
         ax.set_title(arm)
         ax.legend(fontsize=8)
-    fig.suptitle("HVS: crop overlap of the selected pair vs a random pair of the same candidates")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, "HVS: crop overlap of the selected pair vs a random pair of the same candidates", path)
     return True
 
 
