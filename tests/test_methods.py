@@ -126,10 +126,22 @@ def test_a_training_step_needs_no_dataset_on_disk(tmp_path):
     trainer.close()
 
 
+def test_the_time_estimate_uses_the_pace_after_the_warm_up_steps(monkeypatch):
+    from mochi_hvs import tracking
+
+    clock = iter([100.0, 110.0])  # read when timing starts and when it ends: 20 timed steps of 0.5 s
+    monkeypatch.setattr(tracking.time, "perf_counter", lambda: next(clock))
+    estimate = tracking.TimeEstimate(first_step=40, total_steps=1030)
+    lines = [estimate.step_done(step) for step in range(41, 1031)]
+    assert [i + 41 for i, line in enumerate(lines) if line] == [40 + 10 + 20]  # once, after 10 untimed + 20 timed
+    assert next(line for line in lines if line).startswith("0.50 s per step: about 8.0 min for the 960 steps left")
+
+
 def test_training_logs_histograms_as_bin_counts_and_prints_its_estimated_time(tiny_overrides, tmp_path, capsys,
                                                                                 monkeypatch):
     from mochi_hvs import tracking
 
+    monkeypatch.setattr(tracking, "ESTIMATE_WARMUP_STEPS", 1)
     monkeypatch.setattr(tracking, "ESTIMATE_STEPS", 2)
     cfg = load_config(None, tiny_overrides + ["hvs.enabled=true", "hvs.num_views=3", "optim.epochs=1",
                                               "eval.knn_baseline=false"])
