@@ -204,6 +204,13 @@ def test_time_points_pair_each_seeds_training_minutes_with_its_accuracy(tmp_path
     assert plots.time_points(results, "pixels", "knn", "k20_top1") == []  # untrained: no training time
 
 
+def test_arms_trained_with_labels_are_told_apart_from_the_resolved_recipe(tmp_path):
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"arms": {
+        "moco": {"config": {"objective": "contrastive"}}, "long_supervised": {"config": {"objective": "supervised"}}}}))
+    assert plots.supervised_arms(tmp_path) == {"supervised", "long_supervised"}
+    assert plots.supervised_arms(tmp_path / "none") == {"supervised"}  # no resolved recipe: the reference only
+
+
 def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     write_fixture(tmp_path / "r")

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .report import ACCURACY, REFERENCE_NAMES, StudyResults, read_results
 from .stats import mean_interval, summarize
@@ -47,6 +48,15 @@ def curves(records: dict[int, list[dict]], key: str) -> dict[int, tuple[np.ndarr
             steps, values = zip(*points, strict=True)
             out[seed] = (np.asarray(steps, dtype=float), np.asarray(values, dtype=float))
     return out
+
+
+def supervised_arms(report_dir: Path) -> set[str]:
+    """The runs trained with labels: the supervised reference, and arms whose resolved config (study.yaml beside
+    the results) has objective: supervised. Their top-1 is a classification accuracy, not a pretext task's."""
+    resolved = report_dir / "study.yaml"
+    arms = yaml.safe_load(resolved.read_text()).get("arms", {}) if resolved.is_file() else {}
+    return {"supervised"} | {arm for arm, spec in arms.items()
+                             if (spec.get("config") or {}).get("objective") == "supervised"}
 
 
 def arm_colors(arms: list[str]) -> dict[str, str]:
@@ -206,6 +216,7 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
     records = run_records(report_dir)
     results = read_results(report_dir / "results.jsonl")
     colors = arm_colors(results.arms + [r for r in results.references if r in records])
+    supervised = supervised_arms(report_dir)
     written = []
     figures = [
         ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
@@ -215,7 +226,7 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
          lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
         ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step (the contrastive arms)",
-         lambda p: _curve_figure(plt, {a: r for a, r in records.items() if a != "supervised"}, colors,
+         lambda p: _curve_figure(plt, {a: r for a, r in records.items() if a not in supervised}, colors,
                                  [("train/proxy_top1", "proxy top-1", 1.0)], "pretext task", p)),
         ("mochi_vs_step.png", "MoCHi: share of synthetic negatives above the positive, and share of the top-N "
          "hard negatives from the query's own class (class-oracle rate), vs step",
