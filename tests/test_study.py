@@ -198,9 +198,11 @@ def test_time_points_pair_each_seeds_training_minutes_with_its_accuracy(tmp_path
     lines = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     lines.append({"arm": "moco", "seed": 1, "evaluator": "train", "metrics": {"train_seconds": 90.0}})  # later wins
     lines.append({"arm": "moco", "seed": 3, "evaluator": "knn", "metrics": {"k20_top1": 70.0}})  # no training line
+    lines += [{"arm": "moco", "seed": 10, "evaluator": e, "metrics": m}  # numeric seed order: 10 after 2
+              for e, m in (("train", {"train_seconds": 120.0}), ("knn", {"k20_top1": 85.0}))]
     (tmp_path / "r" / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     results = read_results(tmp_path / "r" / "results.jsonl")
-    assert plots.time_points(results, "moco", "knn", "k20_top1") == [(1.0, 80.0), (1.5, 81.0), (1.0, 79.0)]
+    assert plots.time_points(results, "moco", "knn", "k20_top1") == [(1.0, 80.0), (1.5, 81.0), (1.0, 79.0), (2.0, 85.0)]
     assert plots.time_points(results, "pixels", "knn", "k20_top1") == []  # untrained: no training time
 
 

@@ -151,7 +151,8 @@ def time_points(results: StudyResults, arm: str, evaluator: str, metric: str) ->
     """(training minutes, accuracy) of each of an arm's seeds that recorded both, in seed order."""
     seconds = results.values.get((arm, "train", "train_seconds"), {})
     accuracy = results.values.get((arm, evaluator, metric), {})
-    return [(seconds[seed] / 60, accuracy[seed]) for seed in sorted(set(seconds) & set(accuracy), key=str)]
+    seeds = sorted(set(seconds) & set(accuracy), key=lambda seed: (seed is None, seed or 0))  # 2 before 10
+    return [(seconds[seed] / 60, accuracy[seed]) for seed in seeds]
 
 
 def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path) -> bool:
