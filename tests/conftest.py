@@ -46,10 +46,13 @@ def quick_overrides(tiny_overrides) -> list[str]:
     return tiny_overrides + ["data.train_subset=64", "optim.batch_size=16", "moco.queue_size=64", "model.bn_splits=2"]
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A freshly built MoCo training checkpoint (ResNet-18, Fashion-MNIST normalisation) for the evaluator commands."""
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A freshly built MoCo training checkpoint (ResNet-18, Fashion-MNIST normalisation) for the evaluator commands,
+    written once for the session: the evaluators only read it."""
     cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
                              "moco.queue_size=64", "model.bn_splits=4"])
-    our_checkpoint(tmp_path / "last.pth", cfg)
-    return tmp_path / "last.pth"
+    path = tmp_path_factory.mktemp("checkpoint") / "last.pth"
+    torch.manual_seed(0)  # the weights every test saw when it was built per test (after the autouse seed)
+    our_checkpoint(path, cfg)
+    return path
