@@ -44,6 +44,8 @@ class DataConfig:
     image_size: int = 28
     augmentation: str = "mocov2"  # mocov2 (aug+, with blur) | mocov2_small (aug+ without blur)
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range (aug+: 0.2-1)
+    # ColorJitter strengths: brightness, contrast, saturation, hue (0: not jittered); aug+: 0.4, 0.4, 0.4, 0.1
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     augment_on: str = "auto"  # auto (device for in-memory sets) | device (batched, on the training device) | cpu
     train_subset: int | None = None  # train on a fixed, class-balanced subset of this size
     workers: int = 2
@@ -672,6 +674,10 @@ def _validate_data(cfg: Config, source: str) -> None:
     scale = data.crop_scale
     _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "data.crop_scale",
            f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
+    jitter = data.color_jitter
+    _check(len(jitter) == 4 and all(math.isfinite(v) and v >= 0 for v in jitter) and jitter[3] <= 0.5, source,
+           "data.color_jitter", "must be [brightness, contrast, saturation, hue], each finite and >= 0 (0: not "
+           f"jittered), hue <= 0.5; got {jitter}")
     _check(data.workers >= 0, source, "data.workers", "must be >= 0")
     _check(len(data.mean) == 3 and len(data.std) == 3, source, "data.mean", "and data.std need 3 values")
     _check(min(data.std) > 0, source, "data.std", f"must be positive (images are divided by it); got {data.std}")

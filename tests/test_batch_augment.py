@@ -5,7 +5,9 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from mochi_hvs.config import Config
 from mochi_hvs.data import batch_augment as ba
+from mochi_hvs.data.augment import JITTER
 
 
 def rgb(n=6, size=12, seed=0):
@@ -130,3 +132,47 @@ def test_augmenter_honours_the_configured_crop_scale():
         assert area.min() >= low - 2 / 28
         if low == 0.2:
             assert area.min() < 0.5
+
+
+GREY = 128  # a constant grey image: brightness alone changes it, by its factor (up to 1.8 x 128 < 255)
+
+
+def grey_brightness_factors(color_jitter, n=300):
+    """Per view of a constant grey image (blur off, mean 0, std 1), the factor its pixels were scaled by."""
+    image = torch.full((1, 3, 16, 16), GREY, dtype=torch.uint8)
+    aug = ba.BatchViewAugmenter(n, 8, "mocov2_small", [0.0] * 3, [1.0] * 3, color_jitter=color_jitter)
+    views, _ = aug(image, torch.Generator().manual_seed(0))
+    return views[0].mean(dim=(1, 2, 3)) / (GREY / 255)
+
+
+def test_default_color_jitter_is_aug_plus():
+    assert Config().data.color_jitter == list(JITTER)
+    images = (rgb(4, size=28) * 255).to(torch.uint8)
+    default = ba.BatchViewAugmenter(3, 20, "mocov2", [0.5] * 3, [0.25] * 3)
+    explicit = ba.BatchViewAugmenter(3, 20, "mocov2", [0.5] * 3, [0.25] * 3, color_jitter=list(JITTER))
+    ours, aug_plus = (aug.with_flips(images, torch.Generator().manual_seed(4)) for aug in (default, explicit))
+    assert all(torch.equal(a, b) for a, b in zip(ours, aug_plus, strict=True))
+
+
+def test_zero_jitter_strengths_give_the_views_without_the_jitter_step(monkeypatch):
+    images = (rgb(4, size=20) * 255).to(torch.uint8)
+
+    def views(**kwargs):
+        aug = ba.BatchViewAugmenter(8, 16, "mocov2_small", [0.5] * 3, [0.25] * 3, **kwargs)
+        return aug(images, torch.Generator().manual_seed(2))[0]
+
+    default, zero = views(), views(color_jitter=[0.0] * 4)
+    for op in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"):
+        monkeypatch.setattr(ba, op, lambda x, factor: x)  # the jitter step's draws, no change to the pixels
+    skipped = views()
+    assert torch.equal(zero, skipped)  # exactly: a hue shift of 0 through the HSV round trip would move pixels
+    assert not torch.equal(default, skipped)
+
+
+def test_brightness_strength_reaches_the_batched_jitter():
+    aug_plus = grey_brightness_factors(list(JITTER))
+    assert aug_plus.min() >= 0.6 - 1e-3 and aug_plus.max() <= 1.4 + 1e-3
+    strong = grey_brightness_factors([0.8, 0.0, 0.0, 0.0])
+    assert strong.min() >= 0.2 - 1e-3 and strong.max() <= 1.8 + 1e-3
+    assert strong.min() < 0.55 and strong.max() > 1.45  # beyond aug+'s [0.6, 1.4]
+    assert (grey_brightness_factors([1.5, 0.0, 0.0, 0.0]) > 0).all()  # as torchvision: from [max(0, 1 - b), 1 + b]

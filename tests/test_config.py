@@ -1,10 +1,11 @@
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
 import pytest
 
-from mochi_hvs.config import Config, ConfigError, load_config, to_dict
+from mochi_hvs.config import Config, ConfigError, load_config, to_dict, validate
 
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")
                  if not {"detectron2", "studies"} & set(p.parts))  # detectron2's own format; study recipes
@@ -44,6 +45,10 @@ def test_int_is_accepted_for_float_and_becomes_float(tmp_path):
         ("model:\n  arch: resnet7\n", "model.arch"),
         ("data: 3\n", "data"),
         ("data:\n  crop_scale: [0.5, 0.2]\n", "data.crop_scale"),
+        ("data:\n  color_jitter: [0.4, 0.4, 0.4]\n", "data.color_jitter"),
+        ("data:\n  color_jitter: [0.4, -0.1, 0.4, 0.1]\n", "data.color_jitter"),
+        ("data:\n  color_jitter: [0.4, 0.4, 0.4, 0.6]\n", "data.color_jitter"),
+        ("data:\n  color_jitter: [0.4, 0.4, 0.4, .inf]\n", "data.color_jitter[3]"),
         ("model:\n  bn_splits: 3\n", "model.bn_splits"),
         ("devcie: cpu\n", "devcie"),
     ],
@@ -80,6 +85,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "moco: [unclosed\n"))
+
+
+def test_color_jitter_takes_four_strengths_in_torchvisions_ranges():
+    assert load_config(None, ["data.color_jitter=[0.8,0.8,0,0]"]).data.color_jitter == [0.8, 0.8, 0.0, 0.0]
+    assert load_config(None, ["data.color_jitter=[2,0,0,0.5]"]).data.color_jitter == [2.0, 0.0, 0.0, 0.5]
+    stored = to_dict(Config())
+    del stored["data"]["color_jitter"]  # a checkpoint written before the key existed
+    assert load_config(defaults=stored).data.color_jitter == [0.4, 0.4, 0.4, 0.1]
+    with pytest.raises(ConfigError, match=r"^--set: 'data.color_jitter' must be \[brightness, contrast, saturation, "
+                                          r"hue\], each finite and >= 0 \(0: not jittered\), hue <= 0.5; got "
+                                          r"\[0.4, 0.4, 0.4, 0.6\]$"):
+        load_config(None, ["data.color_jitter=[0.4,0.4,0.4,0.6]"])
+    cfg = Config()
+    cfg.data.color_jitter = [math.inf, 0.4, 0.4, 0.1]  # built in Python, not read through the typed loader
+    with pytest.raises(ConfigError, match="'data.color_jitter' must be"):
+        validate(cfg, "<test>")
 
 
 def test_round_trip_through_dict():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mochi_hvs.config import load_config
+from mochi_hvs.config import LocalCrops, load_config
 from mochi_hvs.data.augment import post_crop_transform
 from mochi_hvs.data.batches import DeviceAugmentedBatches, LoaderBatches
 from mochi_hvs.data.datasets import DatasetError, balanced_subset, load_fashion_mnist, load_images
-from mochi_hvs.data.loader import EpochSampler
+from mochi_hvs.data.loader import EpochSampler, pretrain_loader
 from mochi_hvs.data.views import ViewSampler
 
 
@@ -173,3 +173,29 @@ def test_cpu_batches_do_not_depend_on_worker_count():
         cfg = load_config(None, [f"data.workers={workers}", "data.augment_on=cpu"])
         outs.append(list(LoaderBatches(images, cfg.data, 2, 8, seed=1, device=torch.device("cpu"))))
     assert all(torch.equal(x["views"], y["views"]) for x, y in zip(*outs, strict=True))
+
+
+def test_brightness_strength_reaches_the_cpu_jitter():
+    grey = 128  # constant: brightness alone changes it, by its factor (up to 1.8 x 128 < 255)
+    image = torch.full((3, 16, 16), grey, dtype=torch.uint8)
+    post = post_crop_transform("mocov2_small", 16, [0.0] * 3, [1.0] * 3, color_jitter=(0.8, 0.0, 0.0, 0.0))
+    factors = []
+    for seed in range(300):
+        torch.manual_seed(seed)
+        factors.append(float(post(image).mean()) / (grey / 255))
+    # uint8 rounding (jitter, grayscale) moves a factor by at most about 2 / 128
+    assert 0.2 - 0.02 <= min(factors) and max(factors) <= 1.8 + 0.02
+    assert min(factors) < 0.55 and max(factors) > 1.45  # beyond aug+'s [0.6, 1.4]
+
+
+def test_both_data_paths_take_the_configured_color_jitter():
+    cfg = load_config(None, ["data.color_jitter=[0.8,0.7,0,0]", "data.workers=0"])
+    images = load_fashion_mnist(None, train=False).subset(np.arange(32))
+    crops = LocalCrops(2, 12, (0.05, 0.4))
+    device = DeviceAugmentedBatches(images, cfg.data, 2, 8, seed=0, device=torch.device("cpu"), local_crops=crops)
+    assert device.augment.color_jitter == device.augment_local.color_jitter == (0.8, 0.7, 0.0, 0.0)
+    dataset = pretrain_loader(images, cfg.data, 2, 8, seed=0, local_crops=crops).dataset
+    for sampler in (dataset.sampler, dataset.local_sampler):
+        jitter = sampler.post_crop.transforms[0].transforms[0]
+        assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+            (pytest.approx(0.2), 1.8), (pytest.approx(0.3), 1.7), None, None)

@@ -3,7 +3,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mochi_hvs.evaluation.embedding import alignment, pair_retrieval, uniformity
+from mochi_hvs.config import load_config
+from mochi_hvs.data.augment import post_crop_transform
+from mochi_hvs.evaluation import embedding
+from mochi_hvs.evaluation.embedding import EmbeddingAnalysis, alignment, pair_retrieval, uniformity
 
 
 def test_alignment_and_uniformity_match_their_definitions():
@@ -40,3 +43,16 @@ def test_pair_retrieval_counts_views_whose_nearest_other_view_is_their_partner()
     assert float(pair_retrieval(x, x.clone())) == 1.0
     collapsed = F.normalize(torch.ones(10, 6), dim=1)
     assert float(pair_retrieval(collapsed, collapsed)) < 0.2
+
+
+def test_the_analysis_views_take_the_configured_color_jitter(monkeypatch):
+    seen = []
+
+    def spy(*args):
+        seen.append(args[4])  # the jitter strengths
+        return post_crop_transform(*args)
+
+    monkeypatch.setattr(embedding, "post_crop_transform", spy)
+    EmbeddingAnalysis(load_config(None, ["data.color_jitter=[0.8,0.8,0,0]", "eval.analysis_samples=10"]), torch.device(
+        "cpu"))
+    assert seen == [(0.8, 0.8, 0.0, 0.0)]

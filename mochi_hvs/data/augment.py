@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchvision.transforms import v2
 
 # Published MoCo-v2 aug+ parameters (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning").
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-JITTER = (0.4, 0.4, 0.4, 0.1)
+JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter strengths: brightness, contrast, saturation, hue (data.color_jitter)
 JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 BLUR_SIGMA = (0.1, 2.0)
@@ -40,14 +42,16 @@ def blur_kernel_size(image_size: int) -> int:
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
-def post_crop_transform(augmentation: str, image_size: int, mean: list[float], std: list[float]) -> v2.Compose:
+def post_crop_transform(augmentation: str, image_size: int, mean: list[float], std: list[float],
+                        color_jitter: Sequence[float] = JITTER) -> v2.Compose:
     """Everything after the random resized crop: jitter, grayscale, blur (aug+ only), flip, normalise.
 
-    Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor. The flip is a RecordedFlip: whether the
+    Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor. `color_jitter`: the ColorJitter strengths
+    (brightness, contrast, saturation, hue; 0 leaves that factor alone). The flip is a RecordedFlip: whether the
     last call flipped can be read back from it (ViewSampler does).
     """
     steps: list[v2.Transform] = [
-        v2.RandomApply([v2.ColorJitter(*JITTER)], p=JITTER_P),
+        v2.RandomApply([v2.ColorJitter(*color_jitter)], p=JITTER_P),
         v2.RandomGrayscale(p=GRAYSCALE_P),
     ]
     if augmentation == "mocov2":

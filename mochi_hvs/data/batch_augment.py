@@ -8,6 +8,7 @@ generator, so a step's views depend only on that generator's seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,21 +153,29 @@ def _apply_where(x: torch.Tensor, mask: torch.Tensor, fn, *factors: torch.Tensor
     return out
 
 
-def color_jitter(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor) -> torch.Tensor:
-    """ColorJitter(0.4, 0.4, 0.4, 0.1) on the selected samples, ops in a random order per sample."""
+def color_jitter(x: torch.Tensor, generator: torch.Generator, apply: torch.Tensor,
+                 strengths: Sequence[float] = JITTER) -> torch.Tensor:
+    """ColorJitter(*strengths) (brightness, contrast, saturation, hue) on the selected samples, ops in a random order
+    per sample.
+
+    Factors come from [max(0, 1 - s), 1 + s] and hue shifts from [-h, h], as in torchvision. An op of strength 0 is
+    skipped (torchvision leaves it out too; the hue round trip would not return the pixels exactly), but its factors
+    are still drawn, so the later draws do not depend on the strengths.
+    """
     n, device = x.shape[0], x.device
-    b, c, s, h = JITTER
+    b, c, s, h = strengths
     factors = (
-        _uniform(n, 1 - b, 1 + b, generator, device),
-        _uniform(n, 1 - c, 1 + c, generator, device),
-        _uniform(n, 1 - s, 1 + s, generator, device),
+        _uniform(n, max(0.0, 1 - b), 1 + b, generator, device),
+        _uniform(n, max(0.0, 1 - c), 1 + c, generator, device),
+        _uniform(n, max(0.0, 1 - s), 1 + s, generator, device),
         _uniform(n, -h, h, generator, device),
     )
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
     order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
     for position in range(4):
         for op_index, op in enumerate(ops):
-            x = _apply_where(x, apply & (order[:, position] == op_index), op, factors[op_index])
+            if strengths[op_index] > 0:
+                x = _apply_where(x, apply & (order[:, position] == op_index), op, factors[op_index])
     return x
 
 
@@ -175,7 +184,7 @@ class BatchViewAugmenter:
 
     def __init__(
         self, num_views: int, image_size: int, augmentation: str, mean: list[float], std: list[float],
-        crop_scale: tuple[float, float] = CROP_SCALE,
+        crop_scale: tuple[float, float] = CROP_SCALE, color_jitter: Sequence[float] = JITTER,
     ) -> None:
         if augmentation not in ("mocov2", "mocov2_small"):
             raise ValueError(f"unknown augmentation {augmentation!r}")
@@ -183,6 +192,7 @@ class BatchViewAugmenter:
         self.image_size = image_size
         self.blur = augmentation == "mocov2"
         self.crop_scale = tuple(crop_scale)
+        self.color_jitter = tuple(color_jitter)  # brightness, contrast, saturation, hue strengths
         self.kernel_size = blur_kernel_size(image_size)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -203,7 +213,7 @@ class BatchViewAugmenter:
         x = resized_crops(images.float().div_(255.0), pixels, source, self.image_size).clamp_(0.0, 1.0)
         flip = torch.rand(n, generator=generator, device=device) < FLIP_P
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        x = color_jitter(x, generator, torch.rand(n, generator=generator, device=device) < JITTER_P)
+        x = color_jitter(x, generator, torch.rand(n, generator=generator, device=device) < JITTER_P, self.color_jitter)
         gray = torch.rand(n, generator=generator, device=device) < GRAYSCALE_P
         x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
         if self.blur:

@@ -31,10 +31,12 @@ class DeviceAugmentedBatches:
         self.sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
         self.pixels = torch.from_numpy(images.array.copy()).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(images.labels).to(device)
+        jitter = tuple(data_cfg.color_jitter)
         self.augment = BatchViewAugmenter(num_views, data_cfg.image_size, data_cfg.augmentation,
-                                          data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale))
+                                          data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale), jitter)
         self.augment_local = None if local_crops is None else BatchViewAugmenter(
-            local_crops.count, local_crops.size, data_cfg.augmentation, data_cfg.mean, data_cfg.std, local_crops.scale)
+            local_crops.count, local_crops.size, data_cfg.augmentation, data_cfg.mean, data_cfg.std, local_crops.scale,
+            jitter)
         self.local_batch = local_batch
         self.seed = seed
         self.rank = rank
