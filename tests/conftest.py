@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from weight_files import our_checkpoint
 
 from mochi_hvs.config import load_config
+from mochi_hvs.train import Trainer
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,14 +28,19 @@ def _seed_and_threads():
     yield
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path) -> list[str]:
+def tiny_settings(output_dir: Path) -> list[str]:
     """A few seconds of real MoCo training: 256 Fashion-MNIST images, batch 32, ResNet-18 at 28 px."""
     return [
-        f"output_dir={tmp_path}", "name=tiny", "data.train_subset=256", "optim.batch_size=32",
+        f"output_dir={output_dir}", "name=tiny", "data.train_subset=256", "optim.batch_size=32",
         "moco.queue_size=128", "model.bn_splits=4", "optim.epochs=2", "log_every=2",
         "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """The tiny run (tiny_settings) in the test's own folder."""
+    return tiny_settings(tmp_path)
 
 
 @pytest.fixture
@@ -46,10 +54,23 @@ def quick_overrides(tiny_overrides) -> list[str]:
     return tiny_overrides + ["data.train_subset=64", "optim.batch_size=16", "moco.queue_size=64", "model.bn_splits=2"]
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A freshly built MoCo training checkpoint (ResNet-18, Fashion-MNIST normalisation) for the evaluator commands."""
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory) -> Trainer:
+    """The tiny run of plain MoCo-v2 (tiny_settings unchanged, 2 epochs of 8 steps), trained once for the session:
+    the tests that hold a method's run against it, or read its checkpoint, only read it."""
+    trainer = Trainer(load_config(None, tiny_settings(tmp_path_factory.mktemp("plain"))))
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A freshly built MoCo training checkpoint (ResNet-18, Fashion-MNIST normalisation) for the evaluator commands,
+    written once for the session: the evaluators only read it."""
     cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
                              "moco.queue_size=64", "model.bn_splits=4"])
-    our_checkpoint(tmp_path / "last.pth", cfg)
-    return tmp_path / "last.pth"
+    path = tmp_path_factory.mktemp("checkpoint") / "last.pth"
+    torch.manual_seed(0)  # the weights every test saw when it was built per test (after the autouse seed)
+    our_checkpoint(path, cfg)
+    return path

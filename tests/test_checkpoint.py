@@ -130,8 +130,8 @@ def assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("augment_on", ["device", "cpu"])
-def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
-    over = tiny_overrides + [f"data.augment_on={augment_on}", "data.workers=0"]
+def test_resume_after_an_epoch_is_exact(quick_overrides, tmp_path, augment_on):
+    over = quick_overrides + [f"data.augment_on={augment_on}", "data.workers=0"]  # 2 epochs of 4 steps
     straight = Trainer(load_config(None, over + ["name=straight"]))
     straight.train()
     first = Trainer(load_config(None, over + ["name=split"]))
@@ -145,7 +145,7 @@ def test_resume_after_an_epoch_is_exact(tiny_overrides, tmp_path, augment_on):
     with pytest.raises(SystemExit):
         first.train()
     second = Trainer(load_config(None, over + ["name=split"]), resume=tmp_path / "split" / "last.pth")
-    assert second.position.epoch == 1 and second.position.global_step == 8
+    assert second.position.epoch == 1 and second.position.global_step == 4
     second.train()
     assert_same_state(weights(straight), weights(second))
     assert torch.equal(straight.model.queue.features, second.model.queue.features)
@@ -208,16 +208,14 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
     assert last_steps == [8, 8]
 
 
-def test_checkpoint_holds_everything_needed(tiny_cfg):
-    trainer = Trainer(tiny_cfg)
-    trainer.train()
-    state = load_checkpoint(trainer.state.checkpoint_path)
+def test_checkpoint_holds_everything_needed(plain_run):
+    state = load_checkpoint(plain_run.state.checkpoint_path)
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "global_step", "rng", "config"):
         assert key in state, key
     assert "queue.features" in state["model"] and "queue.pointer" in state["model"]
     assert any(k.startswith("encoder_k.") for k in state["model"])
     assert int(state["model"]["queue.pointer"]) == (16 * 32) % 128
-    torch.load(trainer.state.checkpoint_path, weights_only=True)  # safe-loadable content only
+    torch.load(plain_run.state.checkpoint_path, weights_only=True)  # safe-loadable content only
 
 
 @pytest.fixture

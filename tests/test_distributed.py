@@ -1,8 +1,12 @@
 """Two CPU processes on gloo, as torchrun would start them: shuffle-BN, queues, and equivalence with one process."""
 
+import atexit
 import copy
 import os
+import queue
 import socket
+import traceback
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -25,21 +29,83 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(fn, world_size, *args):
-    """Start `world_size` processes with torchrun's environment variables and run fn(rank, *args) in each."""
-    port = free_port()
-    mp.start_processes(_entry, args=(fn, world_size, port, args), nprocs=world_size, start_method="spawn")
+class Ranks:
+    """`world_size` processes started once as torchrun would start them (fresh interpreters, its environment
+    variables) and kept: each run() calls one function in all of them, under a process group of its own. Starting an
+    interpreter that imports torch and the package costs seconds per process, more than most of what they run."""
+
+    def __init__(self, world_size: int) -> None:
+        context = mp.get_context("spawn")
+        self.results = context.Queue()
+        self.jobs = [context.Queue() for _ in range(world_size)]
+        self.processes = [context.Process(target=_serve, args=(rank, world_size, jobs, self.results))
+                          for rank, jobs in enumerate(self.jobs)]
+        for process in self.processes:
+            process.start()
+
+    def alive(self) -> bool:
+        return all(process.is_alive() for process in self.processes)
+
+    def run(self, fn: Callable[..., None], args: tuple) -> None:
+        """fn(rank, *args) in every process; raises on the first failure (a traceback, or a process that died)."""
+        port = free_port()
+        for jobs in self.jobs:
+            jobs.put((fn, port, args))
+        for _ in self.jobs:
+            failure = self._next_result()
+            if failure is not None:
+                raise RuntimeError(f"{fn.__name__} failed in a process:\n{failure}")
+
+    def _next_result(self) -> str | None:
+        while True:
+            try:
+                return self.results.get(timeout=1)
+            except queue.Empty:
+                if not self.alive():
+                    return "a process exited: " + ", ".join(str(p.exitcode) for p in self.processes)
+
+    def close(self) -> None:
+        """Stop the processes (a failed run may have left one waiting for the other)."""
+        for process in self.processes:
+            process.kill()
+            process.join()
 
 
-def _entry(rank, fn, world_size, port, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+RANKS: dict[int, Ranks] = {}  # by world size, for the whole session
+
+
+@atexit.register
+def _close_ranks() -> None:
+    for ranks in RANKS.values():
+        ranks.close()
+
+
+def run_ranks(fn: Callable[..., None], world_size: int, *args) -> None:
+    """fn(rank, *args) in each of `world_size` processes started as torchrun would (see Ranks)."""
+    if world_size not in RANKS or not RANKS[world_size].alive():
+        RANKS[world_size] = Ranks(world_size)
     try:
-        fn(rank, *args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        RANKS[world_size].run(fn, args)
+    except BaseException:
+        RANKS.pop(world_size).close()
+        raise
+
+
+def _serve(rank: int, world_size: int, jobs, results) -> None:
+    """A process of Ranks: runs each job it is given and reports None or the traceback."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    while True:
+        fn, port, args = jobs.get()
+        os.environ["MASTER_PORT"] = str(port)
+        try:
+            fn(rank, *args)
+            results.put(None)
+        except BaseException:
+            results.put(traceback.format_exc())
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _shuffle_roundtrip(rank, out_dir):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
+from test_distributed import run_ranks
 from torch.utils.data import DataLoader
 
 from mochi_hvs.config import DataConfig, load_config
@@ -43,19 +43,16 @@ def test_rows_follow_dataset_order_whatever_the_loader_order():
     assert torch.equal(labels, expected_labels)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        loader = eval_loader(tiny_images(), DataConfig(image_size=8), batch_size=2, workers=0)
-        assert len(loader.sampler) == (SIZE + 1) // 2  # this process's padded shard, not the whole set
-        features, labels = extract_features(tiny_net(), loader, torch.device("cpu"))
-        torch.save((features, labels), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    loader = eval_loader(tiny_images(), DataConfig(image_size=8), batch_size=2, workers=0)
+    assert len(loader.sampler) == (SIZE + 1) // 2  # this process's padded shard, not the whole set
+    features, labels = extract_features(tiny_net(), loader, torch.device("cpu"))
+    torch.save((features, labels), f"{out_dir}/rank{rank}.pt")
 
 
 def test_distributed_extraction_gathers_by_index(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, 2, str(tmp_path))
     expected, expected_labels = reference()
     for rank in range(2):
         features, labels = torch.load(tmp_path / f"rank{rank}.pt")

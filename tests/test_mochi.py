@@ -211,12 +211,10 @@ def mochi_overrides(tiny_overrides, *extra):
                              "mochi.num_query_mix=8", *extra]
 
 
-def test_mochi_in_warm_up_is_exactly_moco_v2(tiny_overrides):
-    plain = Trainer(load_config(None, tiny_overrides + ["name=plain"]))
-    plain.train()
+def test_mochi_in_warm_up_is_exactly_moco_v2(tiny_overrides, plain_run):
     warm = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=warm", "mochi.warmup_epochs=5")))
     warm.train()
-    for key, value in plain.model.state_dict().items():
+    for key, value in plain_run.model.state_dict().items():
         assert torch.equal(value, warm.model.state_dict()[key]), key
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from weight_files import our_checkpoint
 
 from mochi_hvs.config import load_config
 from mochi_hvs.data.datasets import DatasetError, check_splits, labelled_splits
@@ -20,15 +19,6 @@ from mochi_hvs.evaluation.transfer import task_config
 
 TRANSFER = runpy.run_path(str(Path(__file__).resolve().parents[1] / "eval" / "transfer.py"))["main"]
 SMALL = ["eval.transfer.episodes=50", "eval.linear.epochs=2", "eval.batch_size=256", "device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("transfer") / "last.pth"
-    cfg = load_config(None, ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]", "optim.batch_size=32",
-                             "moco.queue_size=64", "model.bn_splits=4"])
-    our_checkpoint(path, cfg)
-    return path
 
 
 def read_lines(path):
