@@ -1,6 +1,8 @@
 """Undecodable files inside an ImageFolder tree: one clear error naming the file, or (data.skip_unreadable)
 a deterministic substitute with one warning per skipped file, on the pretraining and the evaluation loaders."""
 
+import multiprocessing
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,7 @@ def test_image_set_names_the_unreadable_file_and_the_switch(tree):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_pretraining_stops_with_one_line_naming_the_file(tree, workers):
+    children = set(multiprocessing.active_children())
     images = load_images("imagefolder", str(tree), "train")
     batches = LoaderBatches(images, _data_cfg(tree, workers, False), 2, 4, seed=3, device=torch.device("cpu"))
     with pytest.raises(DatasetError) as err:
@@ -81,6 +84,10 @@ def test_pretraining_stops_with_one_line_naming_the_file(tree, workers):
     message = str(err.value)
     assert "\n" not in message and "Traceback" not in message and message.endswith(SKIP_HINT)
     assert any(message.startswith(start) for start in _unreadable_error(tree, "train", UNREADABLE_TRAIN))
+    assert not set(multiprocessing.active_children()) - children  # the workers stopped with the error, not later
+    with pytest.raises(DatasetError) as again:  # the persistent workers' loader starts afresh on the next pass
+        list(batches)
+    assert str(again.value) == message
 
 
 def test_pretraining_error_is_the_same_with_and_without_workers(tree):
@@ -123,11 +130,13 @@ def test_evaluation_loaders_stop_with_one_line_naming_the_file(tree, workers, ma
     images = load_images("imagefolder", str(tree), "test")
     extra = {"seed": 0} if make_loader is supervised_loader else {}
     loader = make_loader(images, _data_cfg(tree, workers, False), 2, workers=workers, **extra)
+    children = set(multiprocessing.active_children())
     with pytest.raises(DatasetError) as err:
         list(loader)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"cannot read image {tree / 'val' / 'dog/1.png'} (")
     assert message.endswith(SKIP_HINT)
+    assert not set(multiprocessing.active_children()) - children
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -145,16 +145,26 @@ class ImageLoader(DataLoader):
         self.skipped: set[int] = set()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = super().__iter__()
         try:
-            for batch in super().__iter__():
+            for batch in batches:
                 if self.dataset.skip_unreadable:
                     self._report_skipped(batch["index"].tolist(), batch["source"].tolist())
                 yield batch
-        except DatasetError as err:
-            message = worker_message(err)
+        except Exception as err:
+            self._stop_workers(batches)
+            message = worker_message(err) if isinstance(err, DatasetError) else None
             if message is None:
                 raise
             raise type(err)(message) from None
+
+    def _stop_workers(self, batches: Iterator) -> None:
+        """Stop the worker processes of a failed iteration now. Left to the garbage collector (the error's traceback
+        holds the iterator in a reference cycle), they are stopped after their queues' feeder threads, never hear
+        the stop, and torch waits 5 s for each before killing it."""
+        self._iterator = None  # a persistent-workers loader starts afresh next time
+        if hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
 
     def _report_skipped(self, indices: list[int], sources: list[int]) -> None:
         images = self.dataset.images
