@@ -5,6 +5,8 @@ import copy
 import os
 import queue
 import socket
+import threading
+import time
 import traceback
 from collections.abc import Callable
 
@@ -29,6 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+JOB_TIMEOUT_S = 600.0  # the longest job takes about 10 s on a 2-core AVX-512 CPU, a few times that on an AVX2-only one
+
+
 class Ranks:
     """`world_size` processes started once as torchrun would start them (fresh interpreters, its environment
     variables) and kept: each run() calls one function in all of them, under a process group of its own. Starting an
@@ -46,23 +51,27 @@ class Ranks:
     def alive(self) -> bool:
         return all(process.is_alive() for process in self.processes)
 
-    def run(self, fn: Callable[..., None], args: tuple) -> None:
-        """fn(rank, *args) in every process; raises on the first failure (a traceback, or a process that died)."""
+    def run(self, fn: Callable[..., None], args: tuple, timeout_s: float = JOB_TIMEOUT_S) -> None:
+        """fn(rank, *args) in every process; raises on the first failure (a traceback, a process that died, or no
+        result within timeout_s: a process left waiting in a collective for a partner that will never join)."""
         port = free_port()
         for jobs in self.jobs:
             jobs.put((fn, port, args))
+        deadline = time.monotonic() + timeout_s
         for _ in self.jobs:
-            failure = self._next_result()
+            failure = self._next_result(deadline)
             if failure is not None:
                 raise RuntimeError(f"{fn.__name__} failed in a process:\n{failure}")
 
-    def _next_result(self) -> str | None:
+    def _next_result(self, deadline: float) -> str | None:
         while True:
             try:
                 return self.results.get(timeout=1)
             except queue.Empty:
                 if not self.alive():
                     return "a process exited: " + ", ".join(str(p.exitcode) for p in self.processes)
+                if time.monotonic() > deadline:
+                    return "no result before the deadline: a process is still running or waiting for its partner"
 
     def close(self) -> None:
         """Stop the processes (a failed run may have left one waiting for the other)."""
@@ -230,3 +239,19 @@ def test_mochi_hvs_and_the_symmetric_loss_run_unchanged_under_two_processes(tiny
         if key.startswith("encoder_q."):
             assert torch.equal(value, r1["params"][key]), key  # DDP kept the replicas identical
     assert all(torch.isfinite(torch.tensor(r0["losses"])))
+
+
+def _rank_zero_never_returns(rank):
+    if rank == 0:
+        threading.Event().wait()  # as a process blocked in a collective whose partner has failed or left
+
+
+def test_a_job_that_never_reports_fails_at_the_deadline_instead_of_hanging_the_suite():
+    ranks = Ranks(2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="no result before the deadline"):
+            ranks.run(_rank_zero_never_returns, (), timeout_s=3)
+        assert time.monotonic() - started < 60
+    finally:
+        ranks.close()
