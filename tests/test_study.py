@@ -213,6 +213,15 @@ def test_arms_trained_with_labels_are_told_apart_from_the_resolved_recipe(tmp_pa
     assert plots.supervised_arms(tmp_path / "none") == {"supervised"}  # no resolved recipe: the reference only
 
 
+@pytest.mark.parametrize("count", [3, 14, 20, 27])
+def test_every_arm_gets_its_own_colour_however_many_arms(count):
+    pytest.importorskip("matplotlib")
+    arms = [f"arm{i}" for i in range(count)]
+    colors = plots.arm_colors(arms)
+    assert list(colors) == arms and len(set(colors.values())) == count
+    assert plots.arm_colors(arms[:3]) == {"arm0": "C0", "arm1": "C1", "arm2": "C2"}  # small studies as before
+
+
 def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     write_fixture(tmp_path / "r")

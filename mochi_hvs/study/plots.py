@@ -60,8 +60,15 @@ def supervised_arms(report_dir: Path) -> set[str]:
 
 
 def arm_colors(arms: list[str]) -> dict[str, str]:
-    """One colour per arm (the study's arms, then the trained references), the same in every figure."""
-    return {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    """One colour per arm (the study's arms, then the trained references), the same in every figure and distinct
+    for any number of arms: matplotlib's ten default colours, tab20 beyond ten arms, a continuous map beyond 20."""
+    if len(arms) <= 10:
+        return {arm: f"C{i}" for i, arm in enumerate(arms)}
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    palette = colormaps["tab20"].colors if len(arms) <= 20 else colormaps["turbo"](np.linspace(0, 1, len(arms)))
+    return {arm: to_hex(color) for arm, color in zip(arms, palette, strict=False)}
 
 
 def _band(ax, per_seed: dict[int, tuple[np.ndarray, np.ndarray]], label: str, color: str | None,
@@ -175,7 +182,7 @@ def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path)
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # one legend, off the points
     _save(plt, fig, "final accuracy against training time (points: runs; lines: untrained references)", path)
     return True
 
