@@ -182,7 +182,11 @@ def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path)
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # one legend, off the points
+    entries = {}  # one legend for all panels, beside them rather than over the points
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    axes[0][-1].legend(entries.values(), entries.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(plt, fig, "final accuracy against training time (points: runs; lines: untrained references)", path)
     return True
 
