@@ -37,6 +37,25 @@ def test_intact_copy_reads(tmp_path):
     assert data.array.shape == (10000, 28, 28, 1) and np.bincount(data.labels).tolist() == [1000] * 10
 
 
+def test_a_file_is_decompressed_once_per_version_and_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    images, labels = _test_split(tmp_path)
+    opened = []
+    real_open = gzip.open
+    monkeypatch.setattr(gzip, "open", lambda *args: opened.append(args[0]) or real_open(*args))
+    first = load_fashion_mnist(str(tmp_path), train=False)
+    image, label = first.array[0].copy(), first.labels[0]
+    first.array[0] ^= 0xFF
+    first.labels[0] = label + 1
+    second = load_fashion_mnist(str(tmp_path), train=False)
+    assert opened == [images]  # the second load decompressed nothing
+    assert (second.array[0] == image).all() and second.labels[0] == label  # the first caller's writes stayed its own
+    labels.write_bytes(labels.read_bytes()[:-1] + bytes([3]))  # a new version of the labels file: read again
+    assert load_fashion_mnist(str(tmp_path), train=False).labels[-1] == 3
+    labels.write_bytes(labels.read_bytes()[:6])
+    for _ in range(2):  # a damaged version fails on every call, not only the first
+        _assert_damaged(tmp_path, labels, "6 bytes, shorter than the 8-byte header")
+
+
 def test_truncated_gzip_is_damaged(tmp_path):
     images, _ = _test_split(tmp_path)
     images.write_bytes(images.read_bytes()[:100_000])  # EOFError in gzip before

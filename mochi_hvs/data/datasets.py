@@ -3,6 +3,7 @@ ImageFolder trees."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import math
@@ -108,9 +109,19 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """Read an unsigned-byte IDX file (the MNIST format) of `ndim` dimensions, gzipped or not.
 
-    The header (magic number, dimensions) must describe exactly the bytes that follow; anything else is a
-    damaged file (DatasetError saying how to reinstall it).
+    Each version of a file (its size and modification time) is decompressed once per process (a quarter of a
+    second for Fashion-MNIST's training images, paid by every run, evaluation and reference of a study or test
+    session otherwise); each call gets its own copy of the array. The header (magic number, dimensions) must
+    describe exactly the bytes that follow; anything else is a damaged file (DatasetError saying how to reinstall
+    it), raised again on every call.
     """
+    stat = path.stat()
+    return _parse_idx(path, ndim, stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_idx(path: Path, ndim: int, mtime_ns: int, size: int) -> np.ndarray:
+    """_read_idx's work for one version of the file (`mtime_ns` and `size` only key the cache)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
@@ -279,7 +290,8 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
 def labelled_training_images(name: str, root: str | None) -> ImageSet:
     """The training images that have a label, in dataset order: the images split files and label subsets index."""
     train = load_images(name, root, "train")
-    return train.subset(np.flatnonzero(train.labels >= 0))
+    labelled = train.labels >= 0
+    return train if labelled.all() else train.subset(np.flatnonzero(labelled))  # a copy only where one is cut out
 
 
 def labelled_splits(
