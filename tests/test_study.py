@@ -253,7 +253,8 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
         "objective"] == "supervised"
     assert not list(results.rglob("*.pth"))
 
-    # Called again: nothing is trained or evaluated twice.
+    # Called again: nothing is trained or evaluated twice (the plots, written above, are not drawn again).
+    monkeypatch.setattr("mochi_hvs.study.__main__.write_plots", lambda folder, baseline: [])
     fits = []
     monkeypatch.setattr(Trainer, "fit", lambda self: fits.append(self.cfg.run_dir) or {})
     assert study_main(["--config", str(path)]) == 0
@@ -318,11 +319,17 @@ def test_step_timing_warms_up_past_the_boosted_first_steps_even_when_an_epoch_is
     assert set(steps) == {32}
 
 
-def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys):
+def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys, monkeypatch):
+    import mochi_hvs.study.runner as runner_module
+    timed = []  # the step timing itself: test_step_timing_warms_up_past_the_boosted_first_steps...
+    monkeypatch.setattr(runner_module, "seconds_per_step", lambda run: timed.append(run.label) or 40.0)
     assert study_main(["--config", str(write_study(tmp_path)), "--dry-run", "--seeds", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "moco" in out and "hvs" in out and "est. time" in out and "estimated training time" in out
-    assert not (tmp_path / "runs" / "tiny").exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["arm", "seed", "status", "steps", "est.", "time"]
+    assert [line.split() for line in lines[1:4]] == [[arm, "0", "new", "3", "2.0", "min"]  # 3 steps of 40 s
+                                                     for arm in ("moco", "hvs", "supervised")]
+    assert lines[4].startswith("estimated training time of the unfinished runs: 6 min on ")
+    assert timed == ["moco", "hvs", "supervised"] and not (tmp_path / "runs" / "tiny").exists()
 
 
 def test_report_only_needs_results(tmp_path, capsys):
