@@ -10,6 +10,8 @@ import yaml
 
 from mochi_hvs.compute_cost import run_units, steps_for_units, units_per_image
 from mochi_hvs.config import ConfigError, load_config
+from mochi_hvs.machine import device_description
+from mochi_hvs.provenance import code_commit
 from mochi_hvs.study import plots
 from mochi_hvs.study.__main__ import main as study_main
 from mochi_hvs.study.recipe import load_study
@@ -248,6 +250,9 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
                     ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
                     ("supervised", 0, "knn"), ("supervised", 0, "linear")}
     assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
+    for line in lines:  # every record names what produced it
+        assert line["command"].startswith("python -m ") and line["commit"] == code_commit()
+        assert line["machine"] == device_description("cpu")
     assert (results / "runs" / "hvs" / "seed0" / "summary.json").is_file()
     assert json.loads((tmp_path / "runs" / "tiny" / "supervised" / "seed0" / "summary.json").read_text())[
         "objective"] == "supervised"

@@ -36,6 +36,7 @@ from ..evaluation.pixels import pixel_width
 from ..evaluation.semisup import SemisupFinetune
 from ..machine import device_description
 from ..models.backbone import build_backbone
+from ..provenance import provenance
 from ..run_files import LAST, METRICS, SUMMARY
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
@@ -134,6 +135,7 @@ class StudyRunner:
         self.seeds = [s for s in spec.seeds if seeds is None or s in seeds]
         self.results_path = study.report_dir / RESULTS
         self._evaluations: dict[tuple, FrozenEvaluation] = {}
+        self.provenance = provenance(resolve_device(study.arm_config(spec.baseline, spec.seeds[0]).device))
 
     def _ordered_arms(self) -> list[str]:
         """Arms whose budget matches another arm come after that arm."""
@@ -211,10 +213,12 @@ class StudyRunner:
         return {(r["arm"], r["seed"], r["evaluator"]) for r in lines}
 
     def record(self, arm: str, seed: int | None, evaluator: str, metrics: dict[str, Any], **extra: Any) -> None:
-        """Append one result line (arm, seed, evaluator, metrics)."""
+        """Append one result line (arm, seed, evaluator, metrics) with the command, commit and machine that
+        produced it (read when the study started)."""
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-        entry = {"arm": arm, "seed": seed, "evaluator": evaluator, "metrics": metrics, "time": now(), **extra}
+        entry = {"arm": arm, "seed": seed, "evaluator": evaluator, "metrics": metrics, "time": now(), **extra,
+                 **self.provenance}
         with open(self.results_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 
