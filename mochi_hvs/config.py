@@ -389,7 +389,11 @@ MIN_BN_GROUP = 8
 # Settings renamed or retired since checkpoints were first written. A checkpoint's stored config is upgraded
 # (upgrade_stored), so older runs still resume and evaluate; a recipe or --set using an old name is told the new one.
 RENAMED = {"eval.knn_random_baseline": "eval.knn_baseline"}
-RETIRED = {"data.num_views": "the views per image follow from the enabled methods (hvs.num_views with HVS)"}
+RETIRED = {"data.num_views": "the views per image follow from the enabled methods (hvs.num_views with HVS)",
+           "eval.linear.standardize": "the linear probe on cached features (eval.linear.mode=lbfgs) always "
+                                      "standardises them"}
+# Values retired the same way: key -> {old value: new value}.
+RETIRED_VALUES = {"eval.linear.mode": {"cached": "lbfgs"}}
 
 
 def _parent(values: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
@@ -412,6 +416,10 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
         node, name = _parent(values, old)
         if node is not None:
             node.pop(name, None)
+    for key, renamed in RETIRED_VALUES.items():
+        node, name = _parent(values, key)
+        if node is not None and node.get(name) in renamed:
+            node[name] = renamed[node[name]]
     return values
 
 
@@ -713,8 +721,12 @@ def _validate_choices(section: Any, prefix: str, source: str) -> None:
     """Every field of an evaluator section that declares choices (in its metadata) holds one of them."""
     for f in dataclasses.fields(section):
         options, value = f.metadata.get("choices"), getattr(section, f.name)
-        _check(options is None or value in options, source, prefix + f.name,
-               f"must be one of {', '.join(options or ())}; got {value!r}")
+        if options is None:
+            continue
+        successor = RETIRED_VALUES.get(prefix + f.name, {}).get(value)
+        _check(value in options, source, prefix + f.name,
+               f"must be one of {', '.join(options or ())}; got {value!r}"
+               + (f" (replaced by {successor!r})" if successor else ""))
 
 
 def _validate_supervised(section: LinearSettings | SemisupSettings, prefix: str, source: str) -> None:
@@ -731,8 +743,12 @@ def _validate_linear(linear: LinearSettings, source: str) -> None:
     p = "eval.linear."
     _validate_supervised(linear, p, source)
     _check(linear.lr > 0, source, p + "lr", f"must be > 0; got {linear.lr}")
-    _check(linear.batch_size > 0 or (linear.batch_size == 0 and linear.mode == "cached"), source, p + "batch_size",
-           f"must be positive (or 0 for full batches with eval.linear.mode=cached); got {linear.batch_size}")
+    _check(linear.batch_size > 0, source, p + "batch_size", f"must be positive; got {linear.batch_size}")
+    _check(bool(linear.l2_grid) and min(linear.l2_grid) > 0, source, p + "l2_grid",
+           f"must list positive L2 strengths; got {linear.l2_grid}")
+    _check(0 < linear.val_fraction < 1, source, p + "val_fraction", f"must be in (0, 1); got {linear.val_fraction}")
+    _check(linear.max_iter > 0, source, p + "max_iter", f"must be positive; got {linear.max_iter}")
+    _check(linear.tolerance > 0, source, p + "tolerance", f"must be > 0; got {linear.tolerance}")
     _check(linear.train_subset is None or linear.train_subset > 0, source, p + "train_subset",
            f"must be null or positive; got {linear.train_subset}")
     _check(linear.sklearn_c > 0, source, p + "sklearn_c", f"must be > 0; got {linear.sklearn_c}")

@@ -56,14 +56,16 @@ def test_knn_cli_reads_exported_and_official_moco_files(checkpoint, tmp_path):
     assert read_results(results)[-1]["metrics"] == exported["metrics"]
 
 
-def test_linear_cli_cached_mode(checkpoint, tmp_path, capsys):
+def test_linear_cli_default_probe_reports_its_choice(checkpoint, tmp_path, capsys):
     results = tmp_path / "results.jsonl"
-    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--set", "eval.linear.mode=cached",
-            "eval.linear.epochs=2", "eval.linear.train_subset=100", "eval.linear.test_subset=50", "eval.batch_size=50"]
+    args = ["--checkpoint", str(checkpoint), "--results", str(results), "--set", "eval.linear.l2_grid=[0.1,0.001]",
+            "eval.linear.train_subset=100", "eval.linear.test_subset=50", "eval.batch_size=50"]
     assert cli("linear")(args) == 0
     (entry,) = read_results(results)
-    assert entry["settings"]["mode"] == "cached" and entry["settings"]["lr"] == 30.0
-    assert set(entry["metrics"]) == {"top1", "top5"}
+    assert entry["settings"]["mode"] == "lbfgs" and entry["settings"]["l2_grid"] == [0.1, 0.001]
+    assert set(entry["metrics"]) == {"top1", "top5", "l2", "val_top1", "train_loss", "iterations", "converged",
+                                     "search_converged"}
+    assert entry["metrics"]["l2"] in (0.1, 0.001) and entry["metrics"]["converged"] is True
     assert "top1" in capsys.readouterr().out
 
 
@@ -173,13 +175,13 @@ def test_a_recipe_carries_evaluator_settings(checkpoint, tmp_path):
     recipe = tmp_path / "eval.yaml"
     recipe.write_text("data: {mean: [0.286, 0.286, 0.286], std: [0.353, 0.353, 0.353]}\n"
                       "eval:\n  batch_size: 50\n"
-                      "  linear: {mode: cached, epochs: 2, train_subset: 100, test_subset: 50}\n")
+                      "  linear: {mode: classic, epochs: 1, batch_size: 50, train_subset: 100, test_subset: 50}\n")
     results = tmp_path / "results.jsonl"
     assert cli("linear")(["--checkpoint", str(checkpoint), "--config", str(recipe), "--results", str(results),
                           "--set", "eval.linear.lr=3"]) == 0
     (entry,) = read_results(results)
     assert {k: entry["settings"][k] for k in ("mode", "epochs", "train_subset", "lr")} == {
-        "mode": "cached", "epochs": 2, "train_subset": 100, "lr": 3.0}
+        "mode": "classic", "epochs": 1, "train_subset": 100, "lr": 3.0}
 
 
 def test_an_evaluator_setting_out_of_range_is_one_line_naming_its_key(checkpoint, tmp_path, capsys):

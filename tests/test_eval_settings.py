@@ -24,10 +24,10 @@ def write(tmp_path, text, name="recipe.yaml"):
 
 
 def test_recipes_and_overrides_set_evaluator_sections(tmp_path):
-    path = write(tmp_path, "eval:\n  linear: {epochs: 50, mode: cached}\n  semisup: {label_fraction: 0.1}\n"
+    path = write(tmp_path, "eval:\n  linear: {epochs: 50, mode: classic}\n  semisup: {label_fraction: 0.1}\n"
                            "  detection: {train: ['/data/voc:trainval'], norm: frozen}\n")
     cfg = load_config(path, ["eval.linear.lr=0.5", "eval.detection.val=/data/voc:test"])
-    assert cfg.eval.linear == LinearSettings(epochs=50, mode="cached", lr=0.5)
+    assert cfg.eval.linear == LinearSettings(epochs=50, mode="classic", lr=0.5)
     assert cfg.eval.semisup == SemisupSettings(label_fraction=0.1)
     assert cfg.eval.detection == DetectionSettings(train=["/data/voc:trainval"], val="/data/voc:test", norm="frozen")
     assert load_config().eval.linear == LinearSettings()  # the defaults are the dataclasses' own
@@ -35,9 +35,17 @@ def test_recipes_and_overrides_set_evaluator_sections(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("eval.linear.lr=0", "'eval.linear.lr' must be > 0; got 0.0"),
-    ("eval.linear.mode=fast", "'eval.linear.mode' must be one of classic, cached, sklearn; got 'fast'"),
-    ("eval.linear.batch_size=0", "'eval.linear.batch_size' must be positive (or 0 for full batches with "
-                                 "eval.linear.mode=cached); got 0"),
+    ("eval.linear.mode=fast", "'eval.linear.mode' must be one of lbfgs, classic, sklearn; got 'fast'"),
+    ("eval.linear.mode=cached", "'eval.linear.mode' must be one of lbfgs, classic, sklearn; got 'cached' "
+                                "(replaced by 'lbfgs')"),
+    ("eval.linear.standardize=true", "'eval.linear.standardize' no longer exists: the linear probe on cached "
+                                     "features (eval.linear.mode=lbfgs) always standardises them"),
+    ("eval.linear.batch_size=0", "'eval.linear.batch_size' must be positive; got 0"),
+    ("eval.linear.l2_grid=[]", "'eval.linear.l2_grid' must list positive L2 strengths; got []"),
+    ("eval.linear.l2_grid=[0.1,0]", "'eval.linear.l2_grid' must list positive L2 strengths; got [0.1, 0.0]"),
+    ("eval.linear.val_fraction=1", "'eval.linear.val_fraction' must be in (0, 1); got 1.0"),
+    ("eval.linear.max_iter=0", "'eval.linear.max_iter' must be positive; got 0"),
+    ("eval.linear.tolerance=0", "'eval.linear.tolerance' must be > 0; got 0.0"),
     ("eval.linear.momentum=1", "'eval.linear.momentum' must be in [0, 1); got 1.0"),
     ("eval.linear.train_subset=0", "'eval.linear.train_subset' must be null or positive; got 0"),
     ("eval.semisup.schedule=linear", "'eval.semisup.schedule' must be one of step, cosine; got 'linear'"),
@@ -69,10 +77,6 @@ def test_validation_names_the_recipe_that_set_the_value(tmp_path):
         load_config(path)
 
 
-def test_full_batches_are_a_cached_mode_setting():
-    assert load_config(None, ["eval.linear.mode=cached", "eval.linear.batch_size=0"]).eval.linear.batch_size == 0
-
-
 def test_two_label_sources_are_refused_when_the_config_loads():
     with pytest.raises(ConfigError, match=re.escape(
             "--set: 'eval.semisup.labels_per_class' cannot be set together with 'eval.semisup.label_fraction': give "
@@ -86,7 +90,9 @@ def as_set_value(value) -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, list):
-        return "[" + ",".join(map(str, value)) + "]"
+        return "[" + ",".join(map(as_set_value, value)) + "]"
+    if isinstance(value, float) and "e" in str(value) and "." not in str(value):
+        return str(value).replace("e", ".0e")  # YAML reads 1e-05 as a string, 1.0e-05 as a number
     return str(value) or "''"
 
 
@@ -161,11 +167,11 @@ def test_the_study_evaluations_linear_probe_uses_the_configs_linear_section(monk
     from mochi_hvs.evaluation import frozen
 
     used = []
-    monkeypatch.setattr(frozen, "cached_probe", lambda *args: used.append(args[5]) or {"top1": 0.0})
-    cfg = load_config(None, ["eval.linear.epochs=7", "eval.linear.lr=0.5", "eval.knn_train_subset=20",
+    monkeypatch.setattr(frozen, "probe_metrics", lambda *args: used.append(args[5]) or {"top1": 0.0})
+    cfg = load_config(None, ["eval.linear.l2_grid=[0.5]", "eval.linear.val_fraction=0.3", "eval.knn_train_subset=20",
                              "eval.knn_test_subset=10", "eval.knn_k=5"])
     evaluation = frozen.FrozenEvaluation(cfg, torch.device("cpu"))
     features = frozen.FrozenFeatures(torch.zeros(20, 4), torch.zeros(20, dtype=torch.long), torch.zeros(10, 4),
                                      torch.zeros(10, dtype=torch.long), 10)
     evaluation.linear(features)
-    assert used == [LinearSettings(epochs=7, lr=0.5, mode="cached")]
+    assert used == [LinearSettings(l2_grid=[0.5], val_fraction=0.3)]

@@ -18,17 +18,17 @@ def small_stem_backbone():
     return build_backbone("resnet18")
 
 
-@pytest.mark.parametrize(("mode", "epochs", "batch_size", "lr"), [("classic", 1, 64, 30.0), ("cached", 40, 0, 0.3)])
-def test_linear_probe_leaves_the_backbone_unchanged(tiny_cfg, mode, epochs, batch_size, lr):
+@pytest.mark.parametrize("mode", ["classic", "lbfgs"])
+def test_linear_probe_leaves_the_backbone_unchanged(tiny_cfg, mode):
     backbone, width = small_stem_backbone()
     backbone.train()  # the probe must switch BatchNorm to eval itself
     before = snapshot(backbone)
-    settings = LinearSettings(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, train_subset=300, test_subset=200)
+    settings = LinearSettings(mode=mode, epochs=1, batch_size=64, train_subset=300, test_subset=200)
     metrics = LinearProbe(tiny_cfg, settings, CPU).evaluate(backbone, width)
     assert changed_tensors(backbone, before) == []
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
-    if mode == "cached":  # 40 full-batch epochs are enough to beat chance (10%) even on random-init features
-        assert metrics["top1"] > 20
+    if mode == "lbfgs":  # the converged probe beats chance (10%) even on random-init features, and says how it fit
+        assert metrics["top1"] > 20 and metrics["converged"] and metrics["l2"] in settings.l2_grid
 
 
 def test_sklearn_probe_beats_chance(tiny_cfg):
@@ -51,7 +51,7 @@ class Drifting(nn.Module):
 
 
 def test_the_sanity_check_catches_a_changed_backbone(tiny_cfg):
-    settings = LinearSettings(mode="cached", epochs=1, train_subset=50, test_subset=20)
+    settings = LinearSettings(train_subset=50, test_subset=20)
     with pytest.raises(BackboneChanged, match="net.1.bias"):
         LinearProbe(tiny_cfg, settings, CPU).evaluate(Drifting(), 8)
 

@@ -124,10 +124,10 @@ def test_knn_of_two_checkpoints_matches_an_independent_computation(checkpoints, 
 
 
 def test_one_checkpoint_gives_the_single_backbone_result(checkpoints, tmp_path):
-    """The linear probe's head is drawn from the RNG after the backbone is built: one file keeps that order."""
+    """One file through the evaluators' commands gives what the probe and kNN give that backbone directly."""
     paths, states = checkpoints
     results = tmp_path / "results.jsonl"
-    settings = ["eval.linear.mode=cached", "eval.linear.epochs=2", "eval.linear.train_subset=100",
+    settings = ["eval.linear.l2_grid=[0.1,0.001]", "eval.linear.train_subset=100",
                 "eval.linear.test_subset=50", "eval.batch_size=50", "device=cpu"]
     assert linear_main(["--checkpoint", str(paths[1]), "--results", str(results), "--set", *settings]) == 0
     assert knn_main(["--checkpoint", str(paths[1]), "--random-init", "--results", str(results), *SMALL_KNN]) == 0

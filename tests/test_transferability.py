@@ -18,8 +18,8 @@ from mochi_hvs.evaluation.transfer_ranking import Correlation, correlation_table
 from mochi_hvs.models.backbone import build_backbone
 
 TRANSFERABILITY = runpy.run_path(str(Path(__file__).resolve().parents[1] / "eval" / "transferability.py"))["main"]
-SMALL = ["eval.transferability.batches=2", "eval.transferability.batch_size=16", "eval.linear.epochs=2",
-         "eval.linear.standardize=true", "device=cpu"]
+SMALL = ["eval.transferability.batches=2", "eval.transferability.batch_size=16", "eval.linear.l2_grid=[0.01]",
+         "device=cpu"]
 
 
 def toy_task(noise: float, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -87,7 +87,8 @@ def settings_help(sections: list[Section]) -> str:
             if "choices" in f.metadata:
                 text += f" (one of: {', '.join(f.metadata['choices'])})"
             lines.append(f"  {section.prefix}{f.name}={yaml_value(default)}")
-            lines.append(textwrap.fill(text, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+            lines.append(textwrap.fill(text, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                       break_on_hyphens=False))
     lines.append("The data, device, amp and seed keys of pretraining apply too (e.g. --set data.root=DIR device=cpu).")
     lines.append("A checkpoint's evaluator settings are not used: only its data, device, amp and seed.")
     return "\n".join(lines)

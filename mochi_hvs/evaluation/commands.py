@@ -50,11 +50,11 @@ LINEAR = [Section("eval.linear.", LinearSettings), Section("eval.", EvalConfig, 
 SEMISUP = [Section("eval.semisup.", SemisupSettings), Section("eval.", EvalConfig, ("batch_size",))]
 SELECT = [Section("eval.select.", SelectSettings), Section("eval.", EvalConfig, ("batch_size",))]
 DETECTION = [Section("eval.detection.", DetectionSettings)]
-CACHED_PROBE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "schedule", "seed", "standardize")
-TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS),
+PROBE_KEYS = ("l2_grid", "val_fraction", "max_iter", "tolerance", "seed")  # the converged probe on frozen features
+TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, PROBE_KEYS),
             Section("eval.", EvalConfig, KNN_KEYS)]
 TRANSFERABILITY = [Section("eval.transferability.", TransferabilitySettings),
-                   Section("eval.linear.", LinearSettings, CACHED_PROBE_KEYS)]
+                   Section("eval.linear.", LinearSettings, PROBE_KEYS)]
 
 
 def knn_settings(e: EvalConfig) -> dict[str, Any]:
@@ -125,9 +125,11 @@ def knn_main(argv: list[str] | None = None) -> int:
 
 def linear_main(argv: list[str] | None = None) -> int:
     """mochi-linear: linear probe of a frozen backbone (or of the raw pixels)."""
-    parser = base_parser("Linear probe of a frozen backbone (or of the raw pixels): eval.linear.mode classic "
-                         "(MoCo's protocol), cached or sklearn.", LINEAR,
-                         "eval.linear.mode=cached eval.linear.epochs=100 device=cpu", pixels=True)
+    parser = base_parser("Linear probe of a frozen backbone (or of the raw pixels): by default (lbfgs) "
+                         "logistic regression fitted to convergence on cached features, its L2 strength chosen on a "
+                         "validation split of the training set; classic: MoCo's SGD protocol on augmented images; "
+                         "sklearn: scikit-learn's logistic regression at a fixed C.", LINEAR,
+                         "eval.linear.l2_grid=[0.01,0.001] eval.linear.val_fraction=0.2 device=cpu", pixels=True)
     return run_evaluation("linear", parse_arguments(parser, LINEAR, argv), linear)
 
 
@@ -171,7 +173,7 @@ def transfer(ctx: EvalContext) -> tuple[dict[str, Any], list[TaskResult]]:
     model = ctx.feature_model()
     results = [evaluate_task(ctx.cfg, task, model, ctx.device, ctx.amp_dtype) for task in e.transfer.tasks]
     settings = {"transfer": dataclasses.asdict(e.transfer),
-                "linear": {name: getattr(e.linear, name) for name in CACHED_PROBE_KEYS}, "knn": knn_settings(e)}
+                "linear": {name: getattr(e.linear, name) for name in PROBE_KEYS}, "knn": knn_settings(e)}
     return settings, results
 
 
@@ -208,12 +210,12 @@ def transfer_main(argv: list[str] | None = None) -> int:
     """mochi-transfer: kNN, linear probe with calibration and few-shot episodes of a backbone (or of the raw pixels)
     on every transfer task; one JSON line per task and metric group, one Markdown table."""
     parser = base_parser("Transfer suite: one backbone (several: their features concatenated; or the raw pixels), "
-                         "many target tasks, one table. Per task, on frozen features: weighted kNN top-1, the cached "
-                         "linear probe's top-1 and expected calibration error (15 bins), and N-way K-shot prototype "
-                         "episodes (mean and 95% interval) drawn from the test split. Every task uses the "
+                         "many target tasks, one table. Per task, on frozen features: weighted kNN top-1, the "
+                         "converged linear probe's top-1 and expected calibration error (15 bins), and N-way K-shot "
+                         "prototype episodes (mean and 95% interval) drawn from the test split. Every task uses the "
                          "checkpoint's data settings (image size, mean, std). A task whose data is missing is skipped "
                          "with the reason.", TRANSFER,
-                         "eval.transfer.episodes=1000 eval.linear.epochs=50 device=cpu", pixels=True)
+                         "eval.transfer.episodes=1000 eval.linear.val_fraction=0.2 device=cpu", pixels=True)
     add_tasks_argument(parser, "the tasks", "eval.transfer.tasks")
     parser.add_argument("--table", help="also write the Markdown table to this file")
     args = parse_arguments(parser, TRANSFER, argv)
@@ -238,7 +240,7 @@ def transferability(ctx: EvalContext, measured: str | None,
     estimates = estimate_transferability(ctx.cfg, ctx.single_backbone("transferability").module, ctx.device)
     e = ctx.cfg.eval
     settings = {"transferability": dataclasses.asdict(e.transferability),
-                "linear": {name: getattr(e.linear, name) for name in CACHED_PROBE_KEYS}}
+                "linear": {name: getattr(e.linear, name) for name in PROBE_KEYS}}
     return settings, TransferabilityResults(estimates, truth)
 
 
@@ -274,7 +276,7 @@ def transferability_main(argv: list[str] | None = None) -> int:
                          "eval.transferability.parameters, each task with its own fitted linear head; smaller: "
                          "better) and LogME (log maximum evidence of a linear model on the frozen features; larger: "
                          "better). With --measured, their rank correlations with the measured transfer.",
-                         TRANSFERABILITY, "eval.transferability.batches=4 eval.linear.standardize=true device=cpu")
+                         TRANSFERABILITY, "eval.transferability.batches=4 eval.linear.l2_grid=[0.001] device=cpu")
     parser.add_argument("--source", help="the source task, NAME or NAME=ROOT (shorthand for --set "
                                          "eval.transferability.source=...)")
     add_tasks_argument(parser, "the target tasks", "eval.transferability.tasks")

@@ -1,4 +1,4 @@
-"""kNN and the cached linear probe of one backbone from a single feature extraction of the labelled sets."""
+"""kNN and the converged linear probe of one backbone from a single feature extraction of the labelled sets."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.datasets import labelled_splits
 from ..data.loader import eval_loader
-from ..evaluator_settings import LinearSettings
 from .features import extract_features
 from .knn import knn_results
-from .linear import cached_classifier, cached_probe, cached_settings
+from .linear import fit_probe, probe_metrics
+from .logistic import LogisticFit
 from .pixels import PixelFeatures, pixel_model
 
 
@@ -66,18 +66,12 @@ class FrozenEvaluation:
                 metrics[f"k{result.k}_top5"] = result.top5
         return metrics
 
-    def linear_settings(self) -> LinearSettings:
-        """The config's eval.linear settings, in the cached mode this evaluation runs."""
-        return cached_settings(self.cfg.eval.linear)
-
     def linear(self, features: FrozenFeatures) -> dict[str, float]:
-        """The cached linear probe on the extracted features, with the config's eval.linear settings."""
-        return cached_probe(features.train, features.train_labels, features.test, features.test_labels,
-                            features.num_classes, self.linear_settings(), self.device)
+        """The converged linear probe (eval.linear's lbfgs settings) on the extracted features: test top-1/top-5
+        and how its fit was chosen and ended."""
+        return probe_metrics(features.train, features.train_labels, features.test, features.test_labels,
+                             features.num_classes, self.cfg.eval.linear)
 
-    def linear_scores(self, features: FrozenFeatures) -> torch.Tensor:
-        """The test logits (N, classes) of the same probe as `linear` (its top-1 is linear's top-1)."""
-        classifier = cached_classifier(features.train, features.train_labels, features.num_classes,
-                                       self.linear_settings(), self.device)
-        with torch.no_grad():
-            return classifier(features.test.to(self.device)).float()
+    def linear_fit(self, features: FrozenFeatures) -> LogisticFit:
+        """The classifier of the same probe as `linear` (its test logits give linear's top-1)."""
+        return fit_probe(features.train, features.train_labels, features.num_classes, self.cfg.eval.linear)

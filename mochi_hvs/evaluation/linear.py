@@ -1,9 +1,10 @@
-"""Linear probe of a frozen backbone: the classic protocol (augmented images), or fast on cached features."""
+"""Linear probe of a frozen backbone: the converged probe on cached features (logistic.py), MoCo's classic protocol
+(augmented images), or scikit-learn's logistic regression."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from .classifier_training import (
 )
 from .features import extract_features
 from .knn import topk_accuracy
+from .logistic import INIT_STD, LogisticFit, fit_logistic
 from .pixel_cache import pixel_features
 from .pixels import pixel_model, pixel_width
 
@@ -33,23 +35,13 @@ class BackboneChanged(UserError, RuntimeError):
     """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""
 
 
-def new_head(width: int, num_classes: int, device: torch.device) -> nn.Linear:
-    """A linear classifier initialised as in MoCo's linear probe: weights N(0, 0.01), bias 0."""
-    head = nn.Linear(width, num_classes).to(device)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
-    return head
-
-
-def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, epoch: int
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled mini-batches of cached features (one batch of everything when batch_size is 0)."""
-    size = batch_size or len(labels)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-    order = order.to(features.device)
-    for start in range(0, len(labels), size):
-        rows = order[start:start + size]
-        yield features[rows], labels[rows]
+def new_head(width: int, num_classes: int, device: torch.device, seed: int) -> nn.Linear:
+    """A linear classifier initialised as in MoCo's linear probe, from `seed`: weights N(0, 0.01), bias 0."""
+    head = nn.Linear(width, num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed)) * INIT_STD)
+        head.bias.zero_()
+    return head.to(device)
 
 
 def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_batches: Callable[[int], Iterable],
@@ -57,7 +49,7 @@ def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_bat
              device: torch.device) -> nn.Linear:
     """A new linear head trained with SGD on (inputs, labels) batches mapped through `forward_features`."""
     s = settings
-    head = new_head(width, num_classes, device)
+    head = new_head(width, num_classes, device, s.seed)
     optimizer, scheduler = sgd_with_schedule([{"params": head.parameters(), "lr": s.lr}], s.momentum,
                                              s.weight_decay, s.schedule, s.epochs * steps_per_epoch)
     train_classifier(lambda x: head(forward_features(x)), epoch_batches, optimizer, scheduler, s.epochs, device,
@@ -65,35 +57,23 @@ def fit_head(forward_features: Callable[[torch.Tensor], torch.Tensor], epoch_bat
     return head
 
 
-STD_FLOOR = 1e-6  # features constant over the training set (e.g. always-zero ReLU outputs) are only centred
-
-
-def cached_settings(settings: LinearSettings) -> LinearSettings:
-    """The linear-probe settings in cached mode (what the frozen-feature evaluators train on extracted features)."""
-    return dataclasses.replace(settings, mode="cached")
-
-
-def cached_classifier(train: torch.Tensor, train_labels: torch.Tensor, num_classes: int, settings: LinearSettings,
-                      device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The cached protocol's classifier, features -> logits: a linear head trained on features extracted once
-    (unnormalised, dataset order); with `standardize`, each feature is first shifted and scaled by its mean and
-    standard deviation over the training set, so that one learning rate fits raw pixels, random and trained
-    backbones alike."""
+def fit_probe(train: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+              settings: LinearSettings) -> LogisticFit:
+    """The converged probe (lbfgs protocol) on frozen training features, with the eval.linear settings."""
     s = settings
-    if s.standardize:
-        mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(STD_FLOOR)
-        train = (train - mean) / std
-    steps = -(-len(train_labels) // (s.batch_size or len(train_labels)))
-    head = fit_head(lambda x: x, lambda epoch: _feature_batches(train, train_labels, s.batch_size, s.seed, epoch),
-                    steps, train.shape[1], num_classes, settings, device)
-    return (lambda x: head((x - mean) / std)) if s.standardize else head
+    return fit_logistic(train, train_labels, num_classes, s.l2_grid, s.val_fraction, s.seed, s.max_iter,
+                        s.tolerance)
 
 
-def cached_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 num_classes: int, settings: LinearSettings, device: torch.device) -> dict[str, float]:
-    """Top-1/top-5 on the test features of the cached protocol's classifier (cached_classifier)."""
-    classifier = cached_classifier(train, train_labels, num_classes, settings, device)
-    return classification_accuracy(classifier, [(test, test_labels)], device)
+def probe_metrics(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                  num_classes: int, settings: LinearSettings) -> dict[str, float]:
+    """Top-1/top-5 on the test features of the converged probe, and how its fit was chosen and ended."""
+    fit = fit_probe(train, train_labels, num_classes, settings)
+    if not fit.converged:
+        print(f"warning: the linear probe did not reach eval.linear.tolerance {settings.tolerance} in "
+              f"{settings.max_iter} iterations (largest gradient entry {fit.gradient:.2g}); raise "
+              f"eval.linear.max_iter", file=sys.stderr)
+    return {**classification_accuracy(fit.logits, [(test, test_labels)], train.device), **fit.summary()}
 
 
 class LinearProbe:
@@ -123,7 +103,7 @@ class LinearProbe:
         return metrics
 
     def evaluate_pixels(self) -> dict[str, float]:
-        """The probe on the raw pixels: through the classic protocol's augmented images, or (cached, sklearn) on
+        """The probe on the raw pixels: through the classic protocol's augmented images, or (lbfgs, sklearn) on
         pixel features cached per dataset."""
         if self.settings.mode == "classic":
             pixels = pixel_model(self.train, self.cfg.data.mean, self.cfg.data.std)
@@ -155,9 +135,9 @@ class LinearProbe:
 
     def _on_features(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                      test_labels: torch.Tensor) -> dict[str, float]:
-        """The cached or sklearn protocol on extracted (unnormalised) features."""
-        if self.settings.mode == "cached":
-            return cached_probe(train, train_labels, test, test_labels, self.num_classes, self.settings, self.device)
+        """The lbfgs or sklearn protocol on extracted (unnormalised) features."""
+        if self.settings.mode == "lbfgs":
+            return probe_metrics(train, train_labels, test, test_labels, self.num_classes, self.settings)
         return self._sklearn(train, train_labels, test, test_labels)
 
     def _sklearn(self, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,

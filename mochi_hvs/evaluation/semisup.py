@@ -62,7 +62,7 @@ class SemisupFinetune:
         """Fine-tune (this changes `backbone`) and return top-1/top-5 plus the subset size."""
         s = self.settings
         backbone = backbone.to(self.device).requires_grad_(True)
-        head = new_head(width, self.num_classes, self.device)
+        head = new_head(width, self.num_classes, self.device, s.seed)
         model = nn.Sequential(backbone, head)
         loader = supervised_loader(self.train, self.cfg.data, min(s.batch_size, len(self.train)), s.seed)
         groups = [{"params": backbone.parameters(), "lr": s.lr_backbone},

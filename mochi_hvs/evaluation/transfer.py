@@ -1,7 +1,7 @@
 """The transfer suite: one backbone (or the raw pixels) on many target tasks, after Ericsson et al., "How well do
 self-supervised models transfer?" (2021). Every task is a labelled dataset read with the evaluated checkpoint's
 data settings (image size, mean and std; grayscale repeated to three channels); its train and test features are
-extracted once, then scored by weighted kNN, the cached linear probe (top-1 and expected calibration error) and
+extracted once, then scored by weighted kNN, the converged linear probe (top-1 and expected calibration error) and
 few-shot prototype episodes drawn from the test split. A task whose data is missing or damaged is skipped, with
 the reason, and the others still run."""
 
@@ -17,7 +17,6 @@ import torch.nn as nn
 from ..config import Config
 from ..data.datasets import DatasetError
 from ..evaluator_settings import TransferSettings, task_name_and_root
-from ..runtime import seed_everything
 from .calibration import expected_calibration_error
 from .few_shot import TooFewImages, few_shot_accuracy
 from .frozen import FrozenEvaluation, FrozenFeatures
@@ -68,11 +67,13 @@ def few_shot_metrics(features: FrozenFeatures, settings: TransferSettings) -> tu
 
 
 def linear_metrics(evaluation: FrozenEvaluation, features: FrozenFeatures) -> dict[str, float]:
-    """Top-1 and expected calibration error (percent) of the cached linear probe."""
-    scores = evaluation.linear_scores(features)
+    """Top-1 and expected calibration error (percent) of the converged linear probe, and how its fit was chosen."""
+    fit = evaluation.linear_fit(features)
+    with torch.no_grad():
+        scores = fit.logits(features.test)
     labels = features.test_labels.to(scores.device)
     return {"top1": topk_accuracy(scores, labels, ks=(1,))[1],
-            "ece": expected_calibration_error(scores.softmax(dim=1), labels)}
+            "ece": expected_calibration_error(scores.softmax(dim=1), labels), **fit.summary()}
 
 
 def evaluate_task(cfg: Config, task: str, backbone: nn.Module | None, device: torch.device,
@@ -85,7 +86,6 @@ def evaluate_task(cfg: Config, task: str, backbone: nn.Module | None, device: to
     except DatasetError as err:
         result.skipped["task"] = str(err)
         return result
-    seed_everything(cfg.seed)  # the probe's initialisation does not depend on the tasks that ran before
     result.groups["knn"] = evaluation.knn(features)
     result.groups["linear"] = linear_metrics(evaluation, features)
     result.groups["few_shot"], reason = few_shot_metrics(features, cfg.eval.transfer)

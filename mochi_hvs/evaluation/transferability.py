@@ -3,8 +3,8 @@ command): PGE (pge.py) and, as a cheap baseline, LogME (logme.py).
 
 Every task (NAME or NAME=ROOT, read with the evaluated checkpoint's data settings like the transfer suite's tasks)
 draws two disjoint seeded class-balanced sets of eval.transferability.batches x batch_size labelled training images.
-The frozen features of the first give the task's head, the cached linear probe of eval.linear fitted on them (the
-probe the transfer suite measures), and its LogME score. The gradients of that head's cross-entropy w.r.t. the
+The frozen features of the first give the task's head, the converged linear probe of eval.linear fitted on them
+(the probe the transfer suite measures), and its LogME score. The gradients of that head's cross-entropy w.r.t. the
 backbone parameters named by eval.transferability.parameters, on the mini-batches of the second set, give its
 principal gradient: images the head was not fitted on, so that a head which fits its own images perfectly does not
 leave a vanishing gradient. The PGE distance of a target is the distance of its principal gradient to the source's
@@ -23,9 +23,8 @@ import torch.nn as nn
 from ..config import Config
 from ..data.datasets import DatasetError, balanced_subset, labelled_training_images
 from ..data.loader import eval_loader
-from ..runtime import seed_everything
 from .features import extract_features
-from .linear import cached_classifier, cached_settings
+from .linear import fit_probe
 from .logme import logme
 from .pge import chosen_parameters, expected_gradient, pge_distance
 from .transfer import markdown_row, number, table_head, task_config
@@ -70,9 +69,7 @@ def task_signature(cfg: Config, backbone: nn.Module, device: torch.device) -> Ta
                            f"after the {len(fit)} the head is fitted on; lower eval.transferability.batches")
     fit_features, fit_labels = extract_features(
         backbone, eval_loader(images.subset(fit), cfg.data, s.batch_size, workers=0), device, normalize=False)
-    seed_everything(cfg.seed)  # the head's initialisation does not depend on the tasks that ran before
-    head = cached_classifier(fit_features, fit_labels, len(images.classes),
-                             cached_settings(cfg.eval.linear), device)
+    head = fit_probe(fit_features, fit_labels, len(images.classes), cfg.eval.linear).logits
     parameters = [p for _, p in chosen_parameters(backbone, s.parameters)]
     loader = eval_loader(images.subset(held_out), cfg.data, s.batch_size, workers=0)
     batches = ((batch["image"].to(device), batch["label"].to(device)) for batch in loader)
