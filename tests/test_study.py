@@ -193,6 +193,7 @@ def test_report_renders_from_a_fixed_jsonl(tmp_path):
     assert "| mochi | kNN k=20 | +2.17 |" in text and "better" in text
     assert "| mochi | 2 | 81.50 |" in text  # per-seed values
     assert "Trained on: cpu x." in text
+    assert "Lines by commit: not recorded (13)." in text  # the fixture's lines carry no provenance
 
 
 def test_time_points_pair_each_seeds_training_minutes_with_its_accuracy(tmp_path):
@@ -340,3 +341,42 @@ def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys, monkeypatch):
 def test_report_only_needs_results(tmp_path, capsys):
     assert study_main(["--config", str(write_study(tmp_path)), "--report"]) == 2
     assert "no results yet" in capsys.readouterr().err
+
+
+def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(tmp_path, monkeypatch, capsys):
+    """Records of the old SGD probe (no protocol) stay in the file under their own name; --reprobe evaluates the
+    kept checkpoints again without training: kNN exactly as before, linear with today's probe."""
+    path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")}},
+                       references=["pixels", "random_init"], seeds=[0, 1])
+    assert study_main(["--config", str(path)]) == 0
+    results = tmp_path / "results" / "tiny" / "results.jsonl"
+    first = [json.loads(line) for line in results.read_text().splitlines()]
+    old = [json.loads(line) for line in results.read_text().splitlines()]
+    for line in old:  # as the old probe wrote them
+        if line["evaluator"] == "linear":
+            line.pop("protocol")
+            line["metrics"] = {"top1": -1.0, "top5": -1.0}
+    results.write_text("".join(json.dumps(line) + "\n" for line in old))
+    (tmp_path / "runs" / "tiny" / "moco" / "seed1" / "last.pth").unlink()  # its weights are gone
+
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("--reprobe must not train"))
+    assert study_main(["--config", str(path), "--reprobe"]) == 0
+    assert "not re-evaluated: moco seed 1" in capsys.readouterr().err
+    new = [json.loads(line) for line in results.read_text().splitlines()][len(old):]
+    keys = [(r["arm"], r["seed"], r["evaluator"]) for r in new]
+    assert sorted(keys, key=str) == sorted([("moco", 0, "knn"), ("moco", 0, "linear"), ("pixels", None, "knn"),
+                                            ("pixels", None, "linear"), ("random_init", 0, "knn"),
+                                            ("random_init", 0, "linear"), ("random_init", 1, "knn"),
+                                            ("random_init", 1, "linear")], key=str)
+    before = {(r["arm"], r["seed"]): r["metrics"] for r in first if r["evaluator"] == "knn"}
+    assert all(r["metrics"] == before[(r["arm"], r["seed"])] for r in new if r["evaluator"] == "knn")
+    probed = {(r["arm"], r["seed"]): r for r in new if r["evaluator"] == "linear"}
+    assert all(r["protocol"] == "lbfgs" and r["metrics"]["converged"] for r in probed.values())
+    fresh = {(r["arm"], r["seed"]): r["metrics"] for r in first if r["evaluator"] == "linear"}
+    assert {key: probed[key]["metrics"] for key in probed} == {key: fresh[key] for key in probed}  # seeded
+
+    read = read_results(results)
+    assert read.values[("moco", "linear_sgd-lr30", "top1")] == {0: -1.0, 1: -1.0}
+    assert read.values[("moco", "linear", "top1")] == {0: probed[("moco", 0)]["metrics"]["top1"]}
+    report = (tmp_path / "results" / "tiny" / "REPORT.md").read_text()
+    assert "| linear | linear (old SGD probe) |" in report

@@ -30,6 +30,9 @@ from .logistic import INIT_STD, LogisticFit, fit_logistic
 from .pixel_cache import pixel_features
 from .pixels import pixel_model, pixel_width
 
+PROTOCOL = "lbfgs"  # the frozen-feature probe's name in result records; lines without one came from the old probe
+OLD_PROTOCOL = "sgd-lr30"  # the cached SGD probe (lr 30, 100 epochs, unnormalised features) it replaced
+
 
 class BackboneChanged(UserError, RuntimeError):
     """A frozen backbone's weights or BatchNorm statistics changed during a linear probe."""

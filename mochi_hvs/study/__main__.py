@@ -1,4 +1,4 @@
-"""`python -m mochi_hvs.study --config STUDY.yaml [--report] [--dry-run] [--only ARM ...] [--seeds K ...]`."""
+"""`python -m mochi_hvs.study --config STUDY.yaml [--report|--dry-run|--reprobe] [--only ARM ...] [--seeds K ...]`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--report", action="store_true", help="only regenerate the report and plots from the results")
     mode.add_argument("--dry-run", action="store_true",
                       help="print the plan with an estimated time per run (from a few timed steps) and stop")
+    mode.add_argument("--reprobe", action="store_true",
+                      help="evaluate the finished runs (their checkpoints in the study's runs folder) and the "
+                           "references again with today's evaluators, training nothing, then report")
     return parser
 
 
@@ -46,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(runner))
             return 0
-        if not args.report:
+        if args.reprobe:
+            for run in runner.reprobe():
+                print(f"not re-evaluated: {run.label} seed {run.seed} ({run.status}; no finished checkpoint in "
+                      f"{run.run_dir})", file=sys.stderr)
+        elif not args.report:
             runner.run()
         if not runner.results_path.is_file():
             raise ConfigError(f"{runner.results_path}: no results yet; run the study first")

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.linear import OLD_PROTOCOL, PROTOCOL
 from .stats import paired_difference, summarize
 
+OLD_LINEAR = "linear_" + OLD_PROTOCOL  # how the old probe's lines are told apart from the converged probe's
 # (evaluator, metric, column title): the accuracy figures a study compares, in report order.
 ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), ("linear", "top1", "linear"),
-            ("semisup", "top1", "semi-sup 1%")]
+            (OLD_LINEAR, "top1", "linear (old SGD probe)"), ("semisup", "top1", "semi-sup 1%")]
 TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
             ("train", "forward_units", "encoder fwd (M)")]
 REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
@@ -27,6 +29,15 @@ class StudyResults:
     arms: list[str]  # in the order they were first recorded
     references: list[str]
     devices: list[str]
+    commits: dict[str, int]  # commit -> result lines it wrote ("not recorded": lines older than the field)
+
+
+def evaluator_of(entry: dict[str, Any]) -> str:
+    """A result line's evaluator, with linear lines of any protocol but the current one under their own name: lines
+    written before the converged probe carry no protocol and hold the old SGD probe's figures."""
+    if entry["evaluator"] == "linear" and entry.get("protocol") != PROTOCOL:
+        return "linear_" + entry.get("protocol", OLD_PROTOCOL)
+    return entry["evaluator"]
 
 
 def read_results(path: Path) -> StudyResults:
@@ -35,6 +46,7 @@ def read_results(path: Path) -> StudyResults:
     arms: list[str] = []
     references: list[str] = []
     devices: list[str] = []
+    commits: dict[str, int] = defaultdict(int)
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -45,10 +57,11 @@ def read_results(path: Path) -> StudyResults:
             bucket.append(arm)
         if entry.get("device") and entry["device"] not in devices:
             devices.append(entry["device"])
+        commits[entry.get("commit", "not recorded")] += 1
         for metric, value in entry["metrics"].items():
             if isinstance(value, (int, float)):
-                values[(arm, entry["evaluator"], metric)][entry["seed"]] = float(value)
-    return StudyResults(dict(values), arms, references, devices)
+                values[(arm, evaluator_of(entry), metric)][entry["seed"]] = float(value)
+    return StudyResults(dict(values), arms, references, devices, dict(commits))
 
 
 def _cell(values: dict[Any, float] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -135,6 +148,14 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
         lines += [description.strip(), ""]
     if results.devices:
         lines += [f"Trained on: {'; '.join(results.devices)}.", ""]
+    lines += ["Records: results.jsonl beside this report; each line names its command, commit and machine (lines "
+              "written before those fields existed say 'not recorded'). Lines by commit: "
+              + ", ".join(f"{commit} ({count})" for commit, count in results.commits.items()) + ".", ""]
+    if any(evaluator == OLD_LINEAR for _, evaluator, _ in results.values):
+        lines += ["'linear (old SGD probe)': the probe these runs were first evaluated with (SGD at lr 30 for 100 "
+                  "epochs on unnormalised cached features), which did not converge (81.2 top-1 on the raw pixels "
+                  "where the converged probe gets 84.5); 'linear': the converged probe (logistic regression fitted "
+                  "by L-BFGS, its L2 strength chosen on a validation split).", ""]
     lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "",
               "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
               "training; for the supervised reference and arms trained with labels, their training classification "

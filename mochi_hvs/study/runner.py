@@ -32,6 +32,7 @@ from ..config import Config, ConfigError
 from ..data.batches import endless
 from ..data.datasets import load_images
 from ..evaluation.frozen import FrozenEvaluation
+from ..evaluation.linear import PROTOCOL
 from ..evaluation.pixels import pixel_width
 from ..evaluation.semisup import SemisupFinetune
 from ..machine import device_description
@@ -42,6 +43,7 @@ from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
 from ..weights import load_backbone_weights, read_backbone_state
 from .recipe import Study, resolved
+from .report import evaluator_of
 
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
@@ -210,7 +212,7 @@ class StudyRunner:
         if not self.results_path.is_file():
             return set()
         lines = [json.loads(line) for line in self.results_path.read_text().splitlines() if line.strip()]
-        return {(r["arm"], r["seed"], r["evaluator"]) for r in lines}
+        return {(r["arm"], r["seed"], evaluator_of(r)) for r in lines}
 
     def record(self, arm: str, seed: int | None, evaluator: str, metrics: dict[str, Any], **extra: Any) -> None:
         """Append one result line (arm, seed, evaluator, metrics) with the command, commit and machine that
@@ -268,9 +270,10 @@ class StudyRunner:
         return self._evaluations[full]
 
     def evaluate(self, arm: str, seed: int | None, cfg: Config, backbone: Callable[[], tuple[nn.Module, int]],
-                 evaluations: list[str]) -> None:
-        """Run the evaluations not yet recorded for (arm, seed); `backbone()` builds a fresh backbone and width."""
-        done = self.recorded()
+                 evaluations: list[str], again: bool = False) -> None:
+        """Run the evaluations not yet recorded for (arm, seed), or all of them `again`; `backbone()` builds a fresh
+        backbone and width."""
+        done = set() if again else self.recorded()
         todo = [e for e in evaluations if (arm, seed, e) not in done]
         if not todo:
             return
@@ -281,7 +284,7 @@ class StudyRunner:
             if "knn" in todo:
                 self.record(arm, seed, "knn", evaluation.knn(features))
             if "linear" in todo:
-                self.record(arm, seed, "linear", evaluation.linear(features))
+                self.record(arm, seed, "linear", evaluation.linear(features), protocol=PROTOCOL)
         if "semisup" in todo:
             model, width = backbone()
             settings = dataclasses.replace(evaluation.cfg.eval.semisup, label_fraction=SEMISUP_FRACTION,
@@ -290,8 +293,8 @@ class StudyRunner:
             finetune = SemisupFinetune(evaluation.cfg, settings, evaluation.device, evaluation.amp_dtype)
             self.record(arm, seed, "semisup", finetune.evaluate(model, width), label_fraction=SEMISUP_FRACTION)
 
-    def evaluate_run(self, run: PlannedRun) -> None:
-        """Evaluate a finished run's query backbone with the study's evaluations."""
+    def evaluate_run(self, run: PlannedRun, again: bool = False) -> None:
+        """Evaluate a finished run's query backbone with the study's evaluations (all of them `again`)."""
         cfg = run.config()
 
         def backbone() -> tuple[nn.Module, int]:
@@ -300,10 +303,11 @@ class StudyRunner:
             load_backbone_weights(model, state)
             return model.to(resolve_device(cfg.device)), width
 
-        self.evaluate(run.label, run.seed, cfg, backbone, self.study.spec.evaluations)
+        self.evaluate(run.label, run.seed, cfg, backbone, self.study.spec.evaluations, again)
 
-    def evaluate_references(self) -> None:
-        """Raw pixels (once) and the random initialisation of each seed, with the same evaluations."""
+    def evaluate_references(self, again: bool = False) -> None:
+        """Raw pixels (once) and the random initialisation of each seed, with the same evaluations (all of them
+        `again`)."""
         spec = self.study.spec
         cfg = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config()
         if "pixels" in spec.references:
@@ -311,7 +315,7 @@ class StudyRunner:
             channels = 1 if evaluation.pixels().channels == 1 else 3
             self.evaluate("pixels", None, cfg, lambda: (evaluation.pixels(), pixel_width(cfg.data.image_size,
                                                                                           channels)),
-                          [e for e in spec.evaluations if e != "semisup"])
+                          [e for e in spec.evaluations if e != "semisup"], again)
         if "random_init" in spec.references:
             for seed in self.seeds:
                 seeded = PlannedRun(self.study, spec.baseline, seed).config()
@@ -321,7 +325,7 @@ class StudyRunner:
                     model, width = build_backbone(seeded.model.arch, seeded.model.small_stem)
                     return model.to(resolve_device(seeded.device)), width
 
-                self.evaluate("random_init", seed, seeded, backbone, spec.evaluations)
+                self.evaluate("random_init", seed, seeded, backbone, spec.evaluations, again)
 
     def run(self) -> None:
         """Train every planned run that has not finished, evaluate every finished one, and the references."""
@@ -332,6 +336,21 @@ class StudyRunner:
             self.copy_run_files(run)
             self.evaluate_run(run)
         self.evaluate_references()
+
+    def reprobe(self) -> list[PlannedRun]:
+        """Evaluate every finished run whose checkpoint is on disk, and the references, again with today's
+        evaluators (new result lines; the report reads the latest), training nothing. Returns the runs it could
+        not evaluate (unfinished, or their checkpoint gone)."""
+        self.write_resolved_recipe()
+        missing = []
+        for run in self.plan():
+            if run.status != "finished" or not (run.run_dir / LAST).is_file():
+                missing.append(run)
+                continue
+            self.copy_run_files(run)
+            self.evaluate_run(run, again=True)
+        self.evaluate_references(again=True)
+        return missing
 
 
 def describe_plan(runner: StudyRunner, estimate: bool = True) -> str:
