@@ -11,6 +11,8 @@ from weight_files import official_moco
 
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.export import export_backbone
+from mochi_hvs.machine import device_description
+from mochi_hvs.provenance import code_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval"
@@ -66,6 +68,7 @@ def test_linear_cli_default_probe_reports_its_choice(checkpoint, tmp_path, capsy
     assert set(entry["metrics"]) == {"top1", "top5", "l2", "val_top1", "train_loss", "iterations", "converged",
                                      "search_converged"}
     assert entry["metrics"]["l2"] in (0.1, 0.001) and entry["metrics"]["converged"] is True
+    assert entry["commit"] == code_commit() and entry["machine"] == device_description("cpu") and entry["command"]
     assert "top1" in capsys.readouterr().out
 
 

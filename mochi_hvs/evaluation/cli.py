@@ -43,6 +43,7 @@ from ..config import Config, DataConfig, add_config_arguments, load_config
 from ..distributed import init_distributed
 from ..errors import UserError
 from ..models.backbone import build_backbone
+from ..provenance import provenance
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
 from .ensemble import ConcatenatedBackbones, check_shared_data
@@ -291,7 +292,8 @@ def checkpoint_record(args: argparse.Namespace) -> str | list[str] | None:
 
 def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, settings: Any,
                  metrics: dict[str, Any]) -> dict[str, Any]:
-    """The JSON record of one evaluation: what was measured, on which weights and data, with which settings."""
+    """The JSON record of one evaluation: what was measured, on which weights and data, with which settings, and the
+    command, commit and machine that measured it."""
     return {
         "evaluator": evaluator,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -301,6 +303,7 @@ def result_entry(evaluator: str, args: argparse.Namespace, ctx: EvalContext, set
         "seed": ctx.cfg.seed,
         "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings,
         "metrics": metrics,
+        **provenance(ctx.device),
     }
 
 
