@@ -216,6 +216,52 @@ def test_arms_trained_with_labels_are_told_apart_from_the_resolved_recipe(tmp_pa
     assert plots.supervised_arms(tmp_path / "none") == {"supervised"}  # no resolved recipe: the reference only
 
 
+def test_each_arm_is_drawn_against_the_floors_at_its_own_image_size(tmp_path, monkeypatch):
+    """An arm trained at 42 px is not read against the 28 px floors: final_accuracy.png puts the 42 px floors beside
+    it, and accuracy_vs_time.png, whose floors are lines across, leaves it out."""
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(yaml.safe_dump({"arms": {
+        "moco": {"config": {"data": {"image_size": 28}}}, "big": {"config": {"data": {"image_size": 42}}}}}))
+    lines = [{"arm": arm, "seed": 0, "evaluator": e, "metrics": m}
+             for arm, top1 in (("moco", 80.0), ("big", 84.0))
+             for e, m in (("train", {"train_seconds": 60.0}), ("knn", {"k20_top1": top1}))]
+    lines += [{"arm": ref, "seed": s, "evaluator": "knn", "metrics": {"k20_top1": v}}
+              for ref, s, v in (("pixels", None, 79.0), ("random_init", 0, 78.0), ("pixels_42px", None, 82.0),
+                                ("random_init_42px", 0, 85.0))]
+    (folder / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = read_results(folder / "results.jsonl")
+    assert results.references == ["pixels", "random_init", "pixels_42px", "random_init_42px"]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, title, path: figures.append(fig))
+    plt = plots.matplotlib_pyplot()
+    sizes, base = plots.image_sizes(folder, "moco")
+    assert (sizes, base) == ({"moco": 28, "big": 42, "supervised": 28}, 28)
+    plots._final_figure(plt, results, plots.arm_colors(results.arms), "moco", sizes, folder / "f.png")
+    ax = figures[-1].axes[0]
+    beside_big = {tuple(line.get_ydata()) for line in ax.lines if list(line.get_xdata()) == [0.65, 1.35]}
+    assert beside_big == {(82.0, 82.0), (85.0, 85.0)}  # big (x = 1) with its own 42 px floors
+    across = {line.get_ydata()[0] for line in ax.lines if line.get_label().endswith("at 28 px")}
+    assert across == {79.0, 78.0}
+    plots._time_figure(plt, results, plots.arm_colors(results.arms), sizes, base, folder / "t.png")
+    labels = figures[-1].axes[0].get_legend_handles_labels()[1] + [t.get_text() for t in
+                                                                     figures[-1].axes[-1].get_legend().get_texts()]
+    assert "moco" in labels and "big" not in labels
+
+
+def test_references_are_evaluated_at_every_image_size_an_arm_trains_at(tmp_path, monkeypatch):
+    path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
+                                       "big": {"recipe": str(CONFIGS / "moco_v2.yaml"), "set": ["data.image_size=42"]}})
+    runner = StudyRunner(load_study(path))
+    evaluated = []
+    monkeypatch.setattr(runner, "evaluate", lambda arm, seed, cfg, backbone, evaluations, again=False:
+                        evaluated.append((arm, seed, cfg.data.image_size)))
+    runner.evaluate_references()
+    assert evaluated == [("pixels", None, 28), ("random_init", 0, 28), ("pixels_42px", None, 42),
+                         ("random_init_42px", 0, 42)]
+
+
 @pytest.mark.parametrize("count", [3, 14, 20, 27])
 def test_every_arm_gets_its_own_colour_however_many_arms(count):
     pytest.importorskip("matplotlib")

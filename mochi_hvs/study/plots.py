@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .report import ACCURACY, REFERENCE_NAMES, StudyResults, read_results
+from .report import ACCURACY, REFERENCE_NAMES, StudyResults, display_name, read_results, reference_label
 from .stats import mean_interval, summarize
 
 REFERENCE_STYLES = {"pixels": ":", "random_init": "--", "supervised": "-."}
@@ -50,13 +50,27 @@ def curves(records: dict[int, list[dict]], key: str) -> dict[int, tuple[np.ndarr
     return out
 
 
+def resolved_arms(report_dir: Path) -> dict[str, dict]:
+    """Each arm's resolved config, from the study.yaml beside the results (empty without one)."""
+    resolved = report_dir / "study.yaml"
+    arms = yaml.safe_load(resolved.read_text()).get("arms", {}) if resolved.is_file() else {}
+    return {arm: spec.get("config") or {} for arm, spec in arms.items()}
+
+
 def supervised_arms(report_dir: Path) -> set[str]:
     """The runs trained with labels: the supervised reference, and arms whose resolved config (study.yaml beside
     the results) has objective: supervised. Their top-1 is a classification accuracy, not a pretext task's."""
-    resolved = report_dir / "study.yaml"
-    arms = yaml.safe_load(resolved.read_text()).get("arms", {}) if resolved.is_file() else {}
-    return {"supervised"} | {arm for arm, spec in arms.items()
-                             if (spec.get("config") or {}).get("objective") == "supervised"}
+    return {"supervised"} | {arm for arm, config in resolved_arms(report_dir).items()
+                             if config.get("objective") == "supervised"}
+
+
+def image_sizes(report_dir: Path, baseline: str) -> tuple[dict[str, int], int | None]:
+    """Each arm's training image size (from study.yaml) and the baseline's; the references without a size suffix
+    and the supervised reference are at the baseline's size."""
+    sizes = {arm: (config.get("data") or {}).get("image_size") for arm, config in resolved_arms(report_dir).items()}
+    base = sizes.get(baseline)
+    sizes["supervised"] = base
+    return sizes, base
 
 
 def arm_colors(arms: list[str]) -> dict[str, str]:
@@ -114,17 +128,32 @@ def _save(plt, fig, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _reference_lines(ax, results: StudyResults, evaluator: str, metric: str, references: tuple[str, ...]) -> None:
-    """The references' mean levels of one figure as black horizontal lines, one line style per reference."""
+def _reference_lines(ax, results: StudyResults, evaluator: str, metric: str, references: tuple[str, ...],
+                     size: int | None = None) -> None:
+    """The references' mean levels of one figure as black horizontal lines, one line style per reference (at the
+    baseline's image size; `size` names it in the legend)."""
     for reference in references:
         level = results.values.get((reference, evaluator, metric))
         if level:
             ax.axhline(summarize(list(level.values())).mean, linestyle=REFERENCE_STYLES[reference], color="black",
-                       linewidth=1, label=REFERENCE_NAMES[reference])
+                       linewidth=1, label=REFERENCE_NAMES[reference] + (f" at {size} px" if size else ""))
 
 
-def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: str, path: Path) -> bool:
-    """Per accuracy figure: each arm's per-seed values, mean and 95% interval; reference levels as lines."""
+def _own_floor_ticks(ax, results: StudyResults, evaluator: str, metric: str, x: int, size: int, base: int) -> None:
+    """An arm trained at another image size than the baseline's: its own floors (pixels and random init at its
+    size) as short grey segments at its position, in the floors' line styles."""
+    for reference in ("pixels", "random_init"):
+        level = results.values.get((reference_label(reference, size, base), evaluator, metric))
+        if level:
+            ax.plot([x - 0.35, x + 0.35], [summarize(list(level.values())).mean] * 2, color="grey", linewidth=1.5,
+                    linestyle=REFERENCE_STYLES[reference], label=f"{REFERENCE_NAMES[reference]} at the arm's size")
+
+
+def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: str, sizes: dict[str, int],
+                  path: Path) -> bool:
+    """Per accuracy figure: each arm's per-seed values, mean and 95% interval; the floors at the baseline's image
+    size as lines across, an arm at another size with its own floors beside it."""
+    base = sizes.get(baseline)
     panels = [(e, m, t) for e, m, t in ACCURACY if any((a, e, m) in results.values for a in results.arms)]
     if not panels:
         return False
@@ -143,13 +172,19 @@ def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: 
                             color=colors.get(arm))
             else:
                 ax.plot([x], [mean], "o", zorder=3, color=colors.get(arm))
-        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init", "supervised"))
-        ax.set_xticks(range(len(results.arms)), results.arms, rotation=30, ha="right", fontsize=8)
+            if sizes.get(arm) not in (None, base):
+                _own_floor_ticks(ax, results, evaluator, metric, x, sizes[arm], base)
+        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init", "supervised"), base)
+        labels = [display_name(a) + (f" ({sizes[a]} px)" if sizes.get(a) not in (None, base) else "")
+                  for a in results.arms]
+        ax.set_xticks(range(len(results.arms)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
         ax.set_ylabel("top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        handles, names = ax.get_legend_handles_labels()
+        if handles:
+            unique = dict(zip(names, handles, strict=True))  # one entry per floor style
+            ax.legend(unique.values(), unique.keys(), fontsize=8)
     _save(plt, fig, f"final accuracy per arm (points: seeds; bars: 95% interval; baseline {baseline})", path)
     return True
 
@@ -162,10 +197,13 @@ def time_points(results: StudyResults, arm: str, evaluator: str, metric: str) ->
     return [(seconds[seed] / 60, accuracy[seed]) for seed in seeds]
 
 
-def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path) -> bool:
-    """Per accuracy figure: every trained arm's runs at their training minutes, the untrained references as lines:
-    the frontier of accuracy against training time."""
-    trained = results.arms + [r for r in results.references if r not in ("pixels", "random_init")]
+def _time_figure(plt, results: StudyResults, colors: dict[str, str], sizes: dict[str, int], base: int | None,
+                 path: Path) -> bool:
+    """Per accuracy figure: every trained arm at the baseline's image size, its runs at their training minutes, the
+    untrained references at that size as lines: the frontier of accuracy against training time. Arms at other
+    sizes are left out: their floors are not these lines (final_accuracy.png shows them beside their own)."""
+    trained = [a for a in results.arms + [r for r in results.references if r == "supervised"]
+               if sizes.get(a) in (None, base)]
     panels = [(e, m, t) for e, m, t in ACCURACY if any(time_points(results, a, e, m) for a in trained)]
     if not panels:
         return False
@@ -175,9 +213,8 @@ def _time_figure(plt, results: StudyResults, colors: dict[str, str], path: Path)
             points = time_points(results, arm, evaluator, metric)
             if points:
                 minutes, values = zip(*points, strict=True)
-                ax.scatter(minutes, values, s=22, color=colors.get(arm), label=REFERENCE_NAMES.get(arm, arm),
-                           zorder=3)
-        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init"))
+                ax.scatter(minutes, values, s=22, color=colors.get(arm), label=display_name(arm), zorder=3)
+        _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init"), base)
         ax.set_xlabel("training minutes")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title)
@@ -229,12 +266,17 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
     results = read_results(report_dir / "results.jsonl")
     colors = arm_colors(results.arms + [r for r in results.references if r in records])
     supervised = supervised_arms(report_dir)
+    sizes, base = image_sizes(report_dir, baseline)
+    others = sorted(arm for arm in results.arms if sizes.get(arm) not in (None, base))
+    left_out = f"; arms at other image sizes left out: {', '.join(others)}" if others else ""
     written = []
     figures = [
         ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
-         "of the mean; lines: references)", lambda p: _final_figure(plt, results, colors, baseline, p)),
+         "of the mean; lines: references at the baseline's image size; grey segments: the floors at an arm's own "
+         "size where it differs)", lambda p: _final_figure(plt, results, colors, baseline, sizes, p)),
         ("accuracy_vs_time.png", "Final accuracy against training time on this machine (points: runs; lines: raw "
-         "pixels and random init)", lambda p: _time_figure(plt, results, colors, p)),
+         f"pixels and random init at the baseline's image size{left_out})",
+         lambda p: _time_figure(plt, results, colors, sizes, base, p)),
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
          lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
         ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step (the contrastive arms)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,21 @@ ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), 
 TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
             ("train", "forward_units", "encoder fwd (M)")]
 REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
+AT_SIZE = re.compile(r"^(pixels|random_init)_(\d+)px$")  # a floor at another image size than the baseline's
+
+
+def reference_label(reference: str, size: int, baseline_size: int) -> str:
+    """How an untrained reference at `size` is recorded: its plain name at the baseline's image size, else e.g.
+    random_init_42px."""
+    return reference if size == baseline_size else f"{reference}_{size}px"
+
+
+def display_name(arm: str) -> str:
+    """An arm's or reference's name in tables and legends."""
+    at_size = AT_SIZE.match(arm)
+    if at_size:
+        return f"{REFERENCE_NAMES[at_size.group(1)]} at {at_size.group(2)} px"
+    return REFERENCE_NAMES.get(arm, arm)
 
 
 @dataclass
@@ -52,7 +68,7 @@ def read_results(path: Path) -> StudyResults:
             continue
         entry = json.loads(line)
         arm = entry["arm"]
-        bucket = references if arm in REFERENCE_NAMES else arms
+        bucket = references if arm in REFERENCE_NAMES or AT_SIZE.match(arm) else arms
         if arm not in bucket:
             bucket.append(arm)
         if entry.get("device") and entry["device"] not in devices:
@@ -93,7 +109,7 @@ def main_table(results: StudyResults, baseline: str) -> list[str]:
     lines = [header, "|" + " --- |" * (len(columns) + 2)]
     for arm in results.arms + results.references:
         seeds = {s for (a, _, _), per_seed in results.values.items() if a == arm for s in per_seed}
-        name = REFERENCE_NAMES.get(arm, arm) + (" (baseline)" if arm == baseline else "")
+        name = display_name(arm) + (" (baseline)" if arm == baseline else "")
         count = "—" if seeds == {None} else str(len(seeds))
         cells = [_cell(results.values.get((arm, evaluator, metric)), *_scale(metric))
                  for evaluator, metric, _ in columns]
@@ -115,7 +131,7 @@ def difference_table(results: StudyResults, baseline: str) -> list[str]:
                 continue
             diff = paired_difference(mine, base)
             interval = "—" if diff.count < 2 else f"[{diff.low:+.2f}, {diff.high:+.2f}]"
-            lines.append(f"| {REFERENCE_NAMES.get(arm, arm)} | {title} | {diff.mean:+.2f} | {interval} | "
+            lines.append(f"| {display_name(arm)} | {title} | {diff.mean:+.2f} | {interval} | "
                          f"{diff.count} | {diff.verdict} |")
     return lines
 
@@ -134,7 +150,7 @@ def per_seed_table(results: StudyResults) -> list[str]:
                 value = results.values.get((arm, evaluator, metric), {}).get(seed)
                 scale, digits = _scale(metric)
                 cells.append("—" if value is None else f"{value * scale:.{digits}f}")
-            lines.append(f"| {REFERENCE_NAMES.get(arm, arm)} | {'—' if seed is None else seed} | "
+            lines.append(f"| {display_name(arm)} | {'—' if seed is None else seed} | "
                          + " | ".join(cells) + " |")
     return lines
 

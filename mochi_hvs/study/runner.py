@@ -43,7 +43,7 @@ from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
 from ..weights import load_backbone_weights, read_backbone_state
 from .recipe import Study, resolved
-from .report import evaluator_of
+from .report import evaluator_of, reference_label
 
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
@@ -307,25 +307,32 @@ class StudyRunner:
 
     def evaluate_references(self, again: bool = False) -> None:
         """Raw pixels (once) and the random initialisation of each seed, with the same evaluations (all of them
-        `again`)."""
+        `again`), at the baseline's image size and at every other size an arm of this call trains at (recorded as
+        e.g. random_init_42px: each arm is read against the floors at its own resolution)."""
         spec = self.study.spec
-        cfg = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config()
-        if "pixels" in spec.references:
-            evaluation = self.evaluation_for(cfg)
-            channels = 1 if evaluation.pixels().channels == 1 else 3
-            self.evaluate("pixels", None, cfg, lambda: (evaluation.pixels(), pixel_width(cfg.data.image_size,
-                                                                                          channels)),
-                          [e for e in spec.evaluations if e != "semisup"], again)
-        if "random_init" in spec.references:
-            for seed in self.seeds:
-                seeded = PlannedRun(self.study, spec.baseline, seed).config()
+        base = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config().data.image_size
+        sizes = sorted({self.study.arm_config(arm, spec.seeds[0]).data.image_size for arm in self.arms} - {base})
+        for size in [base, *sizes]:
+            resize = [] if size == base else [f"data.image_size={size}"]
+            cfg = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config(*resize)
+            if "pixels" in spec.references:
+                evaluation = self.evaluation_for(cfg)
+                channels = 1 if evaluation.pixels().channels == 1 else 3
+                width = pixel_width(size, channels)
+                self.evaluate(reference_label("pixels", size, base), None, cfg,
+                              lambda evaluation=evaluation, width=width: (evaluation.pixels(), width),
+                              [e for e in spec.evaluations if e != "semisup"], again)
+            if "random_init" in spec.references:
+                for seed in self.seeds:
+                    seeded = PlannedRun(self.study, spec.baseline, seed).config(*resize)
 
-                def backbone(seeded: Config = seeded) -> tuple[nn.Module, int]:
-                    seed_everything(seeded.seed)
-                    model, width = build_backbone(seeded.model.arch, seeded.model.small_stem)
-                    return model.to(resolve_device(seeded.device)), width
+                    def backbone(seeded: Config = seeded) -> tuple[nn.Module, int]:
+                        seed_everything(seeded.seed)
+                        model, width = build_backbone(seeded.model.arch, seeded.model.small_stem)
+                        return model.to(resolve_device(seeded.device)), width
 
-                self.evaluate("random_init", seed, seeded, backbone, spec.evaluations, again)
+                    self.evaluate(reference_label("random_init", size, base), seed, seeded, backbone,
+                                  spec.evaluations, again)
 
     def run(self) -> None:
         """Train every planned run that has not finished, evaluate every finished one, and the references."""
