@@ -169,9 +169,10 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
               + ", ".join(f"{commit} ({count})" for commit, count in results.commits.items()) + ".", ""]
     if any(evaluator == OLD_LINEAR for _, evaluator, _ in results.values):
         lines += ["'linear (old SGD probe)': the probe these runs were first evaluated with (SGD at lr 30 for 100 "
-                  "epochs on unnormalised cached features), which did not converge (81.2 top-1 on the raw pixels "
-                  "where the converged probe gets 84.5); 'linear': the converged probe (logistic regression fitted "
-                  "by L-BFGS, its L2 strength chosen on a validation split).", ""]
+                  "epochs on unnormalised cached features), which did not converge and under-reports (on the raw "
+                  "pixels 81.2 against the converged probe's 84.5); 'linear': the converged probe (logistic "
+                  "regression fitted by L-BFGS, its L2 strength chosen on a validation split). The two are never "
+                  "mixed in one column; docs/evaluation.md has both protocols.", ""]
     lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "",
               "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
               "training; for the supervised reference and arms trained with labels, their training classification "
