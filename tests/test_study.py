@@ -426,3 +426,10 @@ def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(t
     assert read.values[("moco", "linear", "top1")] == {0: probed[("moco", 0)]["metrics"]["top1"]}
     report = (tmp_path / "results" / "tiny" / "REPORT.md").read_text()
     assert "| linear | linear (old SGD probe) |" in report
+
+
+def test_records_keep_small_values_and_six_significant_digits(tmp_path):
+    runner = StudyRunner(load_study(write_study(tmp_path)))
+    runner.record("moco", 0, "linear", {"top1": 85.23333333, "l2": 3.16e-06, "converged": True, "iterations": 27})
+    (line,) = [json.loads(text) for text in runner.results_path.read_text().splitlines()]
+    assert line["metrics"] == {"top1": 85.2333, "l2": 3.16e-06, "converged": True, "iterations": 27}

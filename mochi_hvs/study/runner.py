@@ -218,7 +218,7 @@ class StudyRunner:
         """Append one result line (arm, seed, evaluator, metrics) with the command, commit and machine that
         produced it (read when the study started)."""
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        metrics = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in metrics.items()}  # e.g. l2 1e-05
         entry = {"arm": arm, "seed": seed, "evaluator": evaluator, "metrics": metrics, "time": now(), **extra,
                  **self.provenance}
         with open(self.results_path, "a", encoding="utf-8") as handle:
