@@ -103,3 +103,14 @@ def test_semisup_defaults_warm_up_over_the_first_epoch_then_decay_by_cosine(tiny
     cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * i / (total - per_epoch))) for i in range(total - per_epoch)]
     assert head[per_epoch:] == pytest.approx(cosine)
     assert [b for b, _ in stepped] == pytest.approx([h * 0.01 / 0.05 for h in head])
+
+
+def test_a_new_head_is_drawn_from_its_seed_alone():
+    from mochi_hvs.evaluation.linear import new_head
+
+    torch.manual_seed(123)  # the global random state plays no part
+    first = new_head(16, 4, CPU, seed=0)
+    torch.manual_seed(456)
+    again, other = new_head(16, 4, CPU, seed=0), new_head(16, 4, CPU, seed=1)
+    assert torch.equal(first.weight, again.weight) and not torch.equal(first.weight, other.weight)
+    assert float(first.weight.detach().std()) == pytest.approx(0.01, rel=0.3) and not first.bias.any()
