@@ -75,10 +75,13 @@ def test_the_dense_map_comes_from_the_same_forward_and_leaves_the_embeddings_unc
         model.add_dense_heads(8, 32)
         calls = []
         model.encoder_q.backbone.layer4.register_forward_hook(lambda *_: calls.append(1))
-        q = model.encoder_q(x)
-    assert torch.equal(q, plain)  # the pooled features are ResNet.forward's, bit for bit
-    assert len(calls) == 1  # one pass through the backbone gives both
-    dense = model.encoder_q.dense
+        out = model.encoder_q(x, dense=True)
+        unasked = model.encoder_q(x)
+    assert torch.equal(out.embedding, plain.embedding)  # the pooled features are ResNet.forward's, bit for bit
+    assert torch.equal(out.pooled, plain.pooled) and plain.pooled.shape == (3, model.feature_width)
+    assert plain.dense is None and unasked.dense is None  # a dense map only where asked, even with a dense head
+    assert len(calls) == 2  # one pass through the backbone gives both (and one for the forward without a map)
+    dense = out.dense
     assert dense.shape == (3, 8, 2, 2)
     assert torch.allclose(dense.norm(dim=1), torch.ones(3, 2, 2))
     assert torch.allclose(dense, dense_reference(model.encoder_q, x), atol=1e-6)
@@ -91,13 +94,16 @@ def test_the_key_side_dense_map_is_unshuffled_with_the_keys_for_one_view_and_for
     model, _ = lc_moco(shuffle_bn=True)
     views = torch.randn(6, 3, 3, 56, 56)
     with torch.no_grad():
-        keys = model.key(views[:, 0], torch.Generator().manual_seed(1))
-        assert torch.allclose(keys, model.encoder_k(views[:, 0]), atol=1e-6)
-        assert torch.allclose(model.key_dense, dense_reference(model.encoder_k, views[:, 0]), atol=1e-6)
-        model.key(views, torch.Generator().manual_seed(2))
-        assert model.key_dense.shape == (6, 3, 8, 2, 2)
+        keys = model.key(views[:, 0], torch.Generator().manual_seed(1), dense=True)
+        plain = model.encoder_k(views[:, 0])
+        assert torch.allclose(keys.embedding, plain.embedding, atol=1e-6)
+        assert torch.allclose(keys.pooled, plain.pooled, atol=1e-5)
+        assert torch.allclose(keys.dense, dense_reference(model.encoder_k, views[:, 0]), atol=1e-6)
+        several = model.key(views, torch.Generator().manual_seed(2), dense=True)
+        assert several.dense.shape == (6, 3, 8, 2, 2) and several.embedding.shape == (6, 3, 16)
         for v in range(3):
-            assert torch.allclose(model.key_dense[:, v], dense_reference(model.encoder_k, views[:, v]), atol=1e-6)
+            assert torch.allclose(several.dense[:, v], dense_reference(model.encoder_k, views[:, v]), atol=1e-6)
+        assert model.key(views, torch.Generator().manual_seed(2)).dense is None
 
 
 def test_the_key_dense_head_is_a_frozen_copy_that_follows_by_momentum():

@@ -58,9 +58,10 @@ def reference_loss(model, views, local_views, temperature, weight, symmetric, pa
     with torch.no_grad():
         total = 0.0
         for a, b in ((first, second), (second, first))[: 2 if symmetric else 1]:
-            q = F.normalize(model.encoder_q(views[rows, a]), dim=1)
-            k = F.normalize(model.encoder_k(views[rows, b]), dim=1)
-            local = sum(info_nce(F.normalize(model.encoder_q(local_views[:, c]), dim=1), k) for c in range(crops))
+            q = F.normalize(model.encoder_q(views[rows, a]).embedding, dim=1)
+            k = F.normalize(model.encoder_k(views[rows, b]).embedding, dim=1)
+            local = sum(info_nce(F.normalize(model.encoder_q(local_views[:, c]).embedding, dim=1), k)
+                        for c in range(crops))
             total = total + info_nce(q, k) + weight * local / crops
         return total
 

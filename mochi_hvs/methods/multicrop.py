@@ -29,7 +29,7 @@ With HVS, HVS picks the hardest pair among its candidate global views as before,
 they are queries against the keys of the pair it chose. With Fast-MoCo, its patch combinations and the small crops
 are both extra queries against the same key, in either of its modes. With LC-loss, the local loss stays on the
 global pair (the whole query view's dense map against the key view's), and the small crops ride along as extra
-global-loss queries: their forward leaves the whole view's dense map in place.
+global-loss queries: their forward computes no dense map.
 """
 
 from __future__ import annotations
@@ -46,10 +46,9 @@ from .base import ExtraQueries, Method, StepContext, register
 
 def encode_crops(crops: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
     """Embeddings (L, B, D) of the small crops (B, L, C, h, w), encoded as one crop-major batch of L x B (crop l of
-    sample n at row l * B + n: each in its sample's BatchNorm group), without a dense map (LC-loss keeps the whole
-    query view's)."""
+    sample n at row l * B + n: each in its sample's BatchNorm group)."""
     count = crops.shape[1]
-    return encoder(crops.transpose(0, 1).flatten(0, 1), dense=False).unflatten(0, (count, -1))
+    return encoder(crops.transpose(0, 1).flatten(0, 1)).embedding.unflatten(0, (count, -1))
 
 
 @register
