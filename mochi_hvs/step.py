@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .loss import contrastive_logits, info_nce, positive_rank_top1
-from .methods import Method, StepContext, ViewChoice, pick_view
+from .methods import ExtraQueries, Method, StepContext, ViewChoice, pick_view
 from .models.moco import EncoderOutput, MoCo
 from .random_streams import StepRandom
 
@@ -60,7 +60,7 @@ class ContrastiveStep:
 
     The queue is read once per step, here; methods see it through the StepContext, with the views' crop boxes and
     flips, and, for each direction, the pair of views it trains (ctx.pair) and their encoder outputs (ctx.query,
-    ctx.key).
+    ctx.key). Nothing of a step outlives it: each call encodes its own inputs.
     """
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, methods: list[Method] | None = None,
@@ -89,14 +89,16 @@ class ContrastiveStep:
                 [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)
         choice = next((c for m in active if (c := m.choose_views(ctx)) is not None), None)
         query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
+        per_step: dict[Method, ExtraQueries | None] = {}  # queries_per_step methods' queries, for both directions
         k = self._keys(views, key_view, choice, rng, ctx.dense)
         loss, metrics = self._direction(pick_view(views, query_view), k, active,
-                                        dataclasses.replace(ctx, pair=(query_view, key_view)))
+                                        dataclasses.replace(ctx, pair=(query_view, key_view)), per_step)
         keys, key_labels = k.embedding, labels
         if self.symmetric:
             k_reverse = self._keys(views, query_view, choice, rng, ctx.dense)
             loss_reverse, metrics_reverse = self._direction(pick_view(views, key_view), k_reverse, active,
-                                                            dataclasses.replace(ctx, pair=(key_view, query_view)))
+                                                            dataclasses.replace(ctx, pair=(key_view, query_view)),
+                                                            per_step)
             loss = loss + loss_reverse
             metrics = _mean_metrics(metrics, metrics_reverse)
             keys = torch.cat([k.embedding, k_reverse.embedding], dim=0)
@@ -118,8 +120,8 @@ class ContrastiveStep:
                          generator: torch.Generator | None = None) -> list:
         return [e for m in methods if (e := m.extra_negatives(q, negative_logits, ctx, generator)) is not None]
 
-    def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method],
-                   ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method], ctx: StepContext,
+                   per_step: dict[Method, ExtraQueries | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms.
 
         The first query set scored (the whole view's, or the first method's queries replacing it) reports its
@@ -138,7 +140,7 @@ class ContrastiveStep:
             loss, metrics = self._score(q, k, ctx, active)
             trained = (q, k, ctx)
         for method in active:
-            extra = method.extra_queries(x_q, self.query_encoder, ctx)
+            extra = self._extra_queries(method, x_q, ctx, per_step)
             if extra is None:
                 continue
             tiled = _tiled(extra.queries, k, ctx)
@@ -154,6 +156,17 @@ class ContrastiveStep:
             loss = loss + term.loss
             metrics.update(term.metrics)
         return loss, metrics
+
+    def _extra_queries(self, method: Method, x_q: torch.Tensor, ctx: StepContext,
+                       per_step: dict[Method, ExtraQueries | None]) -> ExtraQueries | None:
+        """The method's queries for this direction; a queries_per_step method is asked on the step's first direction
+        only, and the second scores the same queries."""
+        if method in per_step:
+            return per_step[method]
+        extra = method.extra_queries(x_q, self.query_encoder, ctx)
+        if method.queries_per_step:
+            per_step[method] = extra
+        return extra
 
     def _score(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext,
                active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -329,6 +329,35 @@ def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_st
     assert "multicrop/proxy_top1" in both.metrics
 
 
+@pytest.mark.parametrize("with_crops", [False, True])
+def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward(with_crops):
+    # Over-fitting one batch: the second step's dense maps (and multi-crop's queries) come from the updated weights.
+    model, lc = lc_moco()
+    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", "multicrop.local_crops=2"])
+    side = cfg.multicrop.size(cfg.data.image_size)
+    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, 2, 3, side, side)
+    boxes, flips = random_geometry(4, 2, seed=5)
+    crops = [MultiCrop(cfg, model)] if with_crops else []
+    batch = {"boxes": boxes, "flips": flips, "local_views": local_views}
+    step, global_only = ContrastiveStep(model, 0.2, True, [*crops, lc]), ContrastiveStep(model, 0.2, True, crops)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    zeros = torch.zeros(4, dtype=torch.long)
+    local = []
+    for _ in range(2):
+        out = step(views, StepRandom(0, 0, 0, CPU), **batch)
+        terms = (direction_reference(model, views, boxes, flips, zeros, zeros + 1, 0.3)
+                 + direction_reference(model, views, boxes, flips, zeros + 1, zeros, 0.3))
+        with torch.no_grad():
+            rest = global_only(views, StepRandom(0, 0, 0, CPU), **batch).loss
+        assert torch.allclose(out.loss, rest + 0.7 * terms, atol=1e-5)
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert model.encoder_q.dense_head[0].weight.grad.abs().sum() > 0
+        optimizer.step()
+        local.append(float(out.metrics["lc/loss"]))
+    assert abs(local[1] - local[0]) > 1e-3  # the weights moved: a stale map would be caught
+
+
 def test_the_local_loss_needs_the_flips():
     model, lc = lc_moco()
     boxes, _ = random_geometry(4, 2)

@@ -10,6 +10,9 @@ them exactly as the whole view's query (against the key, the queue and every act
 negatives). A method whose `replaces_query` is True supplies the query side's loss instead of the whole view: the
 step then skips that view's query forward and loss.
 
+A method whose queries do not depend on the direction (`queries_per_step`, multi-crop's small crops) is asked for
+them once per step: the symmetric loss's second direction scores the same queries against its own keys.
+
 Methods that need the geometry of the views (LC-loss) read it from the context: each view's crop box and flip,
 and `pair`, the (query view, key view) of the direction whose extra_loss is being asked for. The encoder outputs
 of that direction's views are in the context too (`query`, `key`); a method whose `needs_dense` is True gets their
@@ -107,6 +110,7 @@ class Method:
     section: ClassVar[str]  # its config section, which also names its random stream
     adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
     replaces_query: bool = False  # True when, while active, its extra_queries replace the whole view's query
+    queries_per_step: ClassVar[bool] = False  # True when its extra_queries do not depend on the direction
     needs_dense: ClassVar[bool] = False  # True when it reads the dense maps of ctx.query and ctx.key
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
@@ -129,7 +133,8 @@ class Method:
 
     def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries | None:
         """Queries of its own from the query views x_q (B, C, H, W), encoded through `encoder` (the trained query
-        encoder: its DDP wrapper under torchrun, so that gradients are averaged); none by default."""
+        encoder: its DDP wrapper under torchrun, so that gradients are averaged); none by default. With
+        queries_per_step, asked once per step and scored in each direction."""
         return None
 
     def extra_loss(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> ExtraLoss | None:
