@@ -308,14 +308,22 @@ def test_with_fast_moco_added_the_local_loss_uses_the_whole_query_view():
     assert torch.allclose(out.metrics["lc/loss"], expected, atol=1e-5)
 
 
+def with_crops(crops, seed):
+    """Multi-crop's config beside LC-loss, and a batch of 4 samples: 2 views of 56 px, their boxes and flips, and
+    `crops` small crops with their boxes."""
+    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", f"multicrop.local_crops={crops}"])
+    side = cfg.multicrop.size(cfg.data.image_size)
+    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, crops, 3, side, side)
+    boxes, flips = random_geometry(4, 2, seed=seed)
+    return cfg, views, {"boxes": boxes, "flips": flips, "local_views": local_views,
+                        "local_boxes": torch.rand(4, crops, 4)}
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_still_count(symmetric):
     model, lc = lc_moco()
-    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", "multicrop.local_crops=3"])
-    side = cfg.multicrop.size(cfg.data.image_size)
-    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, 3, 3, side, side)
-    boxes, flips = random_geometry(4, 2, seed=4)
-    batch = {"boxes": boxes, "flips": flips, "local_views": local_views, "local_boxes": torch.rand(4, 3, 4)}
+    cfg, views, batch = with_crops(3, seed=4)
+    boxes, flips = batch["boxes"], batch["flips"]
     both = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model), lc])(views, StepRandom(0, 0, 0, CPU),
                                                                               **batch)
     crops_only = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model)])(views, StepRandom(0, 0, 0, CPU),
@@ -329,16 +337,13 @@ def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_st
     assert "multicrop/proxy_top1" in both.metrics
 
 
-@pytest.mark.parametrize("with_crops", [False, True])
-def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward(with_crops):
+@pytest.mark.parametrize("crops_on", [False, True])
+def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward(crops_on):
     # Over-fitting one batch: the second step's dense maps (and multi-crop's queries) come from the updated weights.
     model, lc = lc_moco()
-    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", "multicrop.local_crops=2"])
-    side = cfg.multicrop.size(cfg.data.image_size)
-    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, 2, 3, side, side)
-    boxes, flips = random_geometry(4, 2, seed=5)
-    crops = [MultiCrop(cfg, model)] if with_crops else []
-    batch = {"boxes": boxes, "flips": flips, "local_views": local_views}
+    cfg, views, batch = with_crops(2, seed=5)
+    boxes, flips = batch["boxes"], batch["flips"]
+    crops = [MultiCrop(cfg, model)] if crops_on else []
     step, global_only = ContrastiveStep(model, 0.2, True, [*crops, lc]), ContrastiveStep(model, 0.2, True, crops)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     zeros = torch.zeros(4, dtype=torch.long)
