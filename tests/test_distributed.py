@@ -149,18 +149,19 @@ def _candidate_embeddings(rank, out_dir):
     for name, model in (("shuffle_bn", plain), ("sync_bn", synced)):
         queries, keys = HardViewSelector(model, 0.2, symmetric=False).embed_candidates(
             views, torch.Generator().manual_seed(5))
-        results[name] = {"queries": queries, "keys": keys}
+        results[name] = {"queries": queries, "keys": keys.embedding}
     assert not any("forward" in vars(layer) for layer in synced.modules())  # scoring put SyncBatchNorm back
     reference = copy.deepcopy(plain)  # plain training-mode forwards, per view slot
     with torch.no_grad():
         # Shuffle-BN across processes: a key forward per slot, each drawing the same permutation.
-        results["shuffle_bn"]["expected_queries"] = torch.stack([reference.encoder_q(views[:, v]) for v in range(3)], 1)
+        results["shuffle_bn"]["expected_queries"] = torch.stack(
+            [reference.encoder_q(views[:, v]).embedding for v in range(3)], 1)
         results["shuffle_bn"]["expected_keys"] = torch.stack(
-            [reference.key(views[:, v], torch.Generator().manual_seed(5)) for v in range(3)], 1)
+            [reference.key(views[:, v], torch.Generator().manual_seed(5)).embedding for v in range(3)], 1)
         # SyncBN is BatchNorm over the global batch: a plain forward of the global slot batch, this rank's rows.
         everyone = all_gather_cat(views)
         for side, encoder in (("queries", reference.encoder_q), ("keys", reference.encoder_k)):
-            per_slot = [encoder(everyone[:, v])[rank::2] for v in range(3)]
+            per_slot = [encoder(everyone[:, v]).embedding[rank::2] for v in range(3)]
             results["sync_bn"][f"expected_{side}"] = torch.stack(per_slot, dim=1)
     torch.save(results, out_dir / f"{rank}.pt")
 

@@ -66,7 +66,7 @@ def reference_loss(model, views, temperature, grid, size, mode, weight):
     through the head, its logits against the key and the queue by hand, cross-entropy with the positive first."""
     with torch.no_grad():
         x_q, x_k = views[:, 0], views[:, 1]
-        k = F.normalize(model.encoder_k(x_k), dim=1)
+        k = F.normalize(model.encoder_k(x_k).embedding, dim=1)
         side = x_q.shape[-1] // grid
         features = [model.encoder_q.backbone(x_q[:, :, r * side:(r + 1) * side, c * side:(c + 1) * side])
                     for r in range(grid) for c in range(grid)]
@@ -79,7 +79,7 @@ def reference_loss(model, views, temperature, grid, size, mode, weight):
         combos = list(itertools.combinations(range(grid * grid), size))
         term = sum(info_nce(F.normalize(model.encoder_q.head(sum(features[i] for i in c) / size), dim=1))
                    for c in combos) / len(combos)
-        whole = info_nce(model.encoder_q(x_q)) if mode == "add" else 0.0
+        whole = info_nce(model.encoder_q(x_q).embedding) if mode == "add" else 0.0
         return whole + weight * term
 
 

@@ -88,7 +88,7 @@ def test_scoring_changes_no_state():
     shuffle_state = rng("shuffle").get_state()
     global_state = torch.get_rng_state()
     selection = selector(views, boxes, model.queue.features, rng("hvs"))
-    assert selection.keys.shape == (4, 3, 16)
+    assert selection.keys.embedding.shape == (4, 3, 16)
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), f"scoring changed {key}"
     assert torch.equal(rng("shuffle").get_state(), shuffle_state)
@@ -112,8 +112,9 @@ def separate_forwards(model, views, seed):
     key forward draws)."""
     reference = copy.deepcopy(model)
     with torch.no_grad():
-        queries = [reference.encoder_q(views[:, v]) for v in range(views.shape[1])]
-        keys = [reference.key(views[:, v], torch.Generator().manual_seed(seed)) for v in range(views.shape[1])]
+        queries = [reference.encoder_q(views[:, v]).embedding for v in range(views.shape[1])]
+        keys = [reference.key(views[:, v], torch.Generator().manual_seed(seed)).embedding
+                for v in range(views.shape[1])]
     return torch.stack(queries, dim=1), torch.stack(keys, dim=1)
 
 
@@ -125,10 +126,10 @@ def test_one_batched_forward_scores_like_separate_forwards_per_view(bn_splits, s
         views, torch.Generator().manual_seed(5))
     expected_queries, expected_keys = separate_forwards(model, views, seed=5)
     assert (queries - expected_queries).abs().max() < FLOAT64_TOLERANCE
-    assert (keys - expected_keys).abs().max() < FLOAT64_TOLERANCE
+    assert (keys.embedding - expected_keys).abs().max() < FLOAT64_TOLERANCE
     # The tolerance detects mixed view slots: one group over slots differs far above rounding.
     with torch.no_grad(), side_effect_free_bn([model.encoder_q]):
-        mixed = model.encoder_q(views.flatten(0, 1)).view(8, 3, -1)
+        mixed = model.encoder_q(views.flatten(0, 1)).embedding.view(8, 3, -1)
     assert (mixed - expected_queries).abs().max() > 1e-3
 
 
@@ -221,7 +222,7 @@ def test_selected_pair_is_the_hardest_for_the_model_and_symmetric_scoring_sums_b
         selector = HardViewSelector(model, 0.2, symmetric)
         selection = selector(views, boxes, model.queue.features, torch.Generator().manual_seed(1))
         queries, keys = selector.embed_candidates(views, torch.Generator().manual_seed(1))
-        losses = pair_losses(queries, keys, model.queue.features, 0.2)
+        losses = pair_losses(queries, keys.embedding, model.queue.features, 0.2)
         if symmetric:
             losses = losses + losses.transpose(1, 2)
         a, b = selection.query_view, selection.key_view

@@ -75,10 +75,13 @@ def test_the_dense_map_comes_from_the_same_forward_and_leaves_the_embeddings_unc
         model.add_dense_heads(8, 32)
         calls = []
         model.encoder_q.backbone.layer4.register_forward_hook(lambda *_: calls.append(1))
-        q = model.encoder_q(x)
-    assert torch.equal(q, plain)  # the pooled features are ResNet.forward's, bit for bit
-    assert len(calls) == 1  # one pass through the backbone gives both
-    dense = model.encoder_q.dense
+        out = model.encoder_q(x, dense=True)
+        unasked = model.encoder_q(x)
+    assert torch.equal(out.embedding, plain.embedding)  # the pooled features are ResNet.forward's, bit for bit
+    assert torch.equal(out.pooled, plain.pooled) and plain.pooled.shape == (3, model.feature_width)
+    assert plain.dense is None and unasked.dense is None  # a dense map only where asked, even with a dense head
+    assert len(calls) == 2  # one pass through the backbone gives both (and one for the forward without a map)
+    dense = out.dense
     assert dense.shape == (3, 8, 2, 2)
     assert torch.allclose(dense.norm(dim=1), torch.ones(3, 2, 2))
     assert torch.allclose(dense, dense_reference(model.encoder_q, x), atol=1e-6)
@@ -91,13 +94,16 @@ def test_the_key_side_dense_map_is_unshuffled_with_the_keys_for_one_view_and_for
     model, _ = lc_moco(shuffle_bn=True)
     views = torch.randn(6, 3, 3, 56, 56)
     with torch.no_grad():
-        keys = model.key(views[:, 0], torch.Generator().manual_seed(1))
-        assert torch.allclose(keys, model.encoder_k(views[:, 0]), atol=1e-6)
-        assert torch.allclose(model.key_dense, dense_reference(model.encoder_k, views[:, 0]), atol=1e-6)
-        model.key(views, torch.Generator().manual_seed(2))
-        assert model.key_dense.shape == (6, 3, 8, 2, 2)
+        keys = model.key(views[:, 0], torch.Generator().manual_seed(1), dense=True)
+        plain = model.encoder_k(views[:, 0])
+        assert torch.allclose(keys.embedding, plain.embedding, atol=1e-6)
+        assert torch.allclose(keys.pooled, plain.pooled, atol=1e-5)
+        assert torch.allclose(keys.dense, dense_reference(model.encoder_k, views[:, 0]), atol=1e-6)
+        several = model.key(views, torch.Generator().manual_seed(2), dense=True)
+        assert several.dense.shape == (6, 3, 8, 2, 2) and several.embedding.shape == (6, 3, 16)
         for v in range(3):
-            assert torch.allclose(model.key_dense[:, v], dense_reference(model.encoder_k, views[:, v]), atol=1e-6)
+            assert torch.allclose(several.dense[:, v], dense_reference(model.encoder_k, views[:, v]), atol=1e-6)
+        assert model.key(views, torch.Generator().manual_seed(2)).dense is None
 
 
 def test_the_key_dense_head_is_a_frozen_copy_that_follows_by_momentum():
@@ -302,14 +308,22 @@ def test_with_fast_moco_added_the_local_loss_uses_the_whole_query_view():
     assert torch.allclose(out.metrics["lc/loss"], expected, atol=1e-5)
 
 
+def with_crops(crops, seed):
+    """Multi-crop's config beside LC-loss, and a batch of 4 samples: 2 views of 56 px, their boxes and flips, and
+    `crops` small crops with their boxes."""
+    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", f"multicrop.local_crops={crops}"])
+    side = cfg.multicrop.size(cfg.data.image_size)
+    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, crops, 3, side, side)
+    boxes, flips = random_geometry(4, 2, seed=seed)
+    return cfg, views, {"boxes": boxes, "flips": flips, "local_views": local_views,
+                        "local_boxes": torch.rand(4, crops, 4)}
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_still_count(symmetric):
     model, lc = lc_moco()
-    cfg = load_config(None, [*ENABLED, "multicrop.enabled=true", "multicrop.local_crops=3"])
-    side = cfg.multicrop.size(cfg.data.image_size)
-    views, local_views = torch.randn(4, 2, 3, 56, 56), torch.randn(4, 3, 3, side, side)
-    boxes, flips = random_geometry(4, 2, seed=4)
-    batch = {"boxes": boxes, "flips": flips, "local_views": local_views, "local_boxes": torch.rand(4, 3, 4)}
+    cfg, views, batch = with_crops(3, seed=4)
+    boxes, flips = batch["boxes"], batch["flips"]
     both = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model), lc])(views, StepRandom(0, 0, 0, CPU),
                                                                               **batch)
     crops_only = ContrastiveStep(model, 0.2, symmetric, [MultiCrop(cfg, model)])(views, StepRandom(0, 0, 0, CPU),
@@ -321,6 +335,32 @@ def test_with_multicrop_the_local_loss_stays_on_the_global_pair_and_the_crops_st
     assert torch.allclose(both.metrics["lc/loss"], sum(terms) / len(terms), atol=1e-5)
     assert torch.allclose(both.loss - crops_only.loss, 0.7 * sum(terms), atol=1e-5)  # the crops' term is in both
     assert "multicrop/proxy_top1" in both.metrics
+
+
+@pytest.mark.parametrize("crops_on", [False, True])
+def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward(crops_on):
+    # Over-fitting one batch: the second step's dense maps (and multi-crop's queries) come from the updated weights.
+    model, lc = lc_moco()
+    cfg, views, batch = with_crops(2, seed=5)
+    boxes, flips = batch["boxes"], batch["flips"]
+    crops = [MultiCrop(cfg, model)] if crops_on else []
+    step, global_only = ContrastiveStep(model, 0.2, True, [*crops, lc]), ContrastiveStep(model, 0.2, True, crops)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    zeros = torch.zeros(4, dtype=torch.long)
+    local = []
+    for _ in range(2):
+        out = step(views, StepRandom(0, 0, 0, CPU), **batch)
+        terms = (direction_reference(model, views, boxes, flips, zeros, zeros + 1, 0.3)
+                 + direction_reference(model, views, boxes, flips, zeros + 1, zeros, 0.3))
+        with torch.no_grad():
+            rest = global_only(views, StepRandom(0, 0, 0, CPU), **batch).loss
+        assert torch.allclose(out.loss, rest + 0.7 * terms, atol=1e-5)
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert model.encoder_q.dense_head[0].weight.grad.abs().sum() > 0
+        optimizer.step()
+        local.append(float(out.metrics["lc/loss"]))
+    assert abs(local[1] - local[0]) > 1e-3  # the weights moved: a stale map would be caught
 
 
 def test_the_local_loss_needs_the_flips():

@@ -52,7 +52,7 @@ def test_a_method_adds_negatives_and_a_loss_term_through_the_step_hooks():
     views = torch.randn(4, 2, 3, 28, 28)
     out = ContrastiveStep(model, 0.2, False, [toy])(views, StepRandom(0, 0, 0, torch.device("cpu")), step=0)
     with torch.no_grad():
-        q, k = model.encoder_q(views[:, 0]), model.key(views[:, 1])
+        q, k = model.encoder_q(views[:, 0]).embedding, model.key(views[:, 1]).embedding
         logits = contrastive_logits(q, k, model.queue.features)
         extra = q @ torch.ones(16, 1) / 4.0
         expected = info_nce(torch.cat([logits, extra], dim=1), 0.2) + 0.5 * (q * k).sum(dim=1).mean()

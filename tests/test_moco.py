@@ -19,7 +19,7 @@ def test_key_encoder_starts_as_copy_and_gets_no_gradients():
         assert nq == nk and torch.equal(pq, pk) and pq is not pk
         assert not pk.requires_grad
     x = torch.randn(4, 3, 28, 28)
-    (model.encoder_q(x).sum() + model.key(x).sum()).backward()
+    (model.encoder_q(x).embedding.sum() + model.key(x).embedding.sum()).backward()
     assert all(p.grad is None for p in model.encoder_k.parameters())
     assert any(p.grad is not None for p in model.encoder_q.parameters())
 
@@ -97,16 +97,16 @@ def test_shuffled_key_matches_per_sample_but_not_group_statistics():
     model = small_moco()
     x = torch.randn(8, 3, 28, 28)
     g = torch.Generator().manual_seed(3)
-    shuffled = model.key(x, g)
+    shuffled = model.key(x, g).embedding
     model.shuffle_bn = False
-    plain = model.key(x)
+    plain = model.key(x).embedding
     assert shuffled.shape == plain.shape == (8, 16)
     # Same encoder, same samples, but BatchNorm groups differ after shuffling: outputs differ.
     assert not torch.allclose(shuffled, plain, atol=1e-4)
     # In eval mode BN uses running statistics, so the shuffle must be undone exactly.
     model.encoder_k.eval()
     model.shuffle_bn = True
-    assert torch.allclose(model.key(x, g), model.encoder_k(x), atol=1e-5)
+    assert torch.allclose(model.key(x, g).embedding, model.encoder_k(x).embedding, atol=1e-5)
 
 
 def reference_info_nce(q, k, queue, t):
@@ -147,8 +147,8 @@ def test_symmetric_step_sums_both_directions_and_returns_both_keys():
     model.encoder_k.eval()
     out = step(views, rng)
     with torch.no_grad():
-        q1, q2 = model.encoder_q(views[:, 0]), model.encoder_q(views[:, 1])
-        k1, k2 = model.key(views[:, 0]), model.key(views[:, 1])
+        q1, q2 = model.encoder_q(views[:, 0]).embedding, model.encoder_q(views[:, 1]).embedding
+        k1, k2 = model.key(views[:, 0]).embedding, model.key(views[:, 1]).embedding
         queue = model.queue.features
         expected = reference_info_nce(q1, k2, queue, 0.2) + reference_info_nce(q2, k1, queue, 0.2)
     assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-4)

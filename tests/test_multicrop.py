@@ -58,9 +58,10 @@ def reference_loss(model, views, local_views, temperature, weight, symmetric, pa
     with torch.no_grad():
         total = 0.0
         for a, b in ((first, second), (second, first))[: 2 if symmetric else 1]:
-            q = F.normalize(model.encoder_q(views[rows, a]), dim=1)
-            k = F.normalize(model.encoder_k(views[rows, b]), dim=1)
-            local = sum(info_nce(F.normalize(model.encoder_q(local_views[:, c]), dim=1), k) for c in range(crops))
+            q = F.normalize(model.encoder_q(views[rows, a]).embedding, dim=1)
+            k = F.normalize(model.encoder_k(views[rows, b]).embedding, dim=1)
+            local = sum(info_nce(F.normalize(model.encoder_q(local_views[:, c]).embedding, dim=1), k)
+                        for c in range(crops))
             total = total + info_nce(q, k) + weight * local / crops
         return total
 
@@ -89,6 +90,26 @@ def test_the_small_crops_are_encoded_once_per_step():
     shapes.clear()
     step(torch.randn(4, 2, 3, 28, 28), rng(), local_views=torch.randn(4, 3, 3, 12, 12))
     assert (12, 3, 12, 12) in shapes  # the next step encodes its own crops
+
+
+def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward():
+    # A user over-fitting one batch, or a benchmark re-feeding it: the second step must encode the crops again with
+    # the updated weights (no state kept from the first step) and back-propagate through its own graph.
+    model = small_moco()
+    cfg = load_config(None, [*ENABLED, "multicrop.local_crops=2"])
+    step = ContrastiveStep(model, 0.2, True, [MultiCrop(cfg, model)])
+    views, local_views = torch.randn(4, 2, 3, 28, 28), torch.randn(4, 2, 3, 12, 12)
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5)
+    losses = []
+    for _ in range(2):
+        out = step(views, rng(), local_views=local_views)
+        assert torch.allclose(out.loss, reference_loss(model, views, local_views, 0.2, 1.0, True), atol=1e-5)
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert model.encoder_q.head[0].weight.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+    assert abs(losses[1] - losses[0]) > 0.1  # the weights moved: a stale loss would be caught
 
 
 def test_every_crop_of_a_sample_is_in_that_sample_batchnorm_group():

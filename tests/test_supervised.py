@@ -11,6 +11,7 @@ from mochi_hvs.data.datasets import labelled_splits
 from mochi_hvs.data.loader import eval_loader
 from mochi_hvs.evaluation.features import extract_features
 from mochi_hvs.pretrain import report
+from mochi_hvs.supervised_step import classifier_network
 from mochi_hvs.train import Trainer
 from mochi_hvs.weights import read_backbone_state
 
@@ -22,7 +23,7 @@ def test_the_supervised_reference_learns_to_classify(tiny_overrides):
     summary = trainer.fit()
     assert summary["objective"] == "supervised" and "pixels_knn_top1" in summary
     _, test = labelled_splits("fashion_mnist", None, None, 500, seed=0)
-    network = supervised.classifier_network(trainer.model).eval()
+    network = classifier_network(trainer.model).eval()
     with torch.no_grad():
         logits = torch.cat([network(batch["image"]) for batch in eval_loader(test, cfg.data, 100, workers=0)])
     accuracy = (logits.argmax(dim=1) == torch.from_numpy(test.labels)).float().mean().item()

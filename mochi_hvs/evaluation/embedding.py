@@ -10,6 +10,7 @@ from ..data.augment import post_crop_transform
 from ..data.datasets import balanced_subset, load_images
 from ..data.loader import MultiViewDataset
 from ..data.views import ViewSampler
+from ..models.moco import Encoder
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
@@ -46,13 +47,13 @@ class EmbeddingAnalysis:
         self.batch_size = cfg.eval.batch_size
 
     @torch.no_grad()
-    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
+    def evaluate(self, encoder: Encoder) -> dict[str, float]:
         """Alignment, uniformity and view-pair retrieval top-1 of `encoder`'s normalised embeddings (eval mode)."""
         was_training = encoder.training
         encoder.eval()
         try:
             flat = self.views.flatten(0, 1)
-            z = torch.cat([encoder(chunk) for chunk in flat.split(self.batch_size)]).float()
+            z = torch.cat([encoder(chunk).embedding for chunk in flat.split(self.batch_size)]).float()
         finally:
             encoder.train(was_training)
         z1, z2 = z.view(-1, 2, z.shape[1]).unbind(dim=1)

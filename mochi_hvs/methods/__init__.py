@@ -14,8 +14,9 @@ from .base import (
     StepContext,
     ViewChoice,
     build_methods,
+    pick_view,
     register,
 )
 
 __all__ = ["METHODS", "ExtraLoss", "ExtraNegatives", "ExtraQueries", "Method", "StepContext", "ViewChoice",
-           "build_methods", "register"]
+           "build_methods", "pick_view", "register"]

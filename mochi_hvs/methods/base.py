@@ -10,10 +10,13 @@ them exactly as the whole view's query (against the key, the queue and every act
 negatives). A method whose `replaces_query` is True supplies the query side's loss instead of the whole view: the
 step then skips that view's query forward and loss.
 
+A method whose queries do not depend on the direction (`queries_per_step`, multi-crop's small crops) is asked for
+them once per step: the symmetric loss's second direction scores the same queries against its own keys.
+
 Methods that need the geometry of the views (LC-loss) read it from the context: each view's crop box and flip,
-and `pair`, the (query view, key view) of the direction whose extra_loss is being asked for. The encoders' dense
-embeddings of that direction's views (with dense heads, `MoCo.add_dense_heads`) are left by its forwards in
-`model.encoder_q.dense` and `model.key_dense`.
+and `pair`, the (query view, key view) of the direction whose extra_loss is being asked for. The encoder outputs
+of that direction's views are in the context too (`query`, `key`); a method whose `needs_dense` is True gets their
+dense maps (with dense heads, `MoCo.add_dense_heads`), computed by the very forwards that embed the views.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..models.moco import MoCo
+from ..models.moco import EncoderOutput, MoCo
 from ..random_streams import StepRandom
 
 
@@ -53,6 +56,13 @@ class StepContext:
     # The (query view, key view) of the direction being scored, as ints (the same for every sample) or (B,) per
     # sample (HVS's choice); set by the step for each direction (swapped in the symmetric loss's second).
     pair: tuple[torch.Tensor | int, torch.Tensor | int] = (0, 1)
+    # Whether an active method reads dense maps (needs_dense): the step's forwards of whole views then compute them,
+    # and so does view selection's key forward, whose keys the step reuses.
+    dense: bool = False
+    # The encoder outputs of the direction being scored, set by the step: its whole query view's (None when a
+    # method replaces that query) and its key view's, one per sample, dense maps included where asked.
+    query: EncoderOutput | None = None
+    key: EncoderOutput | None = None
 
 
 @dataclass
@@ -61,7 +71,7 @@ class ViewChoice:
 
     query_view: torch.Tensor  # (B,) view index given to the query encoder
     key_view: torch.Tensor  # (B,) view index given to the momentum encoder
-    keys: torch.Tensor | None = None  # (B, V, D): the momentum encoder's embeddings of all candidates, or None
+    keys: EncoderOutput | None = None  # (B, V, ...): the momentum encoder's output for all candidates, or None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # for per-epoch histograms
 
@@ -100,6 +110,8 @@ class Method:
     section: ClassVar[str]  # its config section, which also names its random stream
     adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
     replaces_query: bool = False  # True when, while active, its extra_queries replace the whole view's query
+    queries_per_step: ClassVar[bool] = False  # True when its extra_queries do not depend on the direction
+    needs_dense: ClassVar[bool] = False  # True when it reads the dense maps of ctx.query and ctx.key
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         self.cfg = cfg
@@ -121,13 +133,21 @@ class Method:
 
     def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries | None:
         """Queries of its own from the query views x_q (B, C, H, W), encoded through `encoder` (the trained query
-        encoder: its DDP wrapper under torchrun, so that gradients are averaged); none by default."""
+        encoder: its DDP wrapper under torchrun, so that gradients are averaged); none by default. With
+        queries_per_step, asked once per step and scored in each direction."""
         return None
 
     def extra_loss(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> ExtraLoss | None:
         """A loss term added for one direction (queries q, keys k); none by default. When a method replaces the
         whole view's query, q is its queries flattened (G x B, D) and k the keys repeated to match."""
         return None
+
+
+def pick_view(values: torch.Tensor, view: torch.Tensor | int) -> torch.Tensor:
+    """values[:, view] for one view of every sample, or values[i, view[i]] for a view chosen per sample."""
+    if isinstance(view, int):
+        return values[:, view]
+    return values[torch.arange(values.shape[0], device=values.device), view]
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -79,5 +79,5 @@ class FastMoco(Method):
     def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries:
         """The C(m^2, n) combined queries (C, B, D) of the query views x_q (B, C, H, W)."""
         patches = split_patches(x_q, self.grid).flatten(0, 1)
-        queries = encoder(patches, combine=self._combine)
+        queries = encoder(patches, combine=self._combine).embedding
         return ExtraQueries(queries.unflatten(0, (self.subsets.shape[0], -1)), self.weight)

@@ -8,7 +8,7 @@ forward that equals V separate forwards, one per view slot, for every BatchNorm 
 (each slot gets its own groups), shuffle-BN on one device or across processes (one permutation of the
 samples, drawn as for a single view, the views of a sample moving together), and SyncBatchNorm
 (statistics per slot, summed over processes). The momentum encoder's embeddings of the candidates are
-the very keys the step trains with (computed once).
+the very keys the step trains with (computed once), with their dense maps when the step asks for them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import Config, HvsConfig
 from ..loss import full_precision
-from ..models.moco import MoCo
+from ..models.moco import EncoderOutput, MoCo
 from ..models.split_bn import side_effect_free_bn
 from .base import Method, StepContext, ViewChoice, register
 
@@ -95,8 +95,10 @@ class HardViewSelector:
         self.reuse_keys = reuse_keys
 
     @torch.no_grad()
-    def embed_candidates(self, views: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query-side and key-side embeddings (B, V, D) of every view: one batched forward per encoder.
+    def embed_candidates(self, views: torch.Tensor, generator: torch.Generator,
+                         dense: bool = False) -> tuple[torch.Tensor, EncoderOutput]:
+        """Query-side embeddings (B, V, D) and the key encoder's output (B, V, ...) of every view, its dense maps
+        when asked: one batched forward per encoder.
 
         Each equals V separate forwards, one per view slot: the key side shuffles samples (one permutation,
         drawn from `generator` first, as a single view's key forward would draw it) with their views together.
@@ -107,35 +109,37 @@ class HardViewSelector:
                                   align_corners=False).unflatten(0, views.shape[:2])
         encoders = [self.model.encoder_k] if self.scorer == "momentum" else [self.model.encoder_k, self.model.encoder_q]
         with side_effect_free_bn(encoders, view_slots=num_views):
-            keys = self.model.key(views, generator)
-            queries = keys if self.scorer == "momentum" else self.model.encoder_q(views.flatten(0, 1)).view_as(keys)
+            keys = self.model.key(views, generator, dense)
+            queries = (keys.embedding if self.scorer == "momentum"
+                       else self.model.encoder_q(views.flatten(0, 1)).embedding.view_as(keys.embedding))
         return queries, keys
 
     @torch.no_grad()
     def __call__(self, views: torch.Tensor, boxes: torch.Tensor, negatives: torch.Tensor, generator: torch.Generator,
-                 extra_negatives: ExtraLogits | None = None) -> ViewChoice:
+                 extra_negatives: ExtraLogits | None = None, dense: bool = False) -> ViewChoice:
         """Select a pair per sample from views (B, V, C, H, W) with crop boxes (B, V, 4), scoring against the
         queue's keys `negatives` (K, D); draws only from `generator`.
 
         extra_negatives: score with these synthetic negatives too (e.g. MoCHi's; they draw from `generator`).
+        dense: the keys handed to the step for reuse carry their dense maps.
         """
         batch, num_views = views.shape[:2]
         device = views.device
         if self.mode == "random":
             first, second = random_pairs(batch, num_views, generator, device)
             return self._selection(first, second, boxes, generator, keys=None, losses=None)
-        queries, keys = self.embed_candidates(views, generator)
+        full_resolution = not self.score_resolution or self.score_resolution == views.shape[-1]
+        reusable = self.reuse_keys and full_resolution
+        queries, keys = self.embed_candidates(views, generator, dense and reusable)
         extra = None if extra_negatives is None else lambda q, logits: extra_negatives(q, logits, generator)
-        losses = pair_losses(queries, keys, negatives, self.temperature, extra)
+        losses = pair_losses(queries, keys.embedding, negatives, self.temperature, extra)
         if self.symmetric:
             losses = losses + losses.transpose(1, 2)
         first, second = select_pairs(losses, self.mode)
-        full_resolution = not self.score_resolution or self.score_resolution == views.shape[-1]
-        reusable = self.reuse_keys and full_resolution
         return self._selection(first, second, boxes, generator, keys if reusable else None, losses)
 
     def _selection(self, first: torch.Tensor, second: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
-                   keys: torch.Tensor | None, losses: torch.Tensor | None) -> ViewChoice:
+                   keys: EncoderOutput | None, losses: torch.Tensor | None) -> ViewChoice:
         """Attach the IoU analysis (selected pair vs a random pair of the same candidates) and the losses."""
         rows = torch.arange(boxes.shape[0], device=boxes.device)
         iou_selected = box_iou_pairs(boxes[rows, first], boxes[rows, second])
@@ -176,4 +180,4 @@ class Hvs(Method):
         if ctx.boxes is None:
             raise ValueError("HVS needs the crop boxes of the views")
         extra = ctx.extra_negatives if self.cfg.hvs.score_with_mochi else None
-        return self.selector(ctx.views, ctx.boxes, ctx.negatives, ctx.rng(self.section), extra)
+        return self.selector(ctx.views, ctx.boxes, ctx.negatives, ctx.rng(self.section), extra, ctx.dense)

@@ -3,8 +3,10 @@ Learning with Local Contrastive Loss for Detection and Semantic Segmentation", W
 
 - Dense embeddings: a dense projection head (1x1 conv MLP, as DenseCL's) on the backbone's last feature map, in
   the query encoder and, as its momentum copy, in the key encoder (`MoCo.add_dense_heads`). The map comes from
-  the very forward that gives the view's global embedding (no extra encoder forward); on the key side it is
-  un-shuffled with the keys (shuffle-BN), and with HVS it is the map of the scoring forward whose keys are reused.
+  the very forward that gives the view's global embedding (no extra encoder forward): LC-loss `needs_dense`, so
+  the step asks its forwards of whole views for the maps and hands them over in the encoder outputs of the
+  direction (ctx.query, ctx.key). On the key side the map is un-shuffled with the keys (shuffle-BN), and with HVS
+  it is the map of the scoring forward whose keys are reused.
 - Correspondence, from the crop boxes and flips alone (`correspondence`): the centre of each cell of the query
   view's h x w map is placed in the original image (through the query view's flip and box), and matched to the
   cell of the key view's map that holds that point (through the key view's box and flip); a point outside the key
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..loss import full_precision
 from ..models.moco import MoCo
-from .base import ExtraLoss, Method, StepContext, register
+from .base import ExtraLoss, Method, StepContext, pick_view, register
 
 
 def cell_centres(side: int, device: torch.device | None = None) -> torch.Tensor:
@@ -97,19 +99,13 @@ def local_contrast_loss(q: torch.Tensor, k: torch.Tensor, cells: torch.Tensor, m
     return loss, {"lc/loss": loss.detach(), "lc/matched": weight.mean(), "lc/top1": (hit * weight).sum() / count}
 
 
-def _pick(values: torch.Tensor, view: torch.Tensor | int) -> torch.Tensor:
-    """values[:, view] for one view of every sample, or values[i, view[i]] for a view per sample."""
-    if isinstance(view, int):
-        return values[:, view]
-    return values[torch.arange(values.shape[0], device=values.device), view]
-
-
 @register
 class LocalContrast(Method):
     """LC-loss on the method seam: a dense head on both encoders and, in extra_loss, the local InfoNCE between
     this direction's query and key views (the pair in ctx.pair: views 0 and 1, HVS's choice, or swapped)."""
 
     section = "lc"
+    needs_dense = True
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         super().__init__(cfg, model)
@@ -122,16 +118,15 @@ class LocalContrast(Method):
         its key view map (from the key forward: the step's, or HVS scoring's when its keys are reused)."""
         if ctx.boxes is None or ctx.flips is None:
             raise ValueError("LC-loss needs the crop boxes and the flips of the views")
-        query_view, key_view = ctx.pair
-        q_dense, k_dense = self.model.encoder_q.dense, self.model.key_dense
-        if q_dense is None or k_dense is None or not q_dense.shape[0] == k_dense.shape[0] == q.shape[0]:
+        q_dense = None if ctx.query is None else ctx.query.dense
+        k_dense = None if ctx.key is None else ctx.key.dense
+        if q_dense is None or k_dense is None:
             raise RuntimeError("LC-loss found no dense maps of this direction's views: the whole query view must go "
-                               "through the query encoder, its key view through model.key")
-        if k_dense.dim() == 5:  # (B, V, D', h, w): every candidate's, from HVS scoring
-            k_dense = _pick(k_dense, key_view)
+                               "through the query encoder, and the key view's output must carry its map")
+        query_view, key_view = ctx.pair
         side = q_dense.shape[-1]
-        cells, matched = correspondence(_pick(ctx.boxes, query_view), _pick(ctx.flips, query_view),
-                                        _pick(ctx.boxes, key_view), _pick(ctx.flips, key_view), side)
+        cells, matched = correspondence(pick_view(ctx.boxes, query_view), pick_view(ctx.flips, query_view),
+                                        pick_view(ctx.boxes, key_view), pick_view(ctx.flips, key_view), side)
         loss, metrics = local_contrast_loss(q_dense.flatten(2).transpose(1, 2), k_dense.flatten(2).transpose(1, 2),
                                             cells, matched, self.temperature)
         return ExtraLoss(self.weight * loss, metrics)

@@ -16,25 +16,23 @@ view a, key view b):
 
     loss_ab = InfoNCE(q_a, k_b) + weight x (1 / L) sum_l InfoNCE(q_l, k_b)
 
-The small crops are encoded once per step: with the symmetric loss the step calls the direction twice, and both
-calls score the same L queries, against k_b and then k_a. So every (query crop, key crop) pair of different views
-is scored: the global pairs (a, b) and (b, a), and each small crop against both global keys; the small crops' term
-of a direction is their mean over the L crops, and the directions add up as MoCo's symmetric loss does. Without the
-symmetric loss the small crops are scored against the key view only. weight = 1 (the default) lets the L crops
-together weigh as much as the global query; weight = L gives every pair the same weight, as SwAV's loss does (SwAV
-divides that sum by the number of pairs, L + 1 per target: the same gradient direction, at 1 / (L + 1) of its
-length).
+The small crops are encoded once per step (`queries_per_step`): with the symmetric loss the step calls the
+direction twice, and both calls score the same L queries, against k_b and then k_a. So every (query crop, key crop)
+pair of different views is scored: the global pairs (a, b) and (b, a), and each small crop against both global keys;
+the small crops' term of a direction is their mean over the L crops, and the directions add up as MoCo's symmetric
+loss does. Without the symmetric loss the small crops are scored against the key view only. weight = 1 (the
+default) lets the L crops together weigh as much as the global query; weight = L gives every pair the same weight,
+as SwAV's loss does (SwAV divides that sum by the number of pairs, L + 1 per target: the same gradient direction, at
+1 / (L + 1) of its length).
 
 With HVS, HVS picks the hardest pair among its candidate global views as before, and the small crops ride along:
 they are queries against the keys of the pair it chose. With Fast-MoCo, its patch combinations and the small crops
 are both extra queries against the same key, in either of its modes. With LC-loss, the local loss stays on the
 global pair (the whole query view's dense map against the key view's), and the small crops ride along as extra
-global-loss queries: their forward leaves the whole view's dense map in place.
+global-loss queries: their forward computes no dense map.
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 import torch.nn as nn
@@ -46,10 +44,9 @@ from .base import ExtraQueries, Method, StepContext, register
 
 def encode_crops(crops: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
     """Embeddings (L, B, D) of the small crops (B, L, C, h, w), encoded as one crop-major batch of L x B (crop l of
-    sample n at row l * B + n: each in its sample's BatchNorm group), without a dense map (LC-loss keeps the whole
-    query view's)."""
+    sample n at row l * B + n: each in its sample's BatchNorm group)."""
     count = crops.shape[1]
-    return encoder(crops.transpose(0, 1).flatten(0, 1), dense=False).unflatten(0, (count, -1))
+    return encoder(crops.transpose(0, 1).flatten(0, 1)).embedding.unflatten(0, (count, -1))
 
 
 @register
@@ -57,19 +54,15 @@ class MultiCrop(Method):
     """Multi-crop on the method seam: the small crops of each sample as queries (see the module docstring)."""
 
     section = "multicrop"
+    queries_per_step = True  # the crops are queries against either direction's keys
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         super().__init__(cfg, model)
         self.weight = cfg.multicrop.weight
-        # This step's queries, for the second direction of the symmetric loss: (the step's small crops, queries).
-        # Keyed by the crops tensor, which both directions' contexts share (each direction has its own context).
-        self._encoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
 
     def extra_queries(self, x_q: torch.Tensor, encoder: nn.Module, ctx: StepContext) -> ExtraQueries:
-        """The L small crops' queries (L, B, D) of this step, encoded on the step's first call only."""
+        """The L small crops' queries (L, B, D) of this step (asked once per step: queries_per_step)."""
         if ctx.local_views is None:
             raise ValueError("multi-crop needs the small crops of each sample (ctx.local_views): the data path draws "
                              "them when multicrop.enabled is set in the run's config")
-        if self._encoded is None or self._encoded[0]() is not ctx.local_views:
-            self._encoded = (weakref.ref(ctx.local_views), encode_crops(ctx.local_views, encoder))
-        return ExtraQueries(self._encoded[1], self.weight)
+        return ExtraQueries(encode_crops(ctx.local_views, encoder), self.weight)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -16,12 +17,26 @@ from .head import dense_projection_head, projection_head
 from .split_bn import convert_split_bn
 
 
-class Encoder(nn.Module):
-    """Backbone followed by the projection head; returns L2-normalised embeddings.
+@dataclass(frozen=True)
+class EncoderOutput:
+    """What one encoder forward gives: the L2-normalised embeddings (N, D), the backbone's pooled features (N, F) they
+    were computed from (before any `combine`), and, where asked, the L2-normalised dense embeddings (N, D', h, w) of
+    the backbone's last feature map. Leading axes other than N (e.g. (B, V) for several views) are allowed."""
 
-    With a dense head (MoCo.add_dense_heads, for LC-loss), a forward of whole views (no `combine`, `dense` left on)
-    also embeds every location of the backbone's last feature map, taken from that same forward, and keeps the
-    embeddings, each L2-normalised, in `dense` (N, D', h, w) until the next such forward.
+    embedding: torch.Tensor
+    pooled: torch.Tensor
+    dense: torch.Tensor | None = None
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> EncoderOutput:
+        """The output with `fn` applied to each of its tensors (indexing, reshaping, un-shuffling), None kept."""
+        return EncoderOutput(fn(self.embedding), fn(self.pooled), None if self.dense is None else fn(self.dense))
+
+
+class Encoder(nn.Module):
+    """Backbone followed by the projection head: returns an EncoderOutput.
+
+    With a dense head (MoCo.add_dense_heads, for LC-loss), a forward asked for `dense` also embeds every location of
+    the backbone's last feature map, taken from that same forward (no second pass through the backbone).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False) -> None:
@@ -30,26 +45,27 @@ class Encoder(nn.Module):
         self.head = head
         self.channels_last = channels_last
         self.dense_head: nn.Module | None = None
-        self.dense: torch.Tensor | None = None
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                dense: bool = True) -> torch.Tensor:
-        """Embeddings of x (N, C, H, W); `combine` maps the backbone's features (N, F) to the rows the head embeds
-        (e.g. Fast-MoCo's averages of patch features); dense=False leaves `dense` as it is (multi-crop's small
-        crops, whose forward must not replace the whole view's map)."""
+                dense: bool = False) -> EncoderOutput:
+        """The encoding of x (N, C, H, W). `combine` maps the backbone's pooled features (N, F) to the rows the head
+        embeds (e.g. Fast-MoCo's averages of patch features); `dense` asks for the dense map too (a dense head
+        needed)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.dense_head is None or combine is not None or not dense:
-            features = self.backbone(x)
-        else:
+        dense_map = None
+        if dense:
+            if self.dense_head is None:
+                raise RuntimeError("a dense map was asked of an encoder without a dense head (MoCo.add_dense_heads)")
             spatial = feature_map(self.backbone, x)
-            self.dense = F.normalize(self.dense_head(spatial), dim=1)
-            features = pooled_features(self.backbone, spatial)
-        if combine is not None:
-            features = combine(features)
-        return F.normalize(self.head(features), dim=1)
+            dense_map = F.normalize(self.dense_head(spatial), dim=1)
+            pooled = pooled_features(self.backbone, spatial)
+        else:
+            pooled = self.backbone(x)
+        features = pooled if combine is None else combine(pooled)
+        return EncoderOutput(F.normalize(self.head(features), dim=1), pooled, dense_map)
 
 
 class MoCo(nn.Module):
@@ -69,7 +85,6 @@ class MoCo(nn.Module):
         self.queue = MemoryQueue(queue_size, feature_dim)
         self.shuffle_bn = shuffle_bn
         self.feature_width = width
-        self.key_dense: torch.Tensor | None = None  # see key()
 
     @property
     def backbone(self) -> nn.Module:
@@ -95,20 +110,16 @@ class MoCo(nn.Module):
         torch._foreach_lerp_(key_params, query_params, 1.0 - momentum)
 
     @torch.no_grad()
-    def key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised key embeddings of x (B, C, H, W) as (B, D), or of views x (B, V, C, H, W) as (B, V, D).
+    def key(self, x: torch.Tensor, generator: torch.Generator | None = None, dense: bool = False) -> EncoderOutput:
+        """The key encoder's output for x (B, C, H, W), its tensors (B, ...), or for views x (B, V, C, H, W), its
+        tensors (B, V, ...); `dense` asks for the dense maps too.
 
         With shuffle-BN the samples of the (global) batch are shuffled around f_k, so that its BatchNorm
         groups differ from f_q's: one permutation of the samples, drawn as for a single view, the views of a
         sample moving together. Views are then encoded as one sample-major batch of B * V; giving each view
-        slot its own BatchNorm groups is the caller's part (`side_effect_free_bn(..., view_slots=V)`).
-
-        With dense heads, the dense key embeddings of the same forward are left in `key_dense`, un-shuffled like the
-        keys: (B, D', h, w) or (B, V, D', h, w), until the next call.
+        slot its own BatchNorm groups is the caller's part (`side_effect_free_bn(..., view_slots=V)`). Every tensor
+        of the output is un-shuffled.
         """
         shuffled, restore = shuffle_across_processes(x, generator) if self.shuffle_bn else (x, None)
-        keys = self.encoder_k(shuffled.flatten(0, -4)).unflatten(0, shuffled.shape[:-3])
-        if self.encoder_k.dense_head is not None:
-            dense = self.encoder_k.dense.unflatten(0, shuffled.shape[:-3])
-            self.key_dense = dense if restore is None else restore(dense)
-        return keys if restore is None else restore(keys)
+        out = self.encoder_k(shuffled.flatten(0, -4), dense=dense).map(lambda t: t.unflatten(0, shuffled.shape[:-3]))
+        return out if restore is None else out.map(restore)

@@ -21,7 +21,7 @@ from ..models.moco import MoCo
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
 from ..step import ContrastiveStep
-from ..supervised import SupervisedStep, add_classifier, classifier_network
+from ..supervised_step import SupervisedStep, add_classifier, classifier_network
 from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
 
 
