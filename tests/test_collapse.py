@@ -1,5 +1,5 @@
 """The collapse monitor: its measures against explicit float64 computations, its verdicts, and what a run does
-with them (log, warn, stop by default, keep going on request, record in the summary)."""
+with them (log, warn, stop by default, keep going on request, record in the summary and the study report)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.collapse import CollapseMonitor, CollapseSignal, embedding_std, rankme, read
 from mochi_hvs.config import CollapseConfig, ConfigError, load_config
 from mochi_hvs.errors import TrainingCollapsed
+from mochi_hvs.study.report import write_report
 from mochi_hvs.train import Trainer
 
 # The issue's MoCo-v2 run that ends "successfully" collapsed (loss flat at ln 33, kNN at chance), at the smallest
@@ -188,3 +189,15 @@ def test_a_fifth_collapsed_check_in_a_row_stops_the_run(tmp_path):
                                                 r"Last good checkpoint: .*last\.pth \(step 1\)"):
         trainer.fit()
 
+
+def test_the_study_report_names_the_runs_that_ended_collapsed(tmp_path):
+    report_dir = tmp_path / "r"
+    report_dir.mkdir()
+    lines = [{"arm": arm, "seed": seed, "evaluator": "train",
+              "metrics": {"train_seconds": 60.0, "collapsed": arm == "byol" and seed == 1,
+                          "embedding_rank": 1.02 if arm == "byol" and seed == 1 else 40.0}}
+             for arm in ("moco", "byol") for seed in (0, 1)]
+    (report_dir / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    text = write_report(report_dir, "demo", "moco").read_text()
+    assert "Collapse monitor: 1 of 4 runs ended collapsed: byol seed 1." in text
+    assert "| embedding rank |" in text and "| byol | 1 | 60 | 1.02 |" in text  # the per-seed table
