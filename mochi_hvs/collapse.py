@@ -9,7 +9,7 @@ every `log_every` steps (a few milliseconds: one SVD of a batch of embeddings).
   over dimensions; about 1 / sqrt(dim) for embeddings spread over the sphere, 0 for one point (SimSiam's measure,
   Chen & He 2021). Read in units of 1 / sqrt(dim).
 - rank: RankMe (Garrido et al. 2023), exp of the entropy of the normalised singular values of the normalised
-  embeddings: 1 for one direction, up to min(batch, dim).
+  embeddings: 1 for one direction, up to min(batch, dim) (0 for zero embeddings).
 - loss gap: the loss less its uniform value (InfoNCE over n logits: ln n), 0 when every logit is equal.
 """
 
@@ -42,9 +42,12 @@ def embedding_std(embeddings: torch.Tensor) -> float:
 
 
 def rankme(embeddings: torch.Tensor) -> float:
-    """RankMe: exp of the entropy of the singular values of the L2-normalised rows, normalised to sum to 1."""
+    """RankMe: exp of the entropy of the singular values of the L2-normalised rows, normalised to sum to 1; 0 when
+    every row is zero (no direction at all: a diverged lr=10000 run's embeddings)."""
     z = F.normalize(embeddings.double(), dim=1)
     singular = torch.linalg.svdvals(z)
+    if not singular.sum() > 0:
+        return 0.0
     p = singular / singular.sum()
     return float(torch.exp(-torch.special.xlogy(p, p).sum()))
 

@@ -60,6 +60,12 @@ def test_constant_embeddings_are_collapsed():
     assert reading.collapsed and reading.std_ratio < 1e-10 and reading.loss_gap is None
 
 
+def test_zero_embeddings_have_no_direction_and_are_collapsed():
+    z = torch.zeros(16, 128)  # what the optim.lr=10000 run hands over
+    assert embedding_std(z) == 0.0 and rankme(z) == 0.0
+    assert read(CollapseSignal(z), CollapseConfig()).collapsed
+
+
 def test_isotropic_gaussian_embeddings_are_spread():
     torch.manual_seed(1)
     n, d = 512, 128
