@@ -325,6 +325,21 @@ class EvalConfig:
 
 
 @dataclass
+class CollapseConfig:
+    """The collapse monitor (mochi_hvs/collapse.py): at every log point, the step's embeddings and loss are read for
+    collapse; a run whose representation stays collapsed stops like a diverged one."""
+
+    stop: bool = setting(True, "stop a run whose representation stays collapsed for `patience` checks (exit 2, "
+                               "naming the step and the last good checkpoint); false: warn and keep going")
+    patience: int = setting(5, "consecutive collapsed checks (one per log point) that stop the run")
+    min_std: float = setting(0.02, "a check is collapsed when the per-dimension std of the L2-normalised embeddings "
+                                   "falls below this many 1 / sqrt(dim) (spread embeddings: about 1)")
+    min_rank: float = setting(1.5, "... or their RankMe effective rank falls below this (one direction: 1)")
+    loss_tolerance: float = setting(1e-4, "... or the loss lies within this of its uniform value (ln of the number "
+                                          "of logits: every logit equal)")
+
+
+@dataclass
 class Config:
     """A whole pretraining run."""
 
@@ -350,6 +365,7 @@ class Config:
     lc: LcConfig = field(default_factory=LcConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
     # Staged (HPT) runs: each entry overrides this config for one stage (name, data, optim, model...);
     # stages run in order, each initialised from the previous stage's backbone.
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -619,6 +635,7 @@ def validate(cfg: Config, source: str) -> None:
     _validate_model(cfg, source)
     _validate_data(cfg, source)
     _validate_eval(cfg, source)
+    _validate_collapse(cfg.collapse, source)
     for name, section in method_sections(cfg).items():
         section.validate(cfg, source)
         _check(cfg.objective == "contrastive" or not section.enabled, source, f"{name}.enabled",
@@ -715,6 +732,14 @@ def _validate_eval(cfg: Config, source: str) -> None:
     _validate_detection(ev.detection, source)
     _validate_transfer(ev.transfer, source)
     _validate_transferability(ev.transferability, source)
+
+
+def _validate_collapse(collapse: CollapseConfig, source: str) -> None:
+    p = "collapse."
+    _check(collapse.patience >= 1, source, p + "patience", f"must be >= 1; got {collapse.patience}")
+    for name in ("min_std", "min_rank", "loss_tolerance"):
+        _check(getattr(collapse, name) >= 0, source, p + name, f"must be >= 0 (0: not checked); got "
+               f"{getattr(collapse, name)}")
 
 
 def _validate_choices(section: Any, prefix: str, source: str) -> None:

@@ -16,5 +16,10 @@ class TrainingDiverged(UserError, RuntimeError):
     """Training produced NaN or infinite values; the message names the step and the last good checkpoint."""
 
 
+class TrainingCollapsed(UserError, RuntimeError):
+    """The representation stayed collapsed (mochi_hvs/collapse.py); the message names the step and the last good
+    checkpoint."""
+
+
 class Interrupted(Exception):
     """The run stopped on request (Ctrl-C, SIGTERM); the message says what was kept and how to go on (exit 130)."""

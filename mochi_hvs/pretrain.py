@@ -37,6 +37,10 @@ def report(summary: dict, title: str = "") -> str:
     lines = [f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
              f"{'features':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}"]
     lines += [f"{name:<18}{value:>21.2f}%" for name, value in rows if value is not None]
+    collapse = summary.get("collapse")
+    if collapse and collapse["collapsed"]:
+        lines.append(f"warning: the representation ended collapsed (since step {collapse['since_step']}; "
+                     f"embedding rank {collapse['rank']:.2f})")
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ POLICY: dict[str, str] = {
     "lc.": REFUSE, "lc.weight": APPLY, "lc.temperature": APPLY,
     "optim.": APPLY, "optim.batch_size": REFUSE,
     "eval.": APPLY,
+    "collapse.": APPLY,
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from .collapse import CollapseSignal
 from .loss import contrastive_logits, info_nce, positive_rank_top1
 from .methods import ExtraQueries, Method, StepContext, ViewChoice, pick_view
 from .models.moco import EncoderOutput, MoCo
@@ -16,13 +18,15 @@ from .random_streams import StepRandom
 
 @dataclass
 class StepOutput:
-    """The loss to back-propagate, the keys (and their labels) to enqueue after the update, detached metrics."""
+    """The loss to back-propagate, the keys (and their labels) to enqueue after the update, detached metrics, and
+    what the collapse monitor reads."""
 
     loss: torch.Tensor
     keys: torch.Tensor | None  # None: nothing to enqueue (the supervised reference)
     key_labels: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. HVS IoUs, for histograms
+    signal: CollapseSignal | None = None  # None: not monitored (the supervised reference)
 
 
 Scored = tuple[torch.Tensor, torch.Tensor, StepContext]  # queries (N, D), their keys (N, D), their context
@@ -91,14 +95,14 @@ class ContrastiveStep:
         query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
         per_step: dict[Method, ExtraQueries | None] = {}  # queries_per_step methods' queries, for both directions
         k = self._keys(views, key_view, choice, rng, ctx.dense)
-        loss, metrics = self._direction(pick_view(views, query_view), k, active,
-                                        dataclasses.replace(ctx, pair=(query_view, key_view)), per_step)
+        loss, metrics, signal = self._direction(pick_view(views, query_view), k, active,
+                                                dataclasses.replace(ctx, pair=(query_view, key_view)), per_step)
         keys, key_labels = k.embedding, labels
         if self.symmetric:
             k_reverse = self._keys(views, query_view, choice, rng, ctx.dense)
-            loss_reverse, metrics_reverse = self._direction(pick_view(views, key_view), k_reverse, active,
-                                                            dataclasses.replace(ctx, pair=(key_view, query_view)),
-                                                            per_step)
+            loss_reverse, metrics_reverse, _ = self._direction(pick_view(views, key_view), k_reverse, active,
+                                                               dataclasses.replace(ctx, pair=(key_view, query_view)),
+                                                               per_step)
             loss = loss + loss_reverse
             metrics = _mean_metrics(metrics, metrics_reverse)
             keys = torch.cat([k.embedding, k_reverse.embedding], dim=0)
@@ -106,7 +110,7 @@ class ContrastiveStep:
         if choice is not None:
             metrics.update(choice.metrics)
         return StepOutput(loss=loss, keys=keys, key_labels=key_labels, metrics={"loss": loss.detach(), **metrics},
-                          per_sample={} if choice is None else choice.per_sample)
+                          per_sample={} if choice is None else choice.per_sample, signal=signal)
 
     def _keys(self, views: torch.Tensor, view: torch.Tensor | int, choice: ViewChoice | None, rng: StepRandom,
               dense: bool) -> EncoderOutput:
@@ -121,41 +125,43 @@ class ContrastiveStep:
         return [e for m in methods if (e := m.extra_negatives(q, negative_logits, ctx, generator)) is not None]
 
     def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method], ctx: StepContext,
-                   per_step: dict[Method, ExtraQueries | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   per_step: dict[Method, ExtraQueries | None]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal]:
         """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms.
 
         The first query set scored (the whole view's, or the first method's queries replacing it) reports its
-        metrics under their plain names, and its queries reach the methods' extra_loss; further sets are reported
-        under their method's section.
+        metrics under their plain names, its queries reach the methods' extra_loss, and its queries and InfoNCE
+        are the collapse monitor's signal; further sets are reported under their method's section.
         """
         loss: torch.Tensor | None = None
         metrics: dict[str, torch.Tensor] = {}
         trained: Scored | None = None
+        signal: CollapseSignal | None = None
         k = key.embedding
         ctx = dataclasses.replace(ctx, key=key)
         if not any(m.replaces_query for m in active):
             query = self.query_encoder(x_q, dense=ctx.dense)
             ctx = dataclasses.replace(ctx, query=query)
             q = query.embedding
-            loss, metrics = self._score(q, k, ctx, active)
+            loss, metrics, signal = self._score(q, k, ctx, active)
             trained = (q, k, ctx)
         for method in active:
             extra = self._extra_queries(method, x_q, ctx, per_step)
             if extra is None:
                 continue
             tiled = _tiled(extra.queries, k, ctx)
-            loss_set, metrics_set = self._score(*tiled, active)
+            loss_set, metrics_set, signal_set = self._score(*tiled, active)
             prefix = "" if loss is None else f"{method.section}/"
             metrics.update({prefix + name: value for name, value in metrics_set.items()})
             loss = extra.weight * loss_set if loss is None else loss + extra.weight * loss_set
             if trained is None:
-                trained = tiled
-        if loss is None or trained is None:
+                trained, signal = tiled, signal_set
+        if loss is None or trained is None or signal is None:
             raise RuntimeError("a method replaces the whole view's query but brought no queries of its own")
         for term in (t for m in active if (t := m.extra_loss(*trained)) is not None):
             loss = loss + term.loss
             metrics.update(term.metrics)
-        return loss, metrics
+        return loss, metrics, signal
 
     def _extra_queries(self, method: Method, x_q: torch.Tensor, ctx: StepContext,
                        per_step: dict[Method, ExtraQueries | None]) -> ExtraQueries | None:
@@ -169,8 +175,9 @@ class ContrastiveStep:
         return extra
 
     def _score(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext,
-               active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """InfoNCE of queries q against keys k, the queue and the methods' negatives, with its metrics."""
+               active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal]:
+        """InfoNCE of queries q against keys k, the queue and the methods' negatives, with its metrics and its
+        collapse signal (the queries, the InfoNCE, and ln of the number of logits: its value when all are equal)."""
         logits = contrastive_logits(q, k, ctx.negatives)
         metrics = {"proxy_top1": positive_rank_top1(logits.detach())}
         extras = self._extra_negatives(active, q, logits[:, 1:], ctx)
@@ -178,4 +185,5 @@ class ContrastiveStep:
             metrics.update(extra.metrics(logits, ctx))
         if extras:
             logits = torch.cat([logits, *(extra.logits.to(logits.dtype) for extra in extras)], dim=1)
-        return info_nce(logits, self.temperature), metrics
+        loss = info_nce(logits, self.temperature)
+        return loss, metrics, CollapseSignal(q.detach(), loss.detach(), math.log(logits.shape[1]))

@@ -297,6 +297,10 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
                     ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
                     ("supervised", 0, "knn"), ("supervised", 0, "linear")}
     assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
+    trained = {r["arm"]: r["metrics"] for r in lines if r["evaluator"] == "train"}
+    assert all(trained[arm]["collapsed"] is False and trained[arm]["embedding_rank"] > 1.5 for arm in ("moco", "hvs"))
+    assert "collapsed" not in trained["supervised"]  # the supervised reference is not monitored
+    assert "Collapse monitor: 0 of 2 runs ended collapsed." in (results / "REPORT.md").read_text()
     for line in lines:  # every record names what produced it
         assert line["command"].startswith("python -m ") and line["commit"] == code_commit()
         assert line["machine"] == device_description("cpu")

@@ -18,7 +18,7 @@ OLD_LINEAR = "linear_" + OLD_PROTOCOL  # how the old probe's lines are told apar
 ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), ("linear", "top1", "linear"),
             (OLD_LINEAR, "top1", "linear (old SGD probe)"), ("semisup", "top1", "semi-sup 1%")]
 TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
-            ("train", "forward_units", "encoder fwd (M)")]
+            ("train", "forward_units", "encoder fwd (M)"), ("train", "embedding_rank", "embedding rank")]
 REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
 AT_SIZE = re.compile(r"^(pixels|random_init)_(\d+)px$")  # a floor at another image size than the baseline's
 
@@ -117,6 +117,17 @@ def main_table(results: StudyResults, baseline: str) -> list[str]:
     return lines
 
 
+def collapse_note(results: StudyResults) -> list[str]:
+    """Which runs ended collapsed (the training line's flag from the run's last collapse check), where recorded."""
+    flags = {(arm, seed): value for (arm, evaluator, metric), per_seed in results.values.items()
+             if (evaluator, metric) == ("train", "collapsed") for seed, value in per_seed.items()}
+    if not flags:
+        return []
+    collapsed = [f"{display_name(arm)} seed {seed}" for (arm, seed), value in flags.items() if value]
+    return [f"Collapse monitor: {len(collapsed)} of {len(flags)} runs ended collapsed"
+            + (f": {', '.join(collapsed)}." if collapsed else "."), ""]
+
+
 def difference_table(results: StudyResults, baseline: str) -> list[str]:
     """Paired differences arm - baseline per accuracy figure, with the 95% interval and the verdict."""
     lines = ["| arm | figure | difference to baseline | 95% interval (paired t) | seeds | verdict |",
@@ -173,10 +184,11 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
                   "pixels 81.2 against the converged probe's 84.5); 'linear': the converged probe (logistic "
                   "regression fitted by L-BFGS, its L2 strength chosen on a validation split). The two are never "
                   "mixed in one column; docs/evaluation.md has both protocols.", ""]
-    lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "",
+    lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "", *collapse_note(results),
               "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
               "training; for the supervised reference and arms trained with labels, their training classification "
-              "top-1) are per run; encoder forwards count one per image through an encoder, a backward as two.",
+              "top-1) are per run; encoder forwards count one per image through an encoder, a backward as two; "
+              "embedding rank: RankMe of the last collapse check's embeddings (1: collapsed to one direction).",
               "", "## Differences to the baseline", "",
               f"Paired by seed (same data order and initialisation); 95% interval of the mean difference from the "
               f"t distribution; *better* / *worse* when the interval excludes 0, else *not distinguishable*. "

@@ -249,14 +249,17 @@ class StudyRunner:
             resolve_device(cfg.device)))
 
     def training_metrics(self, cfg: Config, summary: dict[str, Any]) -> dict[str, Any]:
-        """What a training line holds: steps, seconds, encoder forwards, the monitor's last kNN and proxy top-1."""
+        """What a training line holds: steps, seconds, encoder forwards, the monitor's last kNN and proxy top-1, and
+        the last collapse check's verdict and rank."""
         per_epoch, total = steps_of(cfg)
         proxy = [json.loads(line).get("train/proxy_top1") for line in
                  (cfg.run_dir / METRICS).read_text().splitlines() if line.strip()]
         proxy = [p for p in proxy if p is not None]
         return {"steps": summary["steps"], "train_seconds": summary["train_seconds"],
                 "forward_units": run_units(cfg, per_epoch, total), "monitor_knn_top1": summary["knn_top1"],
-                "proxy_top1": proxy[-1] if proxy else math.nan}
+                "proxy_top1": proxy[-1] if proxy else math.nan,
+                **({"collapsed": collapse["collapsed"], "embedding_rank": collapse["rank"]}
+                   if (collapse := summary.get("collapse")) else {})}
 
     def evaluation_for(self, cfg: Config) -> FrozenEvaluation:
         """The labelled full sets of a run's dataset (loaded once per dataset settings)."""

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..collapse import CollapseSignal
 from ..config import Config
 from ..data.datasets import ImageSet, check_splits
 from ..distributed import all_gather_cat, all_reduce_mean, init_distributed
-from ..errors import Interrupted, TrainingDiverged, UserError
+from ..errors import Interrupted, TrainingCollapsed, TrainingDiverged, UserError
 from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..run_files import LAST, SUMMARY
@@ -81,6 +82,7 @@ class Trainer:
             self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main, start_step=self.position.global_step)
             self.monitors = Monitors(cfg, self.parts, self.logger, self.env.is_main)
             self.last_metrics: dict[str, float] = {}
+            self.collapse_signal: CollapseSignal | None = None  # the last step's, read at the next log point
             self.stop_requested = False
             self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
 
@@ -147,6 +149,7 @@ class Trainer:
         parts.scheduler.step()
         if out.keys is not None:
             parts.model.queue.enqueue(all_gather_cat(out.keys.float()), all_gather_cat(out.key_labels))
+        self.collapse_signal = out.signal
         for key, values in out.per_sample.items():
             self.epoch_samples.setdefault(key, []).append(values.detach())
         return {**out.metrics, "lr": torch.tensor(parts.optimizer.param_groups[0]["lr"]),
@@ -176,11 +179,32 @@ class Trainer:
         if first_bad is not None:
             raise TrainingDiverged(f"loss became non-finite at step {first_bad} (epoch {self.position.epoch + 1}); "
                                    f"training stopped. Last good checkpoint: {self.state.last_good_text()}")
-        self.logger.log(self.position.global_step, {f"train/{k}": v for k, v in metrics.items()},
+        step, signal = self.position.global_step, self.collapse_signal
+        collapse = {} if signal is None else self.monitors.check_collapse(signal, step)
+        self.logger.log(step, {**{f"train/{k}": v for k, v in metrics.items()}, **collapse},
                         epoch=self.position.epoch + 1)
+        self._stop_if_collapsed()
         if bar is not None:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['proxy_top1']:.2f}",
                             img_s=f"{metrics['images_per_s']:.0f}", refresh=False)
+
+    def _stop_if_collapsed(self) -> None:
+        """Stop the run when its representation stays collapsed (unless collapse.stop is off), naming the last
+        checkpoint (saved before the first collapsed check: see _save)."""
+        pos, monitor = self.position, self.monitors.collapse
+        if not (monitor.stays_collapsed and self.cfg.collapse.stop):
+            return
+        raise TrainingCollapsed(f"representation collapsed at step {pos.global_step} (epoch {pos.epoch + 1}): "
+                                f"{monitor.streak} checks in a row since step {monitor.since}, the last with "
+                                f"{monitor.last.describe()}; training stopped. Last good checkpoint: "
+                                f"{self.state.last_good_text()}. collapse.stop=false keeps going")
+
+    def _save(self, requested: bool = False) -> None:
+        """Write the checkpoint, except while the representation looks collapsed in a run that stops for it: until
+        it recovers, the last good checkpoint stays. requested: a stop request's save, always written (resuming
+        continues exactly)."""
+        if requested or not (self.cfg.collapse.stop and self.monitors.collapse.streak):
+            self.state.save()
 
     def _run_epoch(self, estimate: TimeEstimate) -> None:
         parts, pos = self.parts, self.position
@@ -195,7 +219,7 @@ class Trainer:
         self.epoch_samples = {}
         pos.epoch += 1
         pos.batch_in_epoch = 0
-        self.state.save()
+        self._save()
         if self.env.is_main and self.last_metrics:
             m = self.last_metrics
             tqdm.write(f"epoch {pos.epoch}/{parts.num_epochs}: loss {m['loss']:.3f}, proxy top-1 "
@@ -225,7 +249,7 @@ class Trainer:
             if stop or (periodic and not ends_epoch):  # the end of the epoch saves its own checkpoint
                 self._flush(window, bar)
                 window = MetricWindow(pos.global_step)
-                self.state.save()
+                self._save(requested=stop)
                 if stop:
                     raise Interrupted(f"stopped at step {pos.global_step}; checkpoint {self.state.checkpoint_path} "
                                       "holds everything: continue with --resume auto")
@@ -274,6 +298,7 @@ class Trainer:
                                knn_top5=None if trained.top5 is None else round(trained.top5, 2))
                 summary["init_from"] = self.cfg.model.init_from
                 summary["objective"] = self.cfg.objective
+                summary["collapse"] = self.monitors.collapse.summary()
                 if self.cfg.eval.knn_baseline:
                     summary["init_knn_top1"] = round(self.monitors.start_knn().top1, 2)
                 if self.cfg.eval.knn_pixels:

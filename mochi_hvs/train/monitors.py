@@ -1,11 +1,13 @@
-"""What a run measures of itself: kNN during and after training, the kNN of its starting point, and the alignment
-and uniformity of its embeddings. Each result is logged at the run's position."""
+"""What a run measures of itself: kNN during and after training, the kNN of its starting point, the alignment
+and uniformity of its embeddings, and collapse. Each result is logged at the run's position."""
 
 from __future__ import annotations
 
 from tqdm import tqdm
 
+from ..collapse import CollapseMonitor, CollapseSignal
 from ..config import Config
+from ..distributed import all_gather_cat, all_reduce_mean
 from ..evaluation.embedding import EmbeddingAnalysis
 from ..evaluation.knn import KnnMonitor, KnnResult
 from ..evaluation.pixels import pixel_model
@@ -16,7 +18,8 @@ from .state import Position
 
 
 class Monitors:
-    """The kNN monitor and the embedding analysis of a run (their datasets loaded on first use)."""
+    """The kNN monitor and the embedding analysis of a run (their datasets loaded on first use), and the collapse
+    monitor."""
 
     def __init__(self, cfg: Config, parts: TrainingParts, logger: RunLogger, is_main: bool) -> None:
         self.cfg = cfg
@@ -25,6 +28,7 @@ class Monitors:
         self.is_main = is_main
         self._knn: KnnMonitor | None = None
         self._analysis: EmbeddingAnalysis | None = None
+        self.collapse = CollapseMonitor(cfg.collapse)
 
     def knn_monitor(self) -> KnnMonitor:
         """The kNN evaluator of the run's labelled sets."""
@@ -85,3 +89,17 @@ class Monitors:
                 tqdm.write(f"epoch {epoch}: alignment {metrics['analysis/alignment']:.3f}, "
                            f"uniformity {metrics['analysis/uniformity']:.3f}, "
                            f"held-out view-pair top-1 {metrics['analysis/pair_top1']:.3f}")
+
+    def check_collapse(self, signal: CollapseSignal, step: int) -> dict[str, float]:
+        """Read a step's signal over all processes (every one gets the same reading) and warn while the
+        representation looks collapsed, up to the check that stops the run (or, with collapse.stop off, would);
+        returns the metrics to log."""
+        loss = None if signal.loss is None else all_reduce_mean(signal.loss.float())
+        reading = self.collapse.check(CollapseSignal(all_gather_cat(signal.embeddings.float()), loss,
+                                                     signal.uniform_loss), step)
+        streak, patience = self.collapse.streak, self.cfg.collapse.patience
+        if self.is_main and reading.collapsed and streak <= patience:
+            then = "stops the run" if self.cfg.collapse.stop else "would stop the run (collapse.stop is off)"
+            tqdm.write(f"warning: step {step}: the representation looks collapsed ({reading.describe()}); "
+                       f"{patience} such checks in a row {then}: {streak} so far")
+        return reading.metrics()
