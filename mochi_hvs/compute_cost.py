@@ -1,7 +1,9 @@
 """Training compute counted in encoder image-forwards, the unit compute-matched comparisons use.
 
 One image through the query or the momentum encoder is one forward; a backward pass counts as two
-forwards (the usual estimate), so a trained query costs 3 and a key 1: a MoCo-v2 step costs 4 per image.
+forwards (the usual estimate), so a trained query costs 3 and a key 1: a MoCo-v2 step costs 4 per image. The
+objective declares its forwards per image (objectives/registry.Forwards: MoCo-v2 a query and a key per direction,
+the supervised reference one trained forward); the methods' below add to them.
 HVS adds V no-grad scoring forwards per scoring encoder (at (score_resolution / image_size)^2 of the cost)
 and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward. Fast-MoCo's
 m x m patches of a query view cost one view together (a convolution's cost follows the pixels; the head on the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from .config import Config, local_crops, views_per_image
 from .methods.hvs import selects
+from .objectives.base import objective_of
 
 QUERY_UNITS = 3.0  # forward + backward of a trained query
 KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
@@ -26,22 +29,22 @@ KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
 
 def units_per_image(cfg: Config, selecting: bool) -> float:
     """Encoder forwards one image of the batch costs in a step (with or without HVS selection)."""
-    directions = 2 if cfg.moco.symmetric else 1
+    forwards = objective_of(cfg).forwards()
     added_patches = cfg.fast_moco.enabled and cfg.fast_moco.mode == "add"
-    query = QUERY_UNITS * directions * (2 if added_patches else 1)
+    query = QUERY_UNITS * forwards.trained * (2 if added_patches else 1)
     crops = local_crops(cfg)
     if crops is not None:
         query += QUERY_UNITS * crops.count * (crops.size / cfg.data.image_size) ** 2
     if not selecting:
-        return query + KEY_UNITS * directions
+        return query + KEY_UNITS * forwards.target
     hvs = cfg.hvs
     if hvs.mode == "random":
-        return query + KEY_UNITS * directions
+        return query + KEY_UNITS * forwards.target
     full_resolution = not hvs.score_resolution or hvs.score_resolution == cfg.data.image_size
     scale = 1.0 if full_resolution else (hvs.score_resolution / cfg.data.image_size) ** 2
     encoders = 1 if hvs.scorer == "momentum" else 2
     scoring = views_per_image(cfg) * scale * encoders * KEY_UNITS
-    keys = 0.0 if hvs.reuse_keys and full_resolution else KEY_UNITS * directions
+    keys = 0.0 if hvs.reuse_keys and full_resolution else KEY_UNITS * forwards.target
     return query + scoring + keys
 
 

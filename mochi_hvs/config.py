@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -28,11 +28,12 @@ from .evaluator_settings import (
     setting,
     task_name_and_root,
 )
+from .objectives.registry import OBJECTIVES, Needs, declared, sections
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
 
-__all__ = ["Config", "ConfigError", "LocalCrops", "MethodConfig", "load_config", "local_crops", "validate",
-           "views_per_image"]
+__all__ = ["Config", "ConfigError", "LocalCrops", "MethodConfig", "ObjectiveConfig", "load_config", "local_crops",
+           "objective_needs", "validate", "views_per_image"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ModelConfig:
 
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool (CIFAR-style)
-    head: str = "mlp"  # mlp (MoCo-v2) | linear (MoCo-v1)
+    head: str = "mlp"  # mlp (MoCo-v2) | mlp_bn (BYOL's: BatchNorm after the hidden layer) | linear (MoCo-v1)
     head_hidden_dim: int | None = None  # None: the backbone's feature width
     feature_dim: int = 128
     bn_splits: int = 8  # BatchNorm groups across the global batch; each process gets bn_splits / world_size
@@ -92,11 +93,26 @@ class LocalCrops:
 
 
 @dataclass
+class ObjectiveConfig:
+    """The config section of an objective (mochi_hvs/objectives/), declared in the objective's own module as its
+    `section` and named after it. Config.validate calls `validate` of every registered section."""
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
+
+    @staticmethod
+    def check(condition: bool, source: str, key: str, message: str) -> None:
+        """A ConfigError "<source>: '<key>' <message>" unless `condition` holds."""
+        _check(condition, source, key, message)
+
+
+@dataclass
 class MethodConfig:
     """The config section of a training method (mochi_hvs/methods/): whether it runs, the views per image it needs
     from the data path, and its own validation. Config.validate calls `validate` of every section of this type."""
 
     enabled: bool = False
+    needs_queue: ClassVar[bool] = False  # it reads the objective's memory queue (MoCHi mixes negatives from it)
 
     def views_per_image(self) -> int:
         """Views the data path must draw per image while this method is enabled (a pair by default)."""
@@ -114,6 +130,8 @@ class MethodConfig:
 @dataclass
 class MochiConfig(MethodConfig):
     """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
+
+    needs_queue: ClassVar[bool] = True
 
     num_hard: int = 1024  # N: hardest queue negatives per query to mix from
     num_mix: int = 1024  # s: synthetic negatives mixing two hard negatives
@@ -346,8 +364,9 @@ class Config:
     name: str = "moco_v2"
     output_dir: str = "runs"
     seed: int = 0
-    # contrastive: MoCo-v2 (and the enabled methods) | supervised: the same backbone, views and optimiser trained
-    # with labels and a linear classifier (the supervised reference, mochi_hvs/supervised.py)
+    # a registered objective (mochi_hvs/objectives/): contrastive: MoCo-v2 (and the enabled methods) | supervised:
+    # the same backbone, views and optimiser trained with labels and a linear classifier (the supervised reference)
+    # | byol. An objective with settings has its section here under its name (added by __post_init__).
     objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
@@ -370,6 +389,15 @@ class Config:
     # stages run in order, each initialised from the previous stage's backbone.
     stages: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Each registered objective's config section, at its defaults."""
+        for name, section in sections().items():
+            if not hasattr(self, name):
+                setattr(self, name, section())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and to_dict(self) == to_dict(other)
+
     @property
     def run_dir(self) -> Path:
         """Folder of this run's checkpoints, TensorBoard events and metrics."""
@@ -377,13 +405,12 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "objective": ("contrastive", "supervised"),
     "data.name": ("fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits", "cifar10", "cifar100", "stl10",
                   "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
-    "model.head": ("mlp", "linear"),
+    "model.head": ("mlp", "mlp_bn", "linear"),
     "moco.momentum_schedule": ("constant", "cosine"),
     "mochi.retrieval": ("torch", "faiss"),
     "mochi.faiss_index": ("flat", "ivf"),
@@ -496,7 +523,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    names = [f.name for f in dataclasses.fields(obj)] + (list(sections()) if isinstance(obj, Config) else [])
     for name, value in values.items():
         key = prefix + str(name)
         if name not in names:
@@ -620,6 +647,8 @@ def _check(condition: bool, source: str, key: str, message: str) -> None:
 
 def validate(cfg: Config, source: str) -> None:
     """Reject impossible values with a message that names the key and the file."""
+    _check(cfg.objective in OBJECTIVES, source, "objective",
+           f"must be one of {', '.join(_objective_names())}; got {cfg.objective!r}")
     for key, options in CHOICES.items():
         value = cfg
         for part in key.split("."):
@@ -636,13 +665,39 @@ def validate(cfg: Config, source: str) -> None:
     _validate_data(cfg, source)
     _validate_eval(cfg, source)
     _validate_collapse(cfg.collapse, source)
-    for name, section in method_sections(cfg).items():
-        section.validate(cfg, source)
-        _check(cfg.objective == "contrastive" or not section.enabled, source, f"{name}.enabled",
-               f"needs objective=contrastive (the supervised reference trains without it); got {cfg.objective}")
+    for name in sections():
+        getattr(cfg, name).validate(cfg, source)
+    _validate_methods(cfg, source)
     stage_configs(cfg, source)  # each stage must be a valid run of its own
     _check(cfg.log_every > 0, source, "log_every", "must be positive")
     _check(cfg.checkpoint_every >= 0, source, "checkpoint_every", "must be >= 0")
+
+
+def _objective_names(**needed: bool) -> list[str]:
+    """The registered objectives, or those whose needs have the values given (e.g. queue=True)."""
+    return [name for name, cls in OBJECTIVES.items()
+            if all(getattr(cls.needs, need) == value for need, value in needed.items())]
+
+
+def objective_needs(cfg: Config) -> Needs:
+    """What the configured objective needs (mochi_hvs/objectives/registry.py)."""
+    return declared(cfg.objective).needs
+
+
+def _validate_methods(cfg: Config, source: str) -> None:
+    """Each method section valid, and each enabled one given an objective that takes methods (with a queue where
+    the method reads one)."""
+    needs = objective_needs(cfg)
+    for name, section in method_sections(cfg).items():
+        section.validate(cfg, source)
+        if not section.enabled:
+            continue
+        with_queue = "|".join(_objective_names(queue=True, methods=True))
+        _check(needs.queue or not section.needs_queue, source, f"{name}.enabled",
+               f"needs an objective with a memory queue (objective={with_queue}); objective={cfg.objective} has none")
+        _check(needs.methods, source, f"{name}.enabled",
+               f"needs objective={'|'.join(_objective_names(methods=True))} (objective={cfg.objective} takes no "
+               "methods)")
 
 
 def _validate_optim(cfg: Config, source: str) -> None:
@@ -667,11 +722,11 @@ def _validate_optim(cfg: Config, source: str) -> None:
 def _validate_moco(cfg: Config, source: str) -> None:
     moco, batch = cfg.moco, cfg.optim.batch_size
     _check(
-        moco.queue_size > 0 and moco.queue_size % batch == 0,
+        moco.queue_size > 0 and (moco.queue_size % batch == 0 or not objective_needs(cfg).queue),
         source, "moco.queue_size",
         f"must be a positive multiple of the global batch optim.batch_size={batch}; got {moco.queue_size}",
     )
-    if moco.symmetric:  # both directions enqueue their keys
+    if moco.symmetric and objective_needs(cfg).queue:  # both directions enqueue their keys
         _check(moco.queue_size >= 2 * batch, source, "moco.queue_size",
                f"must hold the 2 x optim.batch_size={2 * batch} keys enqueued per step with moco.symmetric; "
                f"got {moco.queue_size}")
@@ -901,7 +956,8 @@ def method_sections(cfg: Config) -> dict[str, MethodConfig]:
 
 def views_per_image(cfg: Config) -> int:
     """How many views the data path draws per image: a pair, or more when an enabled method needs them."""
-    return max([2, *(section.views_per_image() for section in method_sections(cfg).values() if section.enabled)])
+    methods = (section.views_per_image() for section in method_sections(cfg).values() if section.enabled)
+    return max([2, objective_needs(cfg).views, *methods])
 
 
 def local_crops(cfg: Config) -> LocalCrops | None:
@@ -911,5 +967,5 @@ def local_crops(cfg: Config) -> LocalCrops | None:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of the config (YAML- and checkpoint-safe)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of the config (YAML- and checkpoint-safe), the objectives' sections last."""
+    return dataclasses.asdict(cfg) | {name: dataclasses.asdict(getattr(cfg, name)) for name in sections()}

@@ -10,6 +10,7 @@ from .checkpoint import CheckpointError, resolve_resume
 from .config import Config, add_config_arguments, load_config, stage_configs
 from .distributed import world
 from .errors import Interrupted, UserError
+from .objectives.registry import declared
 from .run_files import SUMMARY
 from .train import Trainer
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def report(summary: dict, title: str = "") -> str:
     """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point and of
     the raw pixels."""
-    trained = "supervised" if summary.get("objective") == "supervised" else "MoCo-pretrained"
+    trained = declared(summary.get("objective", "contrastive")).label
     start = "random init" if summary.get("init_from") is None else "start (init_from)"
     rows = [(trained, summary["knn_top1"]), (start, summary.get("init_knn_top1")),
             ("raw pixels", summary.get("pixels_knn_top1"))]

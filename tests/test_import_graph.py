@@ -44,7 +44,7 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
 def test_the_package_has_no_import_cycle():
     root = Path(mochi_hvs.__file__).resolve().parents[1]
     graph = import_graph(root, "mochi_hvs")
-    assert {"mochi_hvs.step", "mochi_hvs.supervised_step"} <= graph["mochi_hvs.train.build"]  # the walk sees edges
+    assert "mochi_hvs.step" in graph["mochi_hvs.objectives.contrastive"]  # the walk sees edges
     assert "mochi_hvs.pretrain" in graph["mochi_hvs.supervised"]
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
 

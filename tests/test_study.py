@@ -110,7 +110,7 @@ def count_units(model, image_size):
 
     def hook(module, inputs, output):
         pixels = inputs[0].shape[-1] * inputs[0].shape[-2] / image_size**2
-        counted.append(inputs[0].shape[0] * pixels * (3 if output.requires_grad else 1))
+        counted.append(inputs[0].shape[0] * pixels * (3 if output.embedding.requires_grad else 1))
 
     return counted, [model.encoder_q.register_forward_hook(hook), model.encoder_k.register_forward_hook(hook)]
 

@@ -1,4 +1,5 @@
-"""The MoCo module: query encoder, momentum (key) encoder and the memory queue."""
+"""The MoCo module: query encoder, momentum (key) encoder, and the memory queue and a predictor where the objective
+needs them."""
 
 from __future__ import annotations
 
@@ -20,16 +21,19 @@ from .split_bn import convert_split_bn
 @dataclass(frozen=True)
 class EncoderOutput:
     """What one encoder forward gives: the L2-normalised embeddings (N, D), the backbone's pooled features (N, F) they
-    were computed from (before any `combine`), and, where asked, the L2-normalised dense embeddings (N, D', h, w) of
-    the backbone's last feature map. Leading axes other than N (e.g. (B, V) for several views) are allowed."""
+    were computed from (before any `combine`), where asked the L2-normalised dense embeddings (N, D', h, w) of the
+    backbone's last feature map, and the projection head's output before normalisation (N, D; what BYOL's predictor
+    reads). Leading axes other than N (e.g. (B, V) for several views) are allowed."""
 
     embedding: torch.Tensor
     pooled: torch.Tensor
     dense: torch.Tensor | None = None
+    projection: torch.Tensor | None = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> EncoderOutput:
         """The output with `fn` applied to each of its tensors (indexing, reshaping, un-shuffling), None kept."""
-        return EncoderOutput(fn(self.embedding), fn(self.pooled), None if self.dense is None else fn(self.dense))
+        return EncoderOutput(fn(self.embedding), fn(self.pooled), None if self.dense is None else fn(self.dense),
+                             None if self.projection is None else fn(self.projection))
 
 
 class Encoder(nn.Module):
@@ -64,17 +68,20 @@ class Encoder(nn.Module):
             pooled = pooled_features(self.backbone, spatial)
         else:
             pooled = self.backbone(x)
-        features = pooled if combine is None else combine(pooled)
-        return EncoderOutput(F.normalize(self.head(features), dim=1), pooled, dense_map)
+        projection = self.head(pooled if combine is None else combine(pooled))
+        return EncoderOutput(F.normalize(projection, dim=1), pooled, dense_map, projection)
 
 
 class MoCo(nn.Module):
-    """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients) and the queue."""
+    """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients), the queue (None without one) and,
+    where asked, a predictor on f_q's projections (trained, BYOL's q_theta)."""
 
     def __init__(self, arch: str = "resnet18", *, small_stem: bool = False, head: str = "mlp",
-                 head_hidden_dim: int | None = None, feature_dim: int = 128, queue_size: int = 4096,
-                 shuffle_bn: bool = True, bn_splits: int = 1, channels_last: bool = False) -> None:
-        """bn_splits: BatchNorm groups on this device (the configured splits divided by the processes)."""
+                 head_hidden_dim: int | None = None, feature_dim: int = 128, queue_size: int | None = 4096,
+                 shuffle_bn: bool = True, bn_splits: int = 1, channels_last: bool = False,
+                 predictor: bool = False) -> None:
+        """bn_splits: BatchNorm groups on this device (the configured splits divided by the processes); queue_size
+        None: no queue; predictor: an mlp_bn head D -> D with the projection head's hidden width."""
         super().__init__()
         backbone, width = build_backbone(arch, small_stem)
         # Split BN everywhere (one group when no split is asked), so scoring can regroup statistics.
@@ -82,7 +89,9 @@ class MoCo(nn.Module):
         self.encoder_q = Encoder(backbone, projection_head(width, feature_dim, head, head_hidden_dim), channels_last)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.encoder_k.requires_grad_(False)
-        self.queue = MemoryQueue(queue_size, feature_dim)
+        self.queue = MemoryQueue(queue_size, feature_dim) if queue_size is not None else None
+        self.predictor = projection_head(feature_dim, feature_dim, "mlp_bn", head_hidden_dim or width) if predictor \
+            else None
         self.shuffle_bn = shuffle_bn
         self.feature_width = width
 

@@ -1,4 +1,7 @@
-"""The composition root of a pretraining run: data, model, methods, step, optimiser and schedules from a Config."""
+"""The composition root of a pretraining run: data, model, methods, step, optimiser and schedules from a Config.
+
+It builds what the configured objective declares it needs (objectives/registry.py) and lets the objective build
+its step; it names no objective."""
 
 from __future__ import annotations
 
@@ -11,17 +14,16 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config, ConfigError, local_crops, views_per_image
+from ..config import Config, ConfigError, local_crops, objective_needs, views_per_image
 from ..data.batches import BatchSource, build_batches
 from ..data.datasets import ImageSet, balanced_subset, load_images
 from ..distributed import DistEnv
 from ..methods import Method, build_methods
 from ..models.backbone import freeze_all_but_batchnorm
 from ..models.moco import MoCo
+from ..objectives.base import Objective, Step, objective_of
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
-from ..step import ContrastiveStep
-from ..supervised_step import SupervisedStep, add_classifier, classifier_network
 from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
 
 
@@ -36,8 +38,9 @@ class TrainingParts:
     steps_per_epoch: int
     total_steps: int
     model: MoCo
+    objective: Objective
     methods: list[Method]
-    step: ContrastiveStep | SupervisedStep
+    step: Step
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -75,11 +78,16 @@ def default_channels_last(cfg: Config, env: DistEnv, device: torch.device) -> bo
 
 
 def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
-    """The MoCo model of a config: this process's share of the BatchNorm splits, SyncBatchNorm when asked."""
+    """The model the configured objective needs (a queue, a predictor): this process's share of the BatchNorm
+    splits, SyncBatchNorm when asked."""
+    needs = objective_needs(cfg)
+    if not needs.momentum_encoder:
+        raise NotImplementedError("objectives without a momentum encoder are not supported yet")
     model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
                  head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
-                 queue_size=cfg.moco.queue_size, shuffle_bn=cfg.moco.shuffle_bn,
-                 bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last)
+                 queue_size=cfg.moco.queue_size if needs.queue else None, shuffle_bn=cfg.moco.shuffle_bn,
+                 bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last,
+                 predictor=needs.predictor)
     if cfg.model.sync_bn and env.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
@@ -108,16 +116,6 @@ def data_parallel(module: nn.Module, env: DistEnv, device: torch.device) -> nn.M
     if not env.distributed:
         return module
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def build_step(cfg: Config, model: MoCo, methods: list[Method], env: DistEnv, device: torch.device,
-               num_classes: int) -> ContrastiveStep | SupervisedStep:
-    """The step of the configured objective: MoCo-v2 with its methods, or the supervised reference."""
-    if cfg.objective == "supervised":
-        add_classifier(model, num_classes).to(device)
-        return SupervisedStep(data_parallel(classifier_network(model), env, device))
-    return ContrastiveStep(model, cfg.moco.temperature, cfg.moco.symmetric, methods,
-                           data_parallel(model.encoder_q, env, device))
 
 
 def base_lr(cfg: Config) -> float:
@@ -154,9 +152,8 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     check_world(cfg, env)
     seed_everything(cfg.seed)
     images = pretraining_images(cfg) if images is None else images
-    if cfg.objective == "supervised" and bool((images.labels < 0).any()):
-        raise ConfigError(f"objective=supervised needs a label for every pretraining image; data.name={cfg.data.name} "
-                          "pretrains on unlabelled images too")
+    objective = objective_of(cfg)
+    objective.check_images(images)
     batches = build_batches(images, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size, cfg.seed,
                             device, env.rank, env.world_size, local_crops(cfg))
     steps_per_epoch = batches.sampler.batches_per_epoch
@@ -173,7 +170,7 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
         model.encoder_k.compile()
     initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     methods = build_methods(cfg, model)
-    step = build_step(cfg, model, methods, env, device, len(images.classes))
+    step = objective.build_step(model, methods, lambda module: data_parallel(module, env, device), len(images.classes))
     optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype)
-    return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, methods,
-                         step, optimizer, scheduler, scaler, initial_backbone, init_report)
+    return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, objective,
+                         methods, step, optimizer, scheduler, scaler, initial_backbone, init_report)

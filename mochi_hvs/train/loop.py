@@ -23,7 +23,6 @@ from ..random_streams import StepRandom
 from ..run_files import LAST, SUMMARY
 from ..run_lock import RunLock
 from ..runtime import autocast
-from ..schedule import momentum_at
 from ..tracking import MetricWindow, RunLogger, TimeEstimate
 from .build import TrainingParts, build_parts
 from .monitors import Monitors
@@ -128,11 +127,12 @@ class Trainer:
     # ----------------------------------------------------------------- step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimisation step: momentum update of f_k, the contrastive step, SGD on f_q, enqueue; returns
-        detached device scalars."""
+        """One optimisation step: momentum update of f_k (where the objective has one), the objective's step, SGD,
+        enqueue (where it returns keys); returns detached device scalars."""
         parts, cfg, pos = self.parts, self.cfg, self.position
-        momentum = momentum_at(pos.global_step, parts.total_steps, cfg.moco.momentum, cfg.moco.momentum_schedule)
-        parts.model.momentum_update(momentum)  # before the step: keys computed while scoring views are f_k's keys
+        momentum = parts.objective.target_momentum(pos.global_step, parts.total_steps)
+        if momentum is not None:  # before the step: keys computed while scoring views are f_k's keys
+            parts.model.momentum_update(momentum)
         rng = StepRandom(cfg.seed, pos.global_step, self.env.rank, parts.device)
         with autocast(parts.device, parts.amp_dtype):
             local = {key: batch[key] for key in ("local_views", "local_boxes") if key in batch}  # multi-crop's
@@ -152,8 +152,8 @@ class Trainer:
         self.collapse_signal = out.signal
         for key, values in out.per_sample.items():
             self.epoch_samples.setdefault(key, []).append(values.detach())
-        return {**out.metrics, "lr": torch.tensor(parts.optimizer.param_groups[0]["lr"]),
-                "momentum": torch.tensor(momentum)}
+        moved = {} if momentum is None else {"momentum": torch.tensor(momentum)}
+        return {**out.metrics, "lr": torch.tensor(parts.optimizer.param_groups[0]["lr"]), **moved}
 
     # ----------------------------------------------------------------- loop
 

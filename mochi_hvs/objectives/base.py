@@ -1,0 +1,73 @@
+"""The objective seam: an objective builds the step the training loop calls, and says how its target encoder moves.
+
+A step is called with a batch of views and returns a StepOutput (the loss, keys to enqueue where the objective has
+a queue, metrics with at least `loss` and `proxy_top1`, and the collapse monitor's signal). The loop runs the
+momentum update before the step (so that keys a method computes while scoring views are the step's keys), then
+backward, the optimiser and the enqueue; it never learns which objective runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data.datasets import ImageSet
+from ..methods import Method
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+from ..schedule import momentum_at
+from ..step import StepOutput
+from .registry import Declared, Forwards, declared
+
+Wrap = Callable[[nn.Module], nn.Module]  # a trained module -> what its forward goes through (DDP under torchrun)
+
+
+class Step(Protocol):
+    """One training step of an objective."""
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
+                 local_boxes: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W) with crop boxes (B, V, 4) and flips (B, V); labels (B,) where known; multi-crop's
+        small crops (B, L, C, h, w) and their boxes where drawn."""
+        ...
+
+
+class Objective(Declared):
+    """A registered objective (registry.register), built for one run's config."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def target_momentum(self, step: int, total_steps: int) -> float | None:
+        """The momentum of the target encoder's update before `step` (None: no momentum encoder): moco.momentum on
+        moco.momentum_schedule by default."""
+        if not self.needs.momentum_encoder:
+            return None
+        moco = self.cfg.moco
+        return momentum_at(step, total_steps, moco.momentum, moco.momentum_schedule)
+
+    def forwards(self) -> Forwards:
+        """Encoder image-forwards of one step per image (compute_cost.py adds the methods')."""
+        raise NotImplementedError
+
+    def check_images(self, images: ImageSet) -> None:
+        """Refuse pretraining images the objective cannot train on (ConfigError); any, by default."""
+
+    def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
+        """The step, on `model` (built from the needs, on its device; a module added here is checkpointed and
+        optimised with it). Trained forwards go through wrap(module); num_classes: the pretraining images'."""
+        raise NotImplementedError
+
+
+def objective_of(cfg: Config) -> Objective:
+    """The configured objective, built for cfg."""
+    cls = declared(cfg.objective)
+    if not issubclass(cls, Objective):
+        raise TypeError(f"objective {cfg.objective!r} is registered without a step (an objectives.base.Objective)")
+    return cls(cfg)

@@ -1,0 +1,3 @@
+"""Importing this module registers every objective shipped with mochi_hvs (mochi_hvs/__init__.py does, first)."""
+
+from . import contrastive, supervised  # noqa: F401

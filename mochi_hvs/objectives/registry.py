@@ -1,0 +1,55 @@
+"""The objective registry: what each objective declares, readable without torch (config.py validates with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an objective's step needs from the model, the data path and the methods."""
+
+    views: int = 2  # views per image its step reads (the data path draws at least a pair)
+    momentum_encoder: bool = True  # a key / target encoder that follows the trained one by momentum (EMA)
+    queue: bool = False  # a memory queue of past keys: negatives, which MoCHi mixes from
+    predictor: bool = False  # a predictor head on the trained side (MoCo.predictor)
+    methods: bool = False  # the MoCo step's method hooks (mochi_hvs/methods/) apply to it
+
+
+@dataclass(frozen=True)
+class Forwards:
+    """Encoder image-forwards of one step per image, before any method's: views through the trained encoder (with
+    gradient) and through the momentum encoder (without); compute_cost.py prices them."""
+
+    trained: float
+    target: float
+
+
+class Declared:
+    """An objective's declarations (objectives/base.py adds what builds its step)."""
+
+    name: ClassVar[str]  # its `objective:` value, and the name of its config section when it has one
+    label: ClassVar[str]  # what a backbone trained with it is called in reports ("MoCo-pretrained")
+    needs: ClassVar[Needs] = Needs()
+    section: ClassVar[type[Any] | None] = None  # its config section's dataclass (config.ObjectiveConfig), if any
+
+
+OBJECTIVES: dict[str, type[Declared]] = {}
+T = TypeVar("T", bound=type[Declared])
+
+
+def register(cls: T) -> T:
+    """Class decorator: make an objective (and its config section) available under its name."""
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def declared(name: str) -> type[Declared]:
+    """The registered objective of that name (config validation has checked that it exists)."""
+    return OBJECTIVES[name]
+
+
+def sections() -> dict[str, type[Any]]:
+    """The config sections of the registered objectives, by name."""
+    return {name: cls.section for name, cls in OBJECTIVES.items() if cls.section is not None}
