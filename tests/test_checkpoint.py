@@ -185,8 +185,7 @@ def assert_resume_is_exact(overrides, steps=3, stop=2):
     assert resumed.position.global_step == stop
     resumed.train()
     assert resumed.position.global_step == steps
-    assert_same_state(weights(straight), weights(resumed))
-    assert torch.equal(straight.model.queue.features, resumed.model.queue.features)
+    assert_same_state(weights(straight), weights(resumed))  # the queue too, where the objective has one
     return resumed
 
 

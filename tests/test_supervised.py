@@ -38,8 +38,8 @@ def test_the_supervised_reference_learns_to_classify(tiny_overrides):
 def test_supervised_takes_no_method_and_needs_labels(tiny_overrides):
     with pytest.raises(ConfigError, match="'hvs.enabled' needs objective=contrastive"):
         load_config(None, ["objective=supervised", "hvs.enabled=true"])
-    with pytest.raises(ConfigError, match="'objective' must be one of contrastive, supervised"):
-        load_config(None, ["objective=byol"])
+    with pytest.raises(ConfigError, match="'objective' must be one of .*supervised"):
+        load_config(None, ["objective=simclr"])
 
 
 def test_the_supervised_command_names_its_run_after_the_recipe(tiny_overrides, monkeypatch):

@@ -1,0 +1,128 @@
+"""BYOL (Grill et al., "Bootstrap your own latent", NeurIPS 2020), objective: byol.
+
+An online network (encoder f, projector g, predictor q) predicts the target network's projection of another view of
+the same image; the target is an exponential moving average of the online encoder and projector (no predictor) and
+receives no gradient. No queue, no negatives. On the model: f_q and its head are the online f and g, f_k the target,
+`MoCo.predictor` q (mlp_bn, the projector's hidden width); the loop's momentum update is the EMA.
+
+    byol: {momentum: 0.99, momentum_schedule: cosine}
+
+`momentum` is tau_base; the paper raises tau to 1 over training on a cosine (tau = 1 - (1 - tau_base)
+(cos(pi k / K) + 1) / 2) from 0.996 over hundreds of epochs; the embedded recipe's few epochs start at 0.99.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..collapse import CollapseSignal
+from ..config import Config, ObjectiveConfig
+from ..methods import Method
+from ..models.moco import EncoderOutput, MoCo
+from ..random_streams import StepRandom
+from ..schedule import momentum_at
+from ..step import StepOutput
+from .base import Objective, Step, Wrap
+from .registry import Forwards, Needs, register
+
+MOMENTUM_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class ByolConfig(ObjectiveConfig):
+    """BYOL's target network: the EMA momentum tau_base and its schedule."""
+
+    momentum: float = 0.99  # tau_base (the paper: 0.996)
+    momentum_schedule: str = "cosine"  # cosine: raised to 1 over training (the paper) | constant
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """tau in [0, 1], a known schedule."""
+        self.check(0 <= self.momentum <= 1, source, "byol.momentum", f"must be in [0, 1]; got {self.momentum}")
+        self.check(self.momentum_schedule in MOMENTUM_SCHEDULES, source, "byol.momentum_schedule",
+                   f"must be one of {', '.join(MOMENTUM_SCHEDULES)}; got {self.momentum_schedule!r}")
+
+
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised mean squared error per row: ||p / ||p|| - z / ||z|| ||^2 = 2 - 2 cos(p, z)."""
+    p, z = F.normalize(prediction.float(), dim=1), F.normalize(target.float(), dim=1)
+    return 2 - 2 * (p * z).sum(dim=1)
+
+
+def retrieval_top1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of predictions whose nearest target (cosine) in the batch is their own sample's: the pretext accuracy."""
+    similarity = F.normalize(prediction.float(), dim=1) @ F.normalize(target.float(), dim=1).T
+    return (similarity.argmax(dim=1) == torch.arange(len(similarity), device=similarity.device)).float().mean()
+
+
+class OnlineNetwork(nn.Module):
+    """The online encoder and projector, then the predictor: one module, so that one DDP wrapper averages every
+    trained gradient."""
+
+    def __init__(self, encoder: nn.Module, predictor: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+
+    def forward(self, x: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
+        """The online output for x (N, C, H, W) and its prediction q(g(f(x))) (N, D), from the unnormalised
+        projection."""
+        out = self.encoder(x)
+        return out, self.predictor(out.projection)
+
+
+class ByolStep:
+    """BYOL's Algorithm 1, one step:
+
+        v, v' = t(x), t'(x)                           # views 0 and 1
+        q, q' = q_theta(g_theta(f_theta(v))), ...(v')  # online predictions of both views
+        z, z' = g_xi(f_xi(v)), g_xi(f_xi(v'))          # target projections, no gradient (shuffle-BN, as MoCo's keys)
+        loss = mean(||q^ - z'^||^2 + ||q'^ - z^||^2)  # symmetrised; ^: L2-normalised, each term 2 - 2 cos
+        # then the loop: loss.backward(); SGD on theta (f, g, q); xi <- tau xi + (1 - tau) theta (f, g only)
+    """
+
+    def __init__(self, model: MoCo, online: nn.Module) -> None:
+        """online: OnlineNetwork of the model's f_q and predictor (or its DDP wrapper under torchrun)."""
+        self.model = model
+        self.online = online
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
+                 local_boxes: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 of each sample; nothing is enqueued."""
+        v, v_prime = views[:, 0], views[:, 1]
+        online, q = self.online(v)
+        _, q_prime = self.online(v_prime)
+        z = self.model.key(v, rng("shuffle")).embedding
+        z_prime = self.model.key(v_prime, rng("shuffle")).embedding
+        loss = (regression_loss(q, z_prime) + regression_loss(q_prime, z)).mean()
+        metrics = {"loss": loss.detach(), "proxy_top1": retrieval_top1(q.detach(), z_prime)}
+        return StepOutput(loss=loss, keys=None, metrics=metrics,
+                          signal=CollapseSignal(online.embedding.detach(), loss.detach()))
+
+
+@register
+class Byol(Objective):
+    """objective: byol."""
+
+    name = "byol"
+    label = "BYOL-pretrained"
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
+    section = ByolConfig
+
+    def target_momentum(self, step: int, total_steps: int) -> float:
+        """tau at `step`: byol.momentum on byol.momentum_schedule."""
+        byol = self.cfg.byol
+        return momentum_at(step, total_steps, byol.momentum, byol.momentum_schedule)
+
+    def forwards(self) -> Forwards:
+        """Both views through the online network (trained) and through the target."""
+        return Forwards(trained=2, target=2)
+
+    def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
+        """ByolStep on the wrapped online network."""
+        return ByolStep(model, wrap(OnlineNetwork(model.encoder_q, model.predictor)))
