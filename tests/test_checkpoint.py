@@ -207,6 +207,29 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
     assert last_steps == [8, 8]
 
 
+def test_resumed_run_reports_the_whole_runs_steps_and_seconds(tiny_overrides):
+    """The summary of a resumed run counts every step and the training seconds of every segment (kept in the
+    checkpoint), not only the last process's; a checkpoint from before the seconds were kept says where they start."""
+    cfg = load_config(None, tiny_overrides + ["optim.steps=6"])
+    interrupted = Trainer(cfg)
+    stop_after(interrupted, 4)
+    with pytest.raises(Interrupted):
+        interrupted.train()
+    first = load_checkpoint(cfg.run_dir / "last.pth")
+    assert first["global_step"] == 4 and first["train_seconds"] > 0 and first["seconds_from_step"] == 0
+    resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
+    summary = resumed.train()
+    assert summary["steps"] == 6 and summary["train_seconds_from_step"] == 0
+    final = load_checkpoint(cfg.run_dir / "last.pth")["train_seconds"]  # saved before the end-of-run monitors
+    assert first["train_seconds"] < final <= summary["train_seconds"]
+    resumed.close()
+
+    legacy = {key: value for key, value in first.items() if key not in ("train_seconds", "seconds_from_step")}
+    save_atomic(legacy, cfg.run_dir / "old.pth")
+    old = Trainer(cfg, resume=cfg.run_dir / "old.pth", verify=False)
+    assert (old.position.train_seconds, old.position.seconds_from_step) == (0.0, 4)
+
+
 def test_checkpoint_holds_everything_needed(plain_run):
     state = load_checkpoint(plain_run.state.checkpoint_path)
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "global_step", "rng", "config"):

@@ -81,6 +81,7 @@ class Trainer:
             self.logger = RunLogger(cfg.run_dir, enabled=self.env.is_main, start_step=self.position.global_step)
             self.monitors = Monitors(cfg, self.parts, self.logger, self.env.is_main)
             self.last_metrics: dict[str, float] = {}
+            self.seconds_counted = time.perf_counter()  # when training time was last added to the position
             self.collapse_signal: CollapseSignal | None = None  # the last step's, read at the next log point
             self.stop_requested = False
             self.epoch_samples: dict[str, list[torch.Tensor]] = {}  # per-sample values of this epoch (histograms)
@@ -204,7 +205,15 @@ class Trainer:
         it recovers, the last good checkpoint stays. requested: a stop request's save, always written (resuming
         continues exactly)."""
         if requested or not (self.cfg.collapse.stop and self.monitors.collapse.streak):
+            self._count_seconds()
             self.state.save()
+
+    def _count_seconds(self) -> None:
+        """Add the training seconds since the last count to the position (kept in the checkpoint: a resumed run's
+        summary gives the whole run's training time, not the last process's)."""
+        now = time.perf_counter()
+        self.position.train_seconds += now - self.seconds_counted
+        self.seconds_counted = now
 
     def _run_epoch(self, estimate: TimeEstimate) -> None:
         parts, pos = self.parts, self.position
@@ -262,17 +271,19 @@ class Trainer:
         self._flush(window, bar)
 
     def train(self) -> dict[str, Any]:
-        """Run the remaining epochs (kNN every eval.knn_every epochs); returns steps and seconds. SIGINT/SIGTERM
-        save a checkpoint and stop (Interrupted); any exception closes the run."""
-        start = time.perf_counter()
-        start_step = self.position.global_step
-        estimate = TimeEstimate(start_step, self.parts.total_steps)
+        """Run the remaining epochs (kNN every eval.knn_every epochs); returns the run's steps and training seconds,
+        resumed segments included. SIGINT/SIGTERM save a checkpoint and stop (Interrupted); any exception closes
+        the run."""
+        self.seconds_counted = time.perf_counter()
+        estimate = TimeEstimate(self.position.global_step, self.parts.total_steps)
         with on_stop_signal(self.request_stop), self._closing_on_error():
             while self.position.global_step < self.parts.total_steps:
                 self._run_epoch(estimate)
                 self.monitors.end_of_epoch(self.position, last=self.position.global_step >= self.parts.total_steps)
-        return {"steps": self.position.global_step - start_step,
-                "train_seconds": round(time.perf_counter() - start, 1)}
+        self._count_seconds()
+        pos = self.position
+        return {"steps": pos.global_step, "train_seconds": round(pos.train_seconds, 1),
+                "train_seconds_from_step": pos.seconds_from_step}
 
     def finished_summary(self) -> dict[str, Any] | None:
         """The summary of a run that had already finished when it was resumed (all steps done and summary.json

@@ -28,11 +28,15 @@ from .build import TrainingParts
 
 @dataclass
 class Position:
-    """Where training stands: the epoch, batches done in it, and the global step."""
+    """Where training stands: the epoch, batches done in it, the global step, and the training seconds spent up to
+    the last checkpoint, counted from step `seconds_from_step` (0, unless the run was resumed from a checkpoint
+    written before the seconds were kept)."""
 
     epoch: int = 0
     batch_in_epoch: int = 0
     global_step: int = 0
+    train_seconds: float = 0.0
+    seconds_from_step: int = 0
 
 
 class RunState:
@@ -71,6 +75,8 @@ class RunState:
             "epoch": self.position.epoch,
             "batch_in_epoch": self.position.batch_in_epoch,
             "global_step": self.position.global_step,
+            "train_seconds": self.position.train_seconds,
+            "seconds_from_step": self.position.seconds_from_step,
             "rng": capture_rng(),
         }
 
@@ -107,7 +113,9 @@ class RunState:
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.scaler.load_state_dict(state["scaler"])
-        self.position = Position(state["epoch"], state["batch_in_epoch"], state["global_step"])
+        step = state["global_step"]
+        self.position = Position(state["epoch"], state["batch_in_epoch"], step, state.get("train_seconds", 0.0),
+                                 state.get("seconds_from_step", step))
         restore_rng(state["rng"])
         self.last_good = (Path(path), self.position.global_step)
         if self.env.is_main:
