@@ -1,5 +1,6 @@
 """The objective registry: an objective registered from outside the package is configured, built, trained, priced and
-reported from its declarations alone; the declarations decide what methods it takes."""
+reported from its declarations alone; the declarations decide what methods it takes and whether the model has a
+momentum encoder."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from test_checkpoint import assert_resume_is_exact
 
 from mochi_hvs.collapse import CollapseSignal
 from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, ObjectiveConfig, load_config, to_dict, views_per_image
+from mochi_hvs.export import export_backbone
 from mochi_hvs.objectives.base import Objective, Step, Wrap
 from mochi_hvs.objectives.registry import OBJECTIVES, Forwards, Needs, register
 from mochi_hvs.pretrain import report
@@ -100,3 +103,60 @@ def test_an_unknown_objective_is_refused_naming_the_registered_ones(toy):
     assert {"contrastive", "supervised", "toy"} <= set(OBJECTIVES)
     with pytest.raises(ConfigError, match=f"'objective' must be one of {', '.join(OBJECTIVES)}; got 'nope'"):
         load_config(None, ["objective=nope"])
+
+
+class SoloStep:
+    """One network, no momentum encoder: the embeddings of views 0 and 1 agree (cosine)."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, views, rng, labels=None, boxes=None, epoch=0, step=0, flips=None, **_) -> StepOutput:
+        a, b = self.encoder(views[:, 0]), self.encoder(views[:, 1])
+        loss = 1 - F.cosine_similarity(a.embedding, b.embedding).mean()
+        return StepOutput(loss, None, metrics={"loss": loss.detach(), "proxy_top1": torch.tensor(0.0)},
+                          signal=CollapseSignal(a.embedding.detach(), loss.detach()))
+
+
+class Solo(Objective):
+    """One trained network: no momentum encoder, no queue."""
+
+    def build_step(self, model, methods, wrap: Wrap, num_classes: int) -> Step:
+        return SoloStep(wrap(model.encoder_q))
+
+    def forwards(self) -> Forwards:
+        return Forwards(trained=2, target=0)
+
+    name, label = "solo", "solo-pretrained"
+    needs = Needs(views=2, momentum_encoder=False, queue=False)
+
+
+@pytest.fixture
+def solo():
+    register(Solo)
+    yield Solo
+    del OBJECTIVES[Solo.name]
+
+
+def test_an_objective_without_a_momentum_encoder_trains_resumes_exports_and_initialises(solo, quick_overrides,
+                                                                                        tmp_path):
+    cfg = load_config(None, quick_overrides + ["objective=solo", "optim.steps=2", "log_every=1"])
+    assert units_per_image(cfg, selecting=False) == 2 * 3  # two trained forwards (+ backward), no target
+    trainer = Trainer(cfg)
+    assert trainer.parts.objective.target_momentum(0, 2) is None
+    summary = trainer.fit()
+    model = trainer.model
+    assert model.encoder_k is None and not any(k.startswith("encoder_k.") for k in model.state_dict())
+    lines = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [line for line in lines if "train/loss" in line]
+    assert len(trained) == 2 and not any("train/momentum" in line for line in trained)  # no EMA update
+    assert "knn_top1" in json.dumps(summary) and report(summary).splitlines()[2].startswith("solo-pretrained")
+    checkpoint = trainer.state.checkpoint_path
+    _, line = export_backbone(checkpoint, "torchvision", tmp_path / "r18.pth")
+    exported = torch.load(tmp_path / "r18.pth")
+    assert all(torch.equal(exported[k], v) for k, v in model.backbone.state_dict().items()), line
+    staged = Trainer(load_config(None, quick_overrides + ["objective=solo", "name=stage2",
+                                                          f"model.init_from={checkpoint}"]))
+    assert all(torch.equal(staged.model.backbone.state_dict()[k], v) for k, v in model.backbone.state_dict().items())
+    staged.close()
+    assert_resume_is_exact(quick_overrides + ["objective=solo", "output_dir=" + str(tmp_path / "resume")])

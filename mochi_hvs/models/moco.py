@@ -1,5 +1,5 @@
-"""The MoCo module: query encoder, momentum (key) encoder, and the memory queue and a predictor where the objective
-needs them."""
+"""The MoCo module: query encoder, and the momentum (key) encoder, the memory queue and a predictor where the
+objective needs them."""
 
 from __future__ import annotations
 
@@ -73,22 +73,22 @@ class Encoder(nn.Module):
 
 
 class MoCo(nn.Module):
-    """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients), the queue (None without one) and,
-    where asked, a predictor on f_q's projections (trained, BYOL's q_theta)."""
+    """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients; None without one), the queue (None
+    without one) and, where asked, a predictor on f_q's projections (trained, BYOL's q_theta)."""
 
     def __init__(self, arch: str = "resnet18", *, small_stem: bool = False, head: str = "mlp",
                  head_hidden_dim: int | None = None, feature_dim: int = 128, queue_size: int | None = 4096,
                  shuffle_bn: bool = True, bn_splits: int = 1, channels_last: bool = False,
-                 predictor: bool = False) -> None:
+                 predictor: bool = False, momentum_encoder: bool = True) -> None:
         """bn_splits: BatchNorm groups on this device (the configured splits divided by the processes); queue_size
-        None: no queue; predictor: an mlp_bn head D -> D with the projection head's hidden width."""
+        None: no queue; predictor: an mlp_bn head D -> D with the projection head's hidden width; momentum_encoder
+        False: no f_k (objectives that train one network only)."""
         super().__init__()
         backbone, width = build_backbone(arch, small_stem)
         # Split BN everywhere (one group when no split is asked), so scoring can regroup statistics.
         convert_split_bn(backbone, bn_splits)
         self.encoder_q = Encoder(backbone, projection_head(width, feature_dim, head, head_hidden_dim), channels_last)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        self.encoder_k.requires_grad_(False)
+        self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False) if momentum_encoder else None
         self.queue = MemoryQueue(queue_size, feature_dim) if queue_size is not None else None
         self.predictor = projection_head(feature_dim, feature_dim, "mlp_bn", head_hidden_dim or width) if predictor \
             else None
@@ -101,15 +101,16 @@ class MoCo(nn.Module):
         return self.encoder_q.backbone
 
     def add_dense_heads(self, dim: int, hidden_dim: int | None = None) -> None:
-        """Give both encoders a dense projection head on the backbone's last feature map (LC-loss): f_q's trained,
-        f_k's a copy that follows it by momentum like the rest of f_k. On the model's device, dtype and memory
-        format; call it before the optimiser and the DDP wrapper are built."""
+        """Give the encoders a dense projection head on the backbone's last feature map (LC-loss): f_q's trained,
+        f_k's (where there is one) a copy that follows it by momentum like the rest of f_k. On the model's device,
+        dtype and memory format; call it before the optimiser and the DDP wrapper are built."""
         reference = next(self.encoder_q.backbone.parameters())
         head = dense_projection_head(self.feature_width, dim, hidden_dim).to(reference.device, reference.dtype)
         if self.encoder_q.channels_last:
             head.to(memory_format=torch.channels_last)
         self.encoder_q.dense_head = head
-        self.encoder_k.dense_head = copy.deepcopy(head).requires_grad_(False)
+        if self.encoder_k is not None:
+            self.encoder_k.dense_head = copy.deepcopy(head).requires_grad_(False)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:

@@ -1,4 +1,5 @@
-"""Training objectives: what one step optimises (MoCo-v2's InfoNCE against a queue, the supervised reference, BYOL).
+"""Training objectives: what one step optimises (MoCo-v2's InfoNCE against a queue, the supervised reference, BYOL,
+TWIST).
 
 Each objective is one module here with an `Objective` subclass registered under its `objective:` name
 (registry.py). It declares what it needs (registry.Needs) and, where it has settings, its config section; the

@@ -78,24 +78,22 @@ def default_channels_last(cfg: Config, env: DistEnv, device: torch.device) -> bo
 
 
 def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
-    """The model the configured objective needs (a queue, a predictor): this process's share of the BatchNorm
-    splits, SyncBatchNorm when asked."""
+    """The model the configured objective needs (a momentum encoder, a queue, a predictor): this process's share of
+    the BatchNorm splits, SyncBatchNorm when asked."""
     needs = objective_needs(cfg)
-    if not needs.momentum_encoder:
-        raise NotImplementedError("objectives without a momentum encoder are not supported yet")
     model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
                  head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
                  queue_size=cfg.moco.queue_size if needs.queue else None, shuffle_bn=cfg.moco.shuffle_bn,
                  bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last,
-                 predictor=needs.predictor)
+                 predictor=needs.predictor, momentum_encoder=needs.momentum_encoder)
     if cfg.model.sync_bn and env.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
 
 def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) -> LoadReport:
-    """HPT: the query backbone from model.init_from, copied into the momentum encoder. The projection head keeps
-    its fresh initialisation, the queue starts empty and the optimiser fresh."""
+    """HPT: the query backbone from model.init_from, copied into the momentum encoder where there is one. The
+    projection head keeps its fresh initialisation, the queue starts empty and the optimiser fresh."""
     path = cfg.model.init_from
     state, meta = read_backbone_state(path, verify=verify)
     wanted = (cfg.model.arch, cfg.model.small_stem)
@@ -104,7 +102,8 @@ def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) 
                            f"but the run builds {wanted[0]} (small stem: {wanted[1]}); set model.arch and "
                            "model.small_stem to match")
     report = load_backbone_weights(model.encoder_q.backbone, state)
-    model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+    if model.encoder_k is not None:
+        model.encoder_k.load_state_dict(model.encoder_q.state_dict())
     if announce:
         print(f"init_from {path} ({meta.source} format): {report.summary()}", file=sys.stderr)
     return report
@@ -167,7 +166,8 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     model.to(device)
     if cfg.compile:
         model.encoder_q.compile()
-        model.encoder_k.compile()
+        if model.encoder_k is not None:
+            model.encoder_k.compile()
     initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     methods = build_methods(cfg, model)
     step = objective.build_step(model, methods, lambda module: data_parallel(module, env, device), len(images.classes))

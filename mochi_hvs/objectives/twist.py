@@ -1,0 +1,161 @@
+"""TWIST (Wang et al. 2021, "Self-Supervised Learning by Estimating Twin Class Distributions"), objective: twist.
+
+One network, no momentum encoder, no stop-gradient, no queue: the backbone and projection head map each view to C
+logits ("twin classes", C = model.feature_dim), a BatchNorm without affine parameters normalises each logit over the
+batch (the paper's head ends so), and a softmax gives each view's class distribution. For the two views' distributions
+p1, p2 (B, C), with H(p) = -sum_c p_c log(p_c + eps) and KL(p||q) = sum_c p_c (log(p_c + eps) - log(q_c + eps)):
+
+    kl  = 1/2 (mean_i KL(p1_i || p2_i) + mean_i KL(p2_i || p1_i))        # consistency of the twins
+    eh  = 1/2 (mean_i H(s1_i) + mean_i H(s2_i))                          # per-sample entropy: sharp (minimised)
+    he  = 1/2 (H(mean_i s1_i) + H(mean_i s2_i))                          # batch-mean entropy: diverse (maximised)
+    loss = kl + (1 + lam1) eh - lam2 he
+
+s = softmax(logits / tau), the distributions sharpened by tau (s = p at tau = 1). This is the official code's
+EntLoss (github.com/bytedance/TWIST, objective.py; defaults lam1 = 0, lam2 = 1, tau = 1, eps = 1e-5), which is
+the paper's eq. (the consistency term plus the sharpness and diversity terms, all with weight 1). Its minimum,
+-lam2 log C at the defaults, is reached by consistent one-hot distributions spread evenly over the C classes; a
+representation collapsed to one point gives all-zero normalised logits, uniform distributions and the loss
+(1 + lam1 - lam2) (-log(1/C + eps)): the collapse monitor's uniform value.
+
+    twist: {lam1: 0.0, lam2: 1.0, tau: 1.0, eps: 1.0e-5}
+
+Differences from the paper: the projection head is model.head (configs/twist.yaml: mlp_bn, one hidden layer; the
+paper's has two, and C up to 4096 for ImageNet); under torchrun the batch mean and the logit BatchNorm are each
+process's own (the paper all-reduces the batch mean and normalises over groups of processes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..collapse import CollapseSignal
+from ..config import Config, ObjectiveConfig
+from ..methods import Method
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+from ..step import StepOutput
+from .base import Objective, Step, Wrap
+from .registry import Forwards, Needs, register
+
+LOGIT_BN = "twist_logit_bn"  # the model attribute of the BatchNorm on the logits (checkpointed with the model)
+
+
+@dataclass
+class TwistConfig(ObjectiveConfig):
+    """TWIST's loss weights, sharpening temperature and the epsilon inside its logarithms."""
+
+    lam1: float = 0.0  # the per-sample entropy's weight is 1 + lam1
+    lam2: float = 1.0  # the batch-mean entropy's weight
+    tau: float = 1.0  # the entropy terms read softmax(logits / tau)
+    eps: float = 1e-5  # added inside every log, as the official code
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Weights >= 0 (lam1 > -1), tau and eps > 0, and at least two twin classes."""
+        self.check(self.lam1 > -1, source, "twist.lam1", f"must be > -1; got {self.lam1}")
+        self.check(self.lam2 >= 0, source, "twist.lam2", f"must be >= 0; got {self.lam2}")
+        self.check(self.tau > 0, source, "twist.tau", f"must be > 0; got {self.tau}")
+        self.check(0 < self.eps < 1, source, "twist.eps", f"must be in (0, 1); got {self.eps}")
+        self.check(cfg.model.feature_dim >= 2, source, "model.feature_dim",
+                   f"is TWIST's number of twin classes and must be >= 2; got {cfg.model.feature_dim}")
+
+
+@dataclass(frozen=True)
+class TwistTerms:
+    """The loss and its three terms, scalars."""
+
+    loss: torch.Tensor
+    kl: torch.Tensor
+    sample_entropy: torch.Tensor
+    batch_entropy: torch.Tensor
+
+
+def entropy(p: torch.Tensor, eps: float) -> torch.Tensor:
+    """-sum_c p_c log(p_c + eps) over the last axis."""
+    return -(p * (p + eps).log()).sum(dim=-1)
+
+
+def twist_terms(logits1: torch.Tensor, logits2: torch.Tensor, settings: TwistConfig) -> TwistTerms:
+    """TWIST's loss for the normalised logits (B, C) of the two views (the module docstring's formula), in float32
+    at least."""
+    eps = settings.eps
+    z1, z2 = logits1.float(), logits2.float()
+    p1, p2 = z1.softmax(dim=1), z2.softmax(dim=1)
+    log1, log2 = (p1 + eps).log(), (p2 + eps).log()
+    kl = 0.5 * ((p1 * (log1 - log2)).sum(dim=1).mean() + (p2 * (log2 - log1)).sum(dim=1).mean())
+    s1, s2 = (z1 / settings.tau).softmax(dim=1), (z2 / settings.tau).softmax(dim=1)
+    sample = 0.5 * (entropy(s1, eps).mean() + entropy(s2, eps).mean())
+    batch = 0.5 * (entropy(s1.mean(dim=0), eps) + entropy(s2.mean(dim=0), eps))
+    loss = kl + (1 + settings.lam1) * sample - settings.lam2 * batch
+    return TwistTerms(loss, kl, sample, batch)
+
+
+def uniform_loss(classes: int, settings: TwistConfig) -> float:
+    """The loss when every logit is equal (uniform distributions: kl 0, both entropies -log(1/C + eps))."""
+    return (1 + settings.lam1 - settings.lam2) * -math.log(1 / classes + settings.eps)
+
+
+class TwinNetwork(nn.Module):
+    """The encoder, then the BatchNorm (no affine parameters) of its logits: one module, so that one DDP wrapper
+    averages every trained gradient."""
+
+    def __init__(self, encoder: nn.Module, logit_bn: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.logit_bn = logit_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised logits (N, C) of x (N, C_in, H, W), from the unnormalised projection."""
+        return self.logit_bn(self.encoder(x).projection)
+
+
+class TwistStep:
+    """TWIST, one step:
+
+        z1, z2 = BN(g(f(cat(v1, v2)))).chunk(2)   # both views in one forward, as the paper (BatchNorm over 2B)
+        loss = kl(p1, p2) + (1 + lam1) eh - lam2 he   # p = softmax(z); twist_terms
+        # then the loop: loss.backward(); SGD on f, g (gradient through both views); no momentum update
+    """
+
+    def __init__(self, network: nn.Module, settings: TwistConfig) -> None:
+        """network: TwinNetwork of the model's f_q and logit BatchNorm (or its DDP wrapper under torchrun)."""
+        self.network = network
+        self.settings = settings
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 **unused: torch.Tensor | None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 of each sample (flips and multi-crop's small crops are not read);
+        nothing is enqueued."""
+        z1, z2 = self.network(torch.cat([views[:, 0], views[:, 1]])).chunk(2)
+        terms = twist_terms(z1, z2, self.settings)
+        p1, p2 = z1.detach().float().softmax(dim=1), z2.detach().float().softmax(dim=1)
+        metrics = {"loss": terms.loss.detach(), "proxy_top1": (p1.argmax(dim=1) == p2.argmax(dim=1)).float().mean(),
+                   "twist_kl": terms.kl.detach(), "twist_sample_entropy": terms.sample_entropy.detach(),
+                   "twist_batch_entropy": terms.batch_entropy.detach()}
+        return StepOutput(loss=terms.loss, keys=None, metrics=metrics,
+                          signal=CollapseSignal(p1, terms.loss.detach(), uniform_loss(p1.shape[1], self.settings)))
+
+
+@register
+class Twist(Objective):
+    """objective: twist. One trained network for both views: no momentum encoder, queue or predictor."""
+
+    name, label, section = "twist", "TWIST-pretrained", TwistConfig
+    needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False)
+    forwards_per_image = Forwards(trained=2, target=0)
+
+    def forwards(self) -> Forwards:
+        """Both views through the one trained network."""
+        return self.forwards_per_image
+
+    def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
+        """TwistStep on the wrapped network; the logit BatchNorm is added to the model (its running statistics are
+        checkpointed with it)."""
+        device = next(model.encoder_q.parameters()).device
+        logit_bn = nn.BatchNorm1d(self.cfg.model.feature_dim, affine=False).to(device)
+        model.add_module(LOGIT_BN, logit_bn)
+        return TwistStep(wrap(TwinNetwork(model.encoder_q, logit_bn)), self.cfg.twist)
