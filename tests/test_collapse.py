@@ -207,3 +207,8 @@ def test_the_study_report_names_the_runs_that_ended_collapsed(tmp_path):
     text = write_report(report_dir, "demo", "moco").read_text()
     assert "Collapse monitor: 1 of 4 runs ended collapsed: byol seed 1." in text
     assert "| embedding rank |" in text and "| byol | 1 | 60 | 1.02 |" in text  # the per-seed table
+    assert "embedding rank: RankMe" in text
+    for line in lines:  # records from before the monitor: no column, and no note about one
+        line["metrics"] = {"train_seconds": 60.0}
+    (report_dir / "results.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert "embedding rank" not in write_report(report_dir, "demo", "moco").read_text()

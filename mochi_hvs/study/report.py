@@ -187,8 +187,9 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
     lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "", *collapse_note(results),
               "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
               "training; for the supervised reference and arms trained with labels, their training classification "
-              "top-1) are per run; encoder forwards count one per image through an encoder, a backward as two; "
-              "embedding rank: RankMe of the last collapse check's embeddings (1: collapsed to one direction).",
+              "top-1) are per run; encoder forwards count one per image through an encoder, a backward as two"
+              + ("; embedding rank: RankMe of the last collapse check's embeddings (1: collapsed to one direction)."
+                 if any(key[1:] == ("train", "embedding_rank") for key in results.values) else "."),
               "", "## Differences to the baseline", "",
               f"Paired by seed (same data order and initialisation); 95% interval of the mean difference from the "
               f"t distribution; *better* / *worse* when the interval excludes 0, else *not distinguishable*. "
