@@ -146,11 +146,10 @@ class Twist(Objective):
 
     name, label, section = "twist", "TWIST-pretrained", TwistConfig
     needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False)
-    forwards_per_image = Forwards(trained=2, target=0)
 
     def forwards(self) -> Forwards:
         """Both views through the one trained network."""
-        return self.forwards_per_image
+        return Forwards(trained=2, target=0)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """TwistStep on the wrapped network; the logit BatchNorm is added to the model (its running statistics are
