@@ -97,6 +97,8 @@ class ObjectiveConfig:
     """The config section of an objective (mochi_hvs/objectives/), declared in the objective's own module as its
     `section` and named after it. Config.validate calls `validate` of every registered section."""
 
+    name: ClassVar[str] = ""  # its objective's name, the section's key (registry.register sets it)
+
     def validate(self, cfg: Config, source: str) -> None:
         """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
 

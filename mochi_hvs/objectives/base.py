@@ -21,6 +21,7 @@ from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..schedule import momentum_at
 from ..step import StepOutput
+from .ema import TargetEma
 from .registry import Declared, Forwards, declared
 
 Wrap = Callable[[nn.Module], nn.Module]  # a trained module -> what its forward goes through (DDP under torchrun)
@@ -45,12 +46,12 @@ class Objective(Declared):
         self.cfg = cfg
 
     def target_momentum(self, step: int, total_steps: int) -> float | None:
-        """The momentum of the target encoder's update before `step` (None: no momentum encoder): moco.momentum on
-        moco.momentum_schedule by default."""
+        """The momentum of the target encoder's update before `step` (None: no momentum encoder): the momentum and
+        schedule of the objective's own section where it is a TargetEma (BYOL's `byol`), else of the `moco` section."""
         if not self.needs.momentum_encoder:
             return None
-        moco = self.cfg.moco
-        return momentum_at(step, total_steps, moco.momentum, moco.momentum_schedule)
+        ema = getattr(self.cfg, self.name) if self.section and issubclass(self.section, TargetEma) else self.cfg.moco
+        return momentum_at(step, total_steps, ema.momentum, ema.momentum_schedule)
 
     def forwards(self) -> Forwards:
         """Encoder image-forwards of one step per image (compute_cost.py adds the methods')."""

@@ -20,30 +20,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
-from ..config import Config, ObjectiveConfig
 from ..methods import Method
 from ..models.moco import EncoderOutput, MoCo
 from ..random_streams import StepRandom
-from ..schedule import momentum_at
 from ..step import StepOutput
 from .base import Objective, Step, Wrap
+from .ema import TargetEma
 from .registry import Forwards, Needs, register
-
-MOMENTUM_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
-class ByolConfig(ObjectiveConfig):
-    """BYOL's target network: the EMA momentum tau_base and its schedule."""
-
-    momentum: float = 0.99  # tau_base (the paper: 0.996)
-    momentum_schedule: str = "cosine"  # cosine: raised to 1 over training (the paper) | constant
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """tau in [0, 1], a known schedule."""
-        self.check(0 <= self.momentum <= 1, source, "byol.momentum", f"must be in [0, 1]; got {self.momentum}")
-        self.check(self.momentum_schedule in MOMENTUM_SCHEDULES, source, "byol.momentum_schedule",
-                   f"must be one of {', '.join(MOMENTUM_SCHEDULES)}; got {self.momentum_schedule!r}")
+class ByolConfig(TargetEma):
+    """BYOL's target network: the EMA momentum tau_base (the paper: 0.996) and its schedule."""
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -113,11 +101,6 @@ class Byol(Objective):
     label = "BYOL-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
     section = ByolConfig
-
-    def target_momentum(self, step: int, total_steps: int) -> float:
-        """tau at `step`: byol.momentum on byol.momentum_schedule."""
-        byol = self.cfg.byol
-        return momentum_at(step, total_steps, byol.momentum, byol.momentum_schedule)
 
     def forwards(self) -> Forwards:
         """Both views through the online network (trained) and through the target."""

@@ -42,6 +42,8 @@ T = TypeVar("T", bound=type[Declared])
 def register(cls: T) -> T:
     """Class decorator: make an objective (and its config section) available under its name."""
     OBJECTIVES[cls.name] = cls
+    if cls.section is not None:
+        cls.section.name = cls.name
     return cls
 
 
