@@ -115,6 +115,9 @@ class MethodConfig:
 
     enabled: bool = False
     needs_queue: ClassVar[bool] = False  # it reads the objective's memory queue (MoCHi mixes negatives from it)
+    # the Needs flag of objectives without method hooks whose step reads this method's data itself (multi-crop's
+    # small crops: "local_views"); None: only objectives with method hooks take it
+    read_by: ClassVar[str | None] = None
 
     def views_per_image(self) -> int:
         """Views the data path must draw per image while this method is enabled (a pair by default)."""
@@ -236,6 +239,7 @@ class MultiCropConfig(MethodConfig):
     local_size: int | None = None  # their side in px; None: data.image_size x 96 / 224 rounded, at least 8 (28 px: 12)
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])  # their area range (SwAV's)
     weight: float = 1.0  # weight of the local crops' InfoNCE (averaged over the crops) beside the global query's
+    read_by: ClassVar[str | None] = "local_views"
 
     def size(self, image_size: int) -> int:
         """The local crops' side in px for global views of `image_size` px."""
@@ -697,9 +701,11 @@ def _validate_methods(cfg: Config, source: str) -> None:
         with_queue = "|".join(_objective_names(queue=True, methods=True))
         _check(needs.queue or not section.needs_queue, source, f"{name}.enabled",
                f"needs an objective with a memory queue (objective={with_queue}); objective={cfg.objective} has none")
-        _check(needs.methods, source, f"{name}.enabled",
-               f"needs objective={'|'.join(_objective_names(methods=True))} (objective={cfg.objective} takes no "
-               "methods)")
+        takers = _objective_names(methods=True)
+        if section.read_by:
+            takers += _objective_names(**{section.read_by: True})
+        _check(cfg.objective in takers, source, f"{name}.enabled",
+               f"needs objective={'|'.join(dict.fromkeys(takers))} (objective={cfg.objective} takes no methods)")
 
 
 def _validate_optim(cfg: Config, source: str) -> None:

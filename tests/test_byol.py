@@ -66,8 +66,10 @@ def test_the_loss_and_its_gradient_are_the_papers_in_float64():
     assert out.keys is None and out.signal.uniform_loss is None  # no queue; no uniform value to be pinned at
 
 
-def test_the_target_gets_no_gradient_and_moves_only_by_the_ema(quick_overrides):
-    cfg = load_config(None, quick_overrides + BYOL + ["optim.steps=2", "byol.momentum=0.9"])
+@pytest.mark.parametrize("objective", ["byol", "relicv2"])  # each EMA target reads its own section
+def test_the_target_gets_no_gradient_and_moves_only_by_the_ema(quick_overrides, objective):
+    cfg = load_config(None, quick_overrides + [f"objective={objective}", "model.head=mlp_bn", "optim.steps=2",
+                                               f"{objective}.momentum=0.9"])
     trainer = Trainer(cfg)
     model = trainer.model
     assert model.queue is None and not any(p.requires_grad for p in model.encoder_k.parameters())

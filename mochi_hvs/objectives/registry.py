@@ -15,6 +15,7 @@ class Needs:
     queue: bool = False  # a memory queue of past keys: negatives, which MoCHi mixes from
     predictor: bool = False  # a predictor head on the trained side (MoCo.predictor)
     methods: bool = False  # the MoCo step's method hooks (mochi_hvs/methods/) apply to it
+    local_views: bool = False  # its step scores multi-crop's small crops itself (multicrop.enabled draws them)
 
 
 @dataclass(frozen=True)

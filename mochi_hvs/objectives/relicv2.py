@@ -1,0 +1,139 @@
+"""ReLICv2 (Tomasev et al. 2022, "Pushing the limits of self-supervised ResNets: can we outperform supervised
+learning without labels on ImageNet?"), objective: relicv2.
+
+A contrastive objective plus an explicit invariance loss, between an online network and a target network that is
+the online one's exponential moving average (as BYOL's; no predictor, no queue: the other images of the batch are
+the negatives). On the model: f_q and its head are the online network, f_k the target, moved by the loop's EMA.
+
+For an online view u and a target view v of the batch (o, t: L2-normalised projections, (B, D)), the logits
+L = o t^T / temperature (B, B) hold, in row i, how view u of image i scores against view v of every image j, and in
+column i how view v of image i is scored by view u of every image. The pair's loss:
+
+    contrastive = mean_i -log softmax(L[i, :])[i]                             # instance discrimination
+    invariance  = mean_i KL(sg(softmax(L[:, i])) || softmax(L[i, :]))         # the two views' similarity distributions
+    pair(u, v)  = contrastive + alpha x invariance
+
+The KL term asks that image i's distribution over the batch's images be the same seen from either view (ReLIC's
+invariance under augmentation); sg: stop-gradient on the distribution of the view in the target's role. The step
+sums pair(u, v) over every ordered pair of different large views and over every (small crop, large view) pair when
+multi-crop draws small crops (multicrop.enabled: the small crops go through the online network only, as ReLICv2's),
+and averages over the pairs:
+
+    relicv2: {temperature: 0.2, alpha: 1.0, momentum: 0.99, momentum_schedule: cosine}
+
+Our reading where the paper's definition leaves a choice: the invariance term is taken between the row and the
+column distributions of one pair's logits (so that every pair, small crops included, needs only its online and
+target views); same-view pairs (u = v) are not scored; the paper's saliency masking and its sampling of a subset of
+negatives are not implemented (the batch gives B - 1 negatives); temperature 0.2 is MoCo-v2's, so that the two
+compare with everything else equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..collapse import CollapseSignal
+from ..config import Config
+from ..methods import Method
+from ..methods.multicrop import encode_crops
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+from ..step import StepOutput
+from .base import Objective, Step, Wrap
+from .ema import TargetEma
+from .registry import Forwards, Needs, register
+
+
+@dataclass
+class Relicv2Config(TargetEma):
+    """ReLICv2's temperature and invariance weight, and its target network's EMA (momentum, schedule)."""
+
+    temperature: float = 0.2  # of the logits o t^T / temperature
+    alpha: float = 1.0  # the invariance (KL) term's weight
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """The EMA's checks, a positive temperature, a non-negative weight."""
+        super().validate(cfg, source)
+        self.check(self.temperature > 0, source, "relicv2.temperature", f"must be > 0; got {self.temperature}")
+        self.check(self.alpha >= 0, source, "relicv2.alpha", f"must be >= 0; got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class PairTerms:
+    """One (online view, target view) pair's terms, scalars, and its instance-discrimination top-1."""
+
+    contrastive: torch.Tensor
+    invariance: torch.Tensor
+    top1: torch.Tensor
+
+
+def pair_terms(online: torch.Tensor, target: torch.Tensor, temperature: float) -> PairTerms:
+    """The module docstring's contrastive and invariance terms of L2-normalised online (B, D) and target (B, D)
+    embeddings of two views, in float32 at least."""
+    logits = online.float() @ target.float().T / temperature
+    labels = torch.arange(len(logits), device=logits.device)
+    contrastive = F.cross_entropy(logits, labels)
+    log_rows = logits.log_softmax(dim=1)
+    columns = logits.detach().T.softmax(dim=1)  # row i: softmax(L[:, i]), the target view's distribution
+    invariance = (columns * (columns.clamp_min(1e-30).log() - log_rows)).sum(dim=1).mean()
+    top1 = (logits.detach().argmax(dim=1) == labels).float().mean()
+    return PairTerms(contrastive, invariance, top1)
+
+
+class Relicv2Step:
+    """ReLICv2, one step:
+
+        o_u = normalise(g(f(v_u)))  for each large view u and each small crop   # online, trained
+        t_u = normalise(g'(f'(v_u))) for each large view u                     # target (EMA), no gradient
+        loss = mean over pairs (u, v), v a large view != u, of contrastive(o_u, t_v) + alpha invariance(o_u, t_v)
+        # then the loop: loss.backward(); SGD on f, g; f', g' <- m f', g' + (1 - m) f, g
+    """
+
+    def __init__(self, model: MoCo, online: torch.nn.Module, settings: Relicv2Config) -> None:
+        """online: the model's f_q (or its DDP wrapper under torchrun)."""
+        self.model = model
+        self.online = online
+        self.settings = settings
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
+                 local_boxes: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 are the large views; local_views (B, L, C, h, w): multi-crop's small
+        crops, when drawn. Nothing is enqueued."""
+        large = [views[:, 0], views[:, 1]]
+        online = [self.online(v).embedding for v in large]
+        targets = [self.model.key(v, rng("shuffle")).embedding for v in large]
+        if local_views is not None:
+            online += list(encode_crops(local_views, self.online))
+        pairs = [pair_terms(o, t, self.settings.temperature)
+                 for u, o in enumerate(online) for v, t in enumerate(targets) if u != v]
+        contrastive = torch.stack([p.contrastive for p in pairs]).mean()
+        invariance = torch.stack([p.invariance for p in pairs]).mean()
+        loss = contrastive + self.settings.alpha * invariance
+        metrics = {"loss": loss.detach(), "proxy_top1": torch.stack([p.top1 for p in pairs]).mean(),
+                   "relicv2_contrastive": contrastive.detach(), "relicv2_invariance": invariance.detach()}
+        return StepOutput(loss=loss, keys=None, metrics=metrics,
+                          signal=CollapseSignal(online[0].detach(), contrastive.detach(), math.log(len(views))))
+
+
+@register
+class Relicv2(Objective):
+    """objective: relicv2. An online network and its EMA target, no predictor, no queue; multi-crop's small crops
+    are read by the step itself."""
+
+    name, label, section = "relicv2", "ReLICv2-pretrained", Relicv2Config
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=False, local_views=True)
+
+    def forwards(self) -> Forwards:
+        """Both large views through the online network (trained) and through the target (compute_cost.py adds the
+        small crops, as online forwards)."""
+        return Forwards(trained=2, target=2)
+
+    def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
+        """Relicv2Step on the wrapped online encoder."""
+        return Relicv2Step(model, wrap(model.encoder_q), self.cfg.relicv2)
