@@ -372,7 +372,7 @@ class Config:
     seed: int = 0
     # a registered objective (mochi_hvs/objectives/): contrastive: MoCo-v2 (and the enabled methods) | supervised:
     # the same backbone, views and optimiser trained with labels and a linear classifier (the supervised reference)
-    # | byol. An objective with settings has its section here under its name (added by __post_init__).
+    # | byol | twist | msbreg. An objective with settings has its section here under its name (added by __post_init__).
     objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16

@@ -18,8 +18,8 @@ from .random_streams import StepRandom
 
 @dataclass
 class StepOutput:
-    """The loss to back-propagate, the keys (and their labels) to enqueue after the update, detached metrics, and
-    what the collapse monitor reads."""
+    """The loss to back-propagate, the keys (and their labels) to enqueue after the update, detached metrics, what
+    the collapse monitor reads, and the trained embeddings a regulariser reads (objectives/msbreg.py)."""
 
     loss: torch.Tensor
     keys: torch.Tensor | None  # None: nothing to enqueue (the supervised reference)
@@ -27,6 +27,9 @@ class StepOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. HVS IoUs, for histograms
     signal: CollapseSignal | None = None  # None: not monitored (the supervised reference)
+    # the trained embeddings (B, D), with gradient, row i of each from sample i: one per view or direction scored;
+    # filled by the objectives that declare `trained_embeddings` (registry.Declared)
+    trained: list[torch.Tensor] = field(default_factory=list)
 
 
 Scored = tuple[torch.Tensor, torch.Tensor, StepContext]  # queries (N, D), their keys (N, D), their context
@@ -95,14 +98,17 @@ class ContrastiveStep:
         query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
         per_step: dict[Method, ExtraQueries | None] = {}  # queries_per_step methods' queries, for both directions
         k = self._keys(views, key_view, choice, rng, ctx.dense)
-        loss, metrics, signal = self._direction(pick_view(views, query_view), k, active,
-                                                dataclasses.replace(ctx, pair=(query_view, key_view)), per_step)
+        loss, metrics, signal, queries = self._direction(pick_view(views, query_view), k, active,
+                                                         dataclasses.replace(ctx, pair=(query_view, key_view)),
+                                                         per_step)
+        trained = [queries]
         keys, key_labels = k.embedding, labels
         if self.symmetric:
             k_reverse = self._keys(views, query_view, choice, rng, ctx.dense)
-            loss_reverse, metrics_reverse, _ = self._direction(pick_view(views, key_view), k_reverse, active,
-                                                               dataclasses.replace(ctx, pair=(key_view, query_view)),
-                                                               per_step)
+            loss_reverse, metrics_reverse, _, queries_reverse = self._direction(
+                pick_view(views, key_view), k_reverse, active, dataclasses.replace(ctx, pair=(key_view, query_view)),
+                per_step)
+            trained.append(queries_reverse)
             loss = loss + loss_reverse
             metrics = _mean_metrics(metrics, metrics_reverse)
             keys = torch.cat([k.embedding, k_reverse.embedding], dim=0)
@@ -110,7 +116,7 @@ class ContrastiveStep:
         if choice is not None:
             metrics.update(choice.metrics)
         return StepOutput(loss=loss, keys=keys, key_labels=key_labels, metrics={"loss": loss.detach(), **metrics},
-                          per_sample={} if choice is None else choice.per_sample, signal=signal)
+                          per_sample={} if choice is None else choice.per_sample, signal=signal, trained=trained)
 
     def _keys(self, views: torch.Tensor, view: torch.Tensor | int, choice: ViewChoice | None, rng: StepRandom,
               dense: bool) -> EncoderOutput:
@@ -126,12 +132,14 @@ class ContrastiveStep:
 
     def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method], ctx: StepContext,
                    per_step: dict[Method, ExtraQueries | None]
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal]:
-        """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms.
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal, torch.Tensor]:
+        """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms,
+        and this direction's trained queries (B, D).
 
         The first query set scored (the whole view's, or the first method's queries replacing it) reports its
         metrics under their plain names, its queries reach the methods' extra_loss, and its queries and InfoNCE
-        are the collapse monitor's signal; further sets are reported under their method's section.
+        are the collapse monitor's signal; further sets are reported under their method's section. The trained
+        queries returned are its first B rows: the whole view's queries, or the first of a method's sets.
         """
         loss: torch.Tensor | None = None
         metrics: dict[str, torch.Tensor] = {}
@@ -161,7 +169,7 @@ class ContrastiveStep:
         for term in (t for m in active if (t := m.extra_loss(*trained)) is not None):
             loss = loss + term.loss
             metrics.update(term.metrics)
-        return loss, metrics, signal
+        return loss, metrics, signal, trained[0][:len(x_q)]
 
     def _extra_queries(self, method: Method, x_q: torch.Tensor, ctx: StepContext,
                        per_step: dict[Method, ExtraQueries | None]) -> ExtraQueries | None:

@@ -1,9 +1,11 @@
 """The objective seam: an objective builds the step the training loop calls, and says how its target encoder moves.
 
 A step is called with a batch of views and returns a StepOutput (the loss, keys to enqueue where the objective has
-a queue, metrics with at least `loss` and `proxy_top1`, and the collapse monitor's signal). The loop runs the
-momentum update before the step (so that keys a method computes while scoring views are the step's keys), then
-backward, the optimiser and the enqueue; it never learns which objective runs.
+a queue, metrics with at least `loss` and `proxy_top1`, the collapse monitor's signal, and its trained embeddings
+where it declares `trained_embeddings`). Every registered objective may wrap the configured one's step
+(Objective.wrap_step: a regulariser's terms added to any objective's). The loop runs the momentum update before the
+step (so that keys a method computes while scoring views are the step's keys), then backward, the optimiser and the
+enqueue; it never learns which objective runs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..random_streams import StepRandom
 from ..schedule import momentum_at
 from ..step import StepOutput
 from .ema import TargetEma
-from .registry import Declared, Forwards, declared
+from .registry import OBJECTIVES, Declared, Forwards, declared
 
 Wrap = Callable[[nn.Module], nn.Module]  # a trained module -> what its forward goes through (DDP under torchrun)
 
@@ -64,6 +66,21 @@ class Objective(Declared):
         """The step, on `model` (built from the needs, on its device; a module added here is checkpointed and
         optimised with it). Trained forwards go through wrap(module); num_classes: the pretraining images'."""
         raise NotImplementedError
+
+    @classmethod
+    def wrap_step(cls, cfg: Config, step: Step) -> Step:
+        """The configured objective's step, wrapped where this objective adds terms to any objective's as a
+        regulariser (MSBReg's `msbreg.regularise`); the step itself by default. Called for every registered
+        objective, whichever is configured."""
+        return step
+
+
+def regularised(cfg: Config, step: Step) -> Step:
+    """The configured objective's step, passed through every registered objective's wrap_step in turn."""
+    for cls in OBJECTIVES.values():
+        if issubclass(cls, Objective):
+            step = cls.wrap_step(cfg, step)
+    return step
 
 
 def objective_of(cfg: Config) -> Objective:

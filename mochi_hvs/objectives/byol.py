@@ -81,7 +81,8 @@ class ByolStep:
                  boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
                  flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
                  local_boxes: torch.Tensor | None = None) -> StepOutput:
-        """views (B, V, C, H, W): views 0 and 1 of each sample; nothing is enqueued."""
+        """views (B, V, C, H, W): views 0 and 1 of each sample; nothing is enqueued; the trained embeddings are the
+        predictions q, q' (unnormalised)."""
         v, v_prime = views[:, 0], views[:, 1]
         online, q = self.online(v)
         _, q_prime = self.online(v_prime)
@@ -90,7 +91,7 @@ class ByolStep:
         loss = (regression_loss(q, z_prime) + regression_loss(q_prime, z)).mean()
         metrics = {"loss": loss.detach(), "proxy_top1": retrieval_top1(q.detach(), z_prime)}
         return StepOutput(loss=loss, keys=None, metrics=metrics,
-                          signal=CollapseSignal(online.embedding.detach(), loss.detach()))
+                          signal=CollapseSignal(online.embedding.detach(), loss.detach()), trained=[q, q_prime])
 
 
 @register
@@ -101,6 +102,7 @@ class Byol(Objective):
     label = "BYOL-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
     section = ByolConfig
+    trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
 
     def forwards(self) -> Forwards:
         """Both views through the online network (trained) and through the target."""

@@ -18,6 +18,7 @@ class MocoV2(Objective):
     name = "contrastive"
     label = "MoCo-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=True, methods=True)
+    trained_embeddings = True  # each direction's queries (ContrastiveStep)
 
     def forwards(self) -> Forwards:
         """A trained query and a key per direction (two with moco.symmetric)."""

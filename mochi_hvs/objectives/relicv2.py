@@ -117,7 +117,7 @@ class Relicv2Step:
         loss = contrastive + self.settings.alpha * invariance
         metrics = {"loss": loss.detach(), "proxy_top1": torch.stack([p.top1 for p in pairs]).mean(),
                    "relicv2_contrastive": contrastive.detach(), "relicv2_invariance": invariance.detach()}
-        return StepOutput(loss=loss, keys=None, metrics=metrics,
+        return StepOutput(loss=loss, keys=None, metrics=metrics, trained=online[:2],
                           signal=CollapseSignal(online[0].detach(), contrastive.detach(), math.log(len(views))))
 
 
@@ -128,6 +128,7 @@ class Relicv2(Objective):
 
     name, label, section = "relicv2", "ReLICv2-pretrained", Relicv2Config
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=False, local_views=True)
+    trained_embeddings = True  # the large views' online embeddings
 
     def forwards(self) -> Forwards:
         """Both large views through the online network (trained) and through the target (compute_cost.py adds the

@@ -129,14 +129,14 @@ class TwistStep:
                  boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
                  **unused: torch.Tensor | None) -> StepOutput:
         """views (B, V, C, H, W): views 0 and 1 of each sample (flips and multi-crop's small crops are not read);
-        nothing is enqueued."""
+        nothing is enqueued; the trained embeddings are the normalised logits z1, z2."""
         z1, z2 = self.network(torch.cat([views[:, 0], views[:, 1]])).chunk(2)
         terms = twist_terms(z1, z2, self.settings)
         p1, p2 = z1.detach().float().softmax(dim=1), z2.detach().float().softmax(dim=1)
         metrics = {"loss": terms.loss.detach(), "proxy_top1": (p1.argmax(dim=1) == p2.argmax(dim=1)).float().mean(),
                    "twist_kl": terms.kl.detach(), "twist_sample_entropy": terms.sample_entropy.detach(),
                    "twist_batch_entropy": terms.batch_entropy.detach()}
-        return StepOutput(loss=terms.loss, keys=None, metrics=metrics,
+        return StepOutput(loss=terms.loss, keys=None, metrics=metrics, trained=[z1, z2],
                           signal=CollapseSignal(p1, terms.loss.detach(), uniform_loss(p1.shape[1], self.settings)))
 
 
@@ -146,6 +146,7 @@ class Twist(Objective):
 
     name, label, section = "twist", "TWIST-pretrained", TwistConfig
     needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False)
+    trained_embeddings = True  # the normalised logits z1, z2
 
     def forwards(self) -> Forwards:
         """Both views through the one trained network."""

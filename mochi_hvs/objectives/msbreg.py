@@ -1,0 +1,192 @@
+"""MSBReg (Kim, Canny et al. 2022), objective: msbreg, and the same terms as a regulariser of any objective
+(msbreg.regularise).
+
+The paper treats embeddings as particles moved by three forces: a multi-view centroid loss pulling the online
+network's embeddings of an image's views toward a lagged (EMA) target network's, a singular value loss pushing the
+particle system toward a spatially uniform density, and a Brownian diffusive loss, a random force on each embedding
+that needs no knowledge of the other particles. Its exact equations were not at hand; the formulas below are our
+reading of its abstract.
+
+The objective has BYOL's architecture (byol.py: online encoder, projector and predictor; an EMA target without the
+predictor, no gradient). For the V = 2 views of sample i, o_v,i = normalize(q(g(f(v)))) are the online
+predictions and t_v,i = normalize(g_xi(f_xi(v))) the target's projections:
+
+    centroid  = mean_i (2 - 2 c_o,i . c_t,i),   c_o,i = normalize(mean_v o_v,i), c_t,i = normalize(mean_v t_v,i)
+    singular  = r sum_k p_k^2 - 1 = r ||C||_F^2 / tr(C)^2 - 1,   p_k = s_k^2 / sum_j s_j^2
+                (Z: the o of all views stacked, N = V B rows, centred over rows; s_k its singular values;
+                 C = Z^T Z; r = min(N - 1, D): 0 when the variance is spread evenly over r directions, r - 1 when
+                 it lies along one; a batch of one repeated point reads -1, without gradient)
+    brownian  = mean_{i,v} (1 + o_v,i . u_i),   u_i a random unit vector per sample and step (stream "msbreg"),
+                shared by the sample's views
+    loss = msbreg.centroid x centroid + msbreg.singular x singular + msbreg.brownian x brownian
+
+    msbreg: {momentum: 0.99, momentum_schedule: cosine, centroid: 1.0, singular: 1.0, brownian: 0.1,
+             regularise: false}
+
+With `msbreg.regularise: true` and another objective (contrastive: "MoCo-v2 + MSBReg"), that objective's step is
+wrapped: msbreg.singular x singular + msbreg.brownian x brownian, computed on its trained embeddings
+(StepOutput.trained, L2-normalised), is added to its loss (the dispersive terms; the attractive one is what every
+objective has already). The section's momentum settings are then unused (the objective's own target moves).
+Under torchrun the singular value term reads each process's own batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..collapse import CollapseSignal
+from ..config import Config
+from ..loss import full_precision
+from ..methods import Method
+from ..models.moco import MoCo
+from ..random_streams import StepRandom
+from ..step import StepOutput
+from .base import Objective, Step, Wrap
+from .byol import OnlineNetwork, retrieval_top1
+from .ema import TargetEma
+from .registry import OBJECTIVES, Forwards, Needs, declared, register
+
+STREAM = "msbreg"  # the step's random stream of the Brownian directions
+WEIGHTS = ("centroid", "singular", "brownian")
+
+
+@dataclass
+class MsbregConfig(TargetEma):
+    """The EMA target's momentum (objective: msbreg), the three terms' weights, and whether the dispersive terms are
+    added to another objective's loss instead."""
+
+    centroid: float = 1.0
+    singular: float = 1.0
+    brownian: float = 0.1
+    regularise: bool = False  # add singular and brownian to the configured objective's loss (not objective: msbreg)
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """The target's settings, weights >= 0, and regularise only with an objective that hands over its trained
+        embeddings (not msbreg itself)."""
+        super().validate(cfg, source)
+        for key in WEIGHTS:
+            value = getattr(self, key)
+            self.check(value >= 0, source, f"{self.name}.{key}", f"must be >= 0; got {value}")
+        if not self.regularise:
+            return
+        self.check(cfg.objective != self.name, source, f"{self.name}.regularise",
+                   f"adds MSBReg's terms to another objective's loss; objective={self.name} has them already")
+        takers = "|".join(n for n, cls in OBJECTIVES.items() if cls.trained_embeddings and n != self.name)
+        self.check(declared(cfg.objective).trained_embeddings, source, f"{self.name}.regularise",
+                   f"needs an objective whose step hands over its trained embeddings (objective={takers}); "
+                   f"objective={cfg.objective} has none")
+
+
+def unit(embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """The views' embeddings (B, D) each, stacked (V, B, D), in float32 at least and L2-normalised."""
+    return F.normalize(torch.stack(full_precision(*embeddings)), dim=-1)
+
+
+def centroid_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean_i (2 - 2 c_o,i . c_t,i) for unit embeddings (V, B, D), c_i the normalised mean over the views."""
+    c_online, c_target = F.normalize(online.mean(dim=0), dim=1), F.normalize(target.mean(dim=0), dim=1)
+    return (2 - 2 * (c_online * c_target).sum(dim=1)).mean()
+
+
+def singular_value_loss(z: torch.Tensor) -> torch.Tensor:
+    """r ||C||_F^2 / tr(C)^2 - 1 for the rows of z (N, D) centred, C = Z^T Z, r = min(N - 1, D) (autocast off)."""
+    with torch.autocast(z.device.type, enabled=False):
+        centred = z - z.mean(dim=0)
+        c = centred.T @ centred
+        r = min(len(z) - 1, z.shape[1])
+        return r * c.square().sum() / c.trace().clamp_min(1e-12).square() - 1
+
+
+def brownian_directions(rng: StepRandom, batch: int, dim: int) -> torch.Tensor:
+    """u (B, D): one random unit vector per sample (standard normal, normalised) from the step's "msbreg" stream."""
+    generator = rng(STREAM)
+    return F.normalize(torch.randn(batch, dim, generator=generator, device=generator.device), dim=1)
+
+
+def dispersive_terms(online: torch.Tensor, rng: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
+    """The singular value and Brownian terms of unit embeddings (V, B, D)."""
+    u = brownian_directions(rng, online.shape[1], online.shape[2]).to(online.dtype)
+    return singular_value_loss(online.flatten(0, 1)), (1 + (online * u).sum(dim=-1)).mean()
+
+
+class MsbregStep:
+    """MSBReg, one step (the module docstring's terms):
+
+        o_v = normalize(q(g(f(v))))  for views 0 and 1     # online predictions
+        t_v = normalize(g_xi(f_xi(v)))                      # target projections, no gradient (shuffle-BN)
+        loss = w_c centroid(o, t) + w_s singular(o) + w_b brownian(o, u)
+        # then the loop: loss.backward(); SGD on f, g, q; xi <- tau xi + (1 - tau) theta (f, g only)
+    """
+
+    def __init__(self, model: MoCo, online: nn.Module, settings: MsbregConfig) -> None:
+        """online: OnlineNetwork of the model's f_q and predictor (or its DDP wrapper under torchrun)."""
+        self.model = model
+        self.online = online
+        self.settings = settings
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
+                 boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
+                 **unused: torch.Tensor | None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 of each sample; nothing is enqueued; the trained embeddings are the
+        predictions."""
+        first, prediction = self.online(views[:, 0])
+        predictions = [prediction, self.online(views[:, 1])[1]]
+        online = unit(predictions)
+        target = unit([self.model.key(views[:, v], rng("shuffle")).embedding for v in (0, 1)])
+        centroid = centroid_loss(online, target)
+        singular, brownian = dispersive_terms(online, rng)
+        s = self.settings
+        loss = s.centroid * centroid + s.singular * singular + s.brownian * brownian
+        metrics = {"loss": loss.detach(), "proxy_top1": retrieval_top1(online[0].detach(), target[1]),
+                   "msbreg_centroid": centroid.detach(), "msbreg_singular": singular.detach(),
+                   "msbreg_brownian": brownian.detach()}
+        return StepOutput(loss=loss, keys=None, metrics=metrics, trained=predictions,
+                          signal=CollapseSignal(first.embedding.detach(), loss.detach()))
+
+
+class RegularisedStep:
+    """Another objective's step with MSBReg's dispersive terms on its trained embeddings added to its loss."""
+
+    def __init__(self, step: Step, settings: MsbregConfig) -> None:
+        self.step = step
+        self.settings = settings
+
+    def __call__(self, views: torch.Tensor, rng: StepRandom, *args: Any, **kwargs: Any) -> StepOutput:
+        """The wrapped step's output, its loss (and `loss` metric) with the weighted terms added and the terms as
+        metrics."""
+        out = self.step(views, rng, *args, **kwargs)
+        singular, brownian = dispersive_terms(unit(out.trained), rng)
+        loss = out.loss + self.settings.singular * singular + self.settings.brownian * brownian
+        metrics = {**out.metrics, "loss": loss.detach(), "msbreg_singular": singular.detach(),
+                   "msbreg_brownian": brownian.detach()}
+        return dataclasses.replace(out, loss=loss, metrics=metrics)
+
+
+@register
+class Msbreg(Objective):
+    """objective: msbreg; and, with msbreg.regularise, its dispersive terms on any objective that hands over its
+    trained embeddings."""
+
+    name, label, section = "msbreg", "MSBReg-pretrained", MsbregConfig
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
+    trained_embeddings = True  # the predictions
+
+    def forwards(self) -> Forwards:
+        """Both views through the online network (trained) and through the target, as BYOL."""
+        return Forwards(trained=2, target=2)
+
+    def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
+        """MsbregStep on the wrapped online network (byol.OnlineNetwork)."""
+        return MsbregStep(model, wrap(OnlineNetwork(model.encoder_q, model.predictor)), self.cfg.msbreg)
+
+    @classmethod
+    def wrap_step(cls, cfg: Config, step: Step) -> Step:
+        """RegularisedStep around another objective's step when msbreg.regularise."""
+        settings: MsbregConfig = getattr(cfg, cls.name)
+        return RegularisedStep(step, settings) if settings.regularise and cfg.objective != cls.name else step
