@@ -687,7 +687,7 @@ def _objective_names(**needed: bool) -> list[str]:
 
 def objective_needs(cfg: Config) -> Needs:
     """What the configured objective needs (mochi_hvs/objectives/registry.py)."""
-    return declared(cfg.objective).needs
+    return declared(cfg.objective).needs_for(cfg)
 
 
 def _validate_methods(cfg: Config, source: str) -> None:

@@ -21,8 +21,9 @@ BYOL = ["objective=byol", "model.head=mlp_bn"]
 
 
 def online(model: MoCo, x: torch.Tensor) -> torch.Tensor:
-    """The online prediction q_theta(g_theta(f_theta(x)))."""
-    return model.predictor(model.encoder_q.head(model.encoder_q.backbone(x)))
+    """The online prediction q_theta(g_theta(f_theta(x))); the projection itself for a model without predictor."""
+    projection = model.encoder_q.head(model.encoder_q.backbone(x))
+    return projection if model.predictor is None else model.predictor(projection)
 
 
 def target(model: MoCo, x: torch.Tensor) -> torch.Tensor:
@@ -70,12 +71,13 @@ def perturbed_target_model(feature_dim: int = 16, predictor: bool = True) -> MoC
     return model
 
 
-def test_the_loss_and_its_gradient_are_the_papers_in_float64():
+@pytest.mark.parametrize("predictor", [True, False])
+def test_the_loss_and_its_gradient_are_the_papers_in_float64(predictor):
     torch.manual_seed(0)
-    model = perturbed_target_model()
+    model = perturbed_target_model(predictor=predictor)
     views = torch.randn(8, 2, 3, 16, 16)
     reference = copy.deepcopy(model).double()
-    step = ByolStep(model, OnlineNetwork(model.encoder_q, model.predictor))
+    step = ByolStep(model, OnlineNetwork(model.encoder_q, model.predictor or torch.nn.Identity()))
     out = step(views, StepRandom(0, 0, 0, torch.device("cpu")))
     out.loss.backward()
     expected = paper_loss(reference, views[:, 0].double(), views[:, 1].double())
@@ -142,3 +144,12 @@ def test_a_few_steps_on_fashion_mnist_reduce_the_loss(quick_overrides):
 
 def test_resume_is_exact(quick_overrides):
     assert_resume_is_exact(quick_overrides + BYOL)
+
+
+def test_without_its_predictor_the_model_has_none_and_trains(quick_overrides):
+    cfg = load_config(None, quick_overrides + BYOL + ["byol.predictor=false", "optim.steps=1"])
+    trainer = Trainer(cfg)
+    assert trainer.model.predictor is None and not any(k.startswith("predictor.") for k in trainer.model.state_dict())
+    metrics = trainer.train_step(next(iter(trainer.parts.batches)))
+    assert 0 < float(metrics["loss"]) < 4  # 2 - 2 cos per view pair, summed over both directions
+    trainer.close()

@@ -50,7 +50,7 @@ class Objective(Declared):
     def target_momentum(self, step: int, total_steps: int) -> float | None:
         """The momentum of the target encoder's update before `step` (None: no momentum encoder): the momentum and
         schedule of the objective's own section where it is a TargetEma (BYOL's `byol`), else of the `moco` section."""
-        if not self.needs.momentum_encoder:
+        if not self.needs_for(self.cfg).momentum_encoder:
             return None
         ema = getattr(self.cfg, self.name) if self.section and issubclass(self.section, TargetEma) else self.cfg.moco
         return momentum_at(step, total_steps, ema.momentum, ema.momentum_schedule)

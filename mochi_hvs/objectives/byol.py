@@ -5,21 +5,24 @@ the same image; the target is an exponential moving average of the online encode
 receives no gradient. No queue, no negatives. On the model: f_q and its head are the online f and g, f_k the target,
 `MoCo.predictor` q (mlp_bn, the projector's hidden width); the loop's momentum update is the EMA.
 
-    byol: {momentum: 0.99, momentum_schedule: cosine}
+    byol: {momentum: 0.99, momentum_schedule: cosine, predictor: true}
 
 `momentum` is tau_base; the paper raises tau to 1 over training on a cosine (tau = 1 - (1 - tau_base)
 (cos(pi k / K) + 1) / 2) from 0.996 over hundreds of epochs; the embedded recipe's few epochs start at 0.99.
+`predictor: false` removes the asymmetric predictor (q is the identity: the online projection regresses the
+target's), the ablation of the MoCo-v2 vs BYOL benchmark; the model then has no predictor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
+from ..config import Config
 from ..methods import Method
 from ..models.moco import EncoderOutput, MoCo
 from ..random_streams import StepRandom
@@ -31,7 +34,10 @@ from .registry import Forwards, Needs, register
 
 @dataclass
 class ByolConfig(TargetEma):
-    """BYOL's target network: the EMA momentum tau_base (the paper: 0.996) and its schedule."""
+    """BYOL's target network (the EMA momentum tau_base, the paper: 0.996, and its schedule), and whether the online
+    side has its predictor (false: the symmetric network of the MoCo-v2 vs BYOL benchmark's ablation)."""
+
+    predictor: bool = True
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -101,6 +107,11 @@ class Byol(Objective):
     name = "byol"
     label = "BYOL-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
+
+    @classmethod
+    def needs_for(cls, cfg: Config) -> Needs:
+        """A predictor unless byol.predictor is false."""
+        return replace(cls.needs, predictor=cfg.byol.predictor)
     section = ByolConfig
     trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
 
@@ -110,4 +121,5 @@ class Byol(Objective):
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """ByolStep on the wrapped online network."""
-        return ByolStep(model, wrap(OnlineNetwork(model.encoder_q, model.predictor)))
+        predictor = model.predictor if model.predictor is not None else nn.Identity()
+        return ByolStep(model, wrap(OnlineNetwork(model.encoder_q, predictor)))

@@ -34,6 +34,11 @@ class Declared:
     label: ClassVar[str]  # what a backbone trained with it is called in reports ("MoCo-pretrained")
     needs: ClassVar[Needs] = Needs()
     section: ClassVar[type[Any] | None] = None  # its config section's dataclass (config.ObjectiveConfig), if any
+
+    @classmethod
+    def needs_for(cls, cfg: Any) -> Needs:
+        """What it needs under this config: `needs`, unless a setting changes it (BYOL without its predictor)."""
+        return cls.needs
     # its step hands over its trained embeddings (StepOutput.trained), which a regulariser added to it reads
     trained_embeddings: ClassVar[bool] = False
 
