@@ -4,8 +4,10 @@ One image through the query or the momentum encoder is one forward; a backward p
 forwards (the usual estimate), so a trained query costs 3 and a key 1: a MoCo-v2 step costs 4 per image. The
 objective declares its forwards per image (objectives/registry.Forwards: MoCo-v2 a query and a key per direction,
 the supervised reference one trained forward); the methods' below add to them.
-HVS adds V no-grad scoring forwards per scoring encoder (at (score_resolution / image_size)^2 of the cost)
-and, when the scoring keys are reused, no separate key forward. MoCHi adds no encoder forward. Fast-MoCo's
+HVS adds V no-grad scoring forwards per network that scores a candidate (at (score_resolution / image_size)^2 of the
+cost; the objective declares them, Forwards.candidate: MoCo-v2's one or two scoring encoders, the networks another
+objective's pair losses read) and, when MoCo-v2 reuses the scoring keys, no separate key forward (another objective's
+step re-forwards the chosen views). MoCHi adds no encoder forward. Fast-MoCo's
 m x m patches of a query view cost one view together (a convolution's cost follows the pixels; the head on the
 combinations is negligible): nothing more when they replace the whole view's query, one more trained query when
 they are added to it. Multi-crop's L small crops are trained queries at (local_size / image_size)^2 of a view's
@@ -29,7 +31,8 @@ KEY_UNITS = 1.0  # no-grad forward of a key (or of a scored candidate)
 
 def units_per_image(cfg: Config, selecting: bool) -> float:
     """Encoder forwards one image of the batch costs in a step (with or without HVS selection)."""
-    forwards = objective_of(cfg).forwards()
+    objective = objective_of(cfg)
+    forwards = objective.forwards()
     added_patches = cfg.fast_moco.enabled and cfg.fast_moco.mode == "add"
     query = QUERY_UNITS * forwards.trained * (2 if added_patches else 1)
     crops = local_crops(cfg)
@@ -42,9 +45,9 @@ def units_per_image(cfg: Config, selecting: bool) -> float:
         return query + KEY_UNITS * forwards.target
     full_resolution = not hvs.score_resolution or hvs.score_resolution == cfg.data.image_size
     scale = 1.0 if full_resolution else (hvs.score_resolution / cfg.data.image_size) ** 2
-    encoders = 1 if hvs.scorer == "momentum" else 2
-    scoring = views_per_image(cfg) * scale * encoders * KEY_UNITS
-    keys = 0.0 if hvs.reuse_keys and full_resolution else KEY_UNITS * forwards.target
+    scoring = views_per_image(cfg) * scale * forwards.candidate * KEY_UNITS
+    reused = objective.needs.methods and hvs.reuse_keys and full_resolution
+    keys = 0.0 if reused else KEY_UNITS * forwards.target
     return query + scoring + keys
 
 

@@ -170,23 +170,29 @@ class MochiConfig(MethodConfig):
 
 @dataclass
 class HvsConfig(MethodConfig):
-    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample."""
+    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample. MoCo-v2 scores
+    pairs on its step's hooks; an objective without them that scores pairs itself (Needs.pair_losses) takes it too."""
 
+    read_by: ClassVar[str | None] = "pair_losses"
     num_views: int = 4  # V candidates per image (the view sampler draws this many when enabled)
     mode: str = "hardest"  # hardest | easiest | random (the latter two for ablations)
-    scorer: str = "query"  # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper)
+    # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper); MoCo-v2's only
+    scorer: str = "query"
     select_every: int = 1  # select every n steps; other steps train views (0, 1), themselves a random pair
     start_epoch: int = 0  # plain MoCo-v2 on views (0, 1) before this epoch
     score_resolution: int | None = None  # score on views downscaled to this side (None: full resolution)
     score_with_mochi: bool = False  # include MoCHi's synthetic negatives in the scoring loss (once mixing runs)
-    reuse_keys: bool = True  # train on the keys computed in scoring (same momentum weights) instead of re-forwarding
+    # train on the keys computed in scoring (same momentum weights) instead of re-forwarding; MoCo-v2's only (other
+    # objectives' steps re-forward the chosen views)
+    reuse_keys: bool = True
 
     def views_per_image(self) -> int:
         """HVS draws its V candidate views per image."""
         return self.num_views
 
     def validate(self, cfg: Config, source: str) -> None:
-        """At least a pair of candidates, a positive selection interval, scoring no larger than the views."""
+        """At least a pair of candidates, a positive selection interval, scoring no larger than the views, and MoCo's
+        momentum scorer only with MoCo-v2 (an objective that scores pairs itself uses its own networks)."""
         _check(self.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {self.num_views}")
         _check(self.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {self.select_every}")
         _check(self.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
@@ -194,6 +200,9 @@ class HvsConfig(MethodConfig):
                "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
         _check(not (self.enabled and self.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
                "needs mochi.enabled")
+        _check(not (self.enabled and self.scorer != "query" and objective_needs(cfg).pair_losses), source,
+               "hvs.scorer", f"must be query with objective={cfg.objective} (it scores pairs with its own loss; "
+               f"{self.scorer} is MoCo-v2's scoring); got {self.scorer!r}")
 
 
 # Most patch combinations Fast-MoCo may score per query view: each adds a batch of queries (B rows of 1 + K logits).

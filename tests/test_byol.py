@@ -121,8 +121,6 @@ def test_mochi_refuses_byol_in_one_line():
         load_config(None, ["objective=byol", "mochi.enabled=true"])
     assert str(err.value) == ("--set: 'mochi.enabled' needs an objective with a memory queue "
                               "(objective=contrastive); objective=byol has none")
-    with pytest.raises(ConfigError, match="'hvs.enabled' needs objective=contrastive"):
-        load_config(None, ["objective=byol", "hvs.enabled=true"])
     with pytest.raises(ConfigError, match="'byol.momentum' must be in"):
         load_config(None, ["objective=byol", "byol.momentum=1.5"])
 

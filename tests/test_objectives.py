@@ -94,9 +94,9 @@ def test_a_method_that_reads_the_queue_refuses_an_objective_without_one_in_one_l
 
 
 def test_methods_need_an_objective_that_takes_them():
-    with pytest.raises(ConfigError, match=r"'hvs.enabled' needs objective=contrastive \(objective=supervised takes "
-                                          "no methods\\)"):
-        load_config(None, ["objective=supervised", "hvs.enabled=true"])
+    with pytest.raises(ConfigError, match=r"'fast_moco.enabled' needs objective=contrastive \(objective=supervised "
+                                          "takes no methods\\)"):
+        load_config(None, ["objective=supervised", "fast_moco.enabled=true"])
 
 
 def test_an_unknown_objective_is_refused_naming_the_registered_ones(toy):

@@ -107,7 +107,8 @@ def test_resume_is_exact(quick_overrides, extra):
 @pytest.mark.parametrize("setting, message", [
     ("mochi.enabled=true", "--set: 'mochi.enabled' needs an objective with a memory queue (objective=contrastive); "
                            "objective=relicv2 has none"),
-    ("hvs.enabled=true", "--set: 'hvs.enabled' needs objective=contrastive (objective=relicv2 takes no methods)"),
+    ("fast_moco.enabled=true",
+     "--set: 'fast_moco.enabled' needs objective=contrastive (objective=relicv2 takes no methods)"),
     ("relicv2.temperature=0", "--set: 'relicv2.temperature' must be > 0; got 0.0"),
     ("relicv2.momentum=2", "--set: 'relicv2.momentum' must be in [0, 1]; got 2.0"),
 ])

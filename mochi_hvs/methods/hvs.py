@@ -81,6 +81,33 @@ def select_pairs(losses: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.T
     return flat // views, flat % views
 
 
+def view_choice(first: torch.Tensor, second: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
+                keys: EncoderOutput | None = None, losses: torch.Tensor | None = None) -> ViewChoice:
+    """The pair (first, second) (B,) of each sample with HVS's analysis: the IoU of its crop boxes (B, V, 4) against
+    a random pair of the same candidates (drawn from `generator`), and the selected and mean candidate losses (B, V, V)
+    when scored."""
+    rows = torch.arange(boxes.shape[0], device=boxes.device)
+    iou_selected = box_iou_pairs(boxes[rows, first], boxes[rows, second])
+    other_a, other_b = random_pairs(boxes.shape[0], boxes.shape[1], generator, boxes.device)
+    iou_random = box_iou_pairs(boxes[rows, other_a], boxes[rows, other_b])
+    metrics = {"hvs/iou_selected": iou_selected.mean(), "hvs/iou_random": iou_random.mean()}
+    if losses is not None:
+        off_diagonal = ~torch.eye(losses.shape[1], dtype=torch.bool, device=losses.device)
+        metrics["hvs/loss_selected"] = losses[rows, first, second].mean()
+        metrics["hvs/loss_candidates"] = losses[:, off_diagonal].mean()
+    return ViewChoice(first, second, keys, metrics,
+                      per_sample={"hvs/iou_selected": iou_selected, "hvs/iou_random": iou_random})
+
+
+def rescaled(views: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Views (B, V, C, H, W) downscaled to size x size for scoring (antialiased bilinear); as they are when size is
+    None or their own."""
+    if not size or size == views.shape[-1]:
+        return views
+    return F.interpolate(views.flatten(0, 1), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).unflatten(0, views.shape[:2])
+
+
 class HardViewSelector:
     """Scores all candidate pairs with the current model and picks one pair per sample."""
 
@@ -104,9 +131,7 @@ class HardViewSelector:
         drawn from `generator` first, as a single view's key forward would draw it) with their views together.
         """
         num_views = views.shape[1]
-        if self.score_resolution and self.score_resolution != views.shape[-1]:
-            views = F.interpolate(views.flatten(0, 1), size=self.score_resolution, mode="bilinear", antialias=True,
-                                  align_corners=False).unflatten(0, views.shape[:2])
+        views = rescaled(views, self.score_resolution)
         encoders = [self.model.encoder_k] if self.scorer == "momentum" else [self.model.encoder_k, self.model.encoder_q]
         with side_effect_free_bn(encoders, view_slots=num_views):
             keys = self.model.key(views, generator, dense)
@@ -127,7 +152,7 @@ class HardViewSelector:
         device = views.device
         if self.mode == "random":
             first, second = random_pairs(batch, num_views, generator, device)
-            return self._selection(first, second, boxes, generator, keys=None, losses=None)
+            return view_choice(first, second, boxes, generator, keys=None, losses=None)
         full_resolution = not self.score_resolution or self.score_resolution == views.shape[-1]
         reusable = self.reuse_keys and full_resolution
         queries, keys = self.embed_candidates(views, generator, dense and reusable)
@@ -136,22 +161,7 @@ class HardViewSelector:
         if self.symmetric:
             losses = losses + losses.transpose(1, 2)
         first, second = select_pairs(losses, self.mode)
-        return self._selection(first, second, boxes, generator, keys if reusable else None, losses)
-
-    def _selection(self, first: torch.Tensor, second: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator,
-                   keys: EncoderOutput | None, losses: torch.Tensor | None) -> ViewChoice:
-        """Attach the IoU analysis (selected pair vs a random pair of the same candidates) and the losses."""
-        rows = torch.arange(boxes.shape[0], device=boxes.device)
-        iou_selected = box_iou_pairs(boxes[rows, first], boxes[rows, second])
-        other_a, other_b = random_pairs(boxes.shape[0], boxes.shape[1], generator, boxes.device)
-        iou_random = box_iou_pairs(boxes[rows, other_a], boxes[rows, other_b])
-        metrics = {"hvs/iou_selected": iou_selected.mean(), "hvs/iou_random": iou_random.mean()}
-        if losses is not None:
-            off_diagonal = ~torch.eye(losses.shape[1], dtype=torch.bool, device=losses.device)
-            metrics["hvs/loss_selected"] = losses[rows, first, second].mean()
-            metrics["hvs/loss_candidates"] = losses[:, off_diagonal].mean()
-        return ViewChoice(first, second, keys, metrics,
-                          per_sample={"hvs/iou_selected": iou_selected, "hvs/iou_random": iou_random})
+        return view_choice(first, second, boxes, generator, keys if reusable else None, losses)
 
 
 def selects(hvs: HvsConfig, epoch: int, step: int) -> bool:

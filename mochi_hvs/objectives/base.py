@@ -2,10 +2,11 @@
 
 A step is called with a batch of views and returns a StepOutput (the loss, keys to enqueue where the objective has
 a queue, metrics with at least `loss` and `proxy_top1`, the collapse monitor's signal, and its trained embeddings
-where it declares `trained_embeddings`). Every registered objective may wrap the configured one's step
-(Objective.wrap_step: a regulariser's terms added to any objective's). The loop runs the momentum update before the
-step (so that keys a method computes while scoring views are the step's keys), then backward, the optimiser and the
-enqueue; it never learns which objective runs.
+where it declares `trained_embeddings`). An objective that scores pairs of views itself (Needs.pair_losses) has its
+step wrapped by HVS's view selection when hvs.enabled (hard_views.py), and every registered objective may wrap the
+configured one's step (Objective.wrap_step: a regulariser's terms added to any objective's). The loop runs the
+momentum update before the step (so that keys a method computes while scoring views are the step's keys), then
+backward, the optimiser and the enqueue; it never learns which objective runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..random_streams import StepRandom
 from ..schedule import momentum_at
 from ..step import StepOutput
 from .ema import TargetEma
+from .hard_views import selecting
 from .registry import OBJECTIVES, Declared, Forwards, declared
 
 Wrap = Callable[[nn.Module], nn.Module]  # a trained module -> what its forward goes through (DDP under torchrun)
@@ -75,8 +77,11 @@ class Objective(Declared):
         return step
 
 
-def regularised(cfg: Config, step: Step) -> Step:
-    """The configured objective's step, passed through every registered objective's wrap_step in turn."""
+def wrapped_step(cfg: Config, step: Step) -> Step:
+    """The configured objective's step as the loop calls it: behind HVS's view selection where the objective scores
+    pairs itself (hard_views.selecting; first, as it asks the objective's own step), then passed through every
+    registered objective's wrap_step in turn."""
+    step = selecting(cfg, step)
     for cls in OBJECTIVES.values():
         if issubclass(cls, Objective):
             step = cls.wrap_step(cfg, step)

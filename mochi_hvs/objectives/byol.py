@@ -29,6 +29,7 @@ from ..random_streams import StepRandom
 from ..step import StepOutput
 from .base import Objective, Step, Wrap
 from .ema import TargetEma
+from .hard_views import SCORING_STREAM, scoring, unwrapped
 from .registry import Forwards, Needs, register
 
 
@@ -41,9 +42,10 @@ class ByolConfig(TargetEma):
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BYOL's normalised mean squared error per row: ||p / ||p|| - z / ||z|| ||^2 = 2 - 2 cos(p, z)."""
-    p, z = F.normalize(prediction.float(), dim=1), F.normalize(target.float(), dim=1)
-    return 2 - 2 * (p * z).sum(dim=1)
+    """BYOL's normalised mean squared error per row (the last axis, broadcast): ||p / ||p|| - z / ||z|| ||^2 =
+    2 - 2 cos(p, z)."""
+    p, z = F.normalize(prediction.float(), dim=-1), F.normalize(target.float(), dim=-1)
+    return 2 - 2 * (p * z).sum(dim=-1)
 
 
 def retrieval_top1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,6 +101,17 @@ class ByolStep:
         return StepOutput(loss=loss, keys=None, metrics=metrics,
                           signal=CollapseSignal(online.embedding.detach(), loss.detach()), trained=[q, q_prime])
 
+    def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
+        """[i, a, b] = ||q_a^ - z_b^||^2 + ||q_b^ - z_a^||^2 of sample i for candidates (B, V, C, H, W): its term of
+        the loss with views a and b (hard_views.py). Each view slot is normalised on its own, as the step's one-view
+        forwards are; the target's shuffle draws from HVS's stream."""
+        online = unwrapped(self.online)
+        with scoring([online, self.model.encoder_k], views.shape[1]):
+            q = online(views.flatten(0, 1))[1].unflatten(0, views.shape[:2])
+            z = self.model.key(views, rng(SCORING_STREAM)).embedding
+        losses = regression_loss(q.unsqueeze(2), z.unsqueeze(1))  # [i, a, b]: q_a against z_b
+        return losses + losses.transpose(1, 2)
+
 
 @register
 class Byol(Objective):
@@ -106,7 +119,7 @@ class Byol(Objective):
 
     name = "byol"
     label = "BYOL-pretrained"
-    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, pair_losses=True)
 
     @classmethod
     def needs_for(cls, cfg: Config) -> Needs:
@@ -116,8 +129,9 @@ class Byol(Objective):
     trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
 
     def forwards(self) -> Forwards:
-        """Both views through the online network (trained) and through the target."""
-        return Forwards(trained=2, target=2)
+        """Both views through the online network (trained) and through the target; HVS scores each candidate through
+        both."""
+        return Forwards(trained=2, target=2, candidate=2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """ByolStep on the wrapped online network."""

@@ -21,9 +21,10 @@ class MocoV2(Objective):
     trained_embeddings = True  # each direction's queries (ContrastiveStep)
 
     def forwards(self) -> Forwards:
-        """A trained query and a key per direction (two with moco.symmetric)."""
+        """A trained query and a key per direction (two with moco.symmetric); HVS scores each candidate through the
+        momentum encoder, and through the query encoder too unless hvs.scorer is momentum."""
         directions = 2 if self.cfg.moco.symmetric else 1
-        return Forwards(trained=directions, target=directions)
+        return Forwards(trained=directions, target=directions, candidate=1 if self.cfg.hvs.scorer == "momentum" else 2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """ContrastiveStep with the enabled methods; queries through the wrapped query encoder."""

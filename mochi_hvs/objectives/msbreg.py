@@ -50,6 +50,7 @@ from ..step import StepOutput
 from .base import Objective, Step, Wrap
 from .byol import OnlineNetwork, retrieval_top1
 from .ema import TargetEma
+from .hard_views import SCORING_STREAM, scoring, unwrapped
 from .registry import OBJECTIVES, Forwards, Needs, declared, register
 
 STREAM = "msbreg"  # the step's random stream of the Brownian directions
@@ -88,10 +89,17 @@ def unit(embeddings: list[torch.Tensor]) -> torch.Tensor:
     return F.normalize(torch.stack(full_precision(*embeddings)), dim=-1)
 
 
-def centroid_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean_i (2 - 2 c_o,i . c_t,i) for unit embeddings (V, B, D), c_i the normalised mean over the views."""
-    c_online, c_target = F.normalize(online.mean(dim=0), dim=1), F.normalize(target.mean(dim=0), dim=1)
-    return (2 - 2 * (c_online * c_target).sum(dim=1)).mean()
+def centroid_terms(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """2 - 2 c_o,i . c_t,i per sample for unit embeddings (V, ..., D), c_i the normalised mean over the views (axis
+    0)."""
+    c_online, c_target = F.normalize(online.mean(dim=0), dim=-1), F.normalize(target.mean(dim=0), dim=-1)
+    return 2 - 2 * (c_online * c_target).sum(dim=-1)
+
+
+def brownian_terms(online: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """1 + o_v,i . u_i per sample, averaged over the views (axis 0), for unit embeddings (V, ..., D) and directions u
+    (..., D)."""
+    return 1 + (online * u).sum(dim=-1).mean(dim=0)
 
 
 def singular_value_loss(z: torch.Tensor) -> torch.Tensor:
@@ -112,7 +120,13 @@ def brownian_directions(rng: StepRandom, batch: int, dim: int) -> torch.Tensor:
 def dispersive_terms(online: torch.Tensor, rng: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
     """The singular value and Brownian terms of unit embeddings (V, B, D)."""
     u = brownian_directions(rng, online.shape[1], online.shape[2]).to(online.dtype)
-    return singular_value_loss(online.flatten(0, 1)), (1 + (online * u).sum(dim=-1)).mean()
+    return singular_value_loss(online.flatten(0, 1)), brownian_terms(online, u).mean()
+
+
+def view_pairs(embeddings: torch.Tensor) -> torch.Tensor:
+    """Every ordered pair of views of each sample: embeddings (B, V, D) -> (2, B, V, V, D), [:, i, a, b] the sample's
+    views a and b."""
+    return torch.stack(torch.broadcast_tensors(embeddings.unsqueeze(2), embeddings.unsqueeze(1)))
 
 
 class MsbregStep:
@@ -139,7 +153,7 @@ class MsbregStep:
         predictions = [prediction, self.online(views[:, 1])[1]]
         online = unit(predictions)
         target = unit([self.model.key(views[:, v], rng("shuffle")).embedding for v in (0, 1)])
-        centroid = centroid_loss(online, target)
+        centroid = centroid_terms(online, target).mean()
         singular, brownian = dispersive_terms(online, rng)
         s = self.settings
         loss = s.centroid * centroid + s.singular * singular + s.brownian * brownian
@@ -148,6 +162,22 @@ class MsbregStep:
                    "msbreg_brownian": brownian.detach()}
         return StepOutput(loss=loss, keys=None, metrics=metrics, trained=predictions,
                           signal=CollapseSignal(first.embedding.detach(), loss.detach()))
+
+    def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
+        """[i, a, b] = w_c centroid_i + w_b brownian_i of sample i's views a and b for candidates (B, V, C, H, W):
+        its part of the loss with views a and b (hard_views.py; the singular value term is one of the whole batch and
+        ranks no sample). The Brownian directions are those the step draws (from a fresh copy of its streams, the
+        step's own untouched). Each view slot is normalised on its own, as the step's one-view forwards are; the
+        target's shuffle draws from HVS's stream."""
+        online = unwrapped(self.online)
+        with scoring([online, self.model.encoder_k], views.shape[1]):
+            o = unit([online(views.flatten(0, 1))[1]])[0].unflatten(0, views.shape[:2])
+            t = unit([self.model.key(views, rng(SCORING_STREAM)).embedding])[0]
+        u = brownian_directions(StepRandom(rng.seed, rng.step, rng.rank, rng.device), o.shape[0], o.shape[2])
+        pairs = view_pairs(o)
+        centroid = centroid_terms(pairs, view_pairs(t))
+        brownian = brownian_terms(pairs, u.to(o.dtype)[:, None, None])
+        return self.settings.centroid * centroid + self.settings.brownian * brownian
 
 
 class RegularisedStep:
@@ -174,12 +204,13 @@ class Msbreg(Objective):
     trained embeddings."""
 
     name, label, section = "msbreg", "MSBReg-pretrained", MsbregConfig
-    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True)
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, pair_losses=True)
     trained_embeddings = True  # the predictions
 
     def forwards(self) -> Forwards:
-        """Both views through the online network (trained) and through the target, as BYOL."""
-        return Forwards(trained=2, target=2)
+        """Both views through the online network (trained) and through the target, as BYOL; HVS scores each candidate
+        through both."""
+        return Forwards(trained=2, target=2, candidate=2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """MsbregStep on the wrapped online network (byol.OnlineNetwork)."""

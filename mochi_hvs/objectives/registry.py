@@ -16,15 +16,19 @@ class Needs:
     predictor: bool = False  # a predictor head on the trained side (MoCo.predictor)
     methods: bool = False  # the MoCo step's method hooks (mochi_hvs/methods/) apply to it
     local_views: bool = False  # its step scores multi-crop's small crops itself (multicrop.enabled draws them)
+    # its step scores every ordered pair of candidate views per sample (`pair_losses`): HVS selects by its loss
+    pair_losses: bool = False
 
 
 @dataclass(frozen=True)
 class Forwards:
     """Encoder image-forwards of one step per image, before any method's: views through the trained encoder (with
-    gradient) and through the momentum encoder (without); compute_cost.py prices them."""
+    gradient) and through the momentum encoder (without); and, where HVS scores pairs, the no-grad forwards of each
+    candidate view (the objective's pair losses: one per network they read); compute_cost.py prices them."""
 
     trained: float
     target: float
+    candidate: float = 0.0
 
 
 class Declared:

@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
 from ..config import Config
@@ -45,6 +44,7 @@ from ..random_streams import StepRandom
 from ..step import StepOutput
 from .base import Objective, Step, Wrap
 from .ema import TargetEma
+from .hard_views import SCORING_STREAM, scoring, unwrapped
 from .registry import Forwards, Needs, register
 
 
@@ -71,17 +71,27 @@ class PairTerms:
     top1: torch.Tensor
 
 
+def sample_terms(online: torch.Tensor, target: torch.Tensor,
+                 temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample i, the module docstring's contrastive and invariance terms (..., B) of L2-normalised online
+    (..., B, D) and target (..., B, D) embeddings of two views (leading axes broadcast), and the logits (..., B, B);
+    in float32 at least."""
+    logits = online.float() @ target.float().transpose(-1, -2) / temperature
+    log_rows = logits.log_softmax(dim=-1)
+    contrastive = -log_rows.diagonal(dim1=-2, dim2=-1)
+    # row i: softmax(L[:, i]), the target view's distribution
+    columns = logits.detach().transpose(-1, -2).softmax(dim=-1)
+    invariance = (columns * (columns.clamp_min(1e-30).log() - log_rows)).sum(dim=-1)
+    return contrastive, invariance, logits
+
+
 def pair_terms(online: torch.Tensor, target: torch.Tensor, temperature: float) -> PairTerms:
     """The module docstring's contrastive and invariance terms of L2-normalised online (B, D) and target (B, D)
     embeddings of two views, in float32 at least."""
-    logits = online.float() @ target.float().T / temperature
+    contrastive, invariance, logits = sample_terms(online, target, temperature)
     labels = torch.arange(len(logits), device=logits.device)
-    contrastive = F.cross_entropy(logits, labels)
-    log_rows = logits.log_softmax(dim=1)
-    columns = logits.detach().T.softmax(dim=1)  # row i: softmax(L[:, i]), the target view's distribution
-    invariance = (columns * (columns.clamp_min(1e-30).log() - log_rows)).sum(dim=1).mean()
     top1 = (logits.detach().argmax(dim=1) == labels).float().mean()
-    return PairTerms(contrastive, invariance, top1)
+    return PairTerms(contrastive.mean(), invariance.mean(), top1)
 
 
 class Relicv2Step:
@@ -120,6 +130,22 @@ class Relicv2Step:
         return StepOutput(loss=loss, keys=None, metrics=metrics, trained=online[:2],
                           signal=CollapseSignal(online[0].detach(), contrastive.detach(), math.log(len(views))))
 
+    def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
+        """[i, a, b] = 1/2 (l_i(a, b) + l_i(b, a)) of sample i for candidates (B, V, C, H, W), l_i(u, v) its
+        contrastive + alpha invariance terms with online view u against target view v over the batch (every sample's
+        views u and v): its part of the loss with views a and b, both orders averaged as the step does
+        (hard_views.py). Multi-crop's small crops are not scored. Each view slot is normalised on its own, as the
+        step's one-view forwards are; the target's shuffle draws from HVS's stream."""
+        online = unwrapped(self.online)
+        with scoring([online, self.model.encoder_k], views.shape[1]):
+            o = online(views.flatten(0, 1)).embedding.unflatten(0, views.shape[:2])
+            t = self.model.key(views, rng(SCORING_STREAM)).embedding
+        # (V, 1, B, D) against (1, V, B, D): terms [u, v, i]
+        contrastive, invariance, _ = sample_terms(o.transpose(0, 1).unsqueeze(1), t.transpose(0, 1).unsqueeze(0),
+                                                  self.settings.temperature)
+        losses = (contrastive + self.settings.alpha * invariance).permute(2, 0, 1)
+        return (losses + losses.transpose(1, 2)) / 2
+
 
 @register
 class Relicv2(Objective):
@@ -127,13 +153,13 @@ class Relicv2(Objective):
     are read by the step itself."""
 
     name, label, section = "relicv2", "ReLICv2-pretrained", Relicv2Config
-    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=False, local_views=True)
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=False, local_views=True, pair_losses=True)
     trained_embeddings = True  # the large views' online embeddings
 
     def forwards(self) -> Forwards:
         """Both large views through the online network (trained) and through the target (compute_cost.py adds the
-        small crops, as online forwards)."""
-        return Forwards(trained=2, target=2)
+        small crops, as online forwards); HVS scores each candidate through both."""
+        return Forwards(trained=2, target=2, candidate=2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """Relicv2Step on the wrapped online encoder."""

@@ -39,6 +39,7 @@ from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..step import StepOutput
 from .base import Objective, Step, Wrap
+from .hard_views import scoring, unwrapped
 from .registry import Forwards, Needs, register
 
 LOGIT_BN = "twist_logit_bn"  # the model attribute of the BatchNorm on the logits (checkpointed with the model)
@@ -78,17 +79,25 @@ def entropy(p: torch.Tensor, eps: float) -> torch.Tensor:
     return -(p * (p + eps).log()).sum(dim=-1)
 
 
+def sample_terms(logits1: torch.Tensor, logits2: torch.Tensor,
+                 settings: TwistConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the symmetric KL 1/2 (KL(p1 || p2) + KL(p2 || p1)) and the entropy 1/2 (H(s1) + H(s2)) of the two
+    views' normalised logits (..., C), broadcast, in float32 at least."""
+    eps = settings.eps
+    z1, z2 = logits1.float(), logits2.float()
+    p1, p2 = z1.softmax(dim=-1), z2.softmax(dim=-1)
+    log1, log2 = (p1 + eps).log(), (p2 + eps).log()
+    kl = 0.5 * ((p1 * (log1 - log2)).sum(dim=-1) + (p2 * (log2 - log1)).sum(dim=-1))
+    s1, s2 = (z1 / settings.tau).softmax(dim=-1), (z2 / settings.tau).softmax(dim=-1)
+    return kl, 0.5 * (entropy(s1, eps) + entropy(s2, eps))
+
+
 def twist_terms(logits1: torch.Tensor, logits2: torch.Tensor, settings: TwistConfig) -> TwistTerms:
     """TWIST's loss for the normalised logits (B, C) of the two views (the module docstring's formula), in float32
     at least."""
-    eps = settings.eps
-    z1, z2 = logits1.float(), logits2.float()
-    p1, p2 = z1.softmax(dim=1), z2.softmax(dim=1)
-    log1, log2 = (p1 + eps).log(), (p2 + eps).log()
-    kl = 0.5 * ((p1 * (log1 - log2)).sum(dim=1).mean() + (p2 * (log2 - log1)).sum(dim=1).mean())
-    s1, s2 = (z1 / settings.tau).softmax(dim=1), (z2 / settings.tau).softmax(dim=1)
-    sample = 0.5 * (entropy(s1, eps).mean() + entropy(s2, eps).mean())
-    batch = 0.5 * (entropy(s1.mean(dim=0), eps) + entropy(s2.mean(dim=0), eps))
+    kl, sample = (term.mean() for term in sample_terms(logits1, logits2, settings))
+    s1, s2 = (logits1.float() / settings.tau).softmax(dim=1), (logits2.float() / settings.tau).softmax(dim=1)
+    batch = 0.5 * (entropy(s1.mean(dim=0), settings.eps) + entropy(s2.mean(dim=0), settings.eps))
     loss = kl + (1 + settings.lam1) * sample - settings.lam2 * batch
     return TwistTerms(loss, kl, sample, batch)
 
@@ -139,18 +148,30 @@ class TwistStep:
         return StepOutput(loss=terms.loss, keys=None, metrics=metrics, trained=[z1, z2],
                           signal=CollapseSignal(p1, terms.loss.detach(), uniform_loss(p1.shape[1], self.settings)))
 
+    def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
+        """[i, a, b] = 1/2 (KL(p_a || p_b) + KL(p_b || p_a)) + (1 + lam1) 1/2 (H(s_a) + H(s_b)) of sample i for
+        candidates (B, V, C, H, W): its part of the loss with views a and b (hard_views.py). The batch-mean entropy
+        is a term of the whole batch and ranks no sample. All candidates are normalised together, as the step's one
+        forward normalises both views (at V = 2, the very logits of the step)."""
+        network = unwrapped(self.network)
+        batch, num_views = views.shape[:2]
+        with scoring([network], view_slots=1):
+            logits = network(views.transpose(0, 1).flatten(0, 1)).unflatten(0, (num_views, batch)).transpose(0, 1)
+        kl, sample = sample_terms(logits.unsqueeze(2), logits.unsqueeze(1), self.settings)
+        return kl + (1 + self.settings.lam1) * sample
+
 
 @register
 class Twist(Objective):
     """objective: twist. One trained network for both views: no momentum encoder, queue or predictor."""
 
     name, label, section = "twist", "TWIST-pretrained", TwistConfig
-    needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False)
+    needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False, pair_losses=True)
     trained_embeddings = True  # the normalised logits z1, z2
 
     def forwards(self) -> Forwards:
-        """Both views through the one trained network."""
-        return Forwards(trained=2, target=0)
+        """Both views through the one trained network; HVS scores each candidate through it."""
+        return Forwards(trained=2, target=0, candidate=1)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """TwistStep on the wrapped network; the logit BatchNorm is added to the model (its running statistics are

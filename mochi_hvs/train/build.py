@@ -1,7 +1,7 @@
 """The composition root of a pretraining run: data, model, methods, step, optimiser and schedules from a Config.
 
 It builds what the configured objective declares it needs (objectives/registry.py), lets the objective build
-its step and every registered objective wrap it (a regulariser's terms); it names no objective."""
+its step and the objective seam wrap it (objectives/base.wrapped_step); it names no objective."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..distributed import DistEnv
 from ..methods import Method, build_methods
 from ..models.backbone import freeze_all_but_batchnorm
 from ..models.moco import MoCo
-from ..objectives.base import Objective, Step, objective_of, regularised
+from ..objectives.base import Objective, Step, objective_of, wrapped_step
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
 from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
@@ -170,8 +170,8 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
             model.encoder_k.compile()
     initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     methods = build_methods(cfg, model)
-    step = regularised(cfg, objective.build_step(model, methods, lambda module: data_parallel(module, env, device),
-                                                 len(images.classes)))
+    step = wrapped_step(cfg, objective.build_step(model, methods, lambda module: data_parallel(module, env, device),
+                                                  len(images.classes)))
     optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype)
     return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, objective,
                          methods, step, optimizer, scheduler, scaler, initial_backbone, init_report)
