@@ -70,18 +70,6 @@ class ModelConfig:
     train_bn_only: bool = False  # HPT-BN: backbone frozen except BatchNorm layers (the head trains fully)
 
 
-@dataclass
-class MocoConfig:
-    """The MoCo contrastive task."""
-
-    queue_size: int = 4096
-    momentum: float = 0.99
-    momentum_schedule: str = "constant"  # constant | cosine (towards 1.0 over training)
-    temperature: float = 0.1
-    symmetric: bool = False
-    shuffle_bn: bool = True  # shuffle the key batch before the key encoder
-
-
 @dataclass(frozen=True)
 class LocalCrops:
     """Small crops the data path draws per image beside its views (multi-crop): how many, their side in px and the
@@ -95,9 +83,10 @@ class LocalCrops:
 @dataclass
 class ObjectiveConfig:
     """The config section of an objective (mochi_hvs/objectives/), declared in the objective's own module as its
-    `section` and named after it. Config.validate calls `validate` of every registered section."""
+    `section` and keyed by its section_key or name (contrastive's `moco`). Config.validate calls `validate` of every
+    registered section."""
 
-    name: ClassVar[str] = ""  # its objective's name, the section's key (registry.register sets it)
+    name: ClassVar[str] = ""  # the section's key: its objective's section_key or name (registry.register sets it)
 
     def validate(self, cfg: Config, source: str) -> None:
         """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
@@ -381,7 +370,8 @@ class Config:
     seed: int = 0
     # a registered objective (mochi_hvs/objectives/): contrastive: MoCo-v2 (and the enabled methods) | supervised:
     # the same backbone, views and optimiser trained with labels and a linear classifier (the supervised reference)
-    # | byol | twist | msbreg. An objective with settings has its section here under its name (added by __post_init__).
+    # | byol | twist | msbreg | relicv2. An objective with settings has its section here under its key (its name, or
+    # its section_key: contrastive's is `moco`), added by __post_init__.
     objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
@@ -391,7 +381,6 @@ class Config:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    moco: MocoConfig = field(default_factory=MocoConfig)
     mochi: MochiConfig = field(default_factory=MochiConfig)
     hvs: HvsConfig = field(default_factory=HvsConfig)
     fast_moco: FastMocoConfig = field(default_factory=FastMocoConfig)
@@ -426,7 +415,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.augment_on": ("auto", "device", "cpu"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.head": ("mlp", "mlp_bn", "linear"),
-    "moco.momentum_schedule": ("constant", "cosine"),
     "mochi.retrieval": ("torch", "faiss"),
     "mochi.faiss_index": ("flat", "ivf"),
     "mochi.path": ("fast", "reference"),
@@ -675,7 +663,6 @@ def validate(cfg: Config, source: str) -> None:
     )
     _check(0 <= cfg.seed < 2**63, source, "seed", f"must be in [0, 2**63); got {cfg.seed}")
     _validate_optim(cfg, source)
-    _validate_moco(cfg, source)
     _validate_model(cfg, source)
     _validate_data(cfg, source)
     _validate_eval(cfg, source)
@@ -734,21 +721,6 @@ def _validate_optim(cfg: Config, source: str) -> None:
     _check(all(a < b for a, b in itertools.pairwise([0, *milestones])), source, "optim.lr_milestones",
            f"must be positive epochs in increasing order; got {milestones}")
     _check(optim.grad_clip is None or optim.grad_clip > 0, source, "optim.grad_clip", "must be > 0 or null")
-
-
-def _validate_moco(cfg: Config, source: str) -> None:
-    moco, batch = cfg.moco, cfg.optim.batch_size
-    _check(
-        moco.queue_size > 0 and (moco.queue_size % batch == 0 or not objective_needs(cfg).queue),
-        source, "moco.queue_size",
-        f"must be a positive multiple of the global batch optim.batch_size={batch}; got {moco.queue_size}",
-    )
-    if moco.symmetric and objective_needs(cfg).queue:  # both directions enqueue their keys
-        _check(moco.queue_size >= 2 * batch, source, "moco.queue_size",
-               f"must hold the 2 x optim.batch_size={2 * batch} keys enqueued per step with moco.symmetric; "
-               f"got {moco.queue_size}")
-    _check(moco.temperature > 0, source, "moco.temperature", f"must be > 0; got {moco.temperature}")
-    _check(0.0 <= moco.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {moco.momentum}")
 
 
 def _validate_model(cfg: Config, source: str) -> None:
@@ -984,5 +956,10 @@ def local_crops(cfg: Config) -> LocalCrops | None:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of the config (YAML- and checkpoint-safe), the objectives' sections last."""
-    return dataclasses.asdict(cfg) | {name: dataclasses.asdict(getattr(cfg, name)) for name in sections()}
+    """Plain nested dict of the config (YAML- and checkpoint-safe), the objectives' sections after `model`."""
+    values: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(cfg).items():
+        values[name] = value
+        if name == "model":
+            values |= {key: dataclasses.asdict(getattr(cfg, key)) for key in sections()}
+    return values

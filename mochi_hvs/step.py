@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
 from .collapse import CollapseSignal
 from .loss import contrastive_logits, info_nce, positive_rank_top1
-from .methods import ExtraQueries, Method, StepContext, ViewChoice, pick_view
+from .methods import ExtraNegatives, ExtraQueries, Method, StepContext, ViewChoice, pick_view
 from .models.moco import EncoderOutput, MoCo
 from .random_streams import StepRandom
+
+Pair = tuple[torch.Tensor | int, torch.Tensor | int]  # (query view, key view): ints, or (B,) per sample
 
 
 @dataclass
@@ -32,19 +37,36 @@ class StepOutput:
     trained: list[torch.Tensor] = field(default_factory=list)
 
 
-Scored = tuple[torch.Tensor, torch.Tensor, StepContext]  # queries (N, D), their keys (N, D), their context
+@dataclass
+class Queries:
+    """One set of queries a direction scores: queries q (N, D) against their keys k (N, D), in their context; the
+    weight of their InfoNCE, and the section of the method that brought them ("": the whole view's)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    ctx: StepContext
+    weight: float = 1.0
+    section: str = ""
 
 
-def _tiled(queries: torch.Tensor, k: torch.Tensor, ctx: StepContext) -> Scored:
-    """G sets of queries (G, B, D) as one batch of G x B queries (set-major), with the keys and the context's labels
-    repeated to match: each query is scored against its own sample's key."""
-    sets = queries.shape[0]
-    labels = None if ctx.labels is None else ctx.labels.repeat(sets)
-    return queries.flatten(0, 1), k.repeat(sets, 1), dataclasses.replace(ctx, labels=labels)
+class Score(NamedTuple):
+    """A query set's weighted InfoNCE, its metrics and its collapse signal."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    signal: CollapseSignal
 
 
-def _mean_metrics(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: 0.5 * (a[key] + b[key]) for key in a}
+@dataclass
+class Direction:
+    """One direction of the step: its loss and metrics, its first query set's collapse signal, its trained queries
+    (B, D) and its keys (B, D)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    signal: CollapseSignal
+    trained: torch.Tensor
+    keys: torch.Tensor
 
 
 class ContrastiveStep:
@@ -65,9 +87,10 @@ class ContrastiveStep:
         (symmetric: the same with x_q and x_k swapped, losses summed)
         # then the loop: loss.backward(); SGD on f_q; f_k = m f_k + (1 - m) f_q; enqueue(k)
 
-    The queue is read once per step, here; methods see it through the StepContext, with the views' crop boxes and
-    flips, and, for each direction, the pair of views it trains (ctx.pair) and their encoder outputs (ctx.query,
-    ctx.key). Nothing of a step outlives it: each call encodes its own inputs.
+    __call__ and _direction below it read as these lines, top to bottom; the helpers after them hold the method
+    plumbing. The queue is read once per step, here; methods see it through the StepContext, with the views' crop
+    boxes and flips, and, for each direction, the pair of views it trains (ctx.pair) and their encoder outputs
+    (ctx.query, ctx.key). Nothing of a step outlives it: each call encodes its own inputs.
     """
 
     def __init__(self, model: MoCo, temperature: float, symmetric: bool, methods: list[Method] | None = None,
@@ -87,106 +110,46 @@ class ContrastiveStep:
         keys into the queue for analysis metrics only; local_views (B, L, C, h, w) with boxes (B, L, 4): multi-crop's
         small crops, for the methods. The methods active at (epoch, step) take part."""
         active = [m for m in self.methods if m.active(epoch, step)]
-        queue = self.model.queue
+        queue = self.model.queue  # read once per step, here
         ctx = StepContext(views, boxes, labels, queue.features, queue.labels, rng, epoch, step,
                           local_views=local_views, local_boxes=local_boxes, flips=flips,
                           dense=any(m.needs_dense for m in active))
-        if any(m.adds_negatives for m in active):
-            ctx.extra_negatives = lambda q, logits, generator: torch.cat(
-                [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)
-        choice = next((c for m in active if (c := m.choose_views(ctx)) is not None), None)
-        query_view, key_view = (0, 1) if choice is None else (choice.query_view, choice.key_view)
+        ctx.extra_negatives = self._all_negatives(active, ctx)
+        choice = next((c for m in active if (c := m.choose_views(ctx)) is not None), None)  # [choose_views]
+        pair: Pair = (0, 1) if choice is None else (choice.query_view, choice.key_view)
         per_step: dict[Method, ExtraQueries | None] = {}  # queries_per_step methods' queries, for both directions
-        k = self._keys(views, key_view, choice, rng, ctx.dense)
-        loss, metrics, signal, queries = self._direction(pick_view(views, query_view), k, active,
-                                                         dataclasses.replace(ctx, pair=(query_view, key_view)),
-                                                         per_step)
-        trained = [queries]
-        keys, key_labels = k.embedding, labels
-        if self.symmetric:
-            k_reverse = self._keys(views, query_view, choice, rng, ctx.dense)
-            loss_reverse, metrics_reverse, _, queries_reverse = self._direction(
-                pick_view(views, key_view), k_reverse, active, dataclasses.replace(ctx, pair=(key_view, query_view)),
-                per_step)
-            trained.append(queries_reverse)
-            loss = loss + loss_reverse
-            metrics = _mean_metrics(metrics, metrics_reverse)
-            keys = torch.cat([k.embedding, k_reverse.embedding], dim=0)
-            key_labels = None if labels is None else torch.cat([labels, labels], dim=0)
-        if choice is not None:
-            metrics.update(choice.metrics)
-        return StepOutput(loss=loss, keys=keys, key_labels=key_labels, metrics={"loss": loss.detach(), **metrics},
-                          per_sample={} if choice is None else choice.per_sample, signal=signal, trained=trained)
+        first = self._direction(pair, choice, active, ctx, per_step)
+        second = self._direction((pair[1], pair[0]), choice, active, ctx, per_step) if self.symmetric else None
+        return _output(first, second, choice, labels)
 
-    def _keys(self, views: torch.Tensor, view: torch.Tensor | int, choice: ViewChoice | None, rng: StepRandom,
-              dense: bool) -> EncoderOutput:
-        """f_k's output for the given view of each sample: reused when the view choice computed it, else encoded."""
-        if choice is not None and choice.keys is not None:
-            return choice.keys.map(lambda t: pick_view(t, view))
-        return self.model.key(pick_view(views, view), rng("shuffle"), dense)
-
-    @staticmethod
-    def _extra_negatives(methods: list[Method], q: torch.Tensor, negative_logits: torch.Tensor, ctx: StepContext,
-                         generator: torch.Generator | None = None) -> list:
-        return [e for m in methods if (e := m.extra_negatives(q, negative_logits, ctx, generator)) is not None]
-
-    def _direction(self, x_q: torch.Tensor, key: EncoderOutput, active: list[Method], ctx: StepContext,
-                   per_step: dict[Method, ExtraQueries | None]
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal, torch.Tensor]:
-        """InfoNCE of queries from x_q against keys `key`, the queue and the methods' negatives, plus their terms,
-        and this direction's trained queries (B, D).
-
-        The first query set scored (the whole view's, or the first method's queries replacing it) reports its
-        metrics under their plain names, its queries reach the methods' extra_loss, and its queries and InfoNCE
-        are the collapse monitor's signal; further sets are reported under their method's section. The trained
-        queries returned are its first B rows: the whole view's queries, or the first of a method's sets.
-        """
-        loss: torch.Tensor | None = None
-        metrics: dict[str, torch.Tensor] = {}
-        trained: Scored | None = None
-        signal: CollapseSignal | None = None
-        k = key.embedding
-        ctx = dataclasses.replace(ctx, key=key)
-        if not any(m.replaces_query for m in active):
-            query = self.query_encoder(x_q, dense=ctx.dense)
-            ctx = dataclasses.replace(ctx, query=query)
-            q = query.embedding
-            loss, metrics, signal = self._score(q, k, ctx, active)
-            trained = (q, k, ctx)
-        for method in active:
-            extra = self._extra_queries(method, x_q, ctx, per_step)
-            if extra is None:
-                continue
-            tiled = _tiled(extra.queries, k, ctx)
-            loss_set, metrics_set, signal_set = self._score(*tiled, active)
-            prefix = "" if loss is None else f"{method.section}/"
-            metrics.update({prefix + name: value for name, value in metrics_set.items()})
-            loss = extra.weight * loss_set if loss is None else loss + extra.weight * loss_set
-            if trained is None:
-                trained, signal = tiled, signal_set
-        if loss is None or trained is None or signal is None:
+    def _direction(self, pair: Pair, choice: ViewChoice | None, active: list[Method], ctx: StepContext,
+                   per_step: dict[Method, ExtraQueries | None]) -> Direction:
+        """Algorithm 1 in one direction: queries of view pair[0] against keys of view pair[1], the queue and the
+        methods' negatives. The first query set (the whole view's, or the first method's replacing it) reports its
+        metrics under their plain names, reaches the methods' extra_loss and is the collapse monitor's signal."""
+        x_q = pick_view(ctx.views, pair[0])
+        key = self._keys(pair[1], choice, ctx)  # k = f_k(x_k).detach()
+        replaced = any(m.replaces_query for m in active)
+        query = None if replaced else self.query_encoder(x_q, dense=ctx.dense)  # q = f_q(x_q)
+        ctx = dataclasses.replace(ctx, pair=pair, key=key, query=query)
+        sets = [] if query is None else [Queries(query.embedding, key.embedding, ctx)]
+        sets += self._extra_queries(x_q, key.embedding, ctx, active, per_step)  # [extra_queries]
+        if not sets:
             raise RuntimeError("a method replaces the whole view's query but brought no queries of its own")
-        for term in (t for m in active if (t := m.extra_loss(*trained)) is not None):
-            loss = loss + term.loss
+        scores = [self._score(s, active, i == 0) for i, s in enumerate(sets)]  # l_pos, l_neg, [extra_negatives], CE
+        loss = functools.reduce(torch.add, [score.loss for score in scores])
+        metrics = {name: value for score in scores for name, value in score.metrics.items()}
+        for term in (t for m in active if (t := m.extra_loss(sets[0].q, sets[0].k, sets[0].ctx)) is not None):
+            loss = loss + term.loss  # [extra_loss]
             metrics.update(term.metrics)
-        return loss, metrics, signal, trained[0][:len(x_q)]
+        return Direction(loss, metrics, scores[0].signal, sets[0].q[:len(x_q)], key.embedding)
 
-    def _extra_queries(self, method: Method, x_q: torch.Tensor, ctx: StepContext,
-                       per_step: dict[Method, ExtraQueries | None]) -> ExtraQueries | None:
-        """The method's queries for this direction; a queries_per_step method is asked on the step's first direction
-        only, and the second scores the same queries."""
-        if method in per_step:
-            return per_step[method]
-        extra = method.extra_queries(x_q, self.query_encoder, ctx)
-        if method.queries_per_step:
-            per_step[method] = extra
-        return extra
-
-    def _score(self, q: torch.Tensor, k: torch.Tensor, ctx: StepContext,
-               active: list[Method]) -> tuple[torch.Tensor, dict[str, torch.Tensor], CollapseSignal]:
-        """InfoNCE of queries q against keys k, the queue and the methods' negatives, with its metrics and its
-        collapse signal (the queries, the InfoNCE, and ln of the number of logits: its value when all are equal)."""
-        logits = contrastive_logits(q, k, ctx.negatives)
+    def _score(self, queries: Queries, active: list[Method], plain: bool) -> Score:
+        """The weighted InfoNCE of the queries against their keys, the queue and the methods' negatives; its metrics,
+        named under the section of the method that brought the queries unless `plain`; and its collapse signal (the
+        queries, the InfoNCE, and ln of the number of logits: its value when all are equal)."""
+        q, ctx = queries.q, queries.ctx
+        logits = contrastive_logits(q, queries.k, ctx.negatives)
         metrics = {"proxy_top1": positive_rank_top1(logits.detach())}
         extras = self._extra_negatives(active, q, logits[:, 1:], ctx)
         for extra in extras:
@@ -194,4 +157,66 @@ class ContrastiveStep:
         if extras:
             logits = torch.cat([logits, *(extra.logits.to(logits.dtype) for extra in extras)], dim=1)
         loss = info_nce(logits, self.temperature)
-        return loss, metrics, CollapseSignal(q.detach(), loss.detach(), math.log(logits.shape[1]))
+        prefix = "" if plain else f"{queries.section}/"
+        return Score(queries.weight * loss, {prefix + name: value for name, value in metrics.items()},
+                     CollapseSignal(q.detach(), loss.detach(), math.log(logits.shape[1])))
+
+    def _keys(self, view: torch.Tensor | int, choice: ViewChoice | None, ctx: StepContext) -> EncoderOutput:
+        """f_k's output for the given view of each sample: reused when the view choice computed it, else encoded."""
+        if choice is not None and choice.keys is not None:
+            return choice.keys.map(lambda t: pick_view(t, view))
+        return self.model.key(pick_view(ctx.views, view), ctx.rng("shuffle"), ctx.dense)
+
+    def _extra_queries(self, x_q: torch.Tensor, k: torch.Tensor, ctx: StepContext, active: list[Method],
+                       per_step: dict[Method, ExtraQueries | None]) -> list[Queries]:
+        """The active methods' own queries for this direction, each set of G x B against its samples' keys; a
+        queries_per_step method is asked on the step's first direction only, and the second scores the same."""
+        sets = []
+        for method in active:
+            extra = per_step[method] if method in per_step else method.extra_queries(x_q, self.query_encoder, ctx)
+            if method.queries_per_step:
+                per_step[method] = extra
+            if extra is not None:
+                sets.append(_tiled(extra, k, ctx, method.section))
+        return sets
+
+    def _all_negatives(self, active: list[Method], ctx: StepContext
+                       ) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None:
+        """Every active method's synthetic negatives for a query, as one (B, S) logits tensor (StepContext's
+        extra_negatives, what HVS scores with); None when no active method adds any."""
+        if not any(m.adds_negatives for m in active):
+            return None
+        return lambda q, logits, generator: torch.cat(
+            [extra.logits for extra in self._extra_negatives(active, q, logits, ctx, generator)], dim=1)
+
+    @staticmethod
+    def _extra_negatives(methods: list[Method], q: torch.Tensor, negative_logits: torch.Tensor, ctx: StepContext,
+                         generator: torch.Generator | None = None) -> list[ExtraNegatives]:
+        """The synthetic negatives the methods bring for queries q (B, D) with queue logits (B, K)."""
+        return [e for m in methods if (e := m.extra_negatives(q, negative_logits, ctx, generator)) is not None]
+
+
+def _tiled(extra: ExtraQueries, k: torch.Tensor, ctx: StepContext, section: str) -> Queries:
+    """A method's G sets of queries (G, B, D) as one set of G x B queries (set-major), with the keys k (B, D) and the
+    context's labels repeated to match: each query is scored against its own sample's key."""
+    sets = extra.queries.shape[0]
+    labels = None if ctx.labels is None else ctx.labels.repeat(sets)
+    return Queries(extra.queries.flatten(0, 1), k.repeat(sets, 1), dataclasses.replace(ctx, labels=labels),
+                   extra.weight, section)
+
+
+def _output(first: Direction, second: Direction | None, choice: ViewChoice | None,
+            labels: torch.Tensor | None) -> StepOutput:
+    """The step's output from its direction(s): losses summed, metrics averaged, every direction's keys to enqueue,
+    the first direction's collapse signal, and the view choice's metrics."""
+    loss, metrics, keys, key_labels, trained = first.loss, first.metrics, first.keys, labels, [first.trained]
+    if second is not None:
+        loss = loss + second.loss
+        metrics = {key: 0.5 * (metrics[key] + second.metrics[key]) for key in metrics}
+        keys = torch.cat([first.keys, second.keys], dim=0)
+        key_labels = None if labels is None else torch.cat([labels, labels], dim=0)
+        trained.append(second.trained)
+    if choice is not None:
+        metrics.update(choice.metrics)
+    return StepOutput(loss=loss, keys=keys, key_labels=key_labels, metrics={"loss": loss.detach(), **metrics},
+                      per_sample={} if choice is None else choice.per_sample, signal=first.signal, trained=trained)

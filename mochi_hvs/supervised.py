@@ -6,7 +6,7 @@ can be read between its floor (raw pixels, random initialisation) and this ceili
 
 The run is an ordinary pretraining run (`objective: supervised`): checkpoints, resume, logs, the kNN monitor and
 every evaluator work on it as on a MoCo run (its backbone is stored where a MoCo checkpoint keeps the query's). This
-module is the command line only; the step is supervised_step.py.
+module is the command line only; the objective and its step are objectives/supervised.py.
 """
 
 from __future__ import annotations

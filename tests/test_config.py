@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from mochi_hvs.config import Config, ConfigError, load_config, to_dict, validate
+from mochi_hvs.objectives.contrastive import MocoConfig
+from mochi_hvs.objectives.registry import declared, sections
 
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")
                  if not {"detectron2", "studies"} & set(p.parts))  # detectron2's own format; study recipes
@@ -108,6 +110,20 @@ def test_round_trip_through_dict():
     assert load_config(defaults=to_dict(cfg)) == cfg  # as evaluation rebuilds a checkpoint's stored config
 
 
+def test_the_moco_section_is_the_contrastive_objectives_and_old_stored_configs_load():
+    assert sections()["moco"] is MocoConfig and declared("contrastive").section is MocoConfig
+    assert sections()["byol"] is declared("byol").section  # a section's key is its objective's name by default
+    # the `moco` section as checkpoints stored it while it was a field of Config, between `model` and `mochi`
+    old = {"queue_size": 1024, "momentum": 0.999, "momentum_schedule": "cosine", "temperature": 0.2,
+           "symmetric": True, "shuffle_bn": False}
+    stored = {"model": {"arch": "resnet18"}, "moco": old, "mochi": {"enabled": False}, "optim": {"batch_size": 64}}
+    cfg = load_config(defaults=stored, overrides=["moco.temperature=0.07"])
+    assert dataclasses.asdict(cfg.moco) == old | {"temperature": 0.07}
+    keys = list(to_dict(cfg))
+    assert keys.index("model") < keys.index("moco") < keys.index("mochi")  # where checkpoints have always kept it
+    assert load_config(defaults=to_dict(cfg)) == cfg
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_shipped_recipes_load(path):
     load_config(path)
@@ -183,9 +199,9 @@ def test_overrides_of_text_fields_keep_the_text_yaml_would_convert():
 
 
 def float_fields() -> list[str]:
-    """Dotted keys of every float (or optional float) field of the config."""
+    """Dotted keys of every float (or optional float) field of the config, the objectives' sections included."""
     keys = []
-    for section, section_type in typing.get_type_hints(Config).items():
+    for section, section_type in (typing.get_type_hints(Config) | sections()).items():
         hints = typing.get_type_hints(section_type) if dataclasses.is_dataclass(section_type) else {}
         keys += [f"{section}.{name}" for name, tp in hints.items() if tp in (float, float | None)]
     return keys

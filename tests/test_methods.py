@@ -1,5 +1,6 @@
 """The method seam: hooks a method plugs into, the registry, the views per image, and stored configs."""
 
+import itertools
 import json
 
 import numpy as np
@@ -10,7 +11,8 @@ from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.config import ConfigError, load_config, views_per_image
 from mochi_hvs.data.datasets import ImageSet
 from mochi_hvs.loss import contrastive_logits, info_nce
-from mochi_hvs.methods import METHODS, ExtraLoss, ExtraNegatives, Method, build_methods
+from mochi_hvs.methods import METHODS, ExtraLoss, ExtraNegatives, Method, build_methods, register
+from mochi_hvs.methods import base as methods_base
 from mochi_hvs.models import MoCo
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.step import ContrastiveStep
@@ -71,6 +73,22 @@ def test_the_registry_builds_the_enabled_methods_in_order():
     cfg = load_config(None, ["hvs.enabled=true", "mochi.enabled=true", "moco.queue_size=4096"])
     assert [m.section for m in build_methods(cfg, model)] == ["mochi", "hvs"]
     assert build_methods(load_config(None, []), model) == []
+
+
+def test_the_hook_order_is_declared_and_no_registration_order_changes_it(monkeypatch):
+    shipped = list(METHODS.values())
+    cfg = load_config(None, ["lc.enabled=true", "model.small_stem=true", "hvs.enabled=true", "mochi.enabled=true",
+                             "moco.queue_size=4096", "fast_moco.enabled=true", "fast_moco.mode=add"])
+    for registration in itertools.permutations(shipped):  # the order modules would be imported in
+        monkeypatch.setattr(methods_base, "METHODS", {})
+        for cls in registration:
+            register(cls)
+        assert list(methods_base.METHODS.values()) == shipped
+    # registered last in reverse: the step still gets MoCHi's negatives first and LC's term last
+    assert [m.section for m in build_methods(cfg, small_moco())] == ["mochi", "hvs", "fast_moco", "lc"]
+    clash = type("Clash", (Method,), {"section": "clash", "order": shipped[0].order})
+    with pytest.raises(ValueError, match=f"method 'clash' declares order {shipped[0].order}, which method 'mochi' has"):
+        register(clash)
 
 
 def test_views_per_image_follow_the_enabled_methods():

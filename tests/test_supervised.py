@@ -10,8 +10,8 @@ from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.data.datasets import labelled_splits
 from mochi_hvs.data.loader import eval_loader
 from mochi_hvs.evaluation.features import extract_features
+from mochi_hvs.objectives.supervised import classifier_network
 from mochi_hvs.pretrain import report
-from mochi_hvs.supervised_step import classifier_network
 from mochi_hvs.train import Trainer
 from mochi_hvs.weights import read_backbone_state
 

@@ -1,10 +1,10 @@
 """Training methods on the MoCo step's seam (base.py): each one module registered under its config section.
 
-Importing this package registers every method shipped with mochi_hvs, in this order (the order the step calls
-their hooks in).
+Importing this package registers every method shipped with mochi_hvs. The step calls their hooks in the order each
+declares (Method.order), not in the order of these imports.
 """
 
-from . import mochi, hvs, fast_moco, multicrop, lc  # noqa: F401, I001  (registration order: negatives before view selection)
+from . import fast_moco, hvs, lc, mochi, multicrop  # noqa: F401  (registers them)
 from .base import (
     METHODS,
     ExtraLoss,

@@ -2,8 +2,14 @@
 
 A method is one module in mochi_hvs/methods/ with a `Method` subclass registered under its config section's name,
 plus that section in config.py (a `MethodConfig` with `enabled`, its views per image and its validation). The
-step calls the hooks of the methods that are active this step, in registration order; the loop never learns a
-method's name. Hooks not overridden add nothing.
+step calls the hooks of the methods that are active this step in the order they declare (`Method.order`, lowest
+first), whatever order they were imported and registered in; the loop never learns a method's name. Hooks not
+overridden add nothing.
+
+The order decides which method's view choice the step takes (the first one's), the order of the synthetic
+negatives' logits and of the query sets (the first set reports its metrics under their plain names when a method
+replaces the whole view's query), and the order loss terms are added in. The shipped methods run as MoCHi, HVS,
+Fast-MoCo, multi-crop, LC.
 
 A method may also bring queries of its own (`extra_queries`, e.g. Fast-MoCo's patch combinations): the step scores
 them exactly as the whole view's query (against the key, the queue and every active method's synthetic
@@ -108,6 +114,7 @@ class Method:
     """A training method plugged into the MoCo step (see the module docstring). Subclasses set `section`."""
 
     section: ClassVar[str]  # its config section, which also names its random stream
+    order: ClassVar[int]  # its place in the step's hook calls, lowest first; no two registered methods share one
     adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
     replaces_query: bool = False  # True when, while active, its extra_queries replace the whole view's query
     queries_per_step: ClassVar[bool] = False  # True when its extra_queries do not depend on the direction
@@ -154,11 +161,16 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under its config section's name."""
-    METHODS[cls.section] = cls
+    """Class decorator: make a method available under its config section's name, at its declared order."""
+    taken = next((section for section, other in METHODS.items() if other.order == cls.order), None)
+    if taken not in (None, cls.section):
+        raise ValueError(f"method {cls.section!r} declares order {cls.order}, which method {taken!r} has")
+    ordered = sorted({**METHODS, cls.section: cls}.items(), key=lambda item: item[1].order)
+    METHODS.clear()
+    METHODS.update(ordered)
     return cls
 
 
 def build_methods(cfg: Config, model: MoCo) -> list[Method]:
-    """The enabled methods, in registration order."""
+    """The enabled methods, in their declared order (the order the step calls their hooks in)."""
     return [cls(cfg, model) for section, cls in METHODS.items() if getattr(cfg, section).enabled]

@@ -63,6 +63,7 @@ class FastMoco(Method):
     """Fast-MoCo on the method seam: the query view's patch combinations as queries (see the module docstring)."""
 
     section = "fast_moco"
+    order = 30  # hook order (Method.order)
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         super().__init__(cfg, model)

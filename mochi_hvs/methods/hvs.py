@@ -174,6 +174,7 @@ class Hvs(Method):
     """HVS on the method seam: the hardest of every ordered pair of the V candidate views, on selecting steps."""
 
     section = "hvs"
+    order = 20  # hook order (Method.order)
 
     def __init__(self, cfg: Config, model: MoCo) -> None:
         super().__init__(cfg, model)

@@ -105,6 +105,7 @@ class LocalContrast(Method):
     this direction's query and key views (the pair in ctx.pair: views 0 and 1, HVS's choice, or swapped)."""
 
     section = "lc"
+    order = 50  # hook order (Method.order)
     needs_dense = True
 
     def __init__(self, cfg: Config, model: MoCo) -> None:

@@ -169,6 +169,7 @@ class Mochi(Method):
     """MoCHi on the method seam: synthetic negatives for every query once `mochi.warmup_epochs` have passed."""
 
     section = "mochi"
+    order = 10  # hook order (Method.order)
     adds_negatives = True
 
     def __init__(self, cfg: Config, model: MoCo) -> None:

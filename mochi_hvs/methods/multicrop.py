@@ -54,6 +54,7 @@ class MultiCrop(Method):
     """Multi-crop on the method seam: the small crops of each sample as queries (see the module docstring)."""
 
     section = "multicrop"
+    order = 40  # hook order (Method.order)
     queries_per_step = True  # the crops are queries against either direction's keys
 
     def __init__(self, cfg: Config, model: MoCo) -> None:

@@ -1,14 +1,51 @@
 """MoCo-v2 (He et al. 2020; Chen et al. 2020): InfoNCE of the query against its key and a queue of past keys, the
 objective the methods (MoCHi, HVS, Fast-MoCo, multi-crop, LC) plug into. Its step is step.py's ContrastiveStep and
-its settings are the `moco` section."""
+its settings are the `moco` section (MocoConfig, registered under that key rather than the objective's name).
+
+Other objectives share some of these keys: `moco.queue_size` sizes the queue of any objective that needs one,
+`moco.shuffle_bn` shuffles the batch before any momentum encoder, and `moco.momentum` on `moco.momentum_schedule`
+moves the target of an objective without a TargetEma section of its own (Objective.target_momentum).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..config import Config, ObjectiveConfig, objective_needs
 from ..methods import Method
 from ..models.moco import MoCo
 from ..step import ContrastiveStep
 from .base import Objective, Step, Wrap
 from .registry import Forwards, Needs, register
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class MocoConfig(ObjectiveConfig):
+    """The MoCo contrastive task."""
+
+    queue_size: int = 4096  # shared: the queue of any objective that needs one
+    momentum: float = 0.99  # shared: the target momentum of objectives without a TargetEma section
+    momentum_schedule: str = "constant"  # constant | cosine (towards 1.0 over training); shared as momentum
+    temperature: float = 0.1
+    symmetric: bool = False
+    shuffle_bn: bool = True  # shuffle the key batch before the key encoder (shared: any momentum encoder)
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """A known schedule; a queue that holds whole batches (two per step with the symmetric loss) where the
+        objective has one; temperature > 0, momentum in [0, 1]."""
+        self.check(self.momentum_schedule in MOMENTUM_SCHEDULES, source, "moco.momentum_schedule",
+                   f"must be one of {', '.join(MOMENTUM_SCHEDULES)}; got {self.momentum_schedule!r}")
+        queue, batch = objective_needs(cfg).queue, cfg.optim.batch_size
+        self.check(self.queue_size > 0 and (self.queue_size % batch == 0 or not queue), source, "moco.queue_size",
+                   f"must be a positive multiple of the global batch optim.batch_size={batch}; got {self.queue_size}")
+        if self.symmetric and queue:  # both directions enqueue their keys
+            self.check(self.queue_size >= 2 * batch, source, "moco.queue_size",
+                       f"must hold the 2 x optim.batch_size={2 * batch} keys enqueued per step with moco.symmetric; "
+                       f"got {self.queue_size}")
+        self.check(self.temperature > 0, source, "moco.temperature", f"must be > 0; got {self.temperature}")
+        self.check(0.0 <= self.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {self.momentum}")
 
 
 @register
@@ -18,6 +55,8 @@ class MocoV2(Objective):
     name = "contrastive"
     label = "MoCo-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=True, methods=True)
+    section = MocoConfig
+    section_key = "moco"
     trained_embeddings = True  # each direction's queries (ContrastiveStep)
 
     def forwards(self) -> Forwards:

@@ -34,17 +34,18 @@ class Forwards:
 class Declared:
     """An objective's declarations (objectives/base.py adds what builds its step)."""
 
-    name: ClassVar[str]  # its `objective:` value, and the name of its config section when it has one
+    name: ClassVar[str]  # its `objective:` value
     label: ClassVar[str]  # what a backbone trained with it is called in reports ("MoCo-pretrained")
     needs: ClassVar[Needs] = Needs()
     section: ClassVar[type[Any] | None] = None  # its config section's dataclass (config.ObjectiveConfig), if any
+    section_key: ClassVar[str | None] = None  # that section's key in a config; None: the objective's name
+    # its step hands over its trained embeddings (StepOutput.trained), which a regulariser added to it reads
+    trained_embeddings: ClassVar[bool] = False
 
     @classmethod
     def needs_for(cls, cfg: Any) -> Needs:
         """What it needs under this config: `needs`, unless a setting changes it (BYOL without its predictor)."""
         return cls.needs
-    # its step hands over its trained embeddings (StepOutput.trained), which a regulariser added to it reads
-    trained_embeddings: ClassVar[bool] = False
 
 
 OBJECTIVES: dict[str, type[Declared]] = {}
@@ -52,10 +53,10 @@ T = TypeVar("T", bound=type[Declared])
 
 
 def register(cls: T) -> T:
-    """Class decorator: make an objective (and its config section) available under its name."""
+    """Class decorator: make an objective available under its name, and its config section under its key."""
     OBJECTIVES[cls.name] = cls
     if cls.section is not None:
-        cls.section.name = cls.name
+        cls.section.name = cls.section_key or cls.name
     return cls
 
 
@@ -65,5 +66,5 @@ def declared(name: str) -> type[Declared]:
 
 
 def sections() -> dict[str, type[Any]]:
-    """The config sections of the registered objectives, by name."""
-    return {name: cls.section for name, cls in OBJECTIVES.items() if cls.section is not None}
+    """The config sections of the registered objectives, by key."""
+    return {cls.section.name: cls.section for cls in OBJECTIVES.values() if cls.section is not None}

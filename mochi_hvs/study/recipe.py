@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, _apply, _read_yaml, load_config
+from ..config import Config, ConfigError, _apply, _read_yaml, load_config, to_dict
 
 EVALUATIONS = ("knn", "linear", "semisup")
 REFERENCES = ("pixels", "random_init", "supervised")
@@ -163,6 +163,6 @@ def resolved(loaded: Study) -> dict[str, Any]:
         "shared": study.shared, "evaluations": study.evaluations, "evaluation_set": study.evaluation_set,
         "references": study.references,
         "arms": {name: {**dataclasses.asdict(spec),
-                        "config": dataclasses.asdict(loaded.arm_config(name, study.seeds[0]))}
+                        "config": to_dict(loaded.arm_config(name, study.seeds[0]))}
                  for name, spec in study.arms.items()},
     }
