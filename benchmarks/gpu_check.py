@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # mochi_hvs need not be installed on the GPU machine
 from mochi_hvs.data.datasets import FASHION_MNIST_ROOT  # noqa: E402
+from mochi_hvs.deadline import GRACE_S, run_until  # noqa: E402
 from mochi_hvs.machine import machine_info  # noqa: E402
 
 WHEELS = ROOT / ".whl"
 CARRIED_DATA = ROOT / ".gpu_data" / "fashion-mnist"
 SITE = Path(tempfile.gettempdir()) / "gpu_check_site"
-RESERVE_S = 10  # kept back at the deadline for stopping a phase and writing its results
+RESERVE_S = 10  # kept back at the deadline for writing a stopped phase's results
 LOG_TAIL = 20000  # characters of each phase's output kept in the log
 
 
@@ -98,24 +98,12 @@ class Check:
     def run(self, phase: str, command: list[str]) -> tuple[str, str, float]:
         """Run a phase's command until it ends or the deadline: (status, output, seconds).
 
-        status: "ok", "failed (exit N)" or "stopped at the deadline". The command runs in its own process
-        group, so that a stop also ends its DataLoader workers.
+        status: "ok", "failed (exit N)" or "stopped at the deadline" (SIGTERM, then SIGKILL to its process group,
+        so that a stop also ends its DataLoader workers).
         """
-        start = time.monotonic()
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as output:
-            process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            try:
-                code = process.wait(timeout=max(1.0, self.remaining() - RESERVE_S))
-                status = "ok" if code == 0 else f"failed (exit {code})"
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                status = "stopped at the deadline"
-            output.seek(0)
-            text = output.read()
-        self.log(phase, f"$ {' '.join(command)}\n{text}")
-        return status, text, round(time.monotonic() - start, 1)
+        outcome = run_until(command, ROOT, self.env, self.remaining() - RESERVE_S - GRACE_S)
+        self.log(phase, f"$ {' '.join(command)}\n{outcome.output}")
+        return outcome.status, outcome.output, outcome.seconds
 
 
 def json_lines(text: str) -> list[dict]:
