@@ -5,10 +5,12 @@
 
 Phases, in order of importance: install the carried wheels (.whl/, only when lightly is missing), the
 machine and versions, the `cuda`-marked tests, the training step beside lightly, end to end beside lightly,
-the flagship recipe (configs/moco_mochi_hvs.yaml), the data pipeline. Each phase is timed; a phase that
-would not fit before the deadline is skipped and one still running at the deadline is stopped, its figures
-so far kept. Every figure goes to ONE JSON-lines file, OUT/gpu_check.jsonl (OUT: --out, else $OUT, else
-runs/gpu_check), one object per line with its "phase"; the phases' output goes to OUT/gpu_check.log.
+the flagship recipe (configs/moco_mochi_hvs.yaml), the data pipeline, and last the GPU campaign
+(configs/campaigns/gpu.yaml: the pending study runs that fit in the time left, docs/gpu-campaign.md). Each phase
+is timed; a phase that would not fit before the deadline is skipped and one still running at the deadline is
+stopped, its figures so far kept. Every figure goes to ONE JSON-lines file, OUT/gpu_check.jsonl (OUT: --out,
+else $OUT, else runs/gpu_check), one object per line with its "phase"; the phases' output goes to
+OUT/gpu_check.log, the campaign's records to OUT/campaign.tar.gz and its runs' output to OUT/campaign.log.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,12 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # mochi_hvs need not be installed on the GPU machine
 from mochi_hvs.data.datasets import FASHION_MNIST_ROOT  # noqa: E402
+from mochi_hvs.deadline import GRACE_S, run_until  # noqa: E402
 from mochi_hvs.machine import machine_info  # noqa: E402
 
 WHEELS = ROOT / ".whl"
 CARRIED_DATA = ROOT / ".gpu_data" / "fashion-mnist"
 SITE = Path(tempfile.gettempdir()) / "gpu_check_site"
-RESERVE_S = 10  # kept back at the deadline for stopping a phase and writing its results
+RESERVE_S = 10  # kept back at the deadline for writing a stopped phase's results
+CAMPAIGN_START_S = 20  # the campaign's budget leaves this for its start-up (imports, loading the studies)
 LOG_TAIL = 20000  # characters of each phase's output kept in the log
 
 
@@ -50,23 +53,29 @@ class Sizes:
     e2e_args: list[str]
     data_args: list[str]
     flagship_overrides: list[str]
+    campaign_args: list[str]
 
 
+# A run of a few seconds on the CPU: 256 images, batch 32, small queue and MoCHi sizes, small kNN sets.
+TINY_RUN = ["data.train_subset=256", "optim.batch_size=32", "model.bn_splits=4", "moco.queue_size=128",
+            "mochi.num_hard=16", "mochi.num_mix=16", "mochi.num_query_mix=8", "eval.knn_train_subset=200",
+            "eval.knn_test_subset=100", "eval.batch_size=100"]
 SIZES = {
     "cuda": Sizes(
         step_args=["--archs", "resnet18", "resnet50", "--repeats", "5", "--warmup", "2"],
         e2e_args=["--e2e-steps", "50", "--e2e-rounds", "3", "--workers", "8"],
         data_args=["--data-batches", "20", "--workers", "8"],
         flagship_overrides=[],  # the recipe as it is: 5 epochs, as the README's CPU figures
+        campaign_args=[],  # the studies' recipes as they are
     ),
     "cpu": Sizes(
         step_args=["--archs", "resnet18", "--batch", "8", "--repeats", "1", "--warmup", "1"],
         e2e_args=["--batch", "32", "--e2e-steps", "2", "--e2e-rounds", "2", "--workers", "1"],
         data_args=["--data-batches", "2", "--workers", "1"],
-        flagship_overrides=["data.train_subset=256", "optim.batch_size=32", "model.bn_splits=4",
-                            "moco.queue_size=128", "mochi.num_hard=16", "mochi.num_mix=16", "mochi.num_query_mix=8",
-                            "optim.epochs=2", "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
-                            "eval.batch_size=100", "eval.analysis_samples=64"],
+        flagship_overrides=[*TINY_RUN, "optim.epochs=2", "log_every=2", "eval.analysis_samples=64"],
+        campaign_args=["--set", *TINY_RUN, "optim.steps=2", "log_every=1", "eval.knn_every=0",
+                       "eval.knn_baseline=false", "--evaluation-set", "eval.knn_train_subset=200",
+                       "eval.knn_test_subset=100"],
     ),
 }
 
@@ -98,24 +107,12 @@ class Check:
     def run(self, phase: str, command: list[str]) -> tuple[str, str, float]:
         """Run a phase's command until it ends or the deadline: (status, output, seconds).
 
-        status: "ok", "failed (exit N)" or "stopped at the deadline". The command runs in its own process
-        group, so that a stop also ends its DataLoader workers.
+        status: "ok", "failed (exit N)" or "stopped at the deadline" (SIGTERM, then SIGKILL to its process group,
+        so that a stop also ends its DataLoader workers).
         """
-        start = time.monotonic()
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as output:
-            process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            try:
-                code = process.wait(timeout=max(1.0, self.remaining() - RESERVE_S))
-                status = "ok" if code == 0 else f"failed (exit {code})"
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                status = "stopped at the deadline"
-            output.seek(0)
-            text = output.read()
-        self.log(phase, f"$ {' '.join(command)}\n{text}")
-        return status, text, round(time.monotonic() - start, 1)
+        outcome = run_until(command, ROOT, self.env, self.remaining() - RESERVE_S - GRACE_S)
+        self.log(phase, f"$ {' '.join(command)}\n{outcome.output}")
+        return outcome.status, outcome.output, outcome.seconds
 
 
 def json_lines(text: str) -> list[dict]:
@@ -216,6 +213,22 @@ def flagship_phase(overrides: list[str]) -> Callable[[Check], None]:
     return phase
 
 
+def campaign_phase(extra: list[str]) -> Callable[[Check], None]:
+    """The pending runs of the GPU campaign (configs/campaigns/gpu.yaml) that fit in the time left: each of its
+    events becomes a result line; its bundle (campaign.tar.gz) and the runs' output (campaign.log) go beside."""
+    def phase(check: Check) -> None:
+        budget = check.remaining() - RESERVE_S - GRACE_S - CAMPAIGN_START_S
+        command = [sys.executable, "-m", "mochi_hvs.study.campaign", "run", "--device", check.device, "--out",
+                   str(check.out), "--budget", f"{budget:.0f}", *extra]
+        if check.data_root:
+            command += ["--data-root", str(check.data_root)]
+        status, text, seconds = check.run("campaign", command)
+        for record in json_lines(text):
+            check.record("campaign", **record)
+        check.record("campaign_done", status=status, seconds=seconds)
+    return phase
+
+
 def has_fashion_mnist(folder: Path) -> bool:
     """Whether the folder holds Fashion-MNIST's training images (gzipped or not)."""
     return any((folder / name).is_file() for name in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"))
@@ -246,6 +259,11 @@ def print_table(out: Path) -> None:
             by_epoch = " / ".join(f"{top1:.2f}" for top1 in r["knn_top1_by_epoch"])
             figure = (f"kNN by epoch {by_epoch or '-'} (random init {r['summary'].get('init_knn_top1', '-')}), "
                       f"{r['median_images_per_s'] or 0:.0f} img/s")
+        elif phase == "campaign" and r.get("event") == "run":
+            what = f"{r['study']} {r['arm']} seed {r['seed']}"
+            figure = f"{r['status']}, {r['seconds']:.0f} s (estimated {r['estimate_s']} s)"
+        elif phase == "campaign" and r.get("event") == "end":
+            what, figure = "end", r["reason"]
         elif r.get("status") not in (None, "ok"):
             what, figure = r["status"], r.get("reason", "")
         if what:
@@ -284,6 +302,7 @@ def main() -> int:
         ("throughput_e2e", 30, True, throughput_phase("e2e", sizes.e2e_args)),
         ("flagship", 45, True, flagship_phase(sizes.flagship_overrides)),
         ("throughput_data", 25, True, throughput_phase("data", sizes.data_args)),
+        ("campaign", 60, True, campaign_phase(sizes.campaign_args)),
     ]
     for name, needs, needs_data, phase in phases:
         if needs_data and not data:

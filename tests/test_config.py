@@ -9,8 +9,9 @@ from mochi_hvs.config import Config, ConfigError, load_config, to_dict, validate
 from mochi_hvs.objectives.contrastive import MocoConfig
 from mochi_hvs.objectives.registry import declared, sections
 
+# The pretraining recipes: not detectron2's own format, the study recipes or the campaign files.
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")
-                 if not {"detectron2", "studies"} & set(p.parts))  # detectron2's own format; study recipes
+                 if not {"detectron2", "studies", "campaigns"} & set(p.parts))
 
 
 def write(tmp_path, text: str) -> Path:

@@ -54,6 +54,7 @@ def write_study(tmp_path, **changes):
     ({"arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml"), "budget": {"match": "moco"}}}},
      "'arms.moco.budget.match' must name another arm"),
     ({"colour": 1}, "unknown key 'colour'"),
+    ({"evaluation_set": ["eval.knn_kk=[5]"]}, "evaluation_set: --set: unknown key 'eval.knn_kk'"),
 ])
 def test_study_recipe_errors_name_the_key_and_the_file(tmp_path, change, message):
     path = write_study(tmp_path, **change)

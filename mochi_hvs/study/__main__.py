@@ -1,4 +1,8 @@
-"""`python -m mochi_hvs.study --config STUDY.yaml [--report|--dry-run|--reprobe] [--only ARM ...] [--seeds K ...]`."""
+"""`python -m mochi_hvs.study --config STUDY.yaml [--report|--dry-run|--reprobe] [--only ARM ...] [--seeds K ...]`.
+
+`--into DIR` keeps the runs and results in DIR/runs/ and DIR/results/ (the GPU campaign's work folder), and
+`--evaluation-set` changes the evaluations' settings (e.g. small sets for a dry run).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 from ..config import ConfigError
 from ..errors import Interrupted, UserError
 from .plots import MATPLOTLIB_MISSING, write_plots
-from .recipe import load_study
+from .recipe import load_study, relocated
 from .report import write_report
 from .runner import StudyRunner, describe_plan
 
@@ -19,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="study recipe, e.g. configs/studies/fmnist_hardness.yaml")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every arm after the study's own (e.g. device=cuda)")
+    parser.add_argument("--evaluation-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides of the evaluations' settings after the study's evaluation_set "
+                             "(e.g. eval.knn_train_subset=200 for a dry run)")
+    parser.add_argument("--into", metavar="DIR", help="keep the runs in DIR/runs/<study>/ and the results in "
+                                                      "DIR/results/<study>/ instead of the study's own folders")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="run only these seeds")
     mode = parser.add_mutually_exclusive_group()
@@ -45,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run, plan or report a study; user errors print one line and exit 2, an interruption exits 130."""
     args = build_parser().parse_args(argv)
     try:
-        runner = StudyRunner(load_study(args.config, args.set), args.only, args.seeds)
+        study = load_study(args.config, args.set, args.evaluation_set)
+        runner = StudyRunner(relocated(study, args.into) if args.into else study, args.only, args.seeds)
         if args.dry_run:
             print(describe_plan(runner))
             return 0

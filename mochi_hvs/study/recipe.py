@@ -100,8 +100,10 @@ def _check(condition: bool, source: str, key: str, message: str) -> None:
         raise ConfigError(f"{source}: '{key}' {message}")
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
-    """Read and validate a study recipe; `overrides` are --set values added to every arm (after `shared`)."""
+def load_study(path: str | Path, overrides: list[str] | None = None,
+               evaluation_overrides: list[str] | None = None) -> Study:
+    """Read and validate a study recipe; `overrides` are --set values added to every arm (after `shared`),
+    `evaluation_overrides` --set values added to the evaluations' settings (after `evaluation_set`)."""
     path = Path(path)
     source = str(path)
     values = _read_yaml(path)
@@ -117,6 +119,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         _apply(spec, arm_values if isinstance(arm_values, dict) else {"recipe": arm_values}, f"arms.{name}.", source)
         study.arms[name] = spec
     study.shared = [*study.shared, *(overrides or [])]
+    study.evaluation_set = [*study.evaluation_set, *(evaluation_overrides or [])]
     loaded = Study(study, path)
     validate_study(loaded, source)
     return loaded
@@ -153,6 +156,17 @@ def validate_study(loaded: Study, source: str) -> None:
                 loaded.arm_config(name, seed)
             except ConfigError as err:
                 raise ConfigError(f"{source}: arm {name!r} (seed {seed}): {err}") from err
+    try:
+        loaded.arm_config(study.baseline, study.seeds[0], study.evaluation_set)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: evaluation_set: {err}") from err
+
+
+def relocated(loaded: Study, folder: str | Path) -> Study:
+    """The study with its runs in FOLDER/runs/<study>/ and its results in FOLDER/results/<study>/."""
+    folder = Path(folder)
+    spec = dataclasses.replace(loaded.spec, output_dir=str(folder / "runs"), results_dir=str(folder / "results"))
+    return Study(spec, loaded.path)
 
 
 def resolved(loaded: Study) -> dict[str, Any]:

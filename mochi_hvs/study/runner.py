@@ -47,6 +47,7 @@ from .report import evaluator_of, reference_label
 
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
+RUN_RECORDS = (SUMMARY, METRICS, BUDGET)  # a run's files kept beside the results (never its checkpoint)
 SEMISUP_FRACTION = 0.01
 # A run's duration is estimated from timed steps after warm-up steps. The warm-up is long on purpose: on shared
 # cloud CPUs the first seconds of load run at a boosted clock (2-core AMD EPYC: 0.35 s per default step for the
@@ -116,6 +117,14 @@ def seconds_per_step(run: PlannedRun, steps: int = TIMED_STEPS) -> float:
         seconds = (time.perf_counter() - start) / steps
         trainer.close()
     return seconds
+
+
+def recorded_keys(path: Path) -> set[tuple[str, int | None, str]]:
+    """(arm, seed, evaluator) of every line of a study's results file (none when it does not exist)."""
+    if not path.is_file():
+        return set()
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["arm"], r["seed"], evaluator_of(r)) for r in lines}
 
 
 def now() -> str:
@@ -209,10 +218,7 @@ class StudyRunner:
 
     def recorded(self) -> set[tuple[str, int | None, str]]:
         """(arm, seed, evaluator) of every line already in the study's JSONL."""
-        if not self.results_path.is_file():
-            return set()
-        lines = [json.loads(line) for line in self.results_path.read_text().splitlines() if line.strip()]
-        return {(r["arm"], r["seed"], evaluator_of(r)) for r in lines}
+        return recorded_keys(self.results_path)
 
     def record(self, arm: str, seed: int | None, evaluator: str, metrics: dict[str, Any], **extra: Any) -> None:
         """Append one result line (arm, seed, evaluator, metrics) with the command, commit and machine that
@@ -228,7 +234,7 @@ class StudyRunner:
         """Copy the run's summary.json and metrics.jsonl beside the results (never its checkpoint)."""
         target = self.study.report_dir / "runs" / run.label / f"seed{run.seed}"
         target.mkdir(parents=True, exist_ok=True)
-        for name in (SUMMARY, METRICS, BUDGET):
+        for name in RUN_RECORDS:
             if (run.run_dir / name).is_file():
                 shutil.copyfile(run.run_dir / name, target / name)
 

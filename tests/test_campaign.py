@@ -1,0 +1,281 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_study import FIXTURE, TINY, write_study
+
+from mochi_hvs.config import ConfigError
+from mochi_hvs.deadline import Outcome
+from mochi_hvs.errors import Interrupted, UserError
+from mochi_hvs.study.campaign import execute
+from mochi_hvs.study.campaign.__main__ import main as campaign_main
+from mochi_hvs.study.campaign.bundle import BUNDLE, read_bundle, write_bundle
+from mochi_hvs.study.campaign.execute import bundle_files
+from mochi_hvs.study.campaign.merge import merge_bundle
+from mochi_hvs.study.campaign.plan import next_run, pending_runs
+from mochi_hvs.study.campaign.recipe import load_campaign
+from mochi_hvs.study.recipe import load_study, relocated
+from mochi_hvs.study.runner import PlannedRun
+from mochi_hvs.train import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MOCO, MOCHI = str(CONFIGS / "moco_v2.yaml"), str(CONFIGS / "moco_mochi.yaml")
+FORWARDS_PER_SECOND, MARGIN, OVERHEAD = 100.0, 1.5, 20.0
+
+
+def write_campaign(tmp_path, **fields):
+    campaign = {"name": "test", "margin": MARGIN,
+                "cost": {"cpu": {"forwards_per_second": FORWARDS_PER_SECOND, "overhead_seconds": OVERHEAD}}, **fields}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign, sort_keys=False))
+    return path
+
+
+def line(arm, seed, evaluator, **metrics):
+    return json.dumps({"arm": arm, "seed": seed, "evaluator": evaluator, "metrics": metrics or {"top1": 1.0}})
+
+
+def expected_seconds(steps, batch, forwards_per_image):
+    """The cost model worked by hand: MoCo-v2 trains 4 encoder forwards per image and step, the supervised
+    reference 3."""
+    return steps * batch * forwards_per_image / FORWARDS_PER_SECOND * MARGIN + OVERHEAD
+
+
+# ------------------------------------------------------------------ campaign files
+
+ENTRY = {"study": "study.yaml", "arms": ["moco"], "seeds": [0]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"entries": [{**ENTRY, "arms": ["mocco"]}]}, "'entries[0].arms' 'mocco' is not a run of tiny (moco, hvs, "
+                                                 "supervised)"),
+    ({"entries": [{**ENTRY, "seeds": [5]}]}, "'entries[0].seeds' must list seeds of tiny ([0])"),
+    ({"entries": [{**ENTRY, "seed": [0]}]}, "unknown key 'entries[0].seed' (did you mean 'entries[0].seeds'?)"),
+    ({"entries": [{**ENTRY, "study": "missing.yaml"}]}, "'entries[0].study' must name a study file"),
+    ({"entries": [ENTRY, ENTRY]}, "declare moco seed 0 of tiny twice"),
+    ({"entrys": []}, "unknown key 'entrys' (did you mean 'entries'?)"),
+    ({"margin": 0.5}, "'margin' must be at least 1"),
+    ({"cost": {"gpu": {"forwards_per_second": 1}}}, "'cost.gpu' is not a device kind (cuda, cpu)"),
+    ({"cost": {"cpu": {"forwards_per_second": 0}}}, "'cost.cpu' needs forwards_per_second > 0"),
+])
+def test_campaign_file_errors_name_the_key_and_the_file(tmp_path, change, message):
+    write_study(tmp_path)
+    path = write_campaign(tmp_path, **{"entries": [ENTRY], **change})
+    with pytest.raises(ConfigError) as err:
+        load_campaign(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_campaign_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
+    write_study(tmp_path, references=["pixels"])  # no supervised reference to declare
+    path = write_campaign(tmp_path, entries=[{**ENTRY, "arms": ["supervised"]}])
+    assert campaign_main(["plan", "--campaign", str(path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'supervised' is not a run of tiny (moco, hvs)" in err[0]
+
+
+def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_objectives_in_turn():
+    campaign = load_campaign(CONFIGS / "campaigns" / "gpu.yaml")
+    keys = [run.key for run in campaign.runs]
+    assert keys[:4] == [("fmnist_headline", "long", 0), ("fmnist_headline", "long", 1),
+                        ("fmnist_headline", "long", 2), ("fmnist_headline", "long_supervised", 0)]
+    objectives = [(seed, arm) for study, arm, seed in keys if study == "fmnist_objectives"]
+    arms = set(campaign.studies["fmnist_objectives"].spec.arms)
+    assert {arm for _, arm in objectives} == arms | {"supervised"}
+    assert [seed for seed, _ in objectives] == sorted(seed for seed, _ in objectives)  # seed 0 of every arm first
+    assert {seed for seed, arm in objectives if arm in arms} == {0, 1, 2}
+    assert set(campaign.studies) == {"fmnist_headline", "fmnist_objectives", "fmnist_frontier"}
+    assert set(campaign.spec.cost) == {"cuda", "cpu"}
+
+
+# ------------------------------------------------------------------ planning
+
+@pytest.mark.slow
+def test_planner_skips_recorded_runs_continues_started_ones_first_and_estimates_by_forwards(tmp_path):
+    study_path = write_study(tmp_path, seeds=[0, 1, 2], shared=[*TINY, "optim.steps=4"], evaluations=["knn"],
+                             references=["supervised"], arms={"moco": {"recipe": MOCO}})
+    entry = {"study": "study.yaml", "arms": ["moco", "supervised"], "seeds": [0, 1, 2]}
+    campaign = load_campaign(write_campaign(tmp_path, entries=[entry]))
+    study = load_study(study_path)
+    results = tmp_path / "results" / "tiny" / "results.jsonl"
+    results.parent.mkdir(parents=True)
+    # moco seed 0 is recorded in full; seed 1 has its training line only (stopped before its evaluation)
+    results.write_text("\n".join([line("moco", 0, "train"), line("moco", 0, "knn"), line("moco", 1, "train")]))
+    # moco seed 2 stopped at step 2 of 4 (its checkpoint, no summary); supervised seed 0 finished training
+    partial = PlannedRun(study, "moco", 2)
+    Trainer(partial.config("optim.steps=2")).fit()
+    (partial.run_dir / "summary.json").unlink()
+    finished = tmp_path / "runs" / "tiny" / "supervised" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+
+    pending = pending_runs(campaign, campaign.spec.cost["cpu"])
+    assert [p.declared.key for p in pending] == [("tiny", "supervised", 0), ("tiny", "moco", 2), ("tiny", "moco", 1),
+                                                 ("tiny", "supervised", 1), ("tiny", "supervised", 2)]
+    assert [(p.steps_done, p.evaluations_only) for p in pending] == [(4, True), (2, False), (0, False), (0, False),
+                                                                     (0, False)]
+    seconds = [OVERHEAD, expected_seconds(2, 32, 4), expected_seconds(4, 32, 4), expected_seconds(4, 32, 3),
+               expected_seconds(4, 32, 3)]
+    assert [p.seconds for p in pending] == pytest.approx(seconds)
+    assert next_run(pending, OVERHEAD - 1) is None
+    assert next_run(pending, OVERHEAD) is pending[0]
+    # a run that does not fit is passed over for a later one that does
+    assert next_run(pending[2:], expected_seconds(4, 32, 3)) is pending[3]
+
+
+# ------------------------------------------------------------------ bundle and merge
+
+def test_bundle_hands_on_new_lines_of_runs_recorded_in_full_and_nothing_of_a_stopped_run(tmp_path):
+    write_study(tmp_path, seeds=[0, 1], evaluations=["knn"], references=["pixels"])
+    campaign = load_campaign(write_campaign(tmp_path, entries=[{**ENTRY, "seeds": [0, 1]}]))
+    study = campaign.studies["tiny"]
+    work = tmp_path / "work"
+    there = relocated(study, work)
+    own = [line("moco", 0, "train")]  # already merged from an earlier call
+    new = [line("moco", 0, "knn"), line("pixels", None, "knn"), line("moco", 1, "train")]  # seed 1: no knn yet
+    study.report_dir.mkdir(parents=True)
+    (study.report_dir / "results.jsonl").write_text(own[0] + "\n")
+    there.report_dir.mkdir(parents=True)
+    (there.report_dir / "results.jsonl").write_text("\n".join(own + new) + "\n")
+    for seed in (0, 1):
+        folder = there.runs_dir / "moco" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        for name in ("summary.json", "metrics.jsonl", "last.pth"):
+            (folder / name).write_text(f"{name} of seed {seed}")
+
+    files = bundle_files(campaign, work)
+    assert files.pop("tiny/results.jsonl").decode().splitlines() == new[:2]
+    assert files == {"tiny/runs/moco/seed0/summary.json": b"summary.json of seed 0",
+                     "tiny/runs/moco/seed0/metrics.jsonl": b"metrics.jsonl of seed 0"}
+
+
+def write_fixture_bundle(tmp_path, study_path, **manifest):
+    files = {"tiny/results.jsonl": "".join(json.dumps(entry) + "\n" for entry in FIXTURE).encode(),
+             "tiny/runs/moco/seed0/summary.json": b'{"steps": 100}\n'}
+    path = tmp_path / "out" / BUNDLE
+    path.parent.mkdir(exist_ok=True)
+    write_bundle(path, {"studies": {"tiny": str(study_path)}, "overrides": [], **manifest}, files)
+    return path
+
+
+def test_merge_appends_each_line_once_copies_the_run_records_and_writes_the_report(tmp_path):
+    study_path = write_study(tmp_path, arms={"moco": {"recipe": MOCO}, "mochi": {"recipe": MOCHI}},
+                             seeds=[0, 1, 2], evaluations=["knn"], references=["pixels"])
+    results = tmp_path / "results" / "tiny"
+    results.mkdir(parents=True)
+    (results / "results.jsonl").write_text(json.dumps(FIXTURE[0]) + "\n")  # one line is there already
+    bundle = write_fixture_bundle(tmp_path, study_path)
+
+    assert merge_bundle(bundle.parent) == [f"tiny: {len(FIXTURE) - 1} new result line(s) in {results}/results.jsonl,"
+                                           " 1 run record(s) copied"]
+    merged = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    assert merged == FIXTURE
+    assert (results / "runs" / "moco" / "seed0" / "summary.json").read_text() == '{"steps": 100}\n'
+    assert "| moco (baseline) | 3 |" in (results / "REPORT.md").read_text()
+    assert set(yaml.safe_load((results / "study.yaml").read_text())["arms"]) == {"moco", "mochi"}
+
+    assert merge_bundle(bundle)[0].startswith("tiny: 0 new result line(s)")  # a second merge adds nothing
+    assert len((results / "results.jsonl").read_text().splitlines()) == len(FIXTURE)
+
+
+def test_merge_refuses_a_dry_run_and_a_foreign_member_without_touching_the_results(tmp_path):
+    study_path = write_study(tmp_path, arms={"moco": {"recipe": MOCO}, "mochi": {"recipe": MOCHI}},
+                             seeds=[0, 1, 2], evaluations=["knn"], references=["pixels"])
+    dry = write_fixture_bundle(tmp_path, study_path, overrides=["optim.steps=2"])
+    with pytest.raises(UserError, match="made with overrides \\(optim.steps=2\\).*--with-overrides"):
+        merge_bundle(dry)
+    manifest, members = read_bundle(dry)
+    write_bundle(dry, {**manifest, "overrides": []}, {**members, "tiny/runs/moco/seed0/last.pth": b"weights"})
+    with pytest.raises(UserError, match="unexpected member tiny/runs/moco/seed0/last.pth"):
+        merge_bundle(dry)
+    assert not (tmp_path / "results" / "tiny" / "results.jsonl").exists()
+    with pytest.raises(UserError, match="no campaign bundle at"):
+        read_bundle(tmp_path / "nowhere")
+
+
+def test_a_failed_run_is_passed_over_and_a_stopped_one_ends_the_call_with_nothing_handed_on(tmp_path, monkeypatch):
+    write_study(tmp_path, seeds=[0, 1, 2], evaluations=["knn"], references=[])
+    path = write_campaign(tmp_path, entries=[{**ENTRY, "seeds": [0, 1, 2]}])
+    work, out = tmp_path / "work", tmp_path / "out"
+    commands = []
+
+    def fake_run(command, cwd, env, seconds):
+        """Each run records its training line in the work folder, then the first fails, the second is stopped."""
+        commands.append(command)
+        seed = int(command[command.index("--seeds") + 1])
+        (work / "results" / "tiny").mkdir(parents=True, exist_ok=True)
+        with open(work / "results" / "tiny" / "results.jsonl", "a") as results:
+            results.write(line("moco", seed, "train") + "\n")
+        return Outcome(3 if seed == 0 else None, "", 1.0)
+
+    monkeypatch.setattr(execute, "run_until", fake_run)
+    events = execute.run_campaign(path, "cpu", out, 600, work, emit=lambda event: None)
+    assert [(e["event"], e.get("seed"), e.get("status")) for e in events] == [
+        ("run", 0, "failed (exit 3)"), ("run", 1, "stopped at the deadline"), ("end", None, None)]
+    assert events[-1]["reason"].startswith("the deadline stopped the last run")
+    assert all(c[c.index("--into") + 1] == str(work) and c[c.index("--set") + 1] == "device=cpu" for c in commands)
+    manifest, files = read_bundle(out)
+    assert files == {} and manifest["events"] == events  # neither run's training line looks finished
+
+    def stopped_by_a_signal(*_):
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(execute, "run_until", stopped_by_a_signal)
+    events = execute.run_campaign(path, "cpu", out, 600, work, emit=lambda event: None)
+    assert [e["event"] for e in events] == ["end"] and events[0]["reason"].startswith("stopped by a signal")
+    assert read_bundle(out)[0]["events"] == events
+
+
+# ------------------------------------------------------------------ the whole path, on the CPU
+
+@pytest.mark.slow
+def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_path, capsys):
+    """Two declared runs whose estimates (the cost model at 1 forward per second) fit one call each: the first call
+    runs one; on a fresh machine (a new work folder) its merged records make the second call run the other; a third
+    call finds nothing pending."""
+    write_study(tmp_path, evaluations=["knn", "linear"], references=[],
+                arms={"short": {"recipe": MOCO, "set": ["optim.steps=2"]},
+                      "longer": {"recipe": MOCO, "set": ["optim.steps=4"]}}, baseline="short", shared=TINY)
+    path = write_campaign(tmp_path, entries=[{"study": "study.yaml", "arms": ["short", "longer"], "seeds": [0]}],
+                          margin=1.0, cost={"cpu": {"forwards_per_second": 1, "overhead_seconds": 0}})
+    out = tmp_path / "out"
+    results = tmp_path / "results" / "tiny" / "results.jsonl"
+
+    def call(budget, work):
+        assert campaign_main(["run", "--campaign", str(path), "--device", "cpu", "--out", str(out), "--work",
+                              str(tmp_path / work), "--budget", str(budget), "--set", "log_every=1",
+                              "--evaluation-set", "eval.knn_k=[5]"]) == 0
+        return [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+
+    def merge(*options):
+        code = campaign_main(["merge", str(out), *options])
+        capsys.readouterr()
+        return code
+
+    first = call(2 * 32 * 4 + 60, "machine1")  # short's 256 forwards fit, longer's 512 do not
+    assert [(e["event"], e.get("arm"), e.get("status")) for e in first] == [("run", "short", "ok"),
+                                                                          ("end", None, None)]
+    assert first[-1]["reason"] == "no pending run fits: tiny longer seed 0 needs 512 s"
+    assert merge() == 2  # a dry run's bundle is refused by default
+    assert merge("--with-overrides") == 0
+    keys = [(r["arm"], r["evaluator"]) for r in map(json.loads, results.read_text().splitlines())]
+    assert keys == [("short", "train"), ("short", "knn"), ("short", "linear")]
+
+    second = call(4 * 32 * 4 + 60, "machine2")
+    assert [(e["event"], e.get("arm"), e.get("status")) for e in second] == [("run", "longer", "ok"),
+                                                                           ("end", None, None)]
+    assert merge("--with-overrides") == 0 and merge("--with-overrides") == 0
+    lines = [json.loads(text) for text in results.read_text().splitlines()]
+    assert sorted((r["arm"], r["evaluator"]) for r in lines) == sorted(
+        (arm, evaluator) for arm in ("short", "longer") for evaluator in ("train", "knn", "linear"))
+    assert {r["metrics"]["steps"] for r in lines if r["evaluator"] == "train"} == {2, 4}
+    assert all("--into" in r["command"] and set(r["metrics"]) == {"k5_top1", "k5_top5"}
+               for r in lines if r["evaluator"] == "knn")  # the evaluation override reached the runs
+    assert (tmp_path / "results" / "tiny" / "runs" / "longer" / "seed0" / "summary.json").is_file()
+    assert (tmp_path / "results" / "tiny" / "REPORT.md").is_file()
+
+    third = call(60, "machine2")
+    assert [(e["event"], e["pending"], e["reason"]) for e in third] == [("end", 0, "no pending run left to try")]
+    manifest, files = read_bundle(out)
+    assert files == {} and manifest["overrides"] == ["log_every=1"]
