@@ -176,7 +176,7 @@ def step_function(name: str, common: list[str], size: int, batch: int, device: t
     """A zero-argument callable running one training step of the named variant."""
     if name == "lightly_moco":
         runner = LightlyMoCo(benchmark_trainer(common + VARIANTS["moco_v2_plain"], str(device)))
-        views = synthetic_batch(batch, 2, size, device)["views"]
+        views = synthetic_batch(batch, 2, size, device).views
         return partial(runner.step, views[:, 0], views[:, 1])
     trainer = benchmark_trainer(common + VARIANTS[name], str(device))
     views = views_per_image(trainer.cfg)
@@ -226,7 +226,7 @@ def loader_images_per_s(source, batches: int, device: torch.device) -> float:
     start = time.perf_counter()
     count = 0
     for _ in range(batches):
-        count += next(iterator)["views"].shape[0]
+        count += next(iterator).views.shape[0]
     synchronize(device)
     return count / (time.perf_counter() - start)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from mochi_hvs.config import MIN_BN_GROUP, load_config
+from mochi_hvs.data.records import ViewBatch
 from mochi_hvs.machine import machine_info  # noqa: E402
 from mochi_hvs.train import Trainer
 
@@ -50,14 +51,13 @@ def bn_splits_for(batch: int) -> int:
     return max(1, min(8, batch // MIN_BN_GROUP))
 
 
-def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Random normalised views, boxes, labels and indices shaped like a training batch."""
-    return {
-        "views": torch.randn(batch, views, 3, size, size, device=device),
-        "boxes": torch.rand(batch, views, 4, device=device),
-        "label": torch.randint(0, 10, (batch,), device=device),
-        "index": torch.arange(batch, device=device),
-    }
+def synthetic_batch(batch: int, views: int, size: int, device: torch.device) -> ViewBatch:
+    """Random normalised views, boxes, labels and indices shaped like a training batch (no view flipped)."""
+    index = torch.arange(batch, device=device)
+    return ViewBatch(views=torch.randn(batch, views, 3, size, size, device=device),
+                     boxes=torch.rand(batch, views, 4, device=device),
+                     flips=torch.zeros(batch, views, dtype=torch.bool, device=device),
+                     labels=torch.randint(0, 10, (batch,), device=device), index=index, source=index)
 
 
 def emit(record: dict, device: torch.device | str) -> None:

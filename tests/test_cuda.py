@@ -6,14 +6,19 @@ Every test here is marked `cuda`: collected everywhere, skipped where torch sees
 """
 
 import copy
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mochi_hvs.config import load_config
+from mochi_hvs.config import load_config, local_crops
 from mochi_hvs.data import batch_augment as ba
+from mochi_hvs.data.batches import LoaderBatches
+from mochi_hvs.data.datasets import ImageSet
+from mochi_hvs.data.records import ViewBatch
 from mochi_hvs.methods import build_methods
 from mochi_hvs.models import MoCo
 from mochi_hvs.queue import MemoryQueue
@@ -242,3 +247,24 @@ def test_device_augmentation_on_cuda_draws_from_the_cpu_distribution():
     for name in on_cpu:
         standard_error = math.sqrt(on_cpu[name].var() / len(on_cpu[name]) + on_cuda[name].var() / len(on_cuda[name]))
         assert abs(float(on_cpu[name].mean() - on_cuda[name].mean())) <= 5 * standard_error, name
+
+
+def test_the_loader_path_pins_view_batches_and_moves_every_field_to_cuda():
+    """DataLoader(pin_memory=True) pins each ViewBatch (its pin_memory) in the loader's pinning thread; LoaderBatches
+    then moves every field, multi-crop's small crops included, to the GPU unchanged."""
+    cfg = load_config(None, ["multicrop.enabled=true", "multicrop.local_crops=2", "data.workers=2"])
+    rng = np.random.default_rng(0)  # no dataset on disk: the GPU check runs these tests without one
+    images = ImageSet(labels=np.arange(32) % 10, classes=[str(c) for c in range(10)],
+                      array=rng.integers(0, 256, size=(32, 28, 28, 1), dtype=np.uint8))
+    on_cpu = list(LoaderBatches(images, cfg.data, 2, 8, seed=1, device=CPU, local_crops=local_crops(cfg)))
+    source = LoaderBatches(images, cfg.data, 2, 8, seed=1, device=CUDA, local_crops=local_crops(cfg))
+    assert source.loader.pin_memory
+    fields = [field.name for field in dataclasses.fields(ViewBatch)]
+    pinned = next(iter(source.loader))
+    assert type(pinned) is ViewBatch and all(getattr(pinned, name).is_pinned() for name in fields)
+    on_cuda = list(source)
+    assert len(on_cuda) == len(on_cpu) == 4
+    for there, here in zip(on_cuda, on_cpu, strict=True):
+        for name in fields:
+            assert getattr(there, name).device.type == "cuda", name
+            assert torch.equal(getattr(there, name).cpu(), getattr(here, name)), name

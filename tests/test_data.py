@@ -154,16 +154,16 @@ def test_batches_are_a_function_of_seed_epoch_and_batch(source):
     images = load_fashion_mnist(None, train=False).subset(np.arange(64))
     a = source(images, cfg.data, 2, 16, seed=5, device=torch.device("cpu"))
     first = list(a)
-    assert len(first) == 4 and first[0]["views"].shape == (16, 2, 3, 28, 28)
-    assert first[0]["boxes"].shape == (16, 2, 4)
-    assert torch.equal(first[0]["label"], torch.as_tensor(images.labels[first[0]["index"].numpy()]))
+    assert len(first) == 4 and first[0].views.shape == (16, 2, 3, 28, 28)
+    assert first[0].boxes.shape == (16, 2, 4)
+    assert torch.equal(first[0].labels, torch.as_tensor(images.labels[first[0].index.numpy()]))
     again = list(source(images, cfg.data, 2, 16, seed=5, device=torch.device("cpu")))
-    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(first, again, strict=True))
+    assert all(torch.equal(x.views, y.views) for x, y in zip(first, again, strict=True))
     a.set_epoch(0, start_batch=2)
     resumed = list(a)
-    assert len(resumed) == 2 and torch.equal(resumed[0]["views"], first[2]["views"])
+    assert len(resumed) == 2 and torch.equal(resumed[0].views, first[2].views)
     a.set_epoch(1)
-    assert not torch.equal(list(a)[0]["views"], first[0]["views"])
+    assert not torch.equal(list(a)[0].views, first[0].views)
 
 
 def test_cpu_batches_do_not_depend_on_worker_count():
@@ -172,7 +172,7 @@ def test_cpu_batches_do_not_depend_on_worker_count():
     for workers in (0, 2):
         cfg = load_config(None, [f"data.workers={workers}", "data.augment_on=cpu"])
         outs.append(list(LoaderBatches(images, cfg.data, 2, 8, seed=1, device=torch.device("cpu"))))
-    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(*outs, strict=True))
+    assert all(torch.equal(x.views, y.views) for x, y in zip(*outs, strict=True))
 
 
 def test_brightness_strength_reaches_the_cpu_jitter():

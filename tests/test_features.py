@@ -29,14 +29,15 @@ def reference() -> tuple[torch.Tensor, torch.Tensor]:
     images, cfg = tiny_images(), DataConfig(image_size=8)
     loader = eval_loader(images, cfg, batch_size=4, workers=0)
     net = tiny_net()
-    x = torch.stack([loader.dataset[i]["image"] for i in range(SIZE)])
+    x = torch.stack([loader.dataset[i].image for i in range(SIZE)])
     return nn.functional.normalize(net(x), dim=1).detach(), torch.as_tensor(images.labels)
 
 
 def test_rows_follow_dataset_order_whatever_the_loader_order():
     images, cfg = tiny_images(), DataConfig(image_size=8)
     dataset = LabelledDataset(images, eval_loader(images, cfg, 4, workers=0).dataset.transform)
-    shuffled = DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1))
+    shuffled = DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1),
+                          collate_fn=dataset.collate)
     features, labels = extract_features(tiny_net(), shuffled, torch.device("cpu"))
     expected, expected_labels = reference()
     assert torch.allclose(features, expected, atol=1e-6)
@@ -71,9 +72,10 @@ def test_in_memory_sets_are_transformed_a_batch_at_a_time_exactly_as_image_by_im
     images = load_fashion_mnist(None, train=False).subset(np.arange(300))
     batched = eval_loader(images, cfg.data, 128)
     assert isinstance(batched, BatchedImages) and len(batched) == 3
-    for fast, slow in zip(batched, DataLoader(batched.dataset, batch_size=128), strict=True):
-        assert torch.equal(fast["image"], slow["image"]) and torch.equal(fast["label"], slow["label"])
-        assert torch.equal(fast["index"], slow["index"])
+    for fast, slow in zip(batched, DataLoader(batched.dataset, batch_size=128, collate_fn=batched.dataset.collate),
+                          strict=True):
+        assert torch.equal(fast.images, slow.images) and torch.equal(fast.labels, slow.labels)
+        assert torch.equal(fast.index, slow.index)
     sampler = DistributedSampler(batched.dataset, num_replicas=2, rank=1, shuffle=False)  # a process's shard
     sharded = BatchedImages(batched.dataset, 128, sampler)
-    assert torch.cat([b["index"] for b in sharded]).tolist() == list(sampler)
+    assert torch.cat([b.index for b in sharded]).tolist() == list(sampler)

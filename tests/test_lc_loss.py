@@ -426,8 +426,8 @@ def test_both_batch_sources_carry_the_flips(source):
     cfg = load_config(None, ["data.workers=0"])
     images = load_fashion_mnist(None, train=False).subset(torch.arange(32).numpy())
     batch = next(iter(source(images, cfg.data, 3, 16, seed=5, device=CPU)))
-    assert batch["flips"].shape == (16, 3) and batch["flips"].dtype == torch.bool
-    assert batch["flips"].any() and not batch["flips"].all()
+    assert batch.flips.shape == (16, 3) and batch.flips.dtype == torch.bool
+    assert batch.flips.any() and not batch.flips.all()
 
 
 # ----------------------------------------------------------------------------------------------------------- config

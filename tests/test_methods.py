@@ -133,7 +133,7 @@ def test_a_training_step_needs_no_dataset_on_disk(tmp_path):
     before_q = {k: v.clone() for k, v in trainer.model.encoder_q.state_dict().items()}
     before_k = {k: v.clone() for k, v in trainer.model.encoder_k.state_dict().items()}
     batch = next(iter(trainer.parts.batches))
-    assert batch["views"].shape == (16, 2, 3, 28, 28)
+    assert batch.views.shape == (16, 2, 3, 28, 28)
     metrics = trainer.train_step(batch)
     assert torch.isfinite(metrics["loss"]) and int(trainer.model.queue.pointer) == 16
     weight = "backbone.conv1.weight"

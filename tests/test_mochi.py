@@ -237,7 +237,7 @@ def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny
     out = captured["out"]
     assert int(mixed.model.queue.pointer) == pointer + 32  # the batch's keys, nothing more
     assert torch.equal(mixed.model.queue.features[pointer:pointer + 32], out.keys.float())
-    assert torch.equal(mixed.model.queue.labels[pointer:pointer + 32], batch["label"])
+    assert torch.equal(mixed.model.queue.labels[pointer:pointer + 32], batch.labels)
     assert "mochi/logit_synthetic" in metrics
     mixed.parts.step = real_step
     mixed.train()
@@ -255,16 +255,16 @@ def test_labels_never_reach_the_loss(tiny_overrides):
 
         trainer.model.queue.labels.copy_(queue_labels)
         trainer.model.zero_grad(set_to_none=True)
-        out = trainer.parts.step(batch["views"], StepRandom(0, 0, 0, trainer.parts.device), labels)
+        out = trainer.parts.step(batch.views, StepRandom(0, 0, 0, trainer.parts.device), labels)
         out.loss.backward()
         grads = [p.grad.clone() for p in trainer.model.encoder_q.parameters()]
         return out.loss.detach(), grads, out.metrics["mochi/class_oracle_rate"]
 
     queue_labels = trainer.model.queue.labels.clone()
     state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    loss_a, grads_a, oracle_a = loss_and_grads(batch["label"], queue_labels)
+    loss_a, grads_a, oracle_a = loss_and_grads(batch.labels, queue_labels)
     trainer.model.load_state_dict(state)  # undo the BN running-stat updates of the first pass
-    loss_b, grads_b, oracle_b = loss_and_grads((batch["label"] + 1) % 10, queue_labels.flip(0))
+    loss_b, grads_b, oracle_b = loss_and_grads((batch.labels + 1) % 10, queue_labels.flip(0))
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
     assert not torch.equal(oracle_a, oracle_b)  # the labels did change what the metric sees

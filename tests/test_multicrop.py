@@ -206,17 +206,17 @@ def test_both_data_paths_draw_small_crops_with_boxes_after_the_same_views(source
     images = load_fashion_mnist(None, train=False).subset(np.arange(32))
     batches = list(source(images, cfg.data, 2, 16, seed=5, device=torch.device("cpu"), local_crops=CROPS))
     first = batches[0]
-    assert first["local_views"].shape == (16, 3, 3, 12, 12) and first["local_boxes"].shape == (16, 3, 4)
-    assert_swav_local_boxes_loosely(first["local_boxes"])
+    assert first.local_views.shape == (16, 3, 3, 12, 12) and first.local_boxes.shape == (16, 3, 4)
+    assert_swav_local_boxes_loosely(first.local_boxes)
     # The global views are those drawn without multi-crop; the small crops are a function of the seed too.
     plain = list(source(images, cfg.data, 2, 16, seed=5, device=torch.device("cpu")))
-    assert "local_views" not in plain[0]
-    assert all(torch.equal(x["views"], y["views"]) and torch.equal(x["boxes"], y["boxes"])
+    assert plain[0].local_views is None and plain[0].local_boxes is None
+    assert all(torch.equal(x.views, y.views) and torch.equal(x.boxes, y.boxes)
                for x, y in zip(batches, plain, strict=True))
     again = source(images, cfg.data, 2, 16, seed=5, device=torch.device("cpu"), local_crops=CROPS)
     again.set_epoch(0, start_batch=1)  # a resumed epoch draws the same crops
-    assert torch.equal(next(iter(again))["local_views"], batches[1]["local_views"])
-    assert not torch.equal(first["local_views"][0, 0], first["local_views"][0, 1])  # crops of a sample differ
+    assert torch.equal(next(iter(again)).local_views, batches[1].local_views)
+    assert not torch.equal(first.local_views[0, 0], first.local_views[0, 1])  # crops of a sample differ
 
 
 def assert_swav_local_boxes_loosely(boxes):

@@ -97,7 +97,7 @@ def split_features(backbones, images):
     blocks = []
     with torch.no_grad():
         for backbone in backbones:
-            rows = [backbone(batch["image"]) for batch in eval_loader(images, cfg.data, 50, workers=0)]
+            rows = [backbone(batch.images) for batch in eval_loader(images, cfg.data, 50, workers=0)]
             blocks.append(F.normalize(torch.cat(rows).double(), dim=1))
     return torch.cat(blocks, dim=1).numpy()
 

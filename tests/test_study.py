@@ -370,7 +370,7 @@ def test_step_timing_warms_up_past_the_boosted_first_steps_even_when_an_epoch_is
     import mochi_hvs.study.runner as runner_module
     runner = StudyRunner(load_study(write_study(tmp_path)))  # 256 images of 32: 8 steps an epoch
     steps = []
-    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(batch["views"].shape[0]))
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(batch.views.shape[0]))
     assert runner_module.seconds_per_step(runner.planned("moco", 0)) >= 0
     assert len(steps) == runner_module.WARMUP_STEPS + runner_module.TIMED_STEPS > 8
     assert set(steps) == {32}

@@ -25,7 +25,7 @@ def test_the_supervised_reference_learns_to_classify(tiny_overrides):
     _, test = labelled_splits("fashion_mnist", None, None, 500, seed=0)
     network = classifier_network(trainer.model).eval()
     with torch.no_grad():
-        logits = torch.cat([network(batch["image"]) for batch in eval_loader(test, cfg.data, 100, workers=0)])
+        logits = torch.cat([network(batch.images) for batch in eval_loader(test, cfg.data, 100, workers=0)])
     accuracy = (logits.argmax(dim=1) == torch.from_numpy(test.labels)).float().mean().item()
     assert accuracy > 0.3  # 10 classes: chance is 0.1; 256 labelled images, 48 steps of 32 reach about 0.49
     lines = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -112,12 +112,12 @@ def test_skipping_substitutes_the_next_readable_image_deterministically(tree, wo
         straight, expected = list(skipping), list(reference)
         assert len(straight) == len(expected) == 3
         for got, want in zip(straight, expected, strict=True):
-            assert torch.equal(got["views"], want["views"]) and torch.equal(got["label"], want["label"])
-            assert torch.equal(got["index"], want["index"])
-            assert got["source"].tolist() == [SUBSTITUTE_TRAIN.get(i, i) for i in got["index"].tolist()]
+            assert torch.equal(got.views, want.views) and torch.equal(got.labels, want.labels)
+            assert torch.equal(got.index, want.index)
+            assert got.source.tolist() == [SUBSTITUTE_TRAIN.get(i, i) for i in got.index.tolist()]
         skipping.set_epoch(epoch, start_batch=1)  # a run resumed mid-epoch sees the straight run's batches
         resumed = list(skipping)
-        assert all(torch.equal(a["views"], b["views"]) for a, b in zip(resumed, straight[1:], strict=True))
+        assert all(torch.equal(a.views, b.views) for a, b in zip(resumed, straight[1:], strict=True))
     lines = capsys.readouterr().err.splitlines()  # once per file over two epochs and a resume
     named = [line.split(" ")[4] for line in lines]
     assert sorted(named) == sorted(str(tree / "train" / name) for name in UNREADABLE_TRAIN.values())
@@ -147,9 +147,9 @@ def test_evaluation_loader_skips_to_the_next_readable_image(tree, workers, capsy
     for _ in range(2):
         got, want = list(loader), list(reference)
         for a, b in zip(got, want, strict=True):
-            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-            assert torch.equal(a["index"], b["index"])
-    assert torch.cat([b["source"] for b in got]).tolist() == [0, 1, 2, 3, 5, 5]
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+            assert torch.equal(a.index, b.index)
+    assert torch.cat([b.source for b in got]).tolist() == [0, 1, 2, 3, 5, 5]
     assert capsys.readouterr().err.splitlines() == [WARNING.format(tree / "val" / "dog/1.png", 1)]
 
 

@@ -2,10 +2,10 @@
 
 `device` path: the uint8 images sit on the training device and BatchViewAugmenter makes the views
 there, from a generator seeded by (seed, epoch, batch, rank). `cpu` path: torchvision transforms
-per sample in DataLoader workers. Both follow the same EpochSampler order and yield dicts with
-views (B, V, 3, S, S), boxes (B, V, 4), flips (B, V) (whether each view was flipped horizontally), label (B,)
-and index (B,); with `local_crops` (multi-crop) also local_views (B, L, 3, s, s) and local_boxes (B, L, 4), drawn
-after the views from the same stream.
+per sample in DataLoader workers. Both follow the same EpochSampler order and yield ViewBatch records (records.py)
+on the device: views (B, V, 3, S, S), boxes (B, V, 4), flips (B, V) (whether each view was flipped horizontally),
+labels, index and source (B,); with `local_crops` (multi-crop) also local_views (B, L, 3, s, s) and local_boxes
+(B, L, 4), drawn after the views from the same stream (else None).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..random_streams import STREAMS, stream_seed
 from .batch_augment import BatchViewAugmenter
 from .datasets import ImageSet
 from .loader import EpochSampler, pretrain_loader, three_channels
+from .records import ViewBatch
 
 
 class DeviceAugmentedBatches:
@@ -49,7 +50,7 @@ class DeviceAugmentedBatches:
     def __len__(self) -> int:
         return len(self.sampler) // self.local_batch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[ViewBatch]:
         epoch, start = self.sampler.epoch, self.sampler.start_batch
         order = torch.tensor([i for i, _ in self.sampler], dtype=torch.long).view(-1, self.local_batch)
         generator = torch.Generator(device=self.device)
@@ -58,10 +59,11 @@ class DeviceAugmentedBatches:
             generator.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, start + offset, self.rank))
             images = three_channels(self.pixels.index_select(0, index))
             views, boxes, flips = self.augment.with_flips(images, generator)
-            local = {} if self.augment_local is None else dict(zip(("local_views", "local_boxes"),
-                                                                   self.augment_local(images, generator), strict=True))
-            yield {"views": views, "boxes": boxes, "flips": flips, "label": self.labels.index_select(0, index),
-                   "index": index, **local}
+            local_views, local_boxes = None, None
+            if self.augment_local is not None:  # multi-crop's small crops, after the views
+                local_views, local_boxes = self.augment_local(images, generator)
+            yield ViewBatch(views=views, boxes=boxes, flips=flips, labels=self.labels.index_select(0, index),
+                            index=index, source=index, local_views=local_views, local_boxes=local_boxes)
 
 
 class LoaderBatches:
@@ -81,9 +83,9 @@ class LoaderBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[ViewBatch]:
         for batch in self.loader:
-            yield {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+            yield batch.to(self.device, non_blocking=True)
 
 
 BatchSource = DeviceAugmentedBatches | LoaderBatches

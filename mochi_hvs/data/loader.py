@@ -21,6 +21,7 @@ from ..config import LocalCrops
 from ..random_streams import STREAMS, stream_seed
 from .augment import clean_transform, post_crop_transform, supervised_transform
 from .datasets import DatasetError, ImageSet, UnreadableImageError
+from .records import ImageBatch, ImageSample, ViewBatch, ViewSample
 from .views import ViewSampler
 
 
@@ -73,13 +74,16 @@ def readable_image(images: ImageSet, index: int, skip_unreadable: bool) -> tuple
 
 
 class MultiViewDataset(Dataset):
-    """Pretraining samples: V augmented views, their crop boxes and flips, the label, the index and the source index;
-    with `local_sampler` (multi-crop) also L small crops and their boxes (`local_views`, `local_boxes`).
+    """Pretraining samples (ViewSample): V augmented views, their crop boxes and flips, the label, the index and the
+    source index; with `local_sampler` (multi-crop) also L small crops and their boxes (`local_views`,
+    `local_boxes`). `collate` makes a list of them a ViewBatch.
 
     The views are drawn from (seed, epoch, index), the small crops after them from the same stream (so the views
     are the same with or without them); `source` differs from `index` only when the image at `index` was
     unreadable and skipped (the views, label and source then belong to the image read instead).
     """
+
+    collate = ViewBatch.collate
 
     def __init__(self, images: ImageSet, sampler: ViewSampler, seed: int, skip_unreadable: bool = False,
                  local_sampler: ViewSampler | None = None) -> None:
@@ -92,21 +96,23 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, key: tuple[int, int]) -> ViewSample:
         index, epoch = key
         image, source = readable_image(self.images, index, self.skip_unreadable)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(self.seed, STREAMS["views"], epoch, index))
             views, boxes, flips = self.sampler.with_flips(image)
-            local = {} if self.local_sampler is None else dict(zip(("local_views", "local_boxes"),
-                                                                   self.local_sampler(image), strict=True))
-        return {"views": views, "boxes": boxes, "flips": flips, "label": int(self.images.labels[source]),
-                "index": index, "source": source, **local}
+            local_views, local_boxes = (None, None) if self.local_sampler is None else self.local_sampler(image)
+        return ViewSample(views=views, boxes=boxes, flips=flips, label=int(self.images.labels[source]), index=index,
+                          source=source, local_views=local_views, local_boxes=local_boxes)
 
 
 class LabelledDataset(Dataset):
-    """Labelled samples: one view made by `transform` (clean or augmented), the label, the index and the
-    source index (as in MultiViewDataset: the image read in place of a skipped unreadable one)."""
+    """Labelled samples (ImageSample): one view made by `transform` (clean or augmented), the label, the index and
+    the source index (as in MultiViewDataset: the image read in place of a skipped unreadable one). `collate` makes
+    a list of them an ImageBatch."""
+
+    collate = ImageBatch.collate
 
     def __init__(self, images: ImageSet, transform, skip_unreadable: bool = False) -> None:
         self.images = images
@@ -116,10 +122,10 @@ class LabelledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, index: int) -> ImageSample:
         image, source = readable_image(self.images, index, self.skip_unreadable)
-        return {"image": self.transform(image), "label": int(self.images.labels[source]), "index": index,
-                "source": source}
+        return ImageSample(image=self.transform(image), label=int(self.images.labels[source]), index=index,
+                           source=source)
 
 
 def worker_message(err: Exception) -> str | None:
@@ -136,20 +142,20 @@ def worker_message(err: Exception) -> str | None:
 
 
 class ImageLoader(DataLoader):
-    """A DataLoader of MultiViewDataset / LabelledDataset batches that, in the main process, names every skipped
-    unreadable file once (a warning line with the running count) and gives a DatasetError raised in a worker
-    its own one-line message back."""
+    """A DataLoader of MultiViewDataset / LabelledDataset batches (ViewBatch / ImageBatch, collated in the workers)
+    that, in the main process, names every skipped unreadable file once (a warning line with the running count) and
+    gives a DatasetError raised in a worker its own one-line message back."""
 
     def __init__(self, dataset: MultiViewDataset | LabelledDataset, **kwargs) -> None:
-        super().__init__(dataset, **kwargs)
+        super().__init__(dataset, collate_fn=dataset.collate, **kwargs)
         self.skipped: set[int] = set()
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[ViewBatch | ImageBatch]:
         batches = super().__iter__()
         try:
             for batch in batches:
                 if self.dataset.skip_unreadable:
-                    self._report_skipped(batch["index"].tolist(), batch["source"].tolist())
+                    self._report_skipped(batch.index.tolist(), batch.source.tolist())
                 yield batch
         except Exception as err:
             self._stop_workers(batches)
@@ -231,12 +237,13 @@ class BatchedImages:
     def __len__(self) -> int:
         return -(-len(self._order()) // self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[ImageBatch]:
         images = self.dataset.images
         for index in self._order().split(self.batch_size):
-            pixels = three_channels(torch.from_numpy(images.array[index.numpy()]).permute(0, 3, 1, 2))
-            yield {"image": self.dataset.transform(pixels), "index": index, "source": index,
-                   "label": torch.from_numpy(images.labels[index.numpy()])}
+            rows = index.numpy()
+            pixels = three_channels(torch.from_numpy(images.array[rows]).permute(0, 3, 1, 2))
+            yield ImageBatch(images=self.dataset.transform(pixels), labels=torch.from_numpy(images.labels[rows]),
+                             index=index, source=index)
 
 
 def eval_loader(images: ImageSet, data_cfg, batch_size: int,

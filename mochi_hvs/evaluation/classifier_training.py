@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.records import ImageBatch
 from ..errors import TrainingDiverged
 from ..evaluator_settings import SCHEDULES
 from ..schedule import lr_multiplier
@@ -71,9 +72,9 @@ def classification_accuracy(
     return {"top1": acc[1], "top5": acc.get(5, float("nan"))}
 
 
-def image_batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) pairs from a loader of {"image", "label", "index"} dicts."""
-    return ((batch["image"], batch["label"]) for batch in loader)
+def image_batches(loader: Iterable[ImageBatch]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) pairs from a loader of ImageBatch records."""
+    return ((batch.images, batch.labels) for batch in loader)
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ class EmbeddingAnalysis:
         test = test.subset(balanced_subset(test.labels, cfg.eval.analysis_samples, cfg.seed))
         post = post_crop_transform(data.augmentation, data.image_size, data.mean, data.std, tuple(data.color_jitter))
         pairs = MultiViewDataset(test, ViewSampler(2, data.image_size, post, tuple(data.crop_scale)), cfg.seed)
-        self.views = torch.stack([pairs[(i, 0)]["views"] for i in range(len(test))]).to(device)
+        self.views = torch.stack([pairs[(i, 0)].views for i in range(len(test))]).to(device)
         self.batch_size = cfg.eval.batch_size
 
     @torch.no_grad()

@@ -30,14 +30,14 @@ def extract_features(
     indices, outputs, labels = [], [], []
     try:
         for batch in tqdm(loader, desc="features", leave=False, disable=len(loader) < 10):
-            images = batch["image"].to(device, non_blocking=True)
+            images = batch.images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
                 out = backbone(images).float()
             outputs.append(F.normalize(out, dim=1) if normalize else out)
-            indices.append(batch["index"].to(device))
-            labels.append(batch["label"].to(device))
+            indices.append(batch.index.to(device))
+            labels.append(batch.labels.to(device))
     finally:
         backbone.train(was_training)
     index = all_gather_cat(torch.cat(indices))

@@ -72,7 +72,7 @@ def task_signature(cfg: Config, backbone: nn.Module, device: torch.device) -> Ta
     head = fit_probe(fit_features, fit_labels, len(images.classes), cfg.eval.linear).logits
     parameters = [p for _, p in chosen_parameters(backbone, s.parameters)]
     loader = eval_loader(images.subset(held_out), cfg.data, s.batch_size, workers=0)
-    batches = ((batch["image"].to(device), batch["label"].to(device)) for batch in loader)
+    batches = ((batch.images.to(device), batch.labels.to(device)) for batch in loader)
     gradient = expected_gradient(backbone, head, batches, parameters)
     return TaskSignature(gradient, logme(fit_features.cpu().numpy(), fit_labels.cpu().numpy()))
 

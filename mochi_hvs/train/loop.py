@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..collapse import CollapseSignal
 from ..config import Config
 from ..data.datasets import ImageSet, check_splits
+from ..data.records import ViewBatch
 from ..distributed import all_gather_cat, all_reduce_mean, init_distributed
 from ..errors import Interrupted, TrainingCollapsed, TrainingDiverged, UserError
 from ..models.moco import MoCo
@@ -127,7 +128,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- step
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: ViewBatch) -> dict[str, torch.Tensor]:
         """One optimisation step: momentum update of f_k (where the objective has one), the objective's step, SGD,
         enqueue (where it returns keys); returns detached device scalars."""
         parts, cfg, pos = self.parts, self.cfg, self.position
@@ -136,9 +137,11 @@ class Trainer:
             parts.model.momentum_update(momentum)
         rng = StepRandom(cfg.seed, pos.global_step, self.env.rank, parts.device)
         with autocast(parts.device, parts.amp_dtype):
-            local = {key: batch[key] for key in ("local_views", "local_boxes") if key in batch}  # multi-crop's
-            out = parts.step(batch["views"], rng, batch["label"], batch["boxes"], pos.epoch, pos.global_step,
-                             flips=batch.get("flips"), **local)
+            # multi-crop's small crops only where drawn: a step that never gets them need not take them
+            local = {} if batch.local_views is None else {"local_views": batch.local_views,
+                                                          "local_boxes": batch.local_boxes}
+            out = parts.step(batch.views, rng, batch.labels, batch.boxes, pos.epoch, pos.global_step,
+                             flips=batch.flips, **local)
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip:
