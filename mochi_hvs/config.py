@@ -231,12 +231,15 @@ LOCAL_SIZE_RATIO = 96 / 224
 @dataclass
 class MultiCropConfig(MethodConfig):
     """SwAV's multi-crop: besides the pair of global views, `local_crops` small crops of each image at `local_size` px,
-    each a query (through the query encoder) against the other global view's key and the queue."""
+    each a query (through the query encoder) against the other global view's key and the queue; objectives that read
+    the small crops themselves (Needs.local_views: BYOL, TWIST, ReLICv2) score them by their own loss, through their
+    trained network only."""
 
     local_crops: int = 6  # L small crops per image (SwAV: 2 x 224 + 6 x 96)
     local_size: int | None = None  # their side in px; None: data.image_size x 96 / 224 rounded, at least 8 (28 px: 12)
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])  # their area range (SwAV's)
-    weight: float = 1.0  # weight of the local crops' InfoNCE (averaged over the crops) beside the global query's
+    # weight of the local crops' InfoNCE (averaged over the crops) beside the global query's (MoCo-v2's step only)
+    weight: float = 1.0
     read_by: ClassVar[str | None] = "local_views"
 
     def size(self, image_size: int) -> int:
@@ -249,7 +252,7 @@ class MultiCropConfig(MethodConfig):
 
     def validate(self, cfg: Config, source: str) -> None:
         """At least one crop, a side no larger than the global views', an area range within the image, a positive
-        weight."""
+        weight, and no other weight than 1 for an objective that reads the crops itself (its loss weighs them)."""
         _check(self.local_crops >= 1, source, "multicrop.local_crops", f"must be >= 1; got {self.local_crops}")
         size = cfg.data.image_size
         _check(self.local_size is None or self.local_size >= 8, source, "multicrop.local_size",
@@ -260,6 +263,10 @@ class MultiCropConfig(MethodConfig):
         _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "multicrop.local_scale",
                f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
         _check(self.weight > 0, source, "multicrop.weight", f"must be > 0; got {self.weight}")
+        needs = objective_needs(cfg)
+        _check(not self.enabled or needs.methods or not needs.local_views or self.weight == 1, source,
+               "multicrop.weight", f"is MoCo-v2's weight on the small crops' loss: objective={cfg.objective} weighs "
+               f"them by its own loss and reads none, so it must stay 1; got {self.weight}")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """ReLICv2: its contrastive and invariance terms, loss and gradient against the definitions in float64 (with and
-without multi-crop's small crops), the the EMA target, composition and an exact resume."""
+without multi-crop's small crops), the EMA target, composition and an exact resume (multi-crop's acceptance, cost and
+HVS with small crops: test_multicrop_objectives.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from test_byol import (
 )
 from test_checkpoint import assert_resume_is_exact
 
-from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.models.moco import MoCo
 from mochi_hvs.objectives.relicv2 import Relicv2Config, Relicv2Step
@@ -117,12 +117,3 @@ def test_bad_compositions_and_settings_are_refused_in_one_line(setting, message)
         load_config(None, ["objective=relicv2", setting])
     assert str(err.value) == message
 
-
-def test_multicrop_is_taken_by_relicv2_and_refused_by_byol():
-    cfg = load_config(None, RELIC + ["multicrop.enabled=true"])
-    crops = cfg.multicrop.local_crops_per_image(cfg)
-    assert units_per_image(cfg, selecting=False) == pytest.approx(
-        3 * 2 + 2 + 3 * crops.count * (crops.size / cfg.data.image_size) ** 2)
-    with pytest.raises(ConfigError, match=r"'multicrop.enabled' needs objective=contrastive\|relicv2 "
-                                          r"\(objective=byol takes no methods\)"):
-        load_config(None, ["objective=byol", "multicrop.enabled=true"])

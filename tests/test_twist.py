@@ -22,17 +22,20 @@ CLASSES = 16
 TWIST = ["objective=twist", "model.head=mlp_bn", f"model.feature_dim={CLASSES}"]
 
 
-def paper_terms(model: MoCo, v1: torch.Tensor, v2: torch.Tensor, lam1: float, lam2: float, tau: float,
-                eps: float) -> tuple[torch.Tensor, ...]:
-    """Wang et al. 2021 (and bytedance/TWIST objective.py), written out: logits z = BN(g(f(x))) over both views'
-    batch (no affine, biased variance), p = softmax(z), s = softmax(z / tau);
+def paper_logits(model: MoCo, *batches: torch.Tensor) -> torch.Tensor:
+    """Wang et al. 2021 (and bytedance/TWIST train.py's forward), written out: z = BN(g(cat(f(x) for each batch x)))
+    for the batches in order, each through the backbone on its own, the head and the logits' BatchNorm (no affine,
+    biased variance) over all their rows at once."""
+    h = model.encoder_q.head(torch.cat([model.encoder_q.backbone(x) for x in batches]))
+    mean = h.sum(dim=0) / len(h)
+    return (h - mean) / torch.sqrt(((h - mean) ** 2).sum(dim=0) / len(h) + 1e-5)
+
+
+def paper_pair_terms(z1: torch.Tensor, z2: torch.Tensor, lam1: float, lam2: float, tau: float,
+                     eps: float) -> tuple[torch.Tensor, ...]:
+    """The loss of two views' logits (bytedance/TWIST objective.py), written out: p = softmax(z), s = softmax(z / tau);
     kl = 1/2 (E_i KL(p1_i||p2_i) + E_i KL(p2_i||p1_i)), eh = 1/2 sum_v E_i H(s_v,i), he = 1/2 sum_v H(E_i s_v,i),
     loss = kl + (1 + lam1) eh - lam2 he, with log(x + eps) in every logarithm."""
-    h = model.encoder_q.head(model.encoder_q.backbone(torch.cat([v1, v2])))
-    mean = h.sum(dim=0) / len(h)
-    z = (h - mean) / torch.sqrt(((h - mean) ** 2).sum(dim=0) / len(h) + 1e-5)
-    z1, z2 = z[:len(v1)], z[len(v1):]
-
     def softmax(x):
         e = torch.exp(x - x.max(dim=1, keepdim=True).values)
         return e / e.sum(dim=1, keepdim=True)
@@ -48,6 +51,13 @@ def paper_terms(model: MoCo, v1: torch.Tensor, v2: torch.Tensor, lam1: float, la
     eh = (h_(s1).mean() + h_(s2).mean()) / 2
     he = (h_(s1.mean(dim=0)) + h_(s2.mean(dim=0))) / 2
     return kl + (1 + lam1) * eh - lam2 * he, kl, eh, he
+
+
+def paper_terms(model: MoCo, v1: torch.Tensor, v2: torch.Tensor, lam1: float, lam2: float, tau: float,
+                eps: float) -> tuple[torch.Tensor, ...]:
+    """The loss and its terms (paper_pair_terms) of two views encoded in one forward (paper_logits)."""
+    z1, z2 = paper_logits(model, torch.cat([v1, v2])).chunk(2)
+    return paper_pair_terms(z1, z2, lam1, lam2, tau, eps)
 
 
 @pytest.mark.parametrize("lam1, lam2, tau", [(0.0, 1.0, 1.0), (0.3, 0.7, 0.5)])

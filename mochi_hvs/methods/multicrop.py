@@ -42,11 +42,17 @@ from ..models.moco import MoCo
 from .base import ExtraQueries, Method, StepContext, register
 
 
+def crop_major(crops: torch.Tensor) -> torch.Tensor:
+    """The small crops (B, L, C, h, w) as one crop-major batch (L x B, C, h, w): crop l of sample n at row l * B + n,
+    so that with split BatchNorm each crop falls in its sample's group. A forward's rows (L x B, ...) come back per
+    crop with `.unflatten(0, (L, B))`."""
+    return crops.transpose(0, 1).flatten(0, 1)
+
+
 def encode_crops(crops: torch.Tensor, encoder: nn.Module) -> torch.Tensor:
-    """Embeddings (L, B, D) of the small crops (B, L, C, h, w), encoded as one crop-major batch of L x B (crop l of
-    sample n at row l * B + n: each in its sample's BatchNorm group)."""
-    count = crops.shape[1]
-    return encoder(crops.transpose(0, 1).flatten(0, 1)).embedding.unflatten(0, (count, -1))
+    """Embeddings (L, B, D) of the small crops (B, L, C, h, w), encoded as one crop-major batch of L x B
+    (crop_major)."""
+    return encoder(crop_major(crops)).embedding.unflatten(0, (crops.shape[1], crops.shape[0]))
 
 
 @register

@@ -67,9 +67,16 @@ class Encoder(nn.Module):
             dense_map = F.normalize(self.dense_head(spatial), dim=1)
             pooled = pooled_features(self.backbone, spatial)
         else:
-            pooled = self.backbone(x)
+            pooled = self.features(x)
         projection = self.head(pooled if combine is None else combine(pooled))
         return EncoderOutput(F.normalize(projection, dim=1), pooled, dense_map, projection)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features (N, F) of x (N, C, H, W), in the encoder's memory format: what the head
+        reads (TWIST's multi-crop forward gives the head the features of several batches at once)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
 
 
 class MoCo(nn.Module):

@@ -17,7 +17,7 @@ The KL term asks that image i's distribution over the batch's images be the same
 invariance under augmentation); sg: stop-gradient on the distribution of the view in the target's role. The step
 sums pair(u, v) over every ordered pair of different large views and over every (small crop, large view) pair when
 multi-crop draws small crops (multicrop.enabled: the small crops go through the online network only, as ReLICv2's),
-and averages over the pairs:
+and averages over the pairs (multicrop.weight, MoCo-v2's, must stay 1):
 
     relicv2: {temperature: 0.2, alpha: 1.0, momentum: 0.99, momentum_schedule: cosine}
 

@@ -19,13 +19,23 @@ representation collapsed to one point gives all-zero normalised logits, uniform 
 
     twist: {lam1: 0.0, lam2: 1.0, tau: 1.0, eps: 1.0e-5}
 
+With multi-crop (multicrop.enabled: L small crops per image, Needs.local_views), the step follows the official code's
+multi-crop (engine.py, crops_interact_style "sparse", no momentum encoder): the backbone encodes the two large views
+together and the L small crops together (one batch per resolution, as its DINO-style forward), the projection head and
+the logits' BatchNorm then see every view of the batch at once, and the loss is the mean of the two-view loss above
+over the pairs (1, 2), (1, s) and (2, s) for every small crop s: each large view with every other view, the small
+crops never with each other; 1 + 2 L pairs, each term (kl, eh, he) averaged over them alike. Without small crops
+that is the loss above (multicrop.weight, MoCo-v2's, must stay 1).
+
 Differences from the paper: the projection head is model.head (configs/twist.yaml: mlp_bn, one hidden layer; the
 paper's has two, and C up to 4096 for ImageNet); under torchrun the batch mean and the logit BatchNorm are each
-process's own (the paper all-reduces the batch mean and normalises over groups of processes).
+process's own (the paper all-reduces the batch mean and normalises over groups of processes); multi-crop's defaults
+are SwAV's (6 crops of 5-14% of the area; the official code: 12 crops of 5-40%, its large views 40-100%).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,6 +45,7 @@ import torch.nn as nn
 from ..collapse import CollapseSignal
 from ..config import Config, ObjectiveConfig
 from ..methods import Method
+from ..methods.multicrop import crop_major
 from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..step import StepOutput
@@ -72,6 +83,12 @@ class TwistTerms:
     kl: torch.Tensor
     sample_entropy: torch.Tensor
     batch_entropy: torch.Tensor
+
+    @staticmethod
+    def mean(pairs: list[TwistTerms]) -> TwistTerms:
+        """Each term averaged over pairs of views (the official code's multi-crop loss); one pair's own terms."""
+        return TwistTerms(*(torch.stack([getattr(pair, field.name) for pair in pairs]).mean()
+                            for field in dataclasses.fields(TwistTerms)))
 
 
 def entropy(p: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,17 +133,24 @@ class TwinNetwork(nn.Module):
         self.encoder = encoder
         self.logit_bn = logit_bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised logits (N, C) of x (N, C_in, H, W), from the unnormalised projection."""
-        return self.logit_bn(self.encoder(x).projection)
+    def forward(self, *batches: torch.Tensor) -> torch.Tensor:
+        """The normalised logits (N_1 + N_2 + ..., C) of the batches (N_k, C_in, H_k, W_k), in order: each batch
+        through the backbone on its own (one resolution each, its own BatchNorm statistics), then the projection head
+        and the logits' BatchNorm over all of them at once (the unnormalised projection), as the official code's
+        multi-crop forward."""
+        features = torch.cat([self.encoder.features(x) for x in batches])
+        return self.logit_bn(self.encoder.head(features))
 
 
 class TwistStep:
-    """TWIST, one step:
+    """TWIST, one step (with multi-crop's small crops s_1..s_L where drawn):
 
-        z1, z2 = BN(g(f(cat(v1, v2)))).chunk(2)   # both views in one forward, as the paper (BatchNorm over 2B)
-        loss = kl(p1, p2) + (1 + lam1) eh - lam2 he   # p = softmax(z); twist_terms
-        # then the loop: loss.backward(); SGD on f, g (gradient through both views); no momentum update
+        z1, z2, z_s1, ..., z_sL = BN(g(cat(f(cat(v1, v2)), f(cat(s_1..s_L)))))
+            # the two views in one forward, as the paper (BatchNorm over 2B); the small crops in another (their own
+            # resolution); the head and the logits' BatchNorm over all (2 + L) B rows, as the official code
+        loss = mean over pairs (a, b) = (z1, z2), (z1, z_s), (z2, z_s) of kl(p_a, p_b) + (1 + lam1) eh - lam2 he
+            # p = softmax(z); twist_terms, each term averaged over the pairs; without small crops, (z1, z2) alone
+        # then the loop: loss.backward(); SGD on f, g (gradient through every view); no momentum update
     """
 
     def __init__(self, network: nn.Module, settings: TwistConfig) -> None:
@@ -136,11 +160,15 @@ class TwistStep:
 
     def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
                  boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
-                 **unused: torch.Tensor | None) -> StepOutput:
-        """views (B, V, C, H, W): views 0 and 1 of each sample (flips and multi-crop's small crops are not read);
-        nothing is enqueued; the trained embeddings are the normalised logits z1, z2."""
-        z1, z2 = self.network(torch.cat([views[:, 0], views[:, 1]])).chunk(2)
-        terms = twist_terms(z1, z2, self.settings)
+                 flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
+                 local_boxes: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 of each sample; local_views (B, L, C, h, w): multi-crop's small crops,
+        when drawn (flips are not read). Nothing is enqueued; the trained embeddings are the large views' normalised
+        logits z1, z2."""
+        small = [] if local_views is None else [crop_major(local_views)]
+        z = self.network(torch.cat([views[:, 0], views[:, 1]]), *small).split(len(views))  # z1, z2, z_s1, ...
+        terms = TwistTerms.mean([twist_terms(z[a], z[b], self.settings) for a in (0, 1) for b in range(a + 1, len(z))])
+        z1, z2 = z[0], z[1]
         p1, p2 = z1.detach().float().softmax(dim=1), z2.detach().float().softmax(dim=1)
         metrics = {"loss": terms.loss.detach(), "proxy_top1": (p1.argmax(dim=1) == p2.argmax(dim=1)).float().mean(),
                    "twist_kl": terms.kl.detach(), "twist_sample_entropy": terms.sample_entropy.detach(),
@@ -152,7 +180,9 @@ class TwistStep:
         """[i, a, b] = 1/2 (KL(p_a || p_b) + KL(p_b || p_a)) + (1 + lam1) 1/2 (H(s_a) + H(s_b)) of sample i for
         candidates (B, V, C, H, W): its part of the loss with views a and b (hard_views.py). The batch-mean entropy
         is a term of the whole batch and ranks no sample. All candidates are normalised together, as the step's one
-        forward normalises both views (at V = 2, the very logits of the step)."""
+        forward normalises both views (at V = 2 and without small crops, the very logits of the step). Multi-crop's
+        small crops are neither scored nor normalised with the candidates: the pair the step trains is chosen among
+        the large views, and the crops' pairs ride along with it."""
         network = unwrapped(self.network)
         batch, num_views = views.shape[:2]
         with scoring([network], view_slots=1):
@@ -163,14 +193,16 @@ class TwistStep:
 
 @register
 class Twist(Objective):
-    """objective: twist. One trained network for both views: no momentum encoder, queue or predictor."""
+    """objective: twist. One trained network for every view: no momentum encoder, queue or predictor; multi-crop's
+    small crops are read by the step itself."""
 
     name, label, section = "twist", "TWIST-pretrained", TwistConfig
-    needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False, pair_losses=True)
+    needs = Needs(views=2, momentum_encoder=False, queue=False, predictor=False, local_views=True, pair_losses=True)
     trained_embeddings = True  # the normalised logits z1, z2
 
     def forwards(self) -> Forwards:
-        """Both views through the one trained network; HVS scores each candidate through it."""
+        """Both views through the one trained network (compute_cost.py adds multi-crop's small crops, one trained
+        forward each); HVS scores each candidate through it."""
         return Forwards(trained=2, target=0, candidate=1)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
