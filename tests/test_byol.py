@@ -32,6 +32,13 @@ def target(model: MoCo, x: torch.Tensor) -> torch.Tensor:
         return model.encoder_k.head(model.encoder_k.backbone(x))
 
 
+def per_crop(encode, crops: torch.Tensor) -> list[torch.Tensor]:
+    """encode(x) of the small crops (B, L, C, h, w), all L x B of them as one batch, crop l of sample n at row
+    l * B + n (the steps' crop-major batch, so that BatchNorm sees the same rows): L tensors (B, ...)."""
+    count, batch = crops.shape[1], crops.shape[0]
+    return list(encode(crops.transpose(0, 1).reshape(count * batch, *crops.shape[2:])).reshape(count, batch, -1))
+
+
 def bar(x: torch.Tensor) -> torch.Tensor:
     """x / ||x||_2 per row."""
     return x / torch.sqrt((x * x).sum(dim=1, keepdim=True))

@@ -14,6 +14,7 @@ from test_byol import (
     assert_the_target_moves_only_by_the_ema,
     bar,
     online,
+    per_crop,
     perturbed_target_model,
     target,
 )
@@ -53,11 +54,15 @@ def reference_brownian(o: list[torch.Tensor], seed: int, step: int) -> torch.Ten
     return torch.stack([1 + (o_v * u).sum(dim=1) for o_v in o]).mean()
 
 
-def reference_terms(model: MoCo, views: torch.Tensor, weights: tuple[float, float, float]) -> list[torch.Tensor]:
-    """The loss and its three terms (centroid, singular, brownian) of the module docstring, written out."""
+def reference_terms(model: MoCo, views: torch.Tensor, weights: tuple[float, float, float],
+                    crops: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The loss and its three terms (centroid, singular, brownian) of the module docstring, written out; the small
+    crops (B, L, C, h, w), when given, are online views beside the two large ones (the target sees those two only)."""
     o = [bar(online(model, views[:, v])) for v in (0, 1)]
+    if crops is not None:
+        o += [bar(p) for p in per_crop(lambda x: online(model, x), crops)]
     t = [bar(target(model, views[:, v])) for v in (0, 1)]
-    c_o, c_t = bar((o[0] + o[1]) / 2), bar((t[0] + t[1]) / 2)
+    c_o, c_t = bar(sum(o) / len(o)), bar((t[0] + t[1]) / 2)
     terms = [(2 - 2 * (c_o * c_t).sum(dim=1)).mean(), reference_singular(o), reference_brownian(o, 0, 0)]
     return [sum(w * term for w, term in zip(weights, terms, strict=True)), *terms]
 

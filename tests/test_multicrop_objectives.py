@@ -1,7 +1,7 @@
-"""Multi-crop with the objectives that read the small crops themselves: for BYOL and TWIST (ReLICv2's in
+"""Multi-crop with the objectives that read the small crops themselves: for BYOL, TWIST and MSBReg (ReLICv2's in
 test_relicv2.py), the loss with small crops and every trained gradient against float64 computations of the
 definitions, the target that never sees a small crop, a step fed the same tensors twice, and runs on Fashion-MNIST
-that resume bit-exactly; for the three, HVS that keeps scoring the large views only, the config's acceptance and
+that resume bit-exactly; for all four, HVS that keeps scoring the large views only, the config's acceptance and
 one-line refusals, and the compute cost."""
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ import math
 
 import pytest
 import torch
-from test_byol import BYOL, assert_online_gradients_match, bar, online, perturbed_target_model, target
+from test_byol import BYOL, assert_online_gradients_match, bar, online, per_crop, perturbed_target_model, target
 from test_checkpoint import assert_resume_is_exact
 from test_hvs_objectives import built, candidates, off_diagonal_pairs
+from test_msbreg import MSBREG, reference_terms
 from test_twist import CLASSES, TWIST, paper_logits, paper_pair_terms
 
 from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config, local_crops
 from mochi_hvs.models.moco import MoCo
 from mochi_hvs.objectives.byol import ByolStep, OnlineNetwork
+from mochi_hvs.objectives.msbreg import MsbregConfig, MsbregStep
 from mochi_hvs.objectives.twist import TwinNetwork, TwistConfig, TwistStep, uniform_loss
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.train import Trainer
@@ -30,13 +32,6 @@ RELIC = ["objective=relicv2", "model.head=mlp_bn"]
 
 def rng() -> StepRandom:
     return StepRandom(0, 0, 0, torch.device("cpu"))
-
-
-def per_crop(encode, crops: torch.Tensor) -> list[torch.Tensor]:
-    """encode(x) of the small crops (B, L, C, h, w), all L x B of them as one batch, crop l of sample n at row
-    l * B + n (the steps' crop-major batch, so that BatchNorm sees the same rows): L tensors (B, ...)."""
-    count, batch = crops.shape[1], crops.shape[0]
-    return list(encode(crops.transpose(0, 1).reshape(count * batch, *crops.shape[2:])).reshape(count, batch, -1))
 
 
 # ------------------------------------------------------------------------------------------------------------ BYOL
@@ -147,7 +142,36 @@ def test_twist_normalises_the_logits_of_every_view_together_and_encodes_each_res
 # ------------------------------------------------------------------------------------------------------ both steps
 
 
-@pytest.mark.parametrize("objective", ["byol", "twist"])
+# ---------------------------------------------------------------------------------------------------------- MSBReg
+
+
+def msbreg_step(model: MoCo, weights: tuple[float, float, float] = (1.0, 1.0, 0.1)) -> MsbregStep:
+    settings = MsbregConfig(centroid=weights[0], singular=weights[1], brownian=weights[2])
+    return MsbregStep(model, OnlineNetwork(model.encoder_q, model.predictor), settings)
+
+
+@pytest.mark.parametrize("crops, weights", [(1, (1.0, 1.0, 0.1)), (3, (0.5, 2.0, 1.5))])
+def test_msbreg_terms_with_small_crops_and_the_gradient_are_the_definitions_in_float64(crops, weights):
+    # The crops are online views of the multi-view centroid and of both dispersive terms; the target's centroid is
+    # of the two large views.
+    torch.manual_seed(0)
+    model = perturbed_target_model()
+    views, small = torch.randn(8, 2, 3, 16, 16), torch.randn(8, crops, 3, 8, 8)
+    reference = copy.deepcopy(model).double()
+    out = msbreg_step(model, weights)(views, rng(), local_views=small)
+    out.loss.backward()
+    expected = reference_terms(reference, views.double(), weights, small.double())
+    expected[0].backward()
+    got = [out.metrics[k] for k in ("loss", "msbreg_centroid", "msbreg_singular", "msbreg_brownian")]
+    for value, reference_value in zip(got, expected, strict=True):
+        assert float(value) == pytest.approx(float(reference_value.detach()), rel=1e-5, abs=1e-6)
+    without = reference_terms(copy.deepcopy(model).double(), views.double(), weights)
+    assert abs(float(without[1].detach()) - float(expected[1].detach())) > 1e-3  # the crops move the centroid
+    assert_online_gradients_match(model, reference)
+    assert len(out.trained) == 2  # the regulariser's embeddings stay the large views'
+
+
+@pytest.mark.parametrize("objective", ["byol", "twist", "msbreg"])
 def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_backward(objective):
     # Over-fitting one batch: the second step encodes the small crops again with the updated weights (nothing kept
     # from the first step, the old multi-crop cache's defect) and back-propagates through its own graph.
@@ -158,6 +182,13 @@ def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_
 
         def expected(m, v, c):
             return byol_reference(m, v, c)[0]
+    elif objective == "msbreg":
+        torch.manual_seed(0)
+        model = perturbed_target_model()
+        step = msbreg_step(model)
+
+        def expected(m, v, c):
+            return reference_terms(m, v, (1.0, 1.0, 0.1), c)[0]
     else:
         model, step, settings = twist_model()
 
@@ -180,7 +211,7 @@ def test_the_same_tensors_fed_twice_give_the_current_weights_loss_and_a_working_
     assert abs(losses[1] - losses[0]) > 1e-3  # the weights moved: a stale loss would be caught
 
 
-@pytest.mark.parametrize("name", ["byol", "twist", "relicv2"])
+@pytest.mark.parametrize("name", ["byol", "twist", "relicv2", "msbreg"])
 def test_hvs_scores_the_large_views_only_and_the_small_crops_ride_along_with_the_chosen_pair(name):
     model, step = built(name, *CROPS)
     views, boxes, flips = candidates()
@@ -201,7 +232,7 @@ def test_hvs_scores_the_large_views_only_and_the_small_crops_ride_along_with_the
 # ---------------------------------------------------------------------------------------------- config and cost
 
 
-@pytest.mark.parametrize("objective", [BYOL, TWIST, RELIC])
+@pytest.mark.parametrize("objective", [BYOL, TWIST, RELIC, MSBREG])
 def test_multicrop_is_taken_and_its_crops_cost_online_forwards_only(objective):
     cfg = load_config(None, [*objective, "multicrop.enabled=true"])
     crops = local_crops(cfg)
@@ -213,15 +244,14 @@ def test_multicrop_is_taken_and_its_crops_cost_online_forwards_only(objective):
     assert units_per_image(hvs, selecting=True) == pytest.approx(2 * 3 + target + candidates_cost + small)
 
 
-@pytest.mark.parametrize("objective", ["msbreg", "supervised"])
-def test_multicrop_is_refused_in_one_line_naming_the_objectives_that_take_it(objective):
+def test_multicrop_is_refused_in_one_line_naming_the_objectives_that_take_it():
     with pytest.raises(ConfigError) as err:
-        load_config(None, [f"objective={objective}", "multicrop.enabled=true"])
-    assert str(err.value) == ("--set: 'multicrop.enabled' needs objective=contrastive|byol|relicv2|twist "
-                              f"(objective={objective} takes no methods)")
+        load_config(None, ["objective=supervised", "multicrop.enabled=true"])
+    assert str(err.value) == ("--set: 'multicrop.enabled' needs objective=contrastive|byol|msbreg|relicv2|twist "
+                              "(objective=supervised takes no methods)")
 
 
-@pytest.mark.parametrize("objective", [BYOL, TWIST, RELIC])
+@pytest.mark.parametrize("objective", [BYOL, TWIST, RELIC, MSBREG])
 def test_multicrop_weight_other_than_one_is_refused_where_the_objective_weighs_the_crops_itself(objective):
     name = objective[0].split("=")[1]
     with pytest.raises(ConfigError) as err:
@@ -235,7 +265,7 @@ def test_multicrop_weight_other_than_one_is_refused_where_the_objective_weighs_t
 # ---------------------------------------------------------------------------------------- Fashion-MNIST, resume
 
 
-@pytest.mark.parametrize("objective", [BYOL, TWIST])
+@pytest.mark.parametrize("objective", [BYOL, TWIST, MSBREG])
 def test_on_fashion_mnist_the_crops_reach_the_online_network_only(quick_overrides, objective):
     cfg = load_config(None, quick_overrides + objective + CROPS + ["optim.steps=1"])
     trainer = Trainer(cfg)
@@ -252,7 +282,7 @@ def test_on_fashion_mnist_the_crops_reach_the_online_network_only(quick_override
     trainer.close()
 
 
-@pytest.mark.parametrize("objective", [BYOL, TWIST])
+@pytest.mark.parametrize("objective", [BYOL, TWIST, MSBREG])
 def test_resume_with_multicrop_is_exact(quick_overrides, objective):
     resumed = assert_resume_is_exact(quick_overrides + objective + CROPS)
     assert resumed.cfg.multicrop.enabled

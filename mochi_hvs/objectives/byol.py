@@ -79,6 +79,13 @@ class OnlineNetwork(nn.Module):
         return out, self.predictor(out.projection)
 
 
+def crop_predictions(online: nn.Module, crops: torch.Tensor) -> list[torch.Tensor]:
+    """The online predictions q_theta(g_theta(f_theta(s_l))) of the small crops (B, L, C, h, w): L tensors (B, D),
+    from one crop-major forward (methods.multicrop.crop_major) of `online` (an OnlineNetwork or its DDP wrapper)."""
+    _, q = online(crop_major(crops))
+    return list(q.unflatten(0, (crops.shape[1], crops.shape[0])))
+
+
 class ByolStep:
     """BYOL's Algorithm 1, one step (with multi-crop's small crops s_1..s_L where drawn):
 
@@ -107,7 +114,7 @@ class ByolStep:
         v, v_prime = views[:, 0], views[:, 1]
         online, q = self.online(v)
         _, q_prime = self.online(v_prime)
-        predictions = [q, q_prime] + ([] if local_views is None else self.predict_crops(local_views))
+        predictions = [q, q_prime] + ([] if local_views is None else crop_predictions(self.online, local_views))
         z = self.model.key(v, rng("shuffle")).embedding
         z_prime = self.model.key(v_prime, rng("shuffle")).embedding
         targets = [z, z_prime]
@@ -116,12 +123,6 @@ class ByolStep:
         metrics = {"loss": loss.detach(), "proxy_top1": retrieval_top1(q.detach(), z_prime)}
         return StepOutput(loss=loss, keys=None, metrics=metrics,
                           signal=CollapseSignal(online.embedding.detach(), loss.detach()), trained=[q, q_prime])
-
-    def predict_crops(self, crops: torch.Tensor) -> list[torch.Tensor]:
-        """The online predictions q_theta(g_theta(f_theta(s_l))) of the small crops (B, L, C, h, w): L tensors
-        (B, D), from one crop-major forward (methods.multicrop.crop_major)."""
-        _, q = self.online(crop_major(crops))
-        return list(q.unflatten(0, (crops.shape[1], crops.shape[0])))
 
     def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
         """[i, a, b] = ||q_a^ - z_b^||^2 + ||q_b^ - z_a^||^2 of sample i for candidates (B, V, C, H, W): its term of
@@ -143,13 +144,13 @@ class Byol(Objective):
     name = "byol"
     label = "BYOL-pretrained"
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, local_views=True, pair_losses=True)
+    section = ByolConfig
+    trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
 
     @classmethod
     def needs_for(cls, cfg: Config) -> Needs:
         """A predictor unless byol.predictor is false."""
         return replace(cls.needs, predictor=cfg.byol.predictor)
-    section = ByolConfig
-    trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
 
     def forwards(self) -> Forwards:
         """Both views through the online network (trained) and through the target (compute_cost.py adds multi-crop's

@@ -8,12 +8,15 @@ that needs no knowledge of the other particles. Its exact equations were not at 
 reading of its abstract.
 
 The objective has BYOL's architecture (byol.py: online encoder, projector and predictor; an EMA target without the
-predictor, no gradient). For the V = 2 views of sample i, o_v,i = normalize(q(g(f(v)))) are the online
-predictions and t_v,i = normalize(g_xi(f_xi(v))) the target's projections:
+predictor, no gradient). For the views v of sample i, o_v,i = normalize(q(g(f(v)))) are the online predictions and
+t_v,i = normalize(g_xi(f_xi(v))) the target's projections. The online views are the two large views and, with
+multi-crop (multicrop.enabled, Needs.local_views), the L small crops: V = 2 + L, as the paper's multi-view centroid
+takes several views of an image; the target sees the two large views only (as BYOL's and ReLICv2's multi-crop):
 
-    centroid  = mean_i (2 - 2 c_o,i . c_t,i),   c_o,i = normalize(mean_v o_v,i), c_t,i = normalize(mean_v t_v,i)
+    centroid  = mean_i (2 - 2 c_o,i . c_t,i),   c_o,i = normalize(mean_v o_v,i) over the V online views,
+                c_t,i = normalize(mean_v t_v,i) over the two large views
     singular  = r sum_k p_k^2 - 1 = r ||C||_F^2 / tr(C)^2 - 1,   p_k = s_k^2 / sum_j s_j^2
-                (Z: the o of all views stacked, N = V B rows, centred over rows; s_k its singular values;
+                (Z: the o of all V views stacked, N = V B rows, centred over rows; s_k its singular values;
                  C = Z^T Z; r = min(N - 1, D): 0 when the variance is spread evenly over r directions, r - 1 when
                  it lies along one; a batch of one repeated point reads -1, without gradient)
     brownian  = mean_{i,v} (1 + o_v,i . u_i),   u_i a random unit vector per sample and step (stream "msbreg"),
@@ -48,7 +51,7 @@ from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..step import StepOutput
 from .base import Objective, Step, Wrap
-from .byol import OnlineNetwork, retrieval_top1
+from .byol import OnlineNetwork, crop_predictions, retrieval_top1
 from .ema import TargetEma
 from .hard_views import SCORING_STREAM, scoring, unwrapped
 from .registry import OBJECTIVES, Forwards, Needs, declared, register
@@ -132,8 +135,8 @@ def view_pairs(embeddings: torch.Tensor) -> torch.Tensor:
 class MsbregStep:
     """MSBReg, one step (the module docstring's terms):
 
-        o_v = normalize(q(g(f(v))))  for views 0 and 1     # online predictions
-        t_v = normalize(g_xi(f_xi(v)))                      # target projections, no gradient (shuffle-BN)
+        o_v = normalize(q(g(f(v))))  for views 0, 1 and the small crops   # online predictions
+        t_v = normalize(g_xi(f_xi(v)))  for views 0 and 1                  # target projections, no gradient
         loss = w_c centroid(o, t) + w_s singular(o) + w_b brownian(o, u)
         # then the loop: loss.backward(); SGD on f, g, q; xi <- tau xi + (1 - tau) theta (f, g only)
     """
@@ -146,12 +149,14 @@ class MsbregStep:
 
     def __call__(self, views: torch.Tensor, rng: StepRandom, labels: torch.Tensor | None = None,
                  boxes: torch.Tensor | None = None, epoch: int = 0, step: int = 0,
-                 **unused: torch.Tensor | None) -> StepOutput:
-        """views (B, V, C, H, W): views 0 and 1 of each sample; nothing is enqueued; the trained embeddings are the
-        predictions."""
+                 flips: torch.Tensor | None = None, local_views: torch.Tensor | None = None,
+                 local_boxes: torch.Tensor | None = None) -> StepOutput:
+        """views (B, V, C, H, W): views 0 and 1 of each sample; local_views (B, L, C, h, w): multi-crop's small crops,
+        when drawn. Nothing is enqueued; the trained embeddings are the large views' predictions."""
         first, prediction = self.online(views[:, 0])
         predictions = [prediction, self.online(views[:, 1])[1]]
-        online = unit(predictions)
+        crops = [] if local_views is None else crop_predictions(self.online, local_views)
+        online = unit(predictions + crops)
         target = unit([self.model.key(views[:, v], rng("shuffle")).embedding for v in (0, 1)])
         centroid = centroid_terms(online, target).mean()
         singular, brownian = dispersive_terms(online, rng)
@@ -164,11 +169,11 @@ class MsbregStep:
                           signal=CollapseSignal(first.embedding.detach(), loss.detach()))
 
     def pair_losses(self, views: torch.Tensor, rng: StepRandom) -> torch.Tensor:
-        """[i, a, b] = w_c centroid_i + w_b brownian_i of sample i's views a and b for candidates (B, V, C, H, W):
-        its part of the loss with views a and b (hard_views.py; the singular value term is one of the whole batch and
-        ranks no sample). The Brownian directions are those the step draws (from a fresh copy of its streams, the
-        step's own untouched). Each view slot is normalised on its own, as the step's one-view forwards are; the
-        target's shuffle draws from HVS's stream."""
+        """[i, a, b] = w_c centroid_i + w_b brownian_i of sample i's views a and b for candidates (B, V, C, H, W): its
+        part of the loss with views a and b (hard_views.py; the singular value term is one of the whole batch and ranks
+        no sample; multi-crop's small crops are not scored, they ride along with the chosen pair). The Brownian
+        directions are those the step draws (from a fresh copy of its streams, the step's own untouched). Each view slot
+        is normalised on its own, as the step's one-view forwards are; the target's shuffle draws from HVS's stream."""
         online = unwrapped(self.online)
         with scoring([online, self.model.encoder_k], views.shape[1]):
             o = unit([online(views.flatten(0, 1))[1]])[0].unflatten(0, views.shape[:2])
@@ -204,12 +209,12 @@ class Msbreg(Objective):
     trained embeddings."""
 
     name, label, section = "msbreg", "MSBReg-pretrained", MsbregConfig
-    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, pair_losses=True)
-    trained_embeddings = True  # the predictions
+    needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, local_views=True, pair_losses=True)
+    trained_embeddings = True  # the predictions of the large views
 
     def forwards(self) -> Forwards:
-        """Both views through the online network (trained) and through the target, as BYOL; HVS scores each candidate
-        through both."""
+        """Both views through the online network (trained) and through the target, as BYOL (compute_cost.py adds
+        multi-crop's small crops as online forwards); HVS scores each candidate through both."""
         return Forwards(trained=2, target=2, candidate=2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
