@@ -34,7 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mochi-pretrain=mochi_hvs.pretrain:main",
-            "mochi-export=mochi_hvs.export:main",
+            "mochi-export=mochi_hvs.weights.export:main",
             "mochi-study=mochi_hvs.study.__main__:main",
             "mochi-knn=mochi_hvs.evaluation.commands:knn_main",
             "mochi-linear=mochi_hvs.evaluation.commands:linear_main",

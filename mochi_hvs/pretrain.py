@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError, resolve_resume
 from .config import Config, add_config_arguments, load_config, stage_configs
 from .distributed import world
 from .errors import Interrupted, UserError
 from .objectives.registry import declared
 from .run_files import SUMMARY
 from .train import Trainer
+from .weights.checkpoint import resolve_resume
+from .weights.errors import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from weight_files import small_training_checkpoint
 
-from mochi_hvs.checkpoint import CheckpointError, load_checkpoint
-from mochi_hvs.export import export_backbone
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.checkpoint import load_checkpoint
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.loader import read_backbone_state
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 
@@ -85,7 +86,7 @@ def test_arrays_of_plain_pickles_are_built_from_their_checked_state_never_by_num
     import numpy as np
     import pytest
 
-    from mochi_hvs.checkpoint import load_file
+    from mochi_hvs.weights.checkpoint import load_file
 
     path = tmp_path / "d2.pkl"
     good = np.arange(6, dtype=">f4").reshape(2, 3)

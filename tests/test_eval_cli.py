@@ -10,9 +10,9 @@ from eval_outputs import error_line, read_results
 from weight_files import official_moco
 
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
-from mochi_hvs.export import export_backbone
 from mochi_hvs.machine import device_description
 from mochi_hvs.provenance import code_commit
+from mochi_hvs.weights.export import export_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval"

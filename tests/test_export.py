@@ -7,9 +7,9 @@ import torch
 import torchvision
 from weight_files import official_moco, our_checkpoint
 
-from mochi_hvs.detectron2_format import from_detectron2, from_detectron2_key, to_detectron2, to_detectron2_key
-from mochi_hvs.export import export_backbone, main
 from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.weights.detectron2_format import from_detectron2, from_detectron2_key, to_detectron2, to_detectron2_key
+from mochi_hvs.weights.export import export_backbone, main
 
 # Names as MoCo's convert-pretrain-to-detectron2.py produces them (detectron2 ResNet naming).
 KNOWN = {
@@ -81,7 +81,7 @@ def test_export_from_our_checkpoint(tmp_path):
 
 
 def test_detectron2_pixel_statistics_hint():
-    from mochi_hvs.export import pixel_values
+    from mochi_hvs.weights.export import pixel_values
 
     assert pixel_values([0.485, 0.456, 0.406]) == "[123.675, 116.28, 103.53]"
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mochi_hvs.checkpoint import resolve_resume
 from mochi_hvs.config import ConfigError, load_config, stage_configs
 from mochi_hvs.data.datasets import DatasetError, load_images
 from mochi_hvs.errors import Interrupted
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.checkpoint import resolve_resume
 
 
 def is_batchnorm_key(name: str, backbone: torch.nn.Module) -> bool:
@@ -121,7 +121,7 @@ def assert_backbone_equals(backbone, expected):
 def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_path, fmt):
     from weight_files import official_moco, our_checkpoint, torchvision_state
 
-    from mochi_hvs.checkpoint import save_checkpoint
+    from mochi_hvs.weights.checkpoint import save_checkpoint
 
     path = tmp_path / f"weights_{fmt}.pth"
     arch = "resnet18"
@@ -151,7 +151,7 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
 def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_overrides, tmp_path):
     from weight_files import torchvision_state
 
-    from mochi_hvs.weights import WeightsError
+    from mochi_hvs.weights.errors import WeightsError
 
     path = tmp_path / "r34.pth"
     torchvision_state(path, "resnet34")

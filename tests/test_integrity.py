@@ -11,13 +11,14 @@ import torch
 from weight_files import official_moco, our_checkpoint, small_training_checkpoint, torchvision_state
 
 from mochi_hvs import pretrain
-from mochi_hvs.checkpoint import CheckpointError, load_checkpoint, load_file
 from mochi_hvs.config import load_config
-from mochi_hvs.export import export_backbone
-from mochi_hvs.export import main as export_main
-from mochi_hvs.integrity import file_digest, sidecar_line, sidecar_path, state_digest, with_digest
 from mochi_hvs.train import Trainer
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.checkpoint import load_checkpoint, load_file
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.export import main as export_main
+from mochi_hvs.weights.integrity import file_digest, sidecar_line, sidecar_path, state_digest, with_digest
+from mochi_hvs.weights.loader import read_backbone_state
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from weight_files import official_moco, our_checkpoint, torchvision_state
 
-from mochi_hvs.checkpoint import CheckpointError
 from mochi_hvs.config import load_config
-from mochi_hvs.export import export_backbone
 from mochi_hvs.models.backbone import build_backbone
-from mochi_hvs.weights import WeightsError, infer_arch, load_backbone_weights, read_backbone_state
+from mochi_hvs.weights.errors import CheckpointError, WeightsError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.loader import infer_arch, load_backbone_weights, read_backbone_state
 
 
 def assert_same(a, b):

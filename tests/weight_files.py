@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from mochi_hvs.checkpoint import FORMAT, capture_rng, save_checkpoint
 from mochi_hvs.config import Config, to_dict
 from mochi_hvs.distributed import DistEnv
 from mochi_hvs.train.build import build_model
+from mochi_hvs.weights.checkpoint import FORMAT, capture_rng, save_checkpoint
 
 
 def our_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, torch.Tensor]:

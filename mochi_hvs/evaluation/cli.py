@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..models.backbone import build_backbone
 from ..provenance import provenance
 from ..runtime import resolve_amp, resolve_device, seed_everything
-from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
+from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
 from .ensemble import ConcatenatedBackbones, check_shared_data
 
 DEFAULT_RESULTS = "eval_results.jsonl"

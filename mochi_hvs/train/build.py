@@ -24,7 +24,8 @@ from ..models.moco import MoCo
 from ..objectives.base import Objective, Step, objective_of, wrapped_step
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
-from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
+from ..weights.errors import WeightsError
+from ..weights.loader import LoadReport, load_backbone_weights, read_backbone_state
 
 
 @dataclass

@@ -11,7 +11,7 @@ Formats read (by content, not by file name):
   detectron2 exports; names are mapped back to torchvision's.
 
 The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes. Files are checked
-against their SHA-256 digest unless told not to (see checkpoint.verify_digest).
+against their SHA-256 digest unless told not to (see integrity.verify_digest).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import FORMAT, CheckpointError, load_file, verify_digest
+from .checkpoint import FORMAT, load_file
 from .detectron2_format import from_detectron2, is_detectron2
+from .errors import WeightsError
+from .integrity import verify_digest
 
 OUR_BACKBONE_PREFIX = "encoder_q.backbone."
 MOCO_PREFIX = "module.encoder_q."
@@ -34,10 +36,6 @@ ARCH_OF_LAYOUT = {  # (block type, blocks per stage) -> torchvision architecture
     ("basic", (3, 4, 6, 3)): "resnet34",
     ("bottleneck", (3, 4, 6, 3)): "resnet50",
 }
-
-
-class WeightsError(CheckpointError):
-    """A weights file or state dict that cannot give a backbone (unknown layout, shape mismatch, no match)."""
 
 
 @dataclass
@@ -121,7 +119,7 @@ def backbone_state_from(obj: dict[str, Any], path: str = "<state>") -> tuple[dic
 
 def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Read a weights file of any supported format: (torchvision-named backbone state, metadata). With `verify`,
-    the file must match its SHA-256 digest (see checkpoint.verify_digest)."""
+    the file must match its SHA-256 digest (see integrity.verify_digest)."""
     obj = load_file(path, map_location="cpu")
     state, meta = backbone_state_from(obj, str(path))
     if verify:

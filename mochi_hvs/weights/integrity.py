@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError
+
 DIGEST_KEY = "sha256"
 SIDECAR_SUFFIX = ".sha256"
 SIDECAR_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
@@ -81,3 +83,31 @@ def recorded_in_sidecar(path: str | Path) -> str | None:
     except (UnicodeDecodeError, IndexError):
         return None
     return match.group(1).lower() if match else None
+
+
+def _mismatch(path: Path, actual: str, recorded: str, where: str) -> CheckpointError:
+    return CheckpointError(f"{path} failed its integrity check: its SHA-256 {actual[:16]}... differs from the "
+                           f"{recorded[:16]}... recorded {where}, so the file is corrupt or was changed after it "
+                           "was written; --no-verify loads it anyway")
+
+
+def verify_digest(obj: Mapping[str, Any], path: str | Path) -> None:
+    """Check a loaded file against every SHA-256 digest it has: its `sha256` entry (our checkpoints) and a
+    `<file>.sha256` sidecar (exports, or recorded by the user with sha256sum). A file with neither is refused."""
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        recorded = recorded_in_sidecar(path)
+        if recorded is None:
+            raise CheckpointError(f"{sidecar} is not a sha256sum line ('<64 hex digits>  <file name>')")
+        actual = file_digest(path)
+        if actual != recorded:
+            raise _mismatch(path, actual, recorded, f"in {sidecar.name}")
+    if DIGEST_KEY in obj:
+        actual = state_digest(obj)
+        if actual != obj[DIGEST_KEY]:
+            raise _mismatch(path, actual, str(obj[DIGEST_KEY]), "inside it")
+    elif not sidecar.is_file():
+        raise CheckpointError(f"{path} has no integrity digest (no '{DIGEST_KEY}' entry inside, no {sidecar.name} "
+                              f"beside it); --no-verify loads it anyway, or record one with "
+                              f"`sha256sum {path.name} > {sidecar.name}`")

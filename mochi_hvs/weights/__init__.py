@@ -1,0 +1,13 @@
+"""Weights on disk: every file the toolkit writes or reads back, one module per format or concern.
+
+- checkpoint.py: our training checkpoints (layout, digest, resume), RNG state capture;
+- loader.py: backbone weights from any supported file, in torchvision ResNet names (init_from, evaluators);
+- export.py: the `mochi-export` command (torchvision and detectron2 files for other tools);
+- detectron2_format.py: the detectron2 layout of a ResNet backbone, both ways;
+- reading.py: what a file holds, read by content without running code;
+- safe_pickle.py: plain pickles of containers and numpy arrays (detectron2 files), nothing else;
+- integrity.py: SHA-256 digests inside checkpoints and `sha256sum` sidecars beside exports;
+- atomic.py: atomic, durable writes and a full disk reported in one line;
+- resume_changes.py: what a resume may change in the config;
+- errors.py: the errors a weights file can raise.
+"""
