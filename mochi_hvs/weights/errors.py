@@ -11,3 +11,8 @@ class CheckpointError(UserError, RuntimeError):
 
 class WeightsError(CheckpointError):
     """A weights file or state dict that cannot give a backbone (unknown layout, shape mismatch, no match)."""
+
+
+class UnsafeFileError(CheckpointError):
+    """A pickle that would run code when read (it calls a function other than those that rebuild tensors and
+    arrays); refused before anything runs."""

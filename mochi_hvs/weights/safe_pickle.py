@@ -77,6 +77,14 @@ def _materialise(obj: Any) -> Any:
     return obj
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle asks for a global other than numpy's array and dtype: building it would run code."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"refusing to load {name}: only numpy arrays are allowed")
+        self.name = name
+
+
 class NumpyUnpickler(pickle.Unpickler):
     """Plain pickles of containers and numpy arrays (detectron2 checkpoints); every other global is refused, and
     arrays are built from their checked state by `load`, never by numpy's unpickling."""
@@ -87,7 +95,7 @@ class NumpyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.STUBS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+            raise RefusedGlobal(f"{module}.{name}")
         return self.STUBS[module, name]
 
     def load(self) -> Any:
