@@ -23,6 +23,7 @@ setup(
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "pycocotools>=2.0.7",
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7"],

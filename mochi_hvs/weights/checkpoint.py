@@ -15,7 +15,7 @@ import torch
 from ..run_files import LAST
 from .atomic import save_atomic
 from .errors import CheckpointError
-from .integrity import verify_digest, with_digest
+from .integrity import embedded_digest, verify_digest, with_digest
 from .reading import read_file
 
 FORMAT = "mochi_hvs.checkpoint"
@@ -77,13 +77,18 @@ def _validate(obj: Mapping[str, Any], schema: Mapping[str, Any], path: Path) -> 
                               + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
 
 
-def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A weights or checkpoint file as a dict (see reading.read_file); ours checked for the layout reading a
-    backbone needs. Every failure is a one-line CheckpointError. The digest is not checked here: see
-    integrity.verify_digest."""
-    obj = read_file(path, map_location)
+def check_layout(obj: Mapping[str, Any], path: str | Path) -> None:
+    """One of our checkpoints must hold what reading a backbone needs (a config and a model state); other files
+    pass."""
     if obj.get("format") == FORMAT:
         _validate(obj, WEIGHTS_SCHEMA, Path(path))
+
+
+def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A weights or checkpoint file as a dict (see reading.read_file), ours checked by check_layout. Every failure
+    is a one-line CheckpointError. The digest is not checked here: see integrity.verify_digest."""
+    obj = read_file(path, map_location).obj
+    check_layout(obj, path)
     return obj
 
 
@@ -94,7 +99,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"{path} is not a mochi_hvs training checkpoint (no '{FORMAT}' marker)")
     _validate(obj, CHECKPOINT_SCHEMA, Path(path))
     if verify:
-        verify_digest(obj, path)
+        verify_digest(path, embedded_digest(obj))
     return obj
 
 

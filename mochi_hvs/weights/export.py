@@ -1,10 +1,12 @@
-"""Backbone export: a torchvision ResNet state dict, or the detectron2 pickle used for MoCo backbones.
+"""Backbone export: a safetensors file (the default), a torchvision ResNet state dict, or the detectron2 pickle used
+for MoCo backbones.
 
-`python -m mochi_hvs.export --checkpoint FILE --format torchvision|detectron2 --out FILE [--no-verify]`
+`python -m mochi_hvs.export --checkpoint FILE [--format safetensors|torchvision|detectron2] --out FILE [--no-verify]`
 
-The detectron2 layout is that of MoCo's `detection/convert-pretrain-to-detectron2.py` (see detectron2_format).
-Each export gets a `sha256sum` file beside it (`<out>.sha256`); the input is checked against its own digest
-unless --no-verify is given.
+The safetensors file holds the torchvision-named backbone, with our marker, its digest and the run's config in its
+metadata (see safetensors_format). The detectron2 layout is that of MoCo's `detection/convert-pretrain-to-detectron2.py`
+(see detectron2_format). Each export gets a `sha256sum` file beside it (`<out>.sha256`); the input is checked against
+its own digest unless --no-verify is given.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from .detectron2_format import to_detectron2
 from .errors import CheckpointError
 from .integrity import sidecar_line, sidecar_path
 from .loader import read_backbone_state
+from .safetensors_format import to_safetensors
 
-FORMATS = ("torchvision", "detectron2")
+FORMATS = ("safetensors", "torchvision", "detectron2")  # the first is the default
 
 
 def save_export(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
@@ -44,7 +47,9 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, verify: b
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     state, meta = read_backbone_state(checkpoint, verify=verify)
-    if fmt == "torchvision":
+    if fmt == "safetensors":
+        out = save_export(out, lambda handle: handle.write(to_safetensors(state, meta.config)))
+    elif fmt == "torchvision":
         out = save_export(out, lambda handle: torch.save(state, handle))
     else:
         out = save_export(out, lambda handle: pickle.dump(to_detectron2(state), handle))
@@ -65,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line export; user errors print one line and exit with status 2."""
     parser = argparse.ArgumentParser(prog="python -m mochi_hvs.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="our checkpoint, an exported backbone, or a MoCo .pth.tar")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="output file (.pth for torchvision, .pkl for detectron2)")
+    parser.add_argument("--format", default=FORMATS[0], choices=FORMATS, help=f"default: {FORMATS[0]}")
+    parser.add_argument("--out", required=True,
+                        help="output file (.safetensors; .pth for torchvision, .pkl for detectron2)")
     parser.add_argument("--no-verify", action="store_true",
                         help="read --checkpoint even without a matching SHA-256 digest (files from elsewhere)")
     args = parser.parse_args(argv)

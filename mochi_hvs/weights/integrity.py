@@ -1,8 +1,10 @@
-"""SHA-256 integrity digests: inside our training checkpoints, and `sha256sum` sidecar files beside exports.
+"""SHA-256 integrity digests: inside our training checkpoints and safetensors exports, and `sha256sum` sidecar
+files beside exports.
 
 A training checkpoint carries its digest as the entry ``sha256``, computed over a canonical traversal of
 every other entry (mapping keys in order, types, tensor dtypes, shapes and bytes), so a payload and its
-digest are always written together. Exports stay plain files that other tools load; their digest is the
+digest are always written together; a safetensors export carries the same kind of digest in its metadata (see
+safetensors_format). Exports stay plain files that other tools load; their digest is also the
 sidecar ``<file>.sha256`` in the format of ``sha256sum`` (so ``sha256sum -c <file>.sha256`` checks it too).
 """
 
@@ -91,9 +93,15 @@ def _mismatch(path: Path, actual: str, recorded: str, where: str) -> CheckpointE
                            "was written; --no-verify loads it anyway")
 
 
-def verify_digest(obj: Mapping[str, Any], path: str | Path) -> None:
-    """Check a loaded file against every SHA-256 digest it has: its `sha256` entry (our checkpoints) and a
-    `<file>.sha256` sidecar (exports, or recorded by the user with sha256sum). A file with neither is refused."""
+def embedded_digest(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(recorded, actual) digest of a loaded object that carries its own `sha256` entry; None when it has none."""
+    return (str(obj[DIGEST_KEY]), state_digest(obj)) if DIGEST_KEY in obj else None
+
+
+def verify_digest(path: str | Path, embedded: tuple[str, str] | None) -> None:
+    """Check a file against every SHA-256 digest it has: the one recorded inside it (`embedded`: recorded and
+    actual digest; our checkpoints and safetensors exports) and a `<file>.sha256` sidecar (exports, or recorded by
+    the user with sha256sum). A file with neither is refused."""
     path = Path(path)
     sidecar = sidecar_path(path)
     if sidecar.is_file():
@@ -103,10 +111,10 @@ def verify_digest(obj: Mapping[str, Any], path: str | Path) -> None:
         actual = file_digest(path)
         if actual != recorded:
             raise _mismatch(path, actual, recorded, f"in {sidecar.name}")
-    if DIGEST_KEY in obj:
-        actual = state_digest(obj)
-        if actual != obj[DIGEST_KEY]:
-            raise _mismatch(path, actual, str(obj[DIGEST_KEY]), "inside it")
+    if embedded is not None:
+        recorded, actual = embedded
+        if actual != recorded:
+            raise _mismatch(path, actual, recorded, "inside it")
     elif not sidecar.is_file():
         raise CheckpointError(f"{path} has no integrity digest (no '{DIGEST_KEY}' entry inside, no {sidecar.name} "
                               f"beside it); --no-verify loads it anyway, or record one with "

@@ -5,7 +5,9 @@ Formats read (by content, not by file name):
   state, the backbone under ``encoder_q.backbone.``; the run's config comes along);
 - ``moco``: the official MoCo ``.pth.tar`` (``state_dict`` with ``module.encoder_q.*``; its head ``fc.*``
   is dropped);
-- ``torchvision``: a plain torchvision ResNet state dict, including our exported backbones
+- ``safetensors``: a safetensors file of a torchvision-named ResNet, including our exports (whose metadata
+  brings the run's config along);
+- ``torchvision``: a plain torchvision ResNet state dict, including our torchvision exports
   (``fc.*``, when present, is dropped);
 - ``detectron2``: a detectron2 backbone pickle (numpy arrays under detectron2 names), including our
   detectron2 exports; names are mapped back to torchvision's.
@@ -23,10 +25,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import FORMAT, load_file
+from .checkpoint import FORMAT, check_layout
 from .detectron2_format import from_detectron2, is_detectron2
-from .errors import WeightsError
-from .integrity import verify_digest
+from .errors import CheckpointError, WeightsError
+from .integrity import embedded_digest, verify_digest
+from .reading import SAFETENSORS, FileContent, read_file
+from .safetensors_format import recorded_digest, stored_config
 
 OUR_BACKBONE_PREFIX = "encoder_q.backbone."
 MOCO_PREFIX = "module.encoder_q."
@@ -117,13 +121,29 @@ def backbone_state_from(obj: dict[str, Any], path: str = "<state>") -> tuple[dic
     return state, WeightsMeta(source, path, arch, small_stem, config)
 
 
+def _safetensors_state(content: FileContent, path: str) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """The backbone of a safetensors file (ours or any torchvision-named one) and the config an export records."""
+    try:
+        config = stored_config(content.metadata)
+    except ValueError as err:  # json's errors are ValueErrors too
+        raise CheckpointError(f"{path}: the config in its safetensors metadata cannot be read ({err})") from err
+    state, meta = backbone_state_from(content.obj, path)
+    return state, WeightsMeta(SAFETENSORS, path, meta.arch, meta.small_stem, config)
+
+
 def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Read a weights file of any supported format: (torchvision-named backbone state, metadata). With `verify`,
     the file must match its SHA-256 digest (see integrity.verify_digest)."""
-    obj = load_file(path, map_location="cpu")
-    state, meta = backbone_state_from(obj, str(path))
+    content = read_file(path, map_location="cpu")
+    if content.kind == SAFETENSORS:
+        state, meta = _safetensors_state(content, str(path))
+        embedded = recorded_digest(content.obj, content.metadata)
+    else:
+        check_layout(content.obj, path)
+        state, meta = backbone_state_from(content.obj, str(path))
+        embedded = embedded_digest(content.obj)
     if verify:
-        verify_digest(obj, path)
+        verify_digest(path, embedded)
     return state, meta
 
 
