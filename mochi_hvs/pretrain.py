@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the run's last checkpoint (auto) or from a checkpoint file")
     parser.add_argument("--no-verify", action="store_true",
-                        help="load the resumed checkpoint and model.init_from even without a matching SHA-256 digest "
-                             "(files from elsewhere, or written before digests existed)")
+                        help="load the resumed checkpoint and model.init_from even when they fail their SHA-256 "
+                             "digest, or are ours and have none (written before digests existed); files from "
+                             "elsewhere without a digest load anyway, with a note")
     return parser
 
 

@@ -81,7 +81,8 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
 def test_export_from_our_checkpoint(tmp_path):
     expected = our_checkpoint(tmp_path / "last.pth")
     _, line = export_backbone(tmp_path / "last.pth", "detectron2", tmp_path / "r18.pkl")
-    assert "resnet18" in line and "mochi_hvs" in line
+    assert line.startswith(f"exported resnet18 backbone (120 tensors) to {tmp_path / 'r18.pkl'} as detectron2, "
+                           f"from {tmp_path / 'last.pth'}: our training checkpoint: resnet18 backbone")
     with open(tmp_path / "r18.pkl", "rb") as handle:
         recovered = from_detectron2(pickle.load(handle))
     assert all(torch.equal(recovered[k], v) for k, v in expected.items()) and recovered.keys() == expected.keys()

@@ -135,8 +135,8 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
         expected = torchvision_state(path, arch)
     else:
         expected = official_moco(path, arch)
-    # Files from elsewhere carry no digest: they load with verify off.
-    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]), verify=fmt == "ours")
+    # Files from elsewhere carry no digest: they load all the same (ours is verified).
+    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
     assert_backbone_equals(trainer.model.encoder_q.backbone, expected)
     assert_backbone_equals(trainer.model.encoder_k.backbone, expected)  # the momentum encoder starts as a copy
     assert trainer.parts.init_report.loaded == len(expected) and not trainer.parts.init_report.missing
@@ -158,7 +158,7 @@ def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_over
     with pytest.raises(WeightsError, match="resnet34 backbone .* builds resnet18"):
         Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]), verify=False)
     torch.save({"something.else": torch.zeros(3)}, path)
-    with pytest.raises(WeightsError, match="unrecognised weights format"):
+    with pytest.raises(WeightsError, match="r34.pth: not a ResNet backbone state .* keys like something.else"):
         Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
 
 

@@ -106,7 +106,7 @@ def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) 
     if model.encoder_k is not None:
         model.encoder_k.load_state_dict(model.encoder_q.state_dict())
     if announce:
-        print(f"init_from {path} ({meta.source} format): {report.summary()}", file=sys.stderr)
+        print(f"init_from {meta.summary()}; {report.summary()}", file=sys.stderr)
     return report
 
 

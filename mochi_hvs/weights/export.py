@@ -53,7 +53,7 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, verify: b
         out = save_export(out, lambda handle: torch.save(state, handle))
     else:
         out = save_export(out, lambda handle: pickle.dump(to_detectron2(state), handle))
-    line = f"exported {meta.arch} backbone ({len(state)} tensors, from a {meta.source} file) to {out} as {fmt}"
+    line = f"exported {meta.arch} backbone ({len(state)} tensors) to {out} as {fmt}, from {meta.summary()}"
     if fmt == "detectron2" and meta.config:
         data = meta.config["data"]
         line += (f"; it was pretrained on inputs normalised with data.mean/std, so run detectron2 with "
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True,
                         help="output file (.safetensors; .pth for torchvision, .pkl for detectron2)")
     parser.add_argument("--no-verify", action="store_true",
-                        help="read --checkpoint even without a matching SHA-256 digest (files from elsewhere)")
+                        help="read --checkpoint even when it fails its SHA-256 digest, or is ours and has none "
+                             "(files from elsewhere without a digest load anyway, with a note)")
     args = parser.parse_args(argv)
     try:
         _, line = export_backbone(args.checkpoint, args.format, args.out, verify=not args.no_verify)

@@ -98,10 +98,16 @@ def embedded_digest(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return (str(obj[DIGEST_KEY]), state_digest(obj)) if DIGEST_KEY in obj else None
 
 
-def verify_digest(path: str | Path, embedded: tuple[str, str] | None) -> None:
+NOT_CHECKED = "digest not checked (--no-verify)"
+VERIFIED = "SHA-256 verified"
+UNVERIFIED = "no SHA-256 digest (a file from elsewhere, read as data): not verified"
+
+
+def verify_digest(path: str | Path, embedded: tuple[str, str] | None, ours: bool = True) -> str:
     """Check a file against every SHA-256 digest it has: the one recorded inside it (`embedded`: recorded and
     actual digest; our checkpoints and safetensors exports) and a `<file>.sha256` sidecar (exports, or recorded by
-    the user with sha256sum). A file with neither is refused."""
+    the user with sha256sum); returns what was checked, in words. A file with neither is refused when it is `ours`
+    (ours always carry one), and read with that note otherwise."""
     path = Path(path)
     sidecar = sidecar_path(path)
     if sidecar.is_file():
@@ -116,6 +122,9 @@ def verify_digest(path: str | Path, embedded: tuple[str, str] | None) -> None:
         if actual != recorded:
             raise _mismatch(path, actual, recorded, "inside it")
     elif not sidecar.is_file():
+        if not ours:
+            return UNVERIFIED
         raise CheckpointError(f"{path} has no integrity digest (no '{DIGEST_KEY}' entry inside, no {sidecar.name} "
                               f"beside it); --no-verify loads it anyway, or record one with "
                               f"`sha256sum {path.name} > {sidecar.name}`")
+    return VERIFIED

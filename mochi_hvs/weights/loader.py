@@ -1,6 +1,7 @@
-"""Backbone weights from every file format users bring, in torchvision ResNet names.
+"""Backbone weights from every file format users bring, in torchvision ResNet names: the one loader of init_from,
+HPT stages, the evaluators, studies and export.
 
-Formats read (by content, not by file name):
+Formats read (by content, not by file name; see reading.py, nothing read runs code):
 - ``mochi_hvs``: our training checkpoints (``format: mochi_hvs.checkpoint``; ``model`` holds the MoCo
   state, the backbone under ``encoder_q.backbone.``; the run's config comes along);
 - ``moco``: the official MoCo ``.pth.tar`` (``state_dict`` with ``module.encoder_q.*``; its head ``fc.*``
@@ -12,8 +13,11 @@ Formats read (by content, not by file name):
 - ``detectron2``: a detectron2 backbone pickle (numpy arrays under detectron2 names), including our
   detectron2 exports; names are mapped back to torchvision's.
 
-The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes. Files are checked
-against their SHA-256 digest unless told not to (see integrity.verify_digest).
+Where the state dict and the backbone sit in a file (containers, key prefixes such as `module.` or `backbone.`) is
+found by layouts.py. The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes.
+Files are checked against every SHA-256 digest they carry unless told not to; ours must carry one, a file from
+elsewhere without one loads with a note (see integrity.verify_digest). WeightsMeta.summary says in one line what
+was found, what was ignored and what was checked.
 """
 
 from __future__ import annotations
@@ -26,31 +30,38 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import FORMAT, check_layout
-from .detectron2_format import from_detectron2, is_detectron2
 from .errors import CheckpointError, WeightsError
-from .integrity import embedded_digest, verify_digest
+from .integrity import NOT_CHECKED, embedded_digest, verify_digest
+from .layouts import Layout, find_backbone
 from .reading import SAFETENSORS, FileContent, read_file
-from .safetensors_format import recorded_digest, stored_config
+from .safetensors_format import EXPORT_FORMAT, recorded_digest, stored_config
 
-OUR_BACKBONE_PREFIX = "encoder_q.backbone."
-MOCO_PREFIX = "module.encoder_q."
-HEAD_PREFIX = "fc."
 ARCH_OF_LAYOUT = {  # (block type, blocks per stage) -> torchvision architecture
     ("basic", (2, 2, 2, 2)): "resnet18",
     ("basic", (3, 4, 6, 3)): "resnet34",
     ("bottleneck", (3, 4, 6, 3)): "resnet50",
 }
+DESCRIPTIONS = {"mochi_hvs": "our training checkpoint", "moco": "an official MoCo checkpoint",
+                "torchvision": "a torch state dict", "detectron2": "a detectron2 pickle",
+                "safetensors": "a safetensors file"}
 
 
 @dataclass
 class WeightsMeta:
-    """Where backbone weights came from: the detected format, architecture, stem and run config (ours only)."""
+    """Where backbone weights came from: the detected format, architecture, stem and run config (ours only); what
+    the loader found and ignored, and what it checked, in words."""
 
     source: str
     path: str
     arch: str
     small_stem: bool
     config: dict[str, Any] | None = None
+    found: str = ""
+    digest: str = ""
+
+    def summary(self) -> str:
+        """One line: the file, what was found in it and ignored, and its digest check."""
+        return "; ".join(part for part in (f"{self.path}: {self.found or self.source}", self.digest) if part)
 
 
 @dataclass
@@ -71,14 +82,6 @@ class LoadReport:
         return text
 
 
-def _strip(state: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
-
-
-def _drop_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(HEAD_PREFIX))}
-
-
 def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
     """(arch, small_stem) of a torchvision-named ResNet state: block type and counts, first-conv kernel."""
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
@@ -95,55 +98,56 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
     return arch, state["conv1.weight"].shape[-1] == 3
 
 
-def backbone_state_from(obj: dict[str, Any], path: str = "<state>") -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """The torchvision-named backbone state and its metadata from a loaded checkpoint object."""
-    config = None
-    if obj.get("format") == FORMAT:
-        source, state, config = "mochi_hvs", _strip(obj["model"], OUR_BACKBONE_PREFIX), obj.get("config")
-    elif isinstance(obj.get("state_dict"), dict) and _strip(obj["state_dict"], MOCO_PREFIX):
-        source, state = "moco", _drop_head(_strip(obj["state_dict"], MOCO_PREFIX))
-    elif all(isinstance(v, torch.Tensor) for v in obj.values()) and "conv1.weight" in obj:
-        source, state = "torchvision", _drop_head(obj)
-    elif is_detectron2(obj):
-        source, state = "detectron2", _drop_head(from_detectron2(obj))
-    else:
-        raise WeightsError(
-            f"{path}: unrecognised weights format (keys like {', '.join(map(str, list(obj)[:4])) or 'none'}); expected "
-            "a mochi_hvs checkpoint, an exported/torchvision ResNet state dict, a detectron2 backbone .pkl, or an "
-            "official MoCo .pth.tar")
-    if not state:
-        raise WeightsError(f"{path}: {source} checkpoint holds no backbone weights")
-    not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightsError(f"{path}: {source} checkpoint is truncated or corrupt: backbone entry {not_tensors[0]!r} "
-                           "is not a tensor")
-    arch, small_stem = infer_arch(state)
-    return state, WeightsMeta(source, path, arch, small_stem, config)
+def _found(description: str, layout: Layout, arch: str, small_stem: bool) -> str:
+    """What the loader found and ignored, e.g. 'an official MoCo checkpoint: resnet50 backbone (318 tensors) under
+    module.encoder_q.* in 'state_dict'; ignored module.encoder_k.* (322), module.queue'."""
+    where = (f" under {layout.prefix}*" if layout.prefix else "") + (
+        f" in '{layout.container}'" if layout.container else "")
+    text = (f"{description}: {arch}{' (small stem)' if small_stem else ''} backbone ({len(layout.state)} tensors)"
+            f"{where}")
+    return text + (f"; ignored {layout.ignored_summary()}" if layout.ignored else "")
 
 
-def _safetensors_state(content: FileContent, path: str) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """The backbone of a safetensors file (ours or any torchvision-named one) and the config an export records."""
+def _export_config(metadata: dict[str, str], path: str) -> dict[str, Any] | None:
+    """The run's config a safetensors export records (None without one); unreadable JSON is a CheckpointError."""
     try:
-        config = stored_config(content.metadata)
+        return stored_config(metadata)
     except ValueError as err:  # json's errors are ValueErrors too
         raise CheckpointError(f"{path}: the config in its safetensors metadata cannot be read ({err})") from err
-    state, meta = backbone_state_from(content.obj, path)
-    return state, WeightsMeta(SAFETENSORS, path, meta.arch, meta.small_stem, config)
+
+
+def _backbone_state(content: FileContent, path: str, ours: bool) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """The torchvision-named backbone state of a file's content, and its metadata (the run's config: from our
+    checkpoints and safetensors exports)."""
+    layout = find_backbone(content.obj, path)
+    try:
+        arch, small_stem = infer_arch(layout.state)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    if content.kind == SAFETENSORS:
+        source, config = SAFETENSORS, _export_config(content.metadata, path)
+        description = "our safetensors export" if ours else DESCRIPTIONS[SAFETENSORS]
+    else:
+        source, description = layout.source, DESCRIPTIONS[layout.source]
+        config = content.obj.get("config") if source == "mochi_hvs" else None
+    found = _found(description, layout, arch, small_stem)
+    return layout.state, WeightsMeta(source, path, arch, small_stem, config, found)
 
 
 def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Read a weights file of any supported format: (torchvision-named backbone state, metadata). With `verify`,
-    the file must match its SHA-256 digest (see integrity.verify_digest)."""
+    the file must match every SHA-256 digest it has, and ours must have one; a file from elsewhere without any
+    loads with a note in the metadata's summary (see integrity.verify_digest)."""
     content = read_file(path, map_location="cpu")
     if content.kind == SAFETENSORS:
-        state, meta = _safetensors_state(content, str(path))
         embedded = recorded_digest(content.obj, content.metadata)
+        ours = content.metadata.get("format") == EXPORT_FORMAT
     else:
         check_layout(content.obj, path)
-        state, meta = backbone_state_from(content.obj, str(path))
         embedded = embedded_digest(content.obj)
-    if verify:
-        verify_digest(path, embedded)
+        ours = content.obj.get("format") == FORMAT
+    state, meta = _backbone_state(content, str(path), ours)
+    meta.digest = verify_digest(path, embedded, ours) if verify else NOT_CHECKED
     return state, meta
 
 
