@@ -23,6 +23,7 @@ setup(
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "pycocotools>=2.0.7",
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7"],
@@ -34,7 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mochi-pretrain=mochi_hvs.pretrain:main",
-            "mochi-export=mochi_hvs.export:main",
+            "mochi-export=mochi_hvs.weights.export:main",
             "mochi-study=mochi_hvs.study.__main__:main",
             "mochi-knn=mochi_hvs.evaluation.commands:knn_main",
             "mochi-linear=mochi_hvs.evaluation.commands:linear_main",

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from .checkpoint import CheckpointError, resolve_resume
 from .config import Config, add_config_arguments, load_config, stage_configs
 from .distributed import world
 from .errors import Interrupted, UserError
 from .objectives.registry import declared
 from .run_files import SUMMARY
 from .train import Trainer
+from .weights.checkpoint import resolve_resume
+from .weights.errors import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the run's last checkpoint (auto) or from a checkpoint file")
     parser.add_argument("--no-verify", action="store_true",
-                        help="load the resumed checkpoint and model.init_from even without a matching SHA-256 digest "
-                             "(files from elsewhere, or written before digests existed)")
+                        help="load the resumed checkpoint and model.init_from even when they fail their SHA-256 "
+                             "digest, or are ours and have none (written before digests existed); files from "
+                             "elsewhere without a digest load anyway, with a note")
     return parser
 
 

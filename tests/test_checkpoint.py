@@ -9,20 +9,13 @@ import pytest
 import torch
 from weight_files import small_training_checkpoint
 
-from mochi_hvs.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    NoSpaceError,
-    load_checkpoint,
-    load_file,
-    nonfinite_entries,
-    resolve_resume,
-    save_atomic,
-)
 from mochi_hvs.config import load_config
 from mochi_hvs.errors import Interrupted, TrainingDiverged
 from mochi_hvs.train import Trainer
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.atomic import NoSpaceError, save_atomic
+from mochi_hvs.weights.checkpoint import FORMAT, load_checkpoint, load_file, nonfinite_entries, resolve_resume
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.loader import read_backbone_state
 
 
 def test_atomic_save_leaves_no_temporary_and_replaces(tmp_path):

@@ -5,11 +5,13 @@ import random
 import runpy
 from pathlib import Path
 
+import pytest
 from weight_files import small_training_checkpoint
 
-from mochi_hvs.checkpoint import CheckpointError, load_checkpoint
-from mochi_hvs.export import export_backbone
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.checkpoint import load_checkpoint
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.loader import read_backbone_state
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 
@@ -56,10 +58,11 @@ def test_damaged_checkpoints_load_or_fail_with_a_checkpoint_error(tmp_path, caps
         assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
 
 
-def test_damaged_detectron2_exports_load_or_fail_with_a_checkpoint_error(tmp_path):
+@pytest.mark.parametrize("fmt", ["detectron2", "safetensors"])
+def test_damaged_exports_load_or_fail_with_a_checkpoint_error(tmp_path, fmt):
     small_training_checkpoint(tmp_path / "source.pth")
-    export_backbone(tmp_path / "source.pth", "detectron2", tmp_path / "source.pkl")
-    data, rng, path = (tmp_path / "source.pkl").read_bytes(), random.Random(7), tmp_path / "backbone.pkl"
+    export_backbone(tmp_path / "source.pth", fmt, tmp_path / "source.out")
+    data, rng, path = (tmp_path / "source.out").read_bytes(), random.Random(7), tmp_path / "backbone.out"
     for _ in range(200):  # unverified, so that every damaged copy reaches the unpickler
         path.write_bytes(mutate(data, rng))
         load_or_checkpoint_error(lambda: read_backbone_state(path, verify=False))
@@ -85,7 +88,7 @@ def test_arrays_of_plain_pickles_are_built_from_their_checked_state_never_by_num
     import numpy as np
     import pytest
 
-    from mochi_hvs.checkpoint import load_file
+    from mochi_hvs.weights.checkpoint import load_file
 
     path = tmp_path / "d2.pkl"
     good = np.arange(6, dtype=">f4").reshape(2, 3)

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from mochi_hvs import pretrain
-from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.collapse import CollapseMonitor, CollapseSignal, embedding_std, rankme, read
 from mochi_hvs.config import CollapseConfig, ConfigError, load_config
 from mochi_hvs.errors import TrainingCollapsed
 from mochi_hvs.study.report import write_report
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.checkpoint import load_checkpoint
 
 # The MoCo-v2 run that ends "successfully" collapsed (loss flat at ln 33, kNN at chance), at the smallest
 # settings; log_every=1 and checkpoint_every=1 check and save after every step.

@@ -9,7 +9,7 @@ from mochi_hvs.data.detection import DetectionSet, read_detection_source
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.evaluation.detection import coco_box_ap, detection_transfer
 from mochi_hvs.evaluator_settings import DetectionSettings
-from mochi_hvs.weights import WeightsMeta
+from mochi_hvs.weights.loader import WeightsMeta
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from eval_outputs import error_line, read_results
 from weight_files import official_moco
 
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
-from mochi_hvs.export import export_backbone
 from mochi_hvs.machine import device_description
 from mochi_hvs.provenance import code_commit
+from mochi_hvs.weights.export import export_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval"
@@ -41,21 +41,27 @@ def test_knn_cli_on_our_checkpoint_prints_table_and_appends_json(checkpoint, tmp
     assert random["weights"]["random_init"] and random["weights"]["loaded_tensors"] == 0
 
 
-def test_knn_cli_reads_exported_and_official_moco_files(checkpoint, tmp_path):
+def test_knn_cli_reads_exported_and_official_moco_files(checkpoint, tmp_path, capsys):
     export_backbone(checkpoint, "torchvision", tmp_path / "backbone.pth")
+    export_backbone(checkpoint, "safetensors", tmp_path / "backbone.safetensors")
     official_moco(tmp_path / "moco.pth.tar", "resnet18")
     results = tmp_path / "results.jsonl"
-    # Files without a config need the data settings given: here the normalisation the checkpoint recorded.
+    # Files without a config need the data settings given: here the normalisation the checkpoint recorded. The
+    # safetensors export brings the checkpoint's config along.
     normalisation = ["data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]"]
-    # The official file carries no digest: it is read with --no-verify; the export is checked against its own.
-    for path, verify in ((tmp_path / "backbone.pth", []), (tmp_path / "moco.pth.tar", ["--no-verify"])):
-        assert cli("knn")(["--checkpoint", str(path), "--results", str(results), *SMALL_KNN, *normalisation,
-                           *verify]) == 0
-    exported, moco = read_results(results)
-    assert (exported["weights"]["format"], moco["weights"]["format"]) == ("torchvision", "moco")
+    for path, extra in ((tmp_path / "backbone.pth", normalisation), (tmp_path / "moco.pth.tar", normalisation),
+                        (tmp_path / "backbone.safetensors", [])):
+        assert cli("knn")(["--checkpoint", str(path), "--results", str(results), *SMALL_KNN, *extra]) == 0
+    # The official file carries no digest: it loads, with a note; the exports are checked against their own.
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.endswith("backbone tensors")]
+    assert [line.split("; ")[-2] for line in notes] == [
+        "SHA-256 verified", "no SHA-256 digest (a file from elsewhere, read as data): not verified", "SHA-256 verified"]
+    exported, moco, safetensors_export = read_results(results)
+    formats = [entry["weights"]["format"] for entry in (exported, moco, safetensors_export)]
+    assert formats == ["torchvision", "moco", "safetensors"]
     # The exported backbone is the checkpoint's backbone: identical features, identical kNN results.
     assert cli("knn")(["--checkpoint", str(checkpoint), "--results", str(results), *SMALL_KNN]) == 0
-    assert read_results(results)[-1]["metrics"] == exported["metrics"]
+    assert read_results(results)[-1]["metrics"] == exported["metrics"] == safetensors_export["metrics"]
 
 
 def test_linear_cli_default_probe_reports_its_choice(checkpoint, tmp_path, capsys):

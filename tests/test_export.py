@@ -1,15 +1,22 @@
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import torchvision
 from weight_files import official_moco, our_checkpoint
 
-from mochi_hvs.detectron2_format import from_detectron2, from_detectron2_key, to_detectron2, to_detectron2_key
-from mochi_hvs.export import export_backbone, main
+from mochi_hvs.config import load_config, to_dict
 from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.weights.detectron2_format import from_detectron2, from_detectron2_key, to_detectron2, to_detectron2_key
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.export import export_backbone, main
+from mochi_hvs.weights.integrity import sidecar_path
+from mochi_hvs.weights.loader import load_backbone_weights, read_backbone_state
 
 # Names as MoCo's convert-pretrain-to-detectron2.py produces them (detectron2 ResNet naming).
 KNOWN = {
@@ -74,14 +81,15 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
 def test_export_from_our_checkpoint(tmp_path):
     expected = our_checkpoint(tmp_path / "last.pth")
     _, line = export_backbone(tmp_path / "last.pth", "detectron2", tmp_path / "r18.pkl")
-    assert "resnet18" in line and "mochi_hvs" in line
+    assert line.startswith(f"exported resnet18 backbone (120 tensors) to {tmp_path / 'r18.pkl'} as detectron2, "
+                           f"from {tmp_path / 'last.pth'}: our training checkpoint: resnet18 backbone")
     with open(tmp_path / "r18.pkl", "rb") as handle:
         recovered = from_detectron2(pickle.load(handle))
     assert all(torch.equal(recovered[k], v) for k, v in expected.items()) and recovered.keys() == expected.keys()
 
 
 def test_detectron2_pixel_statistics_hint():
-    from mochi_hvs.export import pixel_values
+    from mochi_hvs.weights.export import pixel_values
 
     assert pixel_values([0.485, 0.456, 0.406]) == "[123.675, 116.28, 103.53]"
 
@@ -100,3 +108,60 @@ def test_detectron2_recipes_hold_moco_transfer_settings():
         assert recipe["MODEL"]["PIXEL_STD"] == [58.395, 57.12, 57.375]
         assert recipe["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False
     assert yaml.safe_load((root / "coco_R_50_C4_2x_moco.yaml").read_text())["MODEL"]["MASK_ON"] is True
+
+
+def features(state, arch="resnet18", small_stem=False):
+    """Pooled features of a fixed batch through a backbone holding `state` (eval mode)."""
+    backbone, _ = build_backbone(arch, small_stem)
+    load_backbone_weights(backbone, state)
+    return backbone.eval()(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("safetensors", ".safetensors"), ("torchvision", ".pth"),
+                                             ("detectron2", ".pkl")])
+def test_each_export_reads_back_to_the_same_features(tmp_path, fmt, suffix):
+    cfg = load_config(None, ["model.small_stem=true"])
+    expected = our_checkpoint(tmp_path / "last.pth", cfg)
+    for name, state in expected.items():  # BatchNorm away from its init, so that the features depend on it
+        if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "weight", "bias") and state.dim() == 1:
+            state.add_(0.5 * torch.rand_like(state))
+    torch.save({**torch.load(tmp_path / "last.pth", weights_only=True), "model": {
+        f"encoder_q.backbone.{k}": v for k, v in expected.items()}}, tmp_path / "changed.pth")
+    export_backbone(tmp_path / "changed.pth", fmt, tmp_path / f"backbone{suffix}", verify=False)
+    state, meta = read_backbone_state(tmp_path / f"backbone{suffix}")
+    assert (meta.arch, meta.small_stem) == ("resnet18", True)
+    reference = features(expected, small_stem=True)
+    assert torch.isfinite(reference).all() and torch.equal(features(state, small_stem=True), reference)
+
+
+def test_the_default_export_is_a_safetensors_file_other_tools_read(tmp_path, capsys):
+    cfg = load_config(None, ["model.arch=resnet50", "optim.batch_size=32", "moco.queue_size=64", "model.bn_splits=4"])
+    expected = our_checkpoint(tmp_path / "last.pth", cfg)
+    out = tmp_path / "r50.safetensors"
+    assert main(["--checkpoint", str(tmp_path / "last.pth"), "--out", str(out)]) == 0
+    assert f"to {out} as safetensors" in capsys.readouterr().out
+    plain = safetensors.torch.load_file(out)  # the library's own reader, no mochi_hvs involved
+    assert plain.keys() == expected.keys() and all(torch.equal(plain[k], v) for k, v in expected.items())
+    result = torchvision.models.resnet50().load_state_dict(plain, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    with safetensors.safe_open(out, "pt") as handle:
+        assert handle.metadata()["format"] == "mochi_hvs.backbone"
+    state, meta = read_backbone_state(out)
+    assert (meta.source, meta.arch) == ("safetensors", "resnet50") and meta.config == to_dict(cfg)
+
+
+def test_a_safetensors_export_checks_its_own_digest_without_its_sidecar(tmp_path):
+    expected = our_checkpoint(tmp_path / "last.pth")
+    out = tmp_path / "backbone.safetensors"
+    export_backbone(tmp_path / "last.pth", "safetensors", out)
+    sidecar_path(out).unlink()
+    read_backbone_state(out)  # the digest in its metadata suffices
+    data = bytearray(out.read_bytes())
+    raw = expected["layer2.0.conv1.weight"].numpy().tobytes()
+    data[data.find(raw) + len(raw) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(out))} failed its integrity check: .* recorded "
+                                              "inside it"):
+        read_backbone_state(out)
+    assert (read_backbone_state(out, verify=False)[0]["layer2.0.conv1.weight"] != expected[
+        "layer2.0.conv1.weight"]).sum() == 1

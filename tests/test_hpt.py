@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mochi_hvs.checkpoint import resolve_resume
 from mochi_hvs.config import ConfigError, load_config, stage_configs
 from mochi_hvs.data.datasets import DatasetError, load_images
 from mochi_hvs.errors import Interrupted
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.checkpoint import resolve_resume
 
 
 def is_batchnorm_key(name: str, backbone: torch.nn.Module) -> bool:
@@ -121,7 +121,7 @@ def assert_backbone_equals(backbone, expected):
 def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_path, fmt):
     from weight_files import official_moco, our_checkpoint, torchvision_state
 
-    from mochi_hvs.checkpoint import save_checkpoint
+    from mochi_hvs.weights.checkpoint import save_checkpoint
 
     path = tmp_path / f"weights_{fmt}.pth"
     arch = "resnet18"
@@ -135,8 +135,8 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
         expected = torchvision_state(path, arch)
     else:
         expected = official_moco(path, arch)
-    # Files from elsewhere carry no digest: they load with verify off.
-    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]), verify=fmt == "ours")
+    # Files from elsewhere carry no digest: they load all the same (ours is verified).
+    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
     assert_backbone_equals(trainer.model.encoder_q.backbone, expected)
     assert_backbone_equals(trainer.model.encoder_k.backbone, expected)  # the momentum encoder starts as a copy
     assert trainer.parts.init_report.loaded == len(expected) and not trainer.parts.init_report.missing
@@ -151,14 +151,14 @@ def test_init_from_loads_only_the_backbone_from_each_format(tiny_overrides, tmp_
 def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_overrides, tmp_path):
     from weight_files import torchvision_state
 
-    from mochi_hvs.weights import WeightsError
+    from mochi_hvs.weights.errors import WeightsError
 
     path = tmp_path / "r34.pth"
     torchvision_state(path, "resnet34")
     with pytest.raises(WeightsError, match="resnet34 backbone .* builds resnet18"):
         Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]), verify=False)
     torch.save({"something.else": torch.zeros(3)}, path)
-    with pytest.raises(WeightsError, match="unrecognised weights format"):
+    with pytest.raises(WeightsError, match="r34.pth: not a ResNet backbone state .* keys like something.else"):
         Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
 
 

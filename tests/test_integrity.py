@@ -7,17 +7,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 from weight_files import official_moco, our_checkpoint, small_training_checkpoint, torchvision_state
 
 from mochi_hvs import pretrain
-from mochi_hvs.checkpoint import CheckpointError, load_checkpoint, load_file
 from mochi_hvs.config import load_config
-from mochi_hvs.export import export_backbone
-from mochi_hvs.export import main as export_main
-from mochi_hvs.integrity import file_digest, sidecar_line, sidecar_path, state_digest, with_digest
 from mochi_hvs.train import Trainer
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.checkpoint import load_checkpoint, load_file, save_checkpoint
+from mochi_hvs.weights.errors import CheckpointError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.export import main as export_main
+from mochi_hvs.weights.integrity import file_digest, sidecar_line, sidecar_path, state_digest, with_digest
+from mochi_hvs.weights.loader import read_backbone_state
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 
@@ -114,26 +117,43 @@ def test_a_malformed_sidecar_is_an_error_naming_it(tmp_path):
         read_backbone_state(out)
 
 
-def test_files_without_a_digest_are_refused_naming_the_escape(tmp_path, capsys):
+def test_a_file_from_elsewhere_without_a_digest_loads_with_a_note(tmp_path, capsys):
     path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
     official_moco(path, "resnet18")
+    note = "no SHA-256 digest (a file from elsewhere, read as data): not verified"
+    _, meta = read_backbone_state(path)
+    assert meta.source == "moco" and meta.digest == note and meta.summary().endswith(f"; {note}")
+    assert export_main(["--checkpoint", str(path), "--out", str(tmp_path / "r18.safetensors")]) == 0
+    assert note in capsys.readouterr().out
+    assert read_backbone_state(tmp_path / "r18.safetensors")[1].digest == "SHA-256 verified"  # the export has one
+    # A digest recorded by the user (as `sha256sum FILE > FILE.sha256` writes it) is checked.
+    sidecar_path(path).write_text(sidecar_line(path))
+    assert read_backbone_state(path)[1].digest == "SHA-256 verified"
+    sidecar_path(path).write_text(sidecar_line(tmp_path / "r18.safetensors").replace("r18.safetensors", path.name))
+    with pytest.raises(CheckpointError, match=f"failed its integrity check: .* recorded in {path.name}.sha256"):
+        read_backbone_state(path)
+
+
+def test_our_files_without_their_digest_are_refused_naming_the_escape(tmp_path):
+    small_training_checkpoint(tmp_path / "full.pth")
+    stripped = {k: v for k, v in torch.load(tmp_path / "full.pth", weights_only=True).items() if k != "sha256"}
+    path = tmp_path / "before_digests.pth"
+    torch.save(stripped, path)
     refusal = (f"^{re.escape(str(path))} has no integrity digest \\(no 'sha256' entry inside, no {path.name}.sha256 "
                f"beside it\\); --no-verify loads it anyway, or record one with `sha256sum {path.name} > "
                f"{path.name}.sha256`$")
     with pytest.raises(CheckpointError, match=refusal):
         read_backbone_state(path)
-    assert read_backbone_state(path, verify=False)[1].source == "moco"
-    knn = runpy.run_path(str(EVAL / "knn.py"))["main"]
-    assert knn(["--checkpoint", str(path), "--results", str(tmp_path / "r.jsonl")]) == 2
-    assert "has no integrity digest" in error_line(capsys)
-    out = ["--format", "detectron2", "--out", str(tmp_path / "r18.pkl")]
-    assert export_main(["--checkpoint", str(path), *out]) == 2
-    assert "--no-verify loads it anyway" in error_line(capsys)
-    assert export_main(["--checkpoint", str(path), *out, "--no-verify"]) == 0
-    read_backbone_state(tmp_path / "r18.pkl")  # the export has a digest of its own
-    # A digest recorded by the user (as `sha256sum FILE > FILE.sha256` writes it) makes the file verifiable.
-    sidecar_path(path).write_text(sidecar_line(path))
-    assert read_backbone_state(path)[1].source == "moco"
+    assert read_backbone_state(path, verify=False)[1].digest == "digest not checked (--no-verify)"
+    our_checkpoint(tmp_path / "last.pth")
+    export_backbone(tmp_path / "last.pth", "safetensors", tmp_path / "b.safetensors")
+    with safetensors.safe_open(tmp_path / "b.safetensors", "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = {k: v for k, v in handle.metadata().items() if k != "sha256"}
+    safetensors.torch.save_file(tensors, tmp_path / "b.safetensors", metadata)
+    sidecar_path(tmp_path / "b.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="b.safetensors has no integrity digest"):
+        read_backbone_state(tmp_path / "b.safetensors")
 
 
 def test_resume_checks_the_digest_unless_told_not_to(tiny_cfg, tmp_path):
@@ -148,14 +168,26 @@ def test_resume_checks_the_digest_unless_told_not_to(tiny_cfg, tmp_path):
     assert Trainer(tiny_cfg, resume=legacy, verify=False).position.global_step == 0
 
 
-def test_init_from_checks_the_digest_unless_told_not_to(tiny_overrides, tmp_path):
+def test_init_from_checks_our_digest_and_notes_a_file_from_elsewhere(tiny_overrides, tmp_path, capsys):
     path = tmp_path / "r18.pth"
     expected = torchvision_state(path)
-    cfg = load_config(None, tiny_overrides + [f"model.init_from={path}"])
-    with pytest.raises(CheckpointError, match="r18.pth has no integrity digest"):
-        Trainer(cfg)
-    trainer = Trainer(cfg, verify=False)
+    trainer = Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
     assert torch.equal(trainer.model.encoder_q.backbone.conv1.weight.detach(), expected["conv1.weight"])
+    trainer.close()
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("init_from"))
+    assert line == (f"init_from {path}: a torch state dict: resnet18 backbone ({len(expected)} tensors); ignored "
+                    f"fc.* (2); no SHA-256 digest (a file from elsewhere, read as data): not verified; loaded "
+                    f"{len(expected)} backbone tensors")
+    ours = tmp_path / "last.pth"
+    backbone = our_checkpoint(ours)
+    saved = torch.load(ours, weights_only=True)
+    saved["model"]["encoder_k.backbone.layer1.0.conv1.weight"] += 1.0  # the query's bytes alone in the file
+    save_checkpoint(saved, ours)
+    flip_middle_byte_of(ours, backbone["layer1.0.conv1.weight"])
+    cfg = load_config(None, tiny_overrides + [f"model.init_from={ours}", "name=ours"])
+    with pytest.raises(CheckpointError, match="last.pth failed its integrity check"):
+        Trainer(cfg)
+    Trainer(cfg, verify=False).close()
 
 
 def test_pretrain_no_verify_reaches_the_trainer(tmp_path, monkeypatch):

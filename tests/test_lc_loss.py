@@ -27,9 +27,9 @@ from mochi_hvs.methods.multicrop import MultiCrop
 from mochi_hvs.models import MoCo
 from mochi_hvs.models.backbone import build_backbone, feature_map_side
 from mochi_hvs.random_streams import StepRandom
-from mochi_hvs.resume_changes import APPLY, REFUSE, policy
 from mochi_hvs.step import ContrastiveStep
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.resume_changes import APPLY, REFUSE, policy
 
 ENABLED = ["lc.enabled=true", "data.image_size=56"]
 CPU = torch.device("cpu")

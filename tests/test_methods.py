@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.config import ConfigError, load_config, views_per_image
 from mochi_hvs.data.datasets import ImageSet
 from mochi_hvs.loss import contrastive_logits, info_nce
@@ -17,6 +16,7 @@ from mochi_hvs.models import MoCo
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.step import ContrastiveStep
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.checkpoint import load_checkpoint
 
 
 class FixedNegatives(ExtraNegatives):
@@ -110,7 +110,7 @@ def test_a_checkpoint_written_with_retired_and_renamed_settings_resumes(tiny_ove
     state = load_checkpoint(path)
     state["config"]["data"]["num_views"] = 2  # as stored before views were derived from the methods
     state["config"]["eval"]["knn_random_baseline"] = state["config"]["eval"].pop("knn_baseline")
-    from mochi_hvs.checkpoint import save_checkpoint
+    from mochi_hvs.weights.checkpoint import save_checkpoint
 
     del state["sha256"]
     save_checkpoint(state, path)

@@ -15,12 +15,12 @@ from test_checkpoint import assert_resume_is_exact
 from mochi_hvs.collapse import CollapseSignal
 from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, ObjectiveConfig, load_config, to_dict, views_per_image
-from mochi_hvs.export import export_backbone
 from mochi_hvs.objectives.base import Objective, Step, Wrap
 from mochi_hvs.objectives.registry import OBJECTIVES, Forwards, Needs, register
 from mochi_hvs.pretrain import report
 from mochi_hvs.step import StepOutput
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.export import export_backbone
 
 
 @dataclass

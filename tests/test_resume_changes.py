@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from mochi_hvs import pretrain
-from mochi_hvs.checkpoint import load_checkpoint
 from mochi_hvs.config import Config, ConfigError, load_config, to_dict
-from mochi_hvs.resume_changes import ABSENT, APPLY, REFUSE, Change, check_resume_changes, config_changes, policy
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights.checkpoint import load_checkpoint
+from mochi_hvs.weights.resume_changes import ABSENT, APPLY, REFUSE, Change, check_resume_changes, config_changes, policy
 
 
 @pytest.mark.parametrize(("key", "expected"), [

@@ -13,7 +13,7 @@ from mochi_hvs.evaluation.features import extract_features
 from mochi_hvs.objectives.supervised import classifier_network
 from mochi_hvs.pretrain import report
 from mochi_hvs.train import Trainer
-from mochi_hvs.weights import read_backbone_state
+from mochi_hvs.weights.loader import read_backbone_state
 
 
 def test_the_supervised_reference_learns_to_classify(tiny_overrides):

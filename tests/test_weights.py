@@ -1,15 +1,14 @@
-import os
-import pickle
-
 import pytest
+import safetensors.torch
 import torch
+import torchvision
 from weight_files import official_moco, our_checkpoint, torchvision_state
 
-from mochi_hvs.checkpoint import CheckpointError
 from mochi_hvs.config import load_config
-from mochi_hvs.export import export_backbone
 from mochi_hvs.models.backbone import build_backbone
-from mochi_hvs.weights import WeightsError, infer_arch, load_backbone_weights, read_backbone_state
+from mochi_hvs.weights.errors import CheckpointError, WeightsError
+from mochi_hvs.weights.export import export_backbone
+from mochi_hvs.weights.loader import infer_arch, load_backbone_weights, read_backbone_state
 
 
 def assert_same(a, b):
@@ -43,24 +42,6 @@ def test_our_detectron2_export_reads_back_identically(tmp_path):
     assert (meta.source, meta.arch, meta.small_stem, meta.config) == ("detectron2", "resnet18", False, None)
     assert_same(state, expected)
     assert all(state[k].dtype == v.dtype for k, v in expected.items())
-
-
-class Payload:
-    """A pickle that runs a command when loaded."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_pickle_with_anything_but_arrays_is_refused_unrun(tmp_path):
-    path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": Payload(tmp_path / "ran")}}))
-    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*refusing to load \w+\.system: only numpy"):
-        read_backbone_state(path, verify=False)
-    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -123,3 +104,57 @@ def test_unreadable_and_unknown_files_are_clear_errors(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(WeightsError, match="not a ResNet backbone"):
         read_backbone_state(tmp_path / "partial.pth")
+
+
+PREFIXES = ["module.", "encoder_q.", "backbone.", "model.", "module.encoder_q.", "model.backbone.",
+            "encoder_q.backbone.", "module.model.backbone."]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("container", [None, "state_dict", "model"])
+def test_the_backbone_is_found_under_the_usual_prefixes_and_containers(tmp_path, prefix, container):
+    net = torchvision.models.resnet18(weights=None)
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state = {f"{prefix}{k}": v for k, v in net.state_dict().items()}
+    state["queue"] = torch.zeros(4, 8)  # beside the backbone: ignored
+    torch.save(state if container is None else {container: state, "epoch": 3}, tmp_path / "w.pth")
+    loaded, meta = read_backbone_state(tmp_path / "w.pth")
+    assert_same(loaded, expected)
+    where = f" under {prefix}*" + (f" in '{container}'" if container else "")
+    moco = container == "state_dict" and prefix == "module.encoder_q."  # the official MoCo layout
+    kind = "an official MoCo checkpoint" if moco else "a torch state dict"
+    assert meta.source == ("moco" if moco else "torchvision")
+    assert meta.found == (f"{kind}: resnet18 backbone ({len(expected)} tensors){where}; ignored queue, "
+                          f"{prefix}fc.* (2)")
+
+
+def test_official_moco_says_in_one_line_what_it_found_and_ignored(tmp_path):
+    path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
+    expected = official_moco(path, "resnet50")
+    _, meta = read_backbone_state(path)
+    key_encoder = len(expected) + 4  # the key encoder's backbone and its MLP head (2 layers, weight and bias)
+    assert meta.summary() == (
+        f"{path}: an official MoCo checkpoint: resnet50 backbone ({len(expected)} tensors) under module.encoder_q.* in "
+        f"'state_dict'; ignored module.encoder_k.* ({key_encoder}), module.queue, module.queue_ptr, "
+        "module.encoder_q.fc.* (4); no SHA-256 digest (a file from elsewhere, read as data): not verified")
+
+
+def test_a_safetensors_file_from_elsewhere_loads_with_a_note(tmp_path):
+    net = torchvision.models.resnet34(weights=None)
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    safetensors.torch.save_file({f"model.{k}": v.contiguous() for k, v in net.state_dict().items()},
+                                tmp_path / "r34.safetensors")
+    state, meta = read_backbone_state(tmp_path / "r34.safetensors")
+    assert_same(state, expected)
+    assert (meta.source, meta.arch, meta.config) == ("safetensors", "resnet34", None)
+    assert meta.summary() == (f"{tmp_path / 'r34.safetensors'}: a safetensors file: resnet34 backbone ({len(expected)} "
+                              "tensors) under model.*; ignored model.fc.* (2); no SHA-256 digest (a file from "
+                              "elsewhere, read as data): not verified")
+
+
+def test_keys_under_two_prefixes_side_by_side_are_an_error(tmp_path):
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({**{f"backbone.{k}": v for k, v in state.items()}, **{f"model.{k}": v for k, v in state.items()}},
+               tmp_path / "two.pth")
+    with pytest.raises(WeightsError, match="keys under both backbone., model.: cannot tell which holds the backbone"):
+        read_backbone_state(tmp_path / "two.pth")

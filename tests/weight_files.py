@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from mochi_hvs.checkpoint import FORMAT, capture_rng, save_checkpoint
 from mochi_hvs.config import Config, to_dict
 from mochi_hvs.distributed import DistEnv
 from mochi_hvs.train.build import build_model
+from mochi_hvs.weights.checkpoint import FORMAT, capture_rng, save_checkpoint
 
 
 def our_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, torch.Tensor]:
@@ -23,7 +23,7 @@ def our_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, torch.Ten
 
 def official_moco(path: Path, arch: str = "resnet50", legacy: bool = False) -> dict[str, torch.Tensor]:
     """A file laid out like MoCo's released .pth.tar (DataParallel prefixes, key encoder, MLP head, queue; no
-    digest, so reading it needs verify=False); `legacy`: in the pre-zip torch format the released files use."""
+    digest); `legacy`: in the pre-zip torch format the released files use."""
     net = getattr(torchvision.models, arch)(weights=None)
     net.fc = torch.nn.Sequential(torch.nn.Linear(net.fc.in_features, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
     state = {}
@@ -37,8 +37,8 @@ def official_moco(path: Path, arch: str = "resnet50", legacy: bool = False) -> d
 
 
 def torchvision_state(path: Path, arch: str = "resnet18") -> dict[str, torch.Tensor]:
-    """A plain torchvision ResNet state dict, classifier included (no digest, so reading it needs verify=False);
-    returns it without the classifier."""
+    """A plain torchvision ResNet state dict, classifier included (no digest); returns it without the
+    classifier."""
     state = getattr(torchvision.models, arch)(weights=None).state_dict()
     torch.save(state, path)
     return {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..models.backbone import build_backbone
 from ..provenance import provenance
 from ..runtime import resolve_amp, resolve_device, seed_everything
-from ..weights import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
+from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
 from .ensemble import ConcatenatedBackbones, check_shared_data
 
 DEFAULT_RESULTS = "eval_results.jsonl"
@@ -104,7 +104,8 @@ def base_parser(description: str, sections: list[Section], example: str,
                                      epilog=settings_help(sections),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", metavar="FILE", required=not pixels,
-                        help="our training checkpoint, an exported backbone (.pth) or an official MoCo .pth.tar; "
+                        help="our training checkpoint, an exported backbone (.safetensors, .pth, .pkl), an official "
+                             "MoCo .pth.tar or a torchvision-named state dict; "
                              "several (frozen-feature evaluators): their features, each L2-normalised, concatenated"
                              + (" (with --pixels: one, optional, its config's data settings are used)" if pixels
                                 else ""))
@@ -122,8 +123,9 @@ def base_parser(description: str, sections: list[Section], example: str,
         parser.set_defaults(pixels=False)
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="JSON-lines file to append the result to")
     parser.add_argument("--no-verify", action="store_true",
-                        help="read the --checkpoint files even without a matching SHA-256 digest (e.g. official MoCo "
-                             "files)")
+                        help="read the --checkpoint files even when they fail their SHA-256 digest, or are ours and "
+                             "have none; files from elsewhere without a digest (e.g. official MoCo files) load "
+                             "anyway, with a note")
     return parser
 
 
@@ -239,8 +241,8 @@ def prepare(args: argparse.Namespace) -> EvalContext:
         meta = backbone.meta
         if env.is_main:
             named = f"{meta.path}: " if len(backbones) > 1 else ""
-            print(f"{named}{meta.arch} ({'random init' if args.random_init else meta.source + ' weights'}): "
-                  f"{backbone.report.summary()}", file=sys.stderr)
+            print(f"{named}{meta.arch} (random init): {backbone.report.summary()}" if args.random_init
+                  else f"{meta.summary()}; {backbone.report.summary()}", file=sys.stderr)
         backbone.module.to(device)
     return EvalContext(cfg, device, amp_dtype, backbones, env.is_main)
 

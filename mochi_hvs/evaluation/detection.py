@@ -24,7 +24,7 @@ from ..errors import TrainingDiverged
 from ..evaluator_settings import DetectionSettings
 from ..models.backbone import use_small_stem
 from ..schedule import lr_multiplier
-from ..weights import LoadReport, WeightsMeta, load_backbone_weights
+from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights
 
 COCO_METRICS = ("AP", "AP50", "AP75")
 

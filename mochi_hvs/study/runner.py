@@ -26,7 +26,6 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from ..checkpoint import resolve_resume
 from ..compute_cost import run_units, steps_for_units
 from ..config import Config, ConfigError
 from ..data.batches import endless
@@ -41,7 +40,8 @@ from ..provenance import provenance
 from ..run_files import LAST, METRICS, SUMMARY
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
-from ..weights import load_backbone_weights, read_backbone_state
+from ..weights.checkpoint import resolve_resume
+from ..weights.loader import load_backbone_weights, read_backbone_state
 from .recipe import Study, resolved
 from .report import evaluator_of, reference_label
 

@@ -24,7 +24,8 @@ from ..models.moco import MoCo
 from ..objectives.base import Objective, Step, objective_of, wrapped_step
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
-from ..weights import LoadReport, WeightsError, load_backbone_weights, read_backbone_state
+from ..weights.errors import WeightsError
+from ..weights.loader import LoadReport, load_backbone_weights, read_backbone_state
 
 
 @dataclass
@@ -105,7 +106,7 @@ def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) 
     if model.encoder_k is not None:
         model.encoder_k.load_state_dict(model.encoder_q.state_dict())
     if announce:
-        print(f"init_from {path} ({meta.source} format): {report.summary()}", file=sys.stderr)
+        print(f"init_from {meta.summary()}; {report.summary()}", file=sys.stderr)
     return report
 
 

@@ -7,22 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import (
-    FORMAT,
-    CheckpointError,
-    NoSpaceError,
-    capture_rng,
-    load_checkpoint,
-    nonfinite_entries,
-    remove_stale_temporaries,
-    restore_rng,
-    save_checkpoint,
-)
 from ..config import Config, to_dict
 from ..distributed import DistEnv
 from ..errors import TrainingDiverged
-from ..resume_changes import check_resume_changes, config_changes
 from ..run_files import LAST
+from ..weights.atomic import NoSpaceError, remove_stale_temporaries
+from ..weights.checkpoint import FORMAT, capture_rng, load_checkpoint, nonfinite_entries, restore_rng, save_checkpoint
+from ..weights.errors import CheckpointError
+from ..weights.resume_changes import check_resume_changes, config_changes
 from .build import TrainingParts
 
 

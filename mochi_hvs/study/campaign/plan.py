@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...checkpoint import load_checkpoint
 from ...compute_cost import run_units
 from ...run_files import LAST
+from ...weights.checkpoint import load_checkpoint
 from ..recipe import Study, relocated
 from ..runner import RESULTS, PlannedRun, StudyRunner, recorded_keys, steps_of
 from .recipe import Campaign, Declared, DeviceCost

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import NUMERIC_KINDS
+from .safe_pickle import NUMERIC_KINDS
 
 D2_AUTHOR = "mochi_hvs (MoCo-style backbone)"
 

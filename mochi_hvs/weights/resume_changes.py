@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ConfigError, to_dict, upgrade_stored
+from ..config import Config, ConfigError, to_dict, upgrade_stored
 
 REFUSE, APPLY = "refuse", "apply"
 

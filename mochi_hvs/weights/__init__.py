@@ -1,0 +1,16 @@
+"""Weights on disk: every file the toolkit writes or reads back, one module per format or concern.
+
+- checkpoint.py: our training checkpoints (layout, digest, resume), RNG state capture;
+- loader.py: backbone weights from any supported file, in torchvision ResNet names (init_from, evaluators),
+  and the one line that says what was found, ignored and checked;
+- layouts.py: where the state dict and the backbone sit in a file (containers, key prefixes);
+- export.py: the `mochi-export` command (safetensors, torchvision and detectron2 files for other tools);
+- safetensors_format.py: safetensors files, ours marked and digested in their metadata;
+- detectron2_format.py: the detectron2 layout of a ResNet backbone, both ways;
+- reading.py: what a file holds, read by content without running code;
+- safe_pickle.py: plain pickles of containers and numpy arrays (detectron2 files), nothing else;
+- integrity.py: SHA-256 digests inside checkpoints and `sha256sum` sidecars beside exports;
+- atomic.py: atomic, durable writes and a full disk reported in one line;
+- resume_changes.py: what a resume may change in the config;
+- errors.py: the errors a weights file can raise.
+"""
