@@ -81,8 +81,8 @@ def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
     """The model the configured objective needs (a momentum encoder, a queue, a predictor): this process's share of
     the BatchNorm splits, SyncBatchNorm when asked."""
     needs = objective_needs(cfg)
-    model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
-                 head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
+    model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, arch_kwargs=cfg.model.arch_kwargs,
+                 head=cfg.model.head, head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
                  queue_size=cfg.moco.queue_size if needs.queue else None, shuffle_bn=cfg.moco.shuffle_bn,
                  bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last,
                  predictor=needs.predictor, momentum_encoder=needs.momentum_encoder)
