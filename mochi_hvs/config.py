@@ -67,6 +67,7 @@ class ModelConfig:
     # timm/ and torchvision/ backbones: keyword arguments of timm.create_model or torchvision.models.get_model (e.g.
     # {img_size: 28, patch_size: 4} for a ViT at 28 px)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    frozen_patch_embed: bool = False  # MoCo v3: a ViT's patch projection stays at its random initialisation
     head: str = "mlp"  # mlp (MoCo-v2) | mlp_bn (BYOL's: BatchNorm after the hidden layer) | linear (MoCo-v1)
     head_hidden_dim: int | None = None  # None: the backbone's feature width
     feature_dim: int = 128
@@ -313,13 +314,14 @@ class LcConfig(MethodConfig):
 
 @dataclass
 class OptimConfig:
-    """SGD, learning-rate schedule and run length."""
+    """The optimiser (SGD or AdamW), learning-rate schedule and run length."""
 
+    name: str = "sgd"  # sgd | adamw (MoCo v3's, for ViTs)
     batch_size: int = 256  # global batch (summed over processes)
     lr: float = 0.06  # learning rate at base_batch_size
     base_batch_size: int | None = None  # None: lr is used as is; else lr * batch_size / base_batch_size
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD's
+    weight_decay: float = 5e-4  # decoupled (AdamW's) with adamw
     epochs: int = 200
     steps: int | None = None  # run length in optimisation steps; when set it replaces optim.epochs (HPT: 5000)
     warmup_epochs: float = 0.0
@@ -437,6 +439,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hvs.mode": ("hardest", "easiest", "random"),
     "hvs.scorer": ("query", "momentum"),
     "fast_moco.mode": ("replace", "add"),
+    "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "eval.knn_backend": ("auto", "faiss", "torch"),
@@ -757,7 +760,7 @@ def _validate_model(cfg: Config, source: str) -> None:
 def _validate_backbone(cfg: Config, source: str) -> None:
     """model.arch names a backbone (the closest name when not); the ResNets' small stem and the libraries'
     arch_kwargs each where it applies; a library backbone builds, encodes data.image_size px images and has what
-    the BatchNorm settings act on."""
+    the BatchNorm and patch-projection settings act on."""
     from .models.arch import RESNETS, arch_problem  # here: loading a config does not import torch (nor timm)
 
     model = cfg.model
@@ -767,6 +770,8 @@ def _validate_backbone(cfg: Config, source: str) -> None:
     if model.arch in RESNETS:
         _check(not model.arch_kwargs, source, "model.arch_kwargs", f"applies to timm/<name> and torchvision/<name> "
                f"backbones ({arch} is fitted to small images by model.small_stem); got {model.arch_kwargs}")
+        _check(not model.frozen_patch_embed, source, "model.frozen_patch_embed",
+               f"needs a backbone with a patch projection (a ViT's patch_embed); {arch} has none")
         return
     _check(not model.small_stem, source, "model.small_stem",
            f"applies to {'|'.join(RESNETS)}; fit {arch} to small images with model.arch_kwargs")
@@ -783,6 +788,8 @@ def _validate_backbone(cfg: Config, source: str) -> None:
     _check(not (model.sync_bn and facts.fused_batchnorm), source, "model.sync_bn",
            f"cannot convert the BatchNorm layers of {arch}: they carry their activation (timm's BatchNormAct2d), "
            "which SyncBatchNorm would drop")
+    _check(not model.frozen_patch_embed or facts.patch_embed, source, "model.frozen_patch_embed",
+           f"needs a backbone with a patch projection (a ViT's patch_embed); {arch} has none")
 
 
 def _backbone_facts(cfg: Config, source: str) -> BackboneFacts:

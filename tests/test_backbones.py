@@ -1,6 +1,6 @@
 """Backbones beyond the project's ResNets: timm and torchvision models by name, fitted to 28 px grey images; their
 feature width, dense map where they have one, split BatchNorm where they have BatchNorm; the config's refusals; a
-ViT trained and resumed exactly."""
+ViT trained with AdamW and a frozen patch projection, resumed exactly."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mochi_hvs.models.backbone import build_backbone, feature_map, pooled_featur
 from mochi_hvs.models.backbone_facts import backbone_facts
 from mochi_hvs.models.moco import MoCo
 from mochi_hvs.models.split_bn import SplitBatchNormAct2d, convert_split_bn
+from mochi_hvs.train import Trainer
 
 VIT_KWARGS = {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
 VIT = ["model.arch=timm/vit_tiny_patch16_224", "model.arch_kwargs={img_size: 28, patch_size: 4, embed_dim: 64, "
@@ -50,7 +51,7 @@ def test_a_tiny_vit_and_convnext_encode_28px_grey_images_at_their_reported_width
     assert reported == width and features.shape == (16, width)
     assert features.std(dim=0).min() > 0  # the images are told apart
     facts = backbone_facts(arch, False, kwargs, 28)  # what the config reads, from a meta-device copy
-    assert (facts.map_side, facts.batchnorm) == (side, False)
+    assert (facts.map_side, facts.batchnorm, facts.patch_embed) == (side, False, "vit" in arch)
     # timm's own parameter names, no classifier: timm builds the same network from the state
     fresh = timm.create_model(arch.removeprefix("timm/"), num_classes=0, **kwargs)
     fresh.load_state_dict(net.state_dict())
@@ -131,6 +132,7 @@ def test_split_batchnorm_keeps_the_activation_of_timms_batchnorm_act_and_normali
      r"'model.small_stem' applies to resnet18\|resnet34\|resnet50; fit model.arch=timm/convnext_atto to small images "
      r"with model.arch_kwargs"),
     (["model.arch_kwargs={img_size: 28}"], r"'model.arch_kwargs' applies to timm/<name> and torchvision/<name> "),
+    (["model.frozen_patch_embed=true"], r"'model.frozen_patch_embed' needs a backbone with a patch projection"),
     ([*VIT, "lc.enabled=true"],
      r"'lc.enabled' needs the backbone's last feature map, and model.arch=timm/vit_tiny_patch16_224 has none"),
     ([*VIT, "model.train_bn_only=true"], r"'model.train_bn_only' trains the backbone's BatchNorm layers only, and "
@@ -166,5 +168,18 @@ def test_split_batchnorm_and_shuffle_bn_are_refused_for_a_layernorm_vit_in_one_l
 
 # --------------------------------------------------------------------------------------------------------- training
 
-def test_a_vit_trains_moco_v2_and_resumes_exactly(quick_overrides):
-    assert_resume_is_exact([*quick_overrides, *VIT, "model.head=mlp_bn"])
+def test_a_vit_trains_moco_v2_with_adamw_and_a_frozen_patch_projection_and_resumes_exactly(quick_overrides):
+    settings = [*quick_overrides, *VIT, "model.head=mlp_bn", "optim.name=adamw", "optim.lr=1e-3",
+                "optim.weight_decay=0.1", "model.frozen_patch_embed=true"]
+    resumed = assert_resume_is_exact(settings)
+    optimizer = resumed.parts.optimizer
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.1
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    model = resumed.model
+    patch = model.encoder_q.backbone.patch_embed.proj.weight
+    assert id(patch) not in trained and not patch.requires_grad
+    initial = Trainer(load_config(None, [*settings, "name=initial"])).model
+    assert torch.equal(patch, initial.encoder_q.backbone.patch_embed.proj.weight)
+    assert torch.equal(model.encoder_k.backbone.patch_embed.proj.weight, patch)  # the momentum copy stays with it
+    block = "backbone.blocks.0.attn.qkv.weight"
+    assert not torch.equal(model.encoder_q.state_dict()[block], initial.encoder_q.state_dict()[block])

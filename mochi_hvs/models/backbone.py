@@ -97,3 +97,8 @@ def freeze_all_but_batchnorm(module: nn.Module) -> None:
         is_bn = isinstance(layer, nn.modules.batchnorm._BatchNorm)
         for param in layer.parameters(recurse=False):
             param.requires_grad_(is_bn)
+
+
+def freeze_patch_embed(module: nn.Module) -> None:
+    """MoCo v3's frozen random patch projection: a ViT's patch embedding keeps its random initialisation."""
+    module.patch_embed.requires_grad_(False)

@@ -26,11 +26,12 @@ class BackboneInputError(ValueError):
 class BackboneFacts:
     """batchnorm: it has BatchNorm layers (split BatchNorm, shuffle-BN and HPT-BN
     act on them); fused_batchnorm: some carry their activation (timm's BatchNormAct2d), which SyncBatchNorm's
-    conversion would drop; map_side: the side of its last feature map at the image size, None where it has none (a
-    ViT's tokens)."""
+    conversion would drop; patch_embed: a ViT's patch projection (model.frozen_patch_embed); map_side: the side of
+    its last feature map at the image size, None where it has none (a ViT's tokens)."""
 
     batchnorm: bool
     fused_batchnorm: bool
+    patch_embed: bool
     map_side: int | None
 
 
@@ -72,4 +73,5 @@ def _probe(arch: str, small_stem: bool, arch_kwargs: dict[str, Any], image_size:
         except ValueError:
             side = None
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return BackboneFacts(bool(norms), any(type(m) not in PLAIN_BATCHNORM for m in norms), side)
+    return BackboneFacts(bool(norms), any(type(m) not in PLAIN_BATCHNORM for m in norms),
+                         isinstance(getattr(net, "patch_embed", None), nn.Module), side)
