@@ -15,6 +15,7 @@ setup(
     install_requires=[
         "torch>=2.2",
         "torchvision>=0.17",
+        "timm>=1.0",
         "numpy>=1.24",
         "pyyaml>=6.0",
         "tqdm>=4.60",

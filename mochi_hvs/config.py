@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -31,6 +31,9 @@ from .evaluator_settings import (
 from .objectives.registry import OBJECTIVES, Needs, declared, sections
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
+
+if TYPE_CHECKING:
+    from .models.backbone_facts import BackboneFacts
 
 __all__ = ["Config", "ConfigError", "LocalCrops", "MethodConfig", "ObjectiveConfig", "load_config", "local_crops",
            "objective_needs", "validate", "views_per_image"]
@@ -59,8 +62,12 @@ class DataConfig:
 class ModelConfig:
     """Backbone and projection head."""
 
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
-    small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool (CIFAR-style)
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | timm/<name> | torchvision/<name> (models/arch.py)
+    small_stem: bool = False  # resnet18|34|50: 3x3 stride-1 first conv, no max-pool (CIFAR-style)
+    # timm/ and torchvision/ backbones: keyword arguments of timm.create_model or torchvision.models.get_model (e.g.
+    # {img_size: 28, patch_size: 4} for a ViT at 28 px)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    frozen_patch_embed: bool = False  # MoCo v3: a ViT's patch projection stays at its random initialisation
     head: str = "mlp"  # mlp (MoCo-v2) | mlp_bn (BYOL's: BatchNorm after the hidden layer) | linear (MoCo-v1)
     head_hidden_dim: int | None = None  # None: the backbone's feature width
     feature_dim: int = 128
@@ -289,13 +296,24 @@ class LcConfig(MethodConfig):
                f"must be null or positive; got {self.hidden_dim}")
         if not self.enabled:
             return
-        from .models.backbone import feature_map_side  # here: loading a config does not import torch
+        from .models.arch import RESNETS  # here: loading a config does not import torch
+        from .models.resnet import feature_map_side
 
-        side = feature_map_side(cfg.data.image_size, cfg.model.small_stem)
+        model, size = cfg.model, cfg.data.image_size
+        if model.arch in RESNETS:
+            side = feature_map_side(size, model.small_stem)
+            given = f"data.image_size={size} with model.small_stem={str(model.small_stem).lower()}"
+            remedy = "raise data.image_size to 56 or more, or set model.small_stem=true"
+        else:
+            side = _backbone_facts(cfg, source).map_side
+            _check(side is not None, source, "lc.enabled",
+                   f"needs the backbone's last feature map, and model.arch={model.arch} has none (a ViT gives tokens; "
+                   "a dense map comes from a torchvision ResNet or a timm convolutional network)")
+            given = f"model.arch={model.arch} at data.image_size={size}"
+            remedy = "raise data.image_size, or lower the backbone's stride with model.arch_kwargs"
         _check(side >= 2, source, "lc.enabled",
-               f"needs a last feature map of at least 2 x 2 locations to match; data.image_size={cfg.data.image_size} "
-               f"with model.small_stem={str(cfg.model.small_stem).lower()} gives {side} x {side} (raise "
-               "data.image_size to 56 or more, or set model.small_stem=true)")
+               f"needs a last feature map of at least 2 x 2 locations to match; {given} gives {side} x {side} "
+               f"({remedy})")
         _check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
                "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's feature "
                "map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
@@ -303,13 +321,14 @@ class LcConfig(MethodConfig):
 
 @dataclass
 class OptimConfig:
-    """SGD, learning-rate schedule and run length."""
+    """The optimiser (SGD or AdamW), learning-rate schedule and run length."""
 
+    name: str = "sgd"  # sgd | adamw (MoCo v3's, for ViTs)
     batch_size: int = 256  # global batch (summed over processes)
     lr: float = 0.06  # learning rate at base_batch_size
     base_batch_size: int | None = None  # None: lr is used as is; else lr * batch_size / base_batch_size
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD's
+    weight_decay: float = 5e-4  # decoupled (AdamW's) with adamw
     epochs: int = 200
     steps: int | None = None  # run length in optimisation steps; when set it replaces optim.epochs (HPT: 5000)
     warmup_epochs: float = 0.0
@@ -420,7 +439,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
                   "imagefolder"),
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
-    "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.head": ("mlp", "mlp_bn", "linear"),
     "mochi.retrieval": ("torch", "faiss"),
     "mochi.faiss_index": ("flat", "ivf"),
@@ -428,6 +446,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hvs.mode": ("hardest", "easiest", "random"),
     "hvs.scorer": ("query", "momentum"),
     "fast_moco.mode": ("replace", "add"),
+    "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "eval.knn_backend": ("auto", "faiss", "torch"),
@@ -672,6 +691,7 @@ def validate(cfg: Config, source: str) -> None:
     _validate_optim(cfg, source)
     _validate_model(cfg, source)
     _validate_data(cfg, source)
+    _validate_backbone(cfg, source)
     _validate_eval(cfg, source)
     _validate_collapse(cfg.collapse, source)
     for name in sections():
@@ -742,6 +762,60 @@ def _validate_model(cfg: Config, source: str) -> None:
            f"must be null or positive; got {model.head_hidden_dim}")
     _check(not model.sync_bn or model.bn_splits == 1, source, "model.sync_bn",
            f"synchronises BatchNorm over all processes; set model.bn_splits=1 with it (got {model.bn_splits})")
+
+
+def _validate_backbone(cfg: Config, source: str) -> None:
+    """model.arch names a backbone (the closest name when not); the ResNets' small stem and the libraries'
+    arch_kwargs each where it applies; a library backbone builds, encodes data.image_size px images and has what
+    the BatchNorm and patch-projection settings act on."""
+    from .models.arch import RESNETS, arch_problem  # here: loading a config does not import torch (nor timm)
+
+    model = cfg.model
+    problem = arch_problem(model.arch)
+    _check(problem is None, source, "model.arch", problem or "")
+    arch = f"model.arch={model.arch}"
+    if model.arch in RESNETS:
+        _check(not model.arch_kwargs, source, "model.arch_kwargs", f"applies to timm/<name> and torchvision/<name> "
+               f"backbones ({arch} is fitted to small images by model.small_stem); got {model.arch_kwargs}")
+        _check(not model.frozen_patch_embed, source, "model.frozen_patch_embed",
+               f"needs a backbone with a patch projection (a ViT's patch_embed); {arch} has none")
+        return
+    _check(not model.small_stem, source, "model.small_stem",
+           f"applies to {'|'.join(RESNETS)}; fit {arch} to small images with model.arch_kwargs")
+    facts = _backbone_facts(cfg, source)
+    if not facts.batchnorm:
+        _check(model.bn_splits == 1, source, "model.bn_splits", f"splits the backbone's BatchNorm into groups, and "
+               f"{arch} has no BatchNorm layer (it normalises otherwise, e.g. LayerNorm); set model.bn_splits=1")
+        _check(not model.train_bn_only, source, "model.train_bn_only",
+               f"trains the backbone's BatchNorm layers only, and {arch} has none")
+        shuffles = cfg.moco.shuffle_bn and objective_needs(cfg).momentum_encoder
+        _check(not shuffles or model.head == "mlp_bn", source, "moco.shuffle_bn",
+               f"shuffles the keys for BatchNorm, and neither {arch} nor model.head={model.head} has any; set "
+               "moco.shuffle_bn=false (or model.head=mlp_bn)")
+    _check(not (model.sync_bn and facts.fused_batchnorm), source, "model.sync_bn",
+           f"cannot convert the BatchNorm layers of {arch}: they carry their activation (timm's BatchNormAct2d), "
+           "which SyncBatchNorm would drop")
+    _check(not model.frozen_patch_embed or facts.patch_embed, source, "model.frozen_patch_embed",
+           f"needs a backbone with a patch projection (a ViT's patch_embed); {arch} has none")
+
+
+def _backbone_facts(cfg: Config, source: str) -> BackboneFacts:
+    """The BackboneFacts of a timm/ or torchvision/ backbone at data.image_size (models/backbone_facts.py), or a
+    ConfigError naming the library's reason when it cannot be built or cannot encode that size."""
+    from .models.backbone_facts import BackboneBuildError, BackboneInputError, backbone_facts
+
+    model, size = cfg.model, cfg.data.image_size
+    try:
+        return backbone_facts(model.arch, model.small_stem, model.arch_kwargs, size)
+    except BackboneBuildError as err:
+        key = "model.arch_kwargs" if model.arch_kwargs else "model.arch"
+        raise ConfigError(f"{source}: '{key}' cannot build model.arch={model.arch} with model.arch_kwargs="
+                          f"{model.arch_kwargs}: {err}") from err
+    except BackboneInputError as err:
+        raise ConfigError(
+            f"{source}: 'model.arch' {model.arch} cannot encode data.image_size={size} px images ({err}); fit it with "
+            f"model.arch_kwargs, e.g. {{img_size: {size}, patch_size: 4}} for a ViT, {{patch_size: 1}} for a "
+            "ConvNeXt") from err
 
 
 def _validate_data(cfg: Config, source: str) -> None:

@@ -25,7 +25,8 @@ from mochi_hvs.methods.hvs import Hvs
 from mochi_hvs.methods.lc import LocalContrast, correspondence, image_to_view, local_contrast_loss, view_to_image
 from mochi_hvs.methods.multicrop import MultiCrop
 from mochi_hvs.models import MoCo
-from mochi_hvs.models.backbone import build_backbone, feature_map_side
+from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.models.resnet import feature_map_side
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.step import ContrastiveStep
 from mochi_hvs.train import Trainer

@@ -263,6 +263,18 @@ def test_references_are_evaluated_at_every_image_size_an_arm_trains_at(tmp_path,
                          ("random_init_42px", 0, 42)]
 
 
+def test_the_random_init_reference_is_the_baselines_backbone_with_its_arch_kwargs(tmp_path, monkeypatch):
+    vit = {"recipe": str(CONFIGS / "moco_vit_tiny.yaml"), "set": ["model.bn_splits=1"]}  # the shared keys split BN
+    path = write_study(tmp_path, arms={"vit": vit}, baseline="vit", references=["random_init"])
+    runner = StudyRunner(load_study(path))
+    built = []
+    monkeypatch.setattr(runner, "evaluate", lambda arm, seed, cfg, backbone, evaluations, again=False:
+                        built.append(backbone()))
+    runner.evaluate_references()
+    [(model, width)] = built
+    assert width == 128 and model.patch_embed.proj.kernel_size == (4, 4)  # the recipe's ViT, not timm's default
+
+
 @pytest.mark.parametrize("count", [3, 14, 20, 27])
 def test_every_arm_gets_its_own_colour_however_many_arms(count):
     pytest.importorskip("matplotlib")

@@ -22,7 +22,7 @@ from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
 from ..errors import TrainingDiverged
 from ..evaluator_settings import DetectionSettings
-from ..models.backbone import use_small_stem
+from ..models.resnet import use_small_stem
 from ..schedule import lr_multiplier
 from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights
 

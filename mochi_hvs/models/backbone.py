@@ -1,61 +1,94 @@
-"""torchvision ResNet backbones with an optional small-image stem."""
+"""An encoder's backbone, built from model.arch (models/arch.py): randomly initialised, without its classifier (its
+forward returns pooled features), under its library's own parameter names; and where it has one, its last feature
+map and the pooling that follows it, the two halves of its forward."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torchvision
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+from .arch import arch_problem, library_and_name
+from .resnet import build_resnet, resnet_feature_map, resnet_pooled
 
 
-def build_backbone(arch: str, small_stem: bool = False) -> tuple[nn.Module, int]:
-    """A randomly initialised torchvision ResNet without its classifier, and its feature width.
+def build_backbone(arch: str, small_stem: bool = False,
+                   arch_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, int]:
+    """The backbone of `arch` and its feature width (what its forward returns per image).
 
-    small_stem: 3x3 stride-1 first convolution and no max-pool, for 32 px images (as in the
-    MoCo CIFAR recipe). The classifier is replaced by Identity, so the module returns pooled
-    features and keeps torchvision's parameter names (export and loading stay trivial).
+    small_stem: the project's ResNets' small-image stem (models/resnet.py). arch_kwargs: keyword arguments of
+    timm.create_model or torchvision.models.get_model (e.g. a ViT's img_size and patch_size).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
-    net = getattr(torchvision.models, arch)(weights=None)
-    if small_stem:
-        use_small_stem(net)
-    width = net.fc.in_features
-    net.fc = nn.Identity()
+    problem = arch_problem(arch)
+    if problem is not None:
+        raise ValueError(f"model.arch {problem}")
+    library, name = library_and_name(arch)
+    if library is None:
+        return build_resnet(name, small_stem)
+    if library == "timm":
+        return timm_backbone(name, arch_kwargs or {})
+    return torchvision_backbone(name, arch_kwargs or {})
+
+
+def timm_backbone(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
+    """timm's model `name` with no classifier (num_classes=0: its forward ends at the pooled, pre-logits features)."""
+    import timm
+
+    net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return net, getattr(net, "head_hidden_size", None) or net.num_features
+
+
+def torchvision_backbone(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
+    """torchvision's model `name` with its last linear layer (the classifier) replaced by Identity, and the dropout
+    beside it in its Sequential too: its forward returns the features that layer read."""
+    net = torchvision.models.get_model(name, weights=None, **kwargs)
+    linears = [path for path, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"torchvision/{name} has no linear classifier to remove")
+    parent_path, _, attribute = linears[-1].rpartition(".")
+    parent = net.get_submodule(parent_path)
+    width = getattr(parent, attribute).in_features
+    setattr(parent, attribute, nn.Identity())
+    if isinstance(parent, nn.Sequential):
+        for index, module in enumerate(parent):
+            if isinstance(module, nn.Dropout):
+                parent[index] = nn.Identity()
     return net, width
 
 
-def feature_map_side(image_size: int, small_stem: bool = False) -> int:
-    """Side of the last feature map (layer4's output) of a ResNet of ARCHS for square images of `image_size`.
-
-    Every stride-2 stage (3x3 or 7x7 convolution or max-pool with "same" padding) maps a side s to ceil(s / 2):
-    five of them with the standard stem (conv1, max-pool, layer2-4: 28 px -> 1, 56 -> 2, 224 -> 7), three with the
-    small stem (layer2-4: 28 or 32 px -> 4).
-    """
-    side = image_size
-    for _ in range(3 if small_stem else 5):
-        side = (side + 1) // 2
-    return side
+def spatial_output(net: nn.Module) -> bool:
+    """Whether forward_features of a timm model gives a (N, C, h, w) map (its output_fmt; ViTs give tokens and are
+    caught by their shape)."""
+    return getattr(net, "output_fmt", "NCHW") == "NCHW"
 
 
 def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The last feature map (N, width, h, w) of a torchvision ResNet built by build_backbone: its forward up to
-    layer4, the very operations of ResNet.forward before the pooling."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    """The last feature map (N, width, h, w) of a backbone built by build_backbone: a ResNet's layer4 output, a
+    timm model's forward_features where that is a map. A backbone without one (a ViT's tokens) is a ValueError."""
+    if isinstance(net, torchvision.models.ResNet):
+        return resnet_feature_map(net, x)
+    if hasattr(net, "forward_features") and hasattr(net, "forward_head") and spatial_output(net):
+        features = net.forward_features(x)
+        if features.dim() == 4:
+            return features
+    raise ValueError(f"the {type(net).__name__} backbone has no spatial feature map (a dense map needs a "
+                     "convolutional backbone)")
+
+
+def feature_map_channels(net: nn.Module, width: int) -> int:
+    """Channels of feature_map's output for a backbone of pooled `width`: a timm model's num_features (its pooled
+    width may be a wider pre-logits layer after the pooling, as MobileNetV3's), a ResNet's width."""
+    return getattr(net, "num_features", width)
 
 
 def pooled_features(net: nn.Module, feature_map: torch.Tensor) -> torch.Tensor:
-    """What ResNet.forward returns from its last feature map: the global average pool, flattened, through fc."""
-    return net.fc(torch.flatten(net.avgpool(feature_map), 1))
-
-
-def use_small_stem(net: nn.Module) -> nn.Module:
-    """Replace a ResNet's 7x7 stride-2 first conv and max-pool by a 3x3 stride-1 conv and no pooling (in place)."""
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
+    """What the backbone's forward returns from its last feature map (feature_map's): a ResNet's pooling and fc,
+    a timm model's forward_head."""
+    if isinstance(net, torchvision.models.ResNet):
+        return resnet_pooled(net, feature_map)
+    return net.forward_head(feature_map)
 
 
 def freeze_all_but_batchnorm(module: nn.Module) -> None:
@@ -64,3 +97,8 @@ def freeze_all_but_batchnorm(module: nn.Module) -> None:
         is_bn = isinstance(layer, nn.modules.batchnorm._BatchNorm)
         for param in layer.parameters(recurse=False):
             param.requires_grad_(is_bn)
+
+
+def freeze_patch_embed(module: nn.Module) -> None:
+    """MoCo v3's frozen random patch projection: a ViT's patch embedding keeps its random initialisation."""
+    module.patch_embed.requires_grad_(False)

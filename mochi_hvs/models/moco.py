@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from ..distributed import shuffle_across_processes
 from ..queue import MemoryQueue
-from .backbone import build_backbone, feature_map, pooled_features
+from .backbone import build_backbone, feature_map, feature_map_channels, pooled_features
 from .head import dense_projection_head, projection_head
 from .split_bn import convert_split_bn
 
@@ -83,15 +84,16 @@ class MoCo(nn.Module):
     """Query encoder f_q (trained), key encoder f_k (momentum copy, no gradients; None without one), the queue (None
     without one) and, where asked, a predictor on f_q's projections (trained, BYOL's q_theta)."""
 
-    def __init__(self, arch: str = "resnet18", *, small_stem: bool = False, head: str = "mlp",
-                 head_hidden_dim: int | None = None, feature_dim: int = 128, queue_size: int | None = 4096,
-                 shuffle_bn: bool = True, bn_splits: int = 1, channels_last: bool = False,
-                 predictor: bool = False, momentum_encoder: bool = True) -> None:
-        """bn_splits: BatchNorm groups on this device (the configured splits divided by the processes); queue_size
-        None: no queue; predictor: an mlp_bn head D -> D with the projection head's hidden width; momentum_encoder
-        False: no f_k (objectives that train one network only)."""
+    def __init__(self, arch: str = "resnet18", *, small_stem: bool = False, arch_kwargs: dict[str, Any] | None = None,
+                 head: str = "mlp", head_hidden_dim: int | None = None, feature_dim: int = 128,
+                 queue_size: int | None = 4096, shuffle_bn: bool = True, bn_splits: int = 1,
+                 channels_last: bool = False, predictor: bool = False, momentum_encoder: bool = True) -> None:
+        """arch, small_stem, arch_kwargs: the backbone (models/backbone.py); bn_splits: BatchNorm groups on this
+        device (the configured splits divided by the processes); queue_size None: no queue; predictor: an mlp_bn
+        head D -> D with the projection head's hidden width; momentum_encoder False: no f_k (objectives that train
+        one network only)."""
         super().__init__()
-        backbone, width = build_backbone(arch, small_stem)
+        backbone, width = build_backbone(arch, small_stem, arch_kwargs)
         # Split BN everywhere (one group when no split is asked), so scoring can regroup statistics.
         convert_split_bn(backbone, bn_splits)
         self.encoder_q = Encoder(backbone, projection_head(width, feature_dim, head, head_hidden_dim), channels_last)
@@ -112,7 +114,8 @@ class MoCo(nn.Module):
         f_k's (where there is one) a copy that follows it by momentum like the rest of f_k. On the model's device,
         dtype and memory format; call it before the optimiser and the DDP wrapper are built."""
         reference = next(self.encoder_q.backbone.parameters())
-        head = dense_projection_head(self.feature_width, dim, hidden_dim).to(reference.device, reference.dtype)
+        channels = feature_map_channels(self.encoder_q.backbone, self.feature_width)
+        head = dense_projection_head(channels, dim, hidden_dim).to(reference.device, reference.dtype)
         if self.encoder_q.channels_last:
             head.to(memory_format=torch.channels_last)
         self.encoder_q.dense_head = head

@@ -48,13 +48,39 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out.view(n, c, h, w)
 
 
+class SplitBatchNormAct2d(SplitBatchNorm2d):
+    """SplitBatchNorm2d followed by the dropout and activation of the timm BatchNormAct2d it replaces, kept as its
+    `drop` and `act` submodules (the same names, so the state dict keeps its keys)."""
+
+    def __init__(self, num_features: int, num_splits: int, drop: nn.Module, act: nn.Module, **kwargs) -> None:
+        super().__init__(num_features, num_splits, **kwargs)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def split_batch_norm(layer: nn.BatchNorm2d, num_splits: int) -> SplitBatchNorm2d:
+    """A SplitBatchNorm2d with the state of `layer`: a BatchNorm2d, or timm's BatchNormAct2d (a BatchNorm2d that
+    applies its `drop` and `act` after normalising), whose dropout and activation it keeps."""
+    if type(layer) is nn.BatchNorm2d:
+        split = SplitBatchNorm2d(layer.num_features, num_splits, eps=layer.eps, momentum=layer.momentum)
+    elif isinstance(getattr(layer, "act", None), nn.Module) and isinstance(getattr(layer, "drop", None), nn.Module):
+        split = SplitBatchNormAct2d(layer.num_features, num_splits, layer.drop, layer.act, eps=layer.eps,
+                                    momentum=layer.momentum)
+    else:
+        raise ValueError(f"cannot split BatchNorm of type {type(layer).__name__} into groups")
+    split.load_state_dict(layer.state_dict())
+    return split
+
+
 def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
-    """Replace every BatchNorm2d in `module` by a SplitBatchNorm2d with the same state (in place)."""
+    """Replace every BatchNorm2d in `module` (timm's BatchNormAct2d included) by a SplitBatchNorm2d with the same
+    state (in place)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
-            split = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps, momentum=child.momentum)
-            split.load_state_dict(child.state_dict())
-            setattr(module, name, split)
+            setattr(module, name, split_batch_norm(child, num_splits))
         else:
             convert_split_bn(child, num_splits)
     return module

@@ -337,7 +337,8 @@ class StudyRunner:
 
                     def backbone(seeded: Config = seeded) -> tuple[nn.Module, int]:
                         seed_everything(seeded.seed)
-                        model, width = build_backbone(seeded.model.arch, seeded.model.small_stem)
+                        model, width = build_backbone(seeded.model.arch, seeded.model.small_stem,
+                                                      seeded.model.arch_kwargs)
                         return model.to(resolve_device(seeded.device)), width
 
                     self.evaluate(reference_label("random_init", size, base), seed, seeded, backbone,

@@ -19,7 +19,7 @@ from ..data.batches import BatchSource, build_batches
 from ..data.datasets import ImageSet, balanced_subset, load_images
 from ..distributed import DistEnv
 from ..methods import Method, build_methods
-from ..models.backbone import freeze_all_but_batchnorm
+from ..models.backbone import freeze_all_but_batchnorm, freeze_patch_embed
 from ..models.moco import MoCo
 from ..objectives.base import Objective, Step, objective_of, wrapped_step
 from ..runtime import resolve_amp, resolve_device, seed_everything
@@ -82,8 +82,8 @@ def build_model(cfg: Config, env: DistEnv, channels_last: bool = False) -> MoCo:
     """The model the configured objective needs (a momentum encoder, a queue, a predictor): this process's share of
     the BatchNorm splits, SyncBatchNorm when asked."""
     needs = objective_needs(cfg)
-    model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, head=cfg.model.head,
-                 head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
+    model = MoCo(cfg.model.arch, small_stem=cfg.model.small_stem, arch_kwargs=cfg.model.arch_kwargs,
+                 head=cfg.model.head, head_hidden_dim=cfg.model.head_hidden_dim, feature_dim=cfg.model.feature_dim,
                  queue_size=cfg.moco.queue_size if needs.queue else None, shuffle_bn=cfg.moco.shuffle_bn,
                  bn_splits=max(1, cfg.model.bn_splits // env.world_size), channels_last=channels_last,
                  predictor=needs.predictor, momentum_encoder=needs.momentum_encoder)
@@ -126,11 +126,14 @@ def base_lr(cfg: Config) -> float:
 
 def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_steps: int, device: torch.device,
                        amp_dtype: torch.dtype | None):
-    """SGD over the trainable parameters (f_q's; f_k follows by momentum), its per-step lr schedule and the AMP
-    loss scaler."""
+    """SGD or AdamW (optim.name) over the trainable parameters (f_q's; f_k follows by momentum), its per-step lr
+    schedule and the AMP loss scaler."""
     optim = cfg.optim
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr(cfg),
-                                momentum=optim.momentum, weight_decay=optim.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if optim.name == "adamw":
+        optimizer = torch.optim.AdamW(trained, lr=base_lr(cfg), weight_decay=optim.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(trained, lr=base_lr(cfg), momentum=optim.momentum, weight_decay=optim.weight_decay)
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
     milestones = [m * steps_per_epoch for m in optim.lr_milestones]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -164,6 +167,8 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
         init_report = initialise_backbone(model, cfg, verify, announce=env.is_main)
     if cfg.model.train_bn_only:
         freeze_all_but_batchnorm(model.encoder_q.backbone)
+    if cfg.model.frozen_patch_embed:
+        freeze_patch_embed(model.encoder_q.backbone)
     model.to(device)
     if cfg.compile:
         model.encoder_q.compile()

@@ -1,0 +1,48 @@
+"""The names model.arch takes: the project's ResNets (resnet18 | resnet34 | resnet50, with model.small_stem) and
+any image model of timm (`timm/<name>`, one of timm.list_models()) or torchvision (`torchvision/<name>`, one of its
+classification models), checked against the library's own list. Torch-free until a library name is checked."""
+
+from __future__ import annotations
+
+import difflib
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+LIBRARIES = ("timm", "torchvision")
+FORMS = ("must be resnet18, resnet34, resnet50, timm/<name> (a model of timm.list_models()) or torchvision/<name> "
+         "(a model of torchvision.models.list_models(torchvision.models))")
+
+
+def library_and_name(arch: str) -> tuple[str | None, str]:
+    """('timm', name) for `timm/<name>`, ('torchvision', name) likewise; (None, arch) for the project's ResNets."""
+    library, slash, name = arch.partition("/")
+    return (library, name) if slash else (None, arch)
+
+
+def library_models(library: str) -> list[str]:
+    """The image models a library builds by name: timm's registry, torchvision's classification models."""
+    if library == "timm":
+        import timm
+
+        return timm.list_models()
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def arch_problem(arch: str) -> str | None:
+    """None for a name model.arch accepts; else the accepted forms, what was given and the closest accepted name."""
+    library, name = library_and_name(arch)
+    if library is None and name in RESNETS:
+        return None
+    if library in LIBRARIES:
+        known = library_models(library)
+        if name in known:
+            return None
+        close = [f"{library}/{match}" for match in difflib.get_close_matches(name, known, n=1)]
+    elif library is None:  # a bare name: a ResNet misspelt, or a library model without its prefix
+        close = difflib.get_close_matches(name, RESNETS, n=1) or [
+            f"{lib}/{name}" for lib in LIBRARIES if name in library_models(lib)][:1]
+    else:
+        close = [f"{lib}/{name}" for lib in LIBRARIES if name in library_models(lib)][:1]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{FORMS}; got {arch!r}{hint}"
