@@ -71,9 +71,10 @@ def test_a_structural_change_on_resume_is_one_error_line_naming_the_keys(quick_o
     assert sorted(p.name for p in one_step_checkpoint.parent.iterdir()) == before  # nothing written
 
 
-def test_a_seed_change_on_resume_is_refused(quick_overrides, one_step_checkpoint):
-    with pytest.raises(ConfigError, match="seed 0 -> 1"):
-        Trainer(load_config(None, quick_overrides + ["optim.steps=1", "seed=1"]), resume=one_step_checkpoint)
+@pytest.mark.parametrize("change, message", [("seed=1", "seed 0 -> 1"), ("optim.name=adamw", "optim.name 'sgd' -> 'adamw'")])
+def test_a_seed_or_optimiser_change_on_resume_is_refused(quick_overrides, one_step_checkpoint, change, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(load_config(None, quick_overrides + ["optim.steps=1", change]), resume=one_step_checkpoint)
 
 
 def test_a_new_learning_rate_and_sgd_momentum_are_really_used_after_resume_and_stored(quick_overrides,

@@ -1,7 +1,7 @@
 """What a resume may change: the settings that differ between a checkpoint's config and the new one, and per key
 whether the resumed run applies the new value or refuses to continue.
 
-Refused: whatever changes the shape of the saved state (model, queue, optimiser parameters), the data stream
+Refused: whatever changes the shape of the saved state (model, queue, the optimiser and its state), the data stream
 (seed, data set, subset, batch, views, augmentation) or the method, so that the checkpoint's position would mean
 something else. Applied: the hyperparameters of the update rule (learning rate and its schedule, SGD momentum,
 weight decay, run length, key-encoder momentum, temperature), and how and where the run executes and reports
@@ -35,6 +35,7 @@ POLICY: dict[str, str] = {
     "multicrop.": REFUSE,
     "lc.": REFUSE, "lc.weight": APPLY, "lc.temperature": APPLY,
     "optim.": APPLY, "optim.batch_size": REFUSE,
+    "optim.name": REFUSE,  # another optimiser cannot read the stored one's state (SGD momentum vs AdamW moments)
     "eval.": APPLY,
     "collapse.": APPLY,
 }
