@@ -363,7 +363,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     if isinstance(obj, Config):
-        names += registered_sections()
+        names += list(registered_sections())
     for name, value in values.items():
         key = prefix + str(name)
         if name not in names:
