@@ -28,15 +28,17 @@ from .evaluator_settings import (
     setting,
     task_name_and_root,
 )
-from .objectives.registry import OBJECTIVES, Needs, declared, sections
+from .objectives.registry import OBJECTIVES, Needs, declared
+from .objectives.registry import sections as objective_sections
 from .run_files import LAST
 from .strict_yaml import DuplicateKeyError, load_yaml
 
 if TYPE_CHECKING:
     from .models.backbone_facts import BackboneFacts
 
-__all__ = ["Config", "ConfigError", "LocalCrops", "MethodConfig", "ObjectiveConfig", "load_config", "local_crops",
-           "objective_needs", "validate", "views_per_image"]
+__all__ = ["METHOD_SECTIONS", "Config", "ConfigError", "LocalCrops", "MethodConfig", "ObjectiveConfig", "Section",
+           "backbone_facts_of", "load_config", "local_crops", "objective_needs", "registered_sections", "setting",
+           "validate", "views_per_image"]
 
 
 @dataclass
@@ -88,12 +90,11 @@ class LocalCrops:
 
 
 @dataclass
-class ObjectiveConfig:
-    """The config section of an objective (mochi_hvs/objectives/), declared in the objective's own module as its
-    `section` and keyed by its section_key or name (contrastive's `moco`). Config.validate calls `validate` of every
-    registered section."""
-
-    name: ClassVar[str] = ""  # the section's key: its objective's section_key or name (registry.register sets it)
+class Section:
+    """A config section declared in the module of what it configures (an objective, a training method) and registered
+    with it: every Config holds one under its key (`registered_sections`), in recipes, --set and stored configs.
+    Config validation checks the choices its fields declare (`setting(default, help, choices)`), then calls its
+    `validate`."""
 
     def validate(self, cfg: Config, source: str) -> None:
         """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
@@ -105,11 +106,20 @@ class ObjectiveConfig:
 
 
 @dataclass
-class MethodConfig:
-    """The config section of a training method (mochi_hvs/methods/): whether it runs, the views per image it needs
-    from the data path, and its own validation. Config.validate calls `validate` of every section of this type."""
+class ObjectiveConfig(Section):
+    """The config section of an objective (mochi_hvs/objectives/), declared in the objective's own module as its
+    `section` and keyed by its section_key or name (contrastive's `moco`)."""
 
-    enabled: bool = False
+    name: ClassVar[str] = ""  # the section's key: its objective's section_key or name (registry.register sets it)
+
+
+@dataclass
+class MethodConfig(Section):
+    """The config section of a training method (mochi_hvs/methods/), declared in the method's own module as its
+    `config_section` and keyed by its `section` (methods/base.py's register records it in METHOD_SECTIONS): whether
+    it runs, the views per image it needs from the data path, and its own validation."""
+
+    enabled: bool = setting(False, "train with this method")
     needs_queue: ClassVar[bool] = False  # it reads the objective's memory queue (MoCHi mixes negatives from it)
     # the Needs flag of objectives without method hooks whose step reads this method's data itself (multi-crop's
     # small crops: "local_views"); None: only objectives with method hooks take it
@@ -124,199 +134,16 @@ class MethodConfig:
         default."""
         return None
 
-    def validate(self, cfg: Config, source: str) -> None:
-        """Reject impossible values of this section (and combinations with the rest of `cfg`)."""
+
+# The config sections of the registered training methods by key, in their hook order: methods/base.py's `register`
+# records each method's `config_section` here, so that this module names no method (and imports none).
+METHOD_SECTIONS: dict[str, type[MethodConfig]] = {}
 
 
-@dataclass
-class MochiConfig(MethodConfig):
-    """MoCHi hard-negative mixing: MoCHi(N, s, s') in the paper's notation."""
-
-    needs_queue: ClassVar[bool] = True
-
-    num_hard: int = 1024  # N: hardest queue negatives per query to mix from
-    num_mix: int = 1024  # s: synthetic negatives mixing two hard negatives
-    num_query_mix: int = 256  # s': harder synthetic negatives mixing the (detached) query with a hard negative
-    query_mix_max: float = 0.5  # query weight b ~ U(0, query_mix_max)
-    warmup_epochs: int = 10  # plain MoCo-v2 before this epoch
-    retrieval: str = "torch"  # torch (exact top-k over the logits already computed) | faiss
-    faiss_index: str = "flat"  # flat (exact) | ivf (approximate, for large banks)
-    faiss_nlist: int = 256
-    faiss_nprobe: int = 16
-    path: str = "fast"  # fast (from logits, no mixed features) | reference (explicit normalised features)
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """N within the queue, at least one kind of synthetic negative, Faiss settings that fit the queue."""
-        _check(not self.enabled or 2 <= self.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
-               f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {self.num_hard}")
-        _check(self.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {self.num_mix}")
-        _check(self.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {self.num_query_mix}")
-        _check(not self.enabled or self.num_mix + self.num_query_mix > 0, source, "mochi.num_mix",
-               "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
-        _check(0 < self.query_mix_max <= 1, source, "mochi.query_mix_max",
-               f"must be in (0, 1]; got {self.query_mix_max}")
-        _check(self.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
-        ivf = self.enabled and self.retrieval == "faiss" and self.faiss_index == "ivf"
-        _check(self.faiss_nlist > 0 and not (ivf and self.faiss_nlist > cfg.moco.queue_size), source,
-               "mochi.faiss_nlist", f"must be positive, and at most moco.queue_size={cfg.moco.queue_size} with the "
-               f"ivf index (its centroids are trained on the queue); got {self.faiss_nlist}")
-        _check(0 < self.faiss_nprobe <= self.faiss_nlist, source, "mochi.faiss_nprobe",
-               f"must be in [1, mochi.faiss_nlist={self.faiss_nlist}]; got {self.faiss_nprobe}")
-
-
-@dataclass
-class HvsConfig(MethodConfig):
-    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample. MoCo-v2 scores
-    pairs on its step's hooks; an objective without them that scores pairs itself (Needs.pair_losses) takes it too."""
-
-    read_by: ClassVar[str | None] = "pair_losses"
-    num_views: int = 4  # V candidates per image (the view sampler draws this many when enabled)
-    mode: str = "hardest"  # hardest | easiest | random (the latter two for ablations)
-    # query (q from f_q, k from f_k) | momentum (both from f_k: one forward, cheaper); MoCo-v2's only
-    scorer: str = "query"
-    select_every: int = 1  # select every n steps; other steps train views (0, 1), themselves a random pair
-    start_epoch: int = 0  # plain MoCo-v2 on views (0, 1) before this epoch
-    score_resolution: int | None = None  # score on views downscaled to this side (None: full resolution)
-    score_with_mochi: bool = False  # include MoCHi's synthetic negatives in the scoring loss (once mixing runs)
-    # train on the keys computed in scoring (same momentum weights) instead of re-forwarding; MoCo-v2's only (other
-    # objectives' steps re-forward the chosen views)
-    reuse_keys: bool = True
-
-    def views_per_image(self) -> int:
-        """HVS draws its V candidate views per image."""
-        return self.num_views
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """At least a pair of candidates, a positive selection interval, scoring no larger than the views, and MoCo's
-        momentum scorer only with MoCo-v2 (an objective that scores pairs itself uses its own networks)."""
-        _check(self.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {self.num_views}")
-        _check(self.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {self.select_every}")
-        _check(self.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
-        _check(self.score_resolution is None or 8 <= self.score_resolution <= cfg.data.image_size, source,
-               "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
-        _check(not (self.enabled and self.score_with_mochi and not cfg.mochi.enabled), source, "hvs.score_with_mochi",
-               "needs mochi.enabled")
-        _check(not (self.enabled and self.scorer != "query" and objective_needs(cfg).pair_losses), source,
-               "hvs.scorer", f"must be query with objective={cfg.objective} (it scores pairs with its own loss; "
-               f"{self.scorer} is MoCo-v2's scoring); got {self.scorer!r}")
-
-
-# Most patch combinations Fast-MoCo may score per query view: each adds a batch of queries (B rows of 1 + K logits).
-MAX_COMBINATIONS = 64
-
-
-@dataclass
-class FastMocoConfig(MethodConfig):
-    """Fast-MoCo combinatorial patches: the query view split into grid x grid patches, each encoded by the backbone,
-    their features averaged over every subset of `subset` patches, each combination a query against the key."""
-
-    grid: int = 2  # m: the query view is split into m x m equal patches (the paper: 2)
-    subset: int = 2  # n: patches per combination, C(m * m, n) combinations (the paper: 2 of 4, 6 combinations)
-    weight: float = 1.0  # weight of the combinations' loss (their InfoNCE averaged over the combinations)
-    mode: str = "replace"  # replace: the combinations' loss is the query side's loss (the paper) | add: added to it
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """Equal patches, a subset size within the patches, few enough combinations, a positive weight."""
-        _check(self.grid >= 1, source, "fast_moco.grid", f"must be >= 1; got {self.grid}")
-        size = cfg.data.image_size
-        _check(not self.enabled or size % self.grid == 0, source, "fast_moco.grid",
-               f"must divide data.image_size={size} into equal patches; got {self.grid}")
-        patches = self.grid * self.grid
-        _check(1 <= self.subset <= patches, source, "fast_moco.subset",
-               f"must be in [1, fast_moco.grid^2 = {patches}]; got {self.subset}")
-        count = math.comb(patches, self.subset)
-        _check(count <= MAX_COMBINATIONS, source, "fast_moco.subset",
-               f"with fast_moco.grid={self.grid} gives C({patches}, {self.subset}) = {count} combinations, each a "
-               f"batch of queries against the queue; at most {MAX_COMBINATIONS}")
-        _check(self.weight > 0, source, "fast_moco.weight", f"must be > 0; got {self.weight}")
-
-
-# SwAV's local crops are 96 px beside 224 px global views (Caron et al., 2020): the default local side keeps the ratio.
-LOCAL_SIZE_RATIO = 96 / 224
-
-
-@dataclass
-class MultiCropConfig(MethodConfig):
-    """SwAV's multi-crop: besides the pair of global views, `local_crops` small crops of each image at `local_size` px,
-    each a query (through the query encoder) against the other global view's key and the queue; objectives that read
-    the small crops themselves (Needs.local_views: BYOL, TWIST, ReLICv2) score them by their own loss, through their
-    trained network only."""
-
-    local_crops: int = 6  # L small crops per image (SwAV: 2 x 224 + 6 x 96)
-    local_size: int | None = None  # their side in px; None: data.image_size x 96 / 224 rounded, at least 8 (28 px: 12)
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])  # their area range (SwAV's)
-    # weight of the local crops' InfoNCE (averaged over the crops) beside the global query's (MoCo-v2's step only)
-    weight: float = 1.0
-    read_by: ClassVar[str | None] = "local_views"
-
-    def size(self, image_size: int) -> int:
-        """The local crops' side in px for global views of `image_size` px."""
-        return self.local_size if self.local_size is not None else max(8, round(image_size * LOCAL_SIZE_RATIO))
-
-    def local_crops_per_image(self, cfg: Config) -> LocalCrops:
-        """The multi-crop's small crops, from this section and data.image_size."""
-        return LocalCrops(self.local_crops, self.size(cfg.data.image_size), (self.local_scale[0], self.local_scale[1]))
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """At least one crop, a side no larger than the global views', an area range within the image, a positive
-        weight, and no other weight than 1 for an objective that reads the crops itself (its loss weighs them)."""
-        _check(self.local_crops >= 1, source, "multicrop.local_crops", f"must be >= 1; got {self.local_crops}")
-        size = cfg.data.image_size
-        _check(self.local_size is None or self.local_size >= 8, source, "multicrop.local_size",
-               f"must be null or >= 8; got {self.local_size}")
-        _check(not self.enabled or self.size(size) <= size, source, "multicrop.local_size",
-               f"must not exceed data.image_size={size} (local crops are the small ones); got {self.local_size}")
-        scale = self.local_scale
-        _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "multicrop.local_scale",
-               f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
-        _check(self.weight > 0, source, "multicrop.weight", f"must be > 0; got {self.weight}")
-        needs = objective_needs(cfg)
-        _check(not self.enabled or needs.methods or not needs.local_views or self.weight == 1, source,
-               "multicrop.weight", f"is MoCo-v2's weight on the small crops' loss: objective={cfg.objective} weighs "
-               f"them by its own loss and reads none, so it must stay 1; got {self.weight}")
-
-
-@dataclass
-class LcConfig(MethodConfig):
-    """LC-loss, local contrast: a dense head on the backbone's last feature map, and InfoNCE between the locations of
-    the query view and the key view's locations they fall into in the original image (crop boxes and flips)."""
-
-    weight: float = 1.0  # factor on the local loss (averaged over the matched locations), added to the MoCo loss
-    temperature: float = 0.2  # T of the local InfoNCE
-    dim: int = 128  # dense embedding size (the dense head's output channels)
-    hidden_dim: int | None = None  # the dense head's hidden channels; None: the backbone's width (DenseCL's head)
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """Positive weight, temperature and sizes; when enabled, a last feature map of at least 2 x 2 locations and
-        a whole query view to take its map from (not Fast-MoCo's replacing patches)."""
-        _check(self.weight > 0, source, "lc.weight", f"must be > 0; got {self.weight}")
-        _check(self.temperature > 0, source, "lc.temperature", f"must be > 0; got {self.temperature}")
-        _check(self.dim > 0, source, "lc.dim", f"must be positive; got {self.dim}")
-        _check(self.hidden_dim is None or self.hidden_dim > 0, source, "lc.hidden_dim",
-               f"must be null or positive; got {self.hidden_dim}")
-        if not self.enabled:
-            return
-        from .models.arch import RESNETS  # here: loading a config does not import torch
-        from .models.resnet import feature_map_side
-
-        model, size = cfg.model, cfg.data.image_size
-        if model.arch in RESNETS:
-            side = feature_map_side(size, model.small_stem)
-            given = f"data.image_size={size} with model.small_stem={str(model.small_stem).lower()}"
-            remedy = "raise data.image_size to 56 or more, or set model.small_stem=true"
-        else:
-            side = _backbone_facts(cfg, source).map_side
-            _check(side is not None, source, "lc.enabled",
-                   f"needs the backbone's last feature map, and model.arch={model.arch} has none (a ViT gives tokens; "
-                   "a dense map comes from a torchvision ResNet or a timm convolutional network)")
-            given = f"model.arch={model.arch} at data.image_size={size}"
-            remedy = "raise data.image_size, or lower the backbone's stride with model.arch_kwargs"
-        _check(side >= 2, source, "lc.enabled",
-               f"needs a last feature map of at least 2 x 2 locations to match; {given} gives {side} x {side} "
-               f"({remedy})")
-        _check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
-               "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's feature "
-               "map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
+def registered_sections() -> dict[str, type[Section]]:
+    """The sections every Config holds besides its own fields, by key: the objectives' (objectives/registry.py), then
+    the methods' in their hook order (the order to_dict stores them in, after `model`)."""
+    return objective_sections() | METHOD_SECTIONS
 
 
 @dataclass
@@ -397,7 +224,8 @@ class Config:
     # a registered objective (mochi_hvs/objectives/): contrastive: MoCo-v2 (and the enabled methods) | supervised:
     # the same backbone, views and optimiser trained with labels and a linear classifier (the supervised reference)
     # | byol | twist | msbreg | relicv2. An objective with settings has its section here under its key (its name, or
-    # its section_key: contrastive's is `moco`), added by __post_init__.
+    # its section_key: contrastive's is `moco`), and so has every training method (mochi_hvs/methods/: its section's
+    # name), added by __post_init__.
     objective: str = "contrastive"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else off) | none | bf16 | fp16
@@ -407,11 +235,6 @@ class Config:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    mochi: MochiConfig = field(default_factory=MochiConfig)
-    hvs: HvsConfig = field(default_factory=HvsConfig)
-    fast_moco: FastMocoConfig = field(default_factory=FastMocoConfig)
-    multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
-    lc: LcConfig = field(default_factory=LcConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
@@ -420,8 +243,8 @@ class Config:
     stages: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Each registered objective's config section, at its defaults."""
-        for name, section in sections().items():
+        """Each registered objective's and method's config section, at its defaults."""
+        for name, section in registered_sections().items():
             if not hasattr(self, name):
                 setattr(self, name, section())
 
@@ -440,12 +263,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.augmentation": ("mocov2", "mocov2_small"),
     "data.augment_on": ("auto", "device", "cpu"),
     "model.head": ("mlp", "mlp_bn", "linear"),
-    "mochi.retrieval": ("torch", "faiss"),
-    "mochi.faiss_index": ("flat", "ivf"),
-    "mochi.path": ("fast", "reference"),
-    "hvs.mode": ("hardest", "easiest", "random"),
-    "hvs.scorer": ("query", "momentum"),
-    "fast_moco.mode": ("replace", "add"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "amp": ("auto", "none", "bf16", "fp16"),
@@ -552,7 +369,9 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)] + (list(sections()) if isinstance(obj, Config) else [])
+    names = [f.name for f in dataclasses.fields(obj)]
+    if isinstance(obj, Config):
+        names += list(registered_sections())
     for name, value in values.items():
         key = prefix + str(name)
         if name not in names:
@@ -683,6 +502,8 @@ def validate(cfg: Config, source: str) -> None:
         for part in key.split("."):
             value = getattr(value, part)
         _check(value in options, source, key, f"must be one of {', '.join(options)}; got {value!r}")
+    for name in registered_sections():
+        _validate_choices(getattr(cfg, name), f"{name}.", source)
     _check(
         cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
         source, "device", f"must be auto, cpu, cuda or cuda:N; got {cfg.device!r}",
@@ -694,7 +515,7 @@ def validate(cfg: Config, source: str) -> None:
     _validate_backbone(cfg, source)
     _validate_eval(cfg, source)
     _validate_collapse(cfg.collapse, source)
-    for name in sections():
+    for name in objective_sections():
         getattr(cfg, name).validate(cfg, source)
     _validate_methods(cfg, source)
     stage_configs(cfg, source)  # each stage must be a valid run of its own
@@ -782,7 +603,7 @@ def _validate_backbone(cfg: Config, source: str) -> None:
         return
     _check(not model.small_stem, source, "model.small_stem",
            f"applies to {'|'.join(RESNETS)}; fit {arch} to small images with model.arch_kwargs")
-    facts = _backbone_facts(cfg, source)
+    facts = backbone_facts_of(cfg, source)
     if not facts.batchnorm:
         _check(model.bn_splits == 1, source, "model.bn_splits", f"splits the backbone's BatchNorm into groups, and "
                f"{arch} has no BatchNorm layer (it normalises otherwise, e.g. LayerNorm); set model.bn_splits=1")
@@ -799,7 +620,7 @@ def _validate_backbone(cfg: Config, source: str) -> None:
            f"needs a backbone with a patch projection (a ViT's patch_embed); {arch} has none")
 
 
-def _backbone_facts(cfg: Config, source: str) -> BackboneFacts:
+def backbone_facts_of(cfg: Config, source: str) -> BackboneFacts:
     """The BackboneFacts of a timm/ or torchvision/ backbone at data.image_size (models/backbone_facts.py), or a
     ConfigError naming the library's reason when it cannot be built or cannot encode that size."""
     from .models.backbone_facts import BackboneBuildError, BackboneInputError, backbone_facts
@@ -868,7 +689,7 @@ def _validate_collapse(collapse: CollapseConfig, source: str) -> None:
 
 
 def _validate_choices(section: Any, prefix: str, source: str) -> None:
-    """Every field of an evaluator section that declares choices (in its metadata) holds one of them."""
+    """Every field of a section that declares choices (in its metadata) holds one of them."""
     for f in dataclasses.fields(section):
         options, value = f.metadata.get("choices"), getattr(section, f.name)
         if options is None:
@@ -1020,8 +841,7 @@ def stage_configs(cfg: Config, source: str = "<config>") -> list[Config]:
 
 def method_sections(cfg: Config) -> dict[str, MethodConfig]:
     """The config sections of the training methods, by name (enabled or not)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name),
-                                                                                         MethodConfig)}
+    return {name: getattr(cfg, name) for name in METHOD_SECTIONS}
 
 
 def views_per_image(cfg: Config) -> int:
@@ -1037,10 +857,11 @@ def local_crops(cfg: Config) -> LocalCrops | None:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of the config (YAML- and checkpoint-safe), the objectives' sections after `model`."""
+    """Plain nested dict of the config (YAML- and checkpoint-safe), the objectives' and methods' sections after
+    `model`."""
     values: dict[str, Any] = {}
     for name, value in dataclasses.asdict(cfg).items():
         values[name] = value
         if name == "model":
-            values |= {key: dataclasses.asdict(getattr(cfg, key)) for key in sections()}
+            values |= {key: dataclasses.asdict(getattr(cfg, key)) for key in registered_sections()}
     return values

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mochi_hvs.config import Config, ConfigError, load_config, to_dict, validate
+from mochi_hvs.config import Config, ConfigError, load_config, registered_sections, to_dict, validate
 from mochi_hvs.objectives.contrastive import MocoConfig
 from mochi_hvs.objectives.registry import declared, sections
 
@@ -200,9 +200,10 @@ def test_overrides_of_text_fields_keep_the_text_yaml_would_convert():
 
 
 def float_fields() -> list[str]:
-    """Dotted keys of every float (or optional float) field of the config, the objectives' sections included."""
+    """Dotted keys of every float (or optional float) field of the config, the objectives' and methods' sections
+    included."""
     keys = []
-    for section, section_type in (typing.get_type_hints(Config) | sections()).items():
+    for section, section_type in (typing.get_type_hints(Config) | registered_sections()).items():
         hints = typing.get_type_hints(section_type) if dataclasses.is_dataclass(section_type) else {}
         keys += [f"{section}.{name}" for name, tp in hints.items() if tp in (float, float | None)]
     return keys
@@ -237,8 +238,8 @@ def test_numbers_stay_text_in_text_fields_and_booleans_are_never_numbers(tmp_pat
 
 
 def test_float_fields_are_found():
-    assert {"optim.lr", "optim.momentum", "optim.grad_clip", "moco.temperature", "eval.knn_temperature"} <= set(
-        float_fields())
+    assert {"optim.lr", "optim.momentum", "optim.grad_clip", "moco.temperature", "eval.knn_temperature",
+            "lc.temperature"} <= set(float_fields())
 
 
 @pytest.mark.parametrize("key", float_fields())

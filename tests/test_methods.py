@@ -1,13 +1,29 @@
 """The method seam: hooks a method plugs into, the registry, the views per image, and stored configs."""
 
+import ast
+import dataclasses
+import inspect
 import itertools
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+from test_checkpoint import assert_resume_is_exact
 
-from mochi_hvs.config import ConfigError, load_config, views_per_image
+from mochi_hvs import config
+from mochi_hvs.config import (
+    CHOICES,
+    METHOD_SECTIONS,
+    Config,
+    ConfigError,
+    MethodConfig,
+    load_config,
+    setting,
+    to_dict,
+    views_per_image,
+)
 from mochi_hvs.data.datasets import ImageSet
 from mochi_hvs.loss import contrastive_logits, info_nce
 from mochi_hvs.methods import METHODS, ExtraLoss, ExtraNegatives, Method, build_methods, register
@@ -172,3 +188,80 @@ def test_training_logs_histograms_as_bin_counts_and_prints_its_estimated_time(ti
     histograms = [line["histograms"] for line in lines if "histograms" in line]
     selected = next(h["hvs/iou_selected"] for h in histograms if "hvs/iou_selected" in h)
     assert selected["edges"][0] == 0.0 and selected["edges"][-1] == 1.0 and sum(selected["counts"]) == 8 * 32
+
+
+@dataclass
+class SpreadConfig(MethodConfig):
+    """A section declared outside the package: a weight, a choice and the views per image its method asks for."""
+
+    weight: float = setting(1.0, "factor on the term")
+    reduce: str = setting("mean", "how the query similarities are reduced", ("mean", "max"))
+    views: int = setting(2, "views per image")
+
+    def views_per_image(self) -> int:
+        return self.views
+
+    def validate(self, cfg, source: str) -> None:
+        self.check(self.weight > 0, source, "spread.weight", f"must be > 0; got {self.weight}")
+
+
+class Spread(Method):
+    """Adds weight x the mean (or max) similarity between the batch's queries to the loss."""
+
+    section = "spread"
+    config_section = SpreadConfig
+    order = 60
+
+    def extra_loss(self, q, k, ctx):
+        similarity = q @ q.t()
+        term = self.cfg.spread.weight * (similarity.max() if self.cfg.spread.reduce == "max" else similarity.mean())
+        return ExtraLoss(term, {"spread/term": term.detach()})
+
+
+@pytest.fixture
+def spread():
+    register(Spread)
+    yield Spread
+    del METHODS[Spread.section], METHOD_SECTIONS[Spread.section]
+
+
+def test_a_method_registered_outside_the_package_has_its_section_read_validated_stored_and_resumed(
+        spread, quick_overrides, tmp_path):
+    recipe = tmp_path / "spread.yaml"
+    recipe.write_text("spread:\n  enabled: true\n  weight: 0.5\n")
+    cfg = load_config(recipe, quick_overrides + ["spread.reduce=max", "spread.views=3"])
+    values = {"enabled": True, "weight": 0.5, "reduce": "max", "views": 3}
+    assert to_dict(cfg)["spread"] == values
+    keys = list(to_dict(cfg))
+    assert keys.index("lc") < keys.index("spread") < keys.index("optim")  # stored after the shipped ones: hook order
+    assert views_per_image(cfg) == 3
+    assert [m.section for m in build_methods(cfg, small_moco())] == ["spread"]
+    for override, message in [("spread.weight=0", "'spread.weight' must be > 0; got 0.0"),
+                              ("spread.reduce=sum", "'spread.reduce' must be one of mean, max; got 'sum'"),
+                              ("spread.wieght=1", "unknown key 'spread.wieght' (did you mean 'spread.weight'?)")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [override])
+        assert str(err.value) == f"--set: {message}"
+    with pytest.raises(ConfigError, match=r"^--set: 'spread.enabled' needs objective=contrastive \(objective=byol "
+                                          r"takes no methods\)$"):
+        load_config(None, ["objective=byol", "spread.enabled=true"])
+
+    sets = [f"spread.{key}={str(value).lower()}" for key, value in values.items()]
+    resumed = assert_resume_is_exact(quick_overrides + sets)  # the stored section is read back on resume
+    stored = load_checkpoint(resumed.state.checkpoint_path)["config"]
+    assert stored["spread"] == values
+    assert load_config(defaults=stored) == resumed.cfg
+    lines = [json.loads(line) for line in (resumed.cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/spread/term" in line for line in lines)
+    del stored["spread"]  # a checkpoint written before the method was registered
+    assert load_config(defaults=stored).spread == SpreadConfig()
+
+
+def test_config_py_declares_reads_and_checks_no_methods_section():
+    assert set(METHOD_SECTIONS) == set(METHODS)
+    for name, section in METHOD_SECTIONS.items():
+        assert section is METHODS[name].config_section and section.__module__ == METHODS[name].__module__
+    assert not set(METHOD_SECTIONS) & {f.name for f in dataclasses.fields(Config)}
+    assert not {key.split(".")[0] for key in CHOICES} & set(METHOD_SECTIONS)
+    read = {node.attr for node in ast.walk(ast.parse(inspect.getsource(config))) if isinstance(node, ast.Attribute)}
+    assert not read & set(METHOD_SECTIONS)  # no cfg.mochi, cfg.hvs... in its code

@@ -1,10 +1,11 @@
 """The method seam: what a training method may add to the MoCo step, and the registry that builds the enabled ones.
 
 A method is one module in mochi_hvs/methods/ with a `Method` subclass registered under its config section's name,
-plus that section in config.py (a `MethodConfig` with `enabled`, its views per image and its validation). The
-step calls the hooks of the methods that are active this step in the order they declare (`Method.order`, lowest
-first), whatever order they were imported and registered in; the loop never learns a method's name. Hooks not
-overridden add nothing.
+and that section beside it (its `config_section`: a `config.MethodConfig` with `enabled`, its views per image, its
+settings and its validation), which registering adds to every Config: config.py names no method. The step calls
+the hooks of the methods that are active this step in the order they declare (`Method.order`, lowest first),
+whatever order they were imported and registered in; the loop never learns a method's name. Hooks not overridden
+add nothing.
 
 The order decides which method's view choice the step takes (the first one's), the order of the synthetic
 negatives' logits and of the query sets (the first set reports its metrics under their plain names when a method
@@ -34,7 +35,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import METHOD_SECTIONS, Config, MethodConfig
 from ..models.moco import EncoderOutput, MoCo
 from ..random_streams import StepRandom
 
@@ -111,9 +112,11 @@ class ExtraLoss:
 
 
 class Method:
-    """A training method plugged into the MoCo step (see the module docstring). Subclasses set `section`."""
+    """A training method plugged into the MoCo step (see the module docstring). Subclasses set `section`, `order`
+    and, where the method has settings besides `enabled`, `config_section`."""
 
-    section: ClassVar[str]  # its config section, which also names its random stream
+    section: ClassVar[str]  # its config section's key, which also names its random stream
+    config_section: ClassVar[type[MethodConfig]] = MethodConfig  # that section's dataclass
     order: ClassVar[int]  # its place in the step's hook calls, lowest first; no two registered methods share one
     adds_negatives: ClassVar[bool] = False  # True when extra_negatives is overridden
     replaces_query: bool = False  # True when, while active, its extra_queries replace the whole view's query
@@ -161,13 +164,16 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under its config section's name, at its declared order."""
+    """Class decorator: make a method available under its config section's name, at its declared order, and its
+    config section part of every Config (config.METHOD_SECTIONS, kept in the same order)."""
     taken = next((section for section, other in METHODS.items() if other.order == cls.order), None)
     if taken not in (None, cls.section):
         raise ValueError(f"method {cls.section!r} declares order {cls.order}, which method {taken!r} has")
     ordered = sorted({**METHODS, cls.section: cls}.items(), key=lambda item: item[1].order)
     METHODS.clear()
     METHODS.update(ordered)
+    METHOD_SECTIONS.clear()
+    METHOD_SECTIONS.update((section, method.config_section) for section, method in ordered)
     return cls
 
 

@@ -24,13 +24,46 @@ would average normalised embeddings, which is not the embedding of anything the 
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, MethodConfig, setting
 from ..models.moco import MoCo
 from .base import ExtraQueries, Method, StepContext, register
+
+# Most patch combinations Fast-MoCo may score per query view: each adds a batch of queries (B rows of 1 + K logits).
+MAX_COMBINATIONS = 64
+
+
+@dataclass
+class FastMocoConfig(MethodConfig):
+    """Fast-MoCo combinatorial patches: the query view split into grid x grid patches, each encoded by the backbone,
+    their features averaged over every subset of `subset` patches, each combination a query against the key."""
+
+    grid: int = setting(2, "m: the query view is split into m x m equal patches (the paper: 2)")
+    subset: int = setting(2, "n: patches per combination, C(m * m, n) combinations (the paper: 2 of 4, 6 "
+                             "combinations)")
+    weight: float = setting(1.0, "weight of the combinations' loss (their InfoNCE averaged over the combinations)")
+    mode: str = setting("replace", "replace: the combinations' loss is the query side's loss (the paper); add: added "
+                                   "to it", ("replace", "add"))
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Equal patches, a subset size within the patches, few enough combinations, a positive weight."""
+        self.check(self.grid >= 1, source, "fast_moco.grid", f"must be >= 1; got {self.grid}")
+        size = cfg.data.image_size
+        self.check(not self.enabled or size % self.grid == 0, source, "fast_moco.grid",
+                   f"must divide data.image_size={size} into equal patches; got {self.grid}")
+        patches = self.grid * self.grid
+        self.check(1 <= self.subset <= patches, source, "fast_moco.subset",
+                   f"must be in [1, fast_moco.grid^2 = {patches}]; got {self.subset}")
+        count = math.comb(patches, self.subset)
+        self.check(count <= MAX_COMBINATIONS, source, "fast_moco.subset",
+                   f"with fast_moco.grid={self.grid} gives C({patches}, {self.subset}) = {count} combinations, each "
+                   f"a batch of queries against the queue; at most {MAX_COMBINATIONS}")
+        self.check(self.weight > 0, source, "fast_moco.weight", f"must be > 0; got {self.weight}")
 
 
 def split_patches(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -63,6 +96,7 @@ class FastMoco(Method):
     """Fast-MoCo on the method seam: the query view's patch combinations as queries (see the module docstring)."""
 
     section = "fast_moco"
+    config_section = FastMocoConfig
     order = 30  # hook order (Method.order)
 
     def __init__(self, cfg: Config, model: MoCo) -> None:

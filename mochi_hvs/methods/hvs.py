@@ -14,17 +14,58 @@ the very keys the step trains with (computed once), with their dense maps when t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, HvsConfig
+from ..config import Config, MethodConfig, objective_needs, setting
 from ..loss import full_precision
 from ..models.moco import EncoderOutput, MoCo
 from ..models.split_bn import side_effect_free_bn
 from .base import Method, StepContext, ViewChoice, register
 
 ExtraLogits = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class HvsConfig(MethodConfig):
+    """HVS hard view selection: V candidate views per image, train on the hardest pair per sample. MoCo-v2 scores
+    pairs on its step's hooks; an objective without them that scores pairs itself (Needs.pair_losses) takes it too."""
+
+    read_by: ClassVar[str | None] = "pair_losses"
+    num_views: int = setting(4, "V candidates per image (the view sampler draws this many when enabled)")
+    mode: str = setting("hardest", "the pair each sample trains on; easiest and random for ablations",
+                        ("hardest", "easiest", "random"))
+    scorer: str = setting("query", "query: q from f_q, k from f_k; momentum: both from f_k (one forward, cheaper); "
+                                   "MoCo-v2's only", ("query", "momentum"))
+    select_every: int = setting(1, "select every n steps; other steps train views (0, 1), themselves a random pair")
+    start_epoch: int = setting(0, "plain MoCo-v2 on views (0, 1) before this epoch")
+    score_resolution: int | None = setting(None, "score on views downscaled to this side (null: full resolution)")
+    score_with_mochi: bool = setting(False, "include MoCHi's synthetic negatives in the scoring loss (once mixing "
+                                            "runs)")
+    reuse_keys: bool = setting(True, "train on the keys computed in scoring (same momentum weights) instead of "
+                                     "re-forwarding; MoCo-v2's only (other objectives' steps re-forward the chosen "
+                                     "views)")
+
+    def views_per_image(self) -> int:
+        """HVS draws its V candidate views per image."""
+        return self.num_views
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """At least a pair of candidates, a positive selection interval, scoring no larger than the views, and MoCo's
+        momentum scorer only with MoCo-v2 (an objective that scores pairs itself uses its own networks)."""
+        self.check(self.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {self.num_views}")
+        self.check(self.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {self.select_every}")
+        self.check(self.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
+        self.check(self.score_resolution is None or 8 <= self.score_resolution <= cfg.data.image_size, source,
+                   "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
+        self.check(not (self.enabled and self.score_with_mochi and not cfg.mochi.enabled), source,
+                   "hvs.score_with_mochi", "needs mochi.enabled")
+        self.check(not (self.enabled and self.scorer != "query" and objective_needs(cfg).pair_losses), source,
+                   "hvs.scorer", f"must be query with objective={cfg.objective} (it scores pairs with its own loss; "
+                   f"{self.scorer} is MoCo-v2's scoring); got {self.scorer!r}")
 
 
 def box_iou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -174,6 +215,7 @@ class Hvs(Method):
     """HVS on the method seam: the hardest of every ordered pair of the V candidate views, on selecting steps."""
 
     section = "hvs"
+    config_section = HvsConfig
     order = 20  # hook order (Method.order)
 
     def __init__(self, cfg: Config, model: MoCo) -> None:

@@ -24,13 +24,59 @@ its own batch's locations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config, MethodConfig, backbone_facts_of, setting
 from ..loss import full_precision
+from ..models.arch import RESNETS
 from ..models.moco import MoCo
+from ..models.resnet import feature_map_side
 from .base import ExtraLoss, Method, StepContext, pick_view, register
+
+
+@dataclass
+class LcConfig(MethodConfig):
+    """LC-loss, local contrast: a dense head on the backbone's last feature map, and InfoNCE between the locations of
+    the query view and the key view's locations they fall into in the original image (crop boxes and flips)."""
+
+    weight: float = setting(1.0, "factor on the local loss (averaged over the matched locations), added to the MoCo "
+                                 "loss")
+    temperature: float = setting(0.2, "T of the local InfoNCE")
+    dim: int = setting(128, "dense embedding size (the dense head's output channels)")
+    hidden_dim: int | None = setting(None, "the dense head's hidden channels; null: the backbone's width (DenseCL's "
+                                           "head)")
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """Positive weight, temperature and sizes; when enabled, a last feature map of at least 2 x 2 locations and
+        a whole query view to take its map from (not Fast-MoCo's replacing patches)."""
+        self.check(self.weight > 0, source, "lc.weight", f"must be > 0; got {self.weight}")
+        self.check(self.temperature > 0, source, "lc.temperature", f"must be > 0; got {self.temperature}")
+        self.check(self.dim > 0, source, "lc.dim", f"must be positive; got {self.dim}")
+        self.check(self.hidden_dim is None or self.hidden_dim > 0, source, "lc.hidden_dim",
+                   f"must be null or positive; got {self.hidden_dim}")
+        if not self.enabled:
+            return
+        model, size = cfg.model, cfg.data.image_size
+        if model.arch in RESNETS:
+            side = feature_map_side(size, model.small_stem)
+            given = f"data.image_size={size} with model.small_stem={str(model.small_stem).lower()}"
+            remedy = "raise data.image_size to 56 or more, or set model.small_stem=true"
+        else:
+            side = backbone_facts_of(cfg, source).map_side
+            self.check(side is not None, source, "lc.enabled",
+                       f"needs the backbone's last feature map, and model.arch={model.arch} has none (a ViT gives "
+                       "tokens; a dense map comes from a torchvision ResNet or a timm convolutional network)")
+            given = f"model.arch={model.arch} at data.image_size={size}"
+            remedy = "raise data.image_size, or lower the backbone's stride with model.arch_kwargs"
+        self.check(side >= 2, source, "lc.enabled",
+                   f"needs a last feature map of at least 2 x 2 locations to match; {given} gives {side} x {side} "
+                   f"({remedy})")
+        self.check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
+                   "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's "
+                   "feature map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
 
 
 def cell_centres(side: int, device: torch.device | None = None) -> torch.Tensor:
@@ -105,6 +151,7 @@ class LocalContrast(Method):
     this direction's query and key views (the pair in ctx.pair: views 0 and 1, HVS's choice, or swapped)."""
 
     section = "lc"
+    config_section = LcConfig
     order = 50  # hook order (Method.order)
     needs_dense = True
 

@@ -34,12 +34,60 @@ global-loss queries: their forward computes no dense map.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, LocalCrops, MethodConfig, objective_needs, setting
 from ..models.moco import MoCo
 from .base import ExtraQueries, Method, StepContext, register
+
+# SwAV's local crops are 96 px beside 224 px global views (Caron et al., 2020): the default local side keeps the ratio.
+LOCAL_SIZE_RATIO = 96 / 224
+
+
+@dataclass
+class MultiCropConfig(MethodConfig):
+    """SwAV's multi-crop: besides the pair of global views, `local_crops` small crops of each image at `local_size` px,
+    each a query (through the query encoder) against the other global view's key and the queue; objectives that read
+    the small crops themselves (Needs.local_views: BYOL, TWIST, ReLICv2) score them by their own loss, through their
+    trained network only."""
+
+    local_crops: int = setting(6, "L small crops per image (SwAV: 2 x 224 + 6 x 96)")
+    local_size: int | None = setting(None, "their side in px; null: data.image_size x 96 / 224 rounded, at least 8 "
+                                           "(28 px: 12)")
+    local_scale: list[float] = setting([0.05, 0.14], "their area range (SwAV's)")
+    weight: float = setting(1.0, "weight of the local crops' InfoNCE (averaged over the crops) beside the global "
+                                 "query's (MoCo-v2's step only)")
+    read_by: ClassVar[str | None] = "local_views"
+
+    def size(self, image_size: int) -> int:
+        """The local crops' side in px for global views of `image_size` px."""
+        return self.local_size if self.local_size is not None else max(8, round(image_size * LOCAL_SIZE_RATIO))
+
+    def local_crops_per_image(self, cfg: Config) -> LocalCrops:
+        """The multi-crop's small crops, from this section and data.image_size."""
+        return LocalCrops(self.local_crops, self.size(cfg.data.image_size), (self.local_scale[0], self.local_scale[1]))
+
+    def validate(self, cfg: Config, source: str) -> None:
+        """At least one crop, a side no larger than the global views', an area range within the image, a positive
+        weight, and no other weight than 1 for an objective that reads the crops itself (its loss weighs them)."""
+        self.check(self.local_crops >= 1, source, "multicrop.local_crops", f"must be >= 1; got {self.local_crops}")
+        size = cfg.data.image_size
+        self.check(self.local_size is None or self.local_size >= 8, source, "multicrop.local_size",
+                   f"must be null or >= 8; got {self.local_size}")
+        self.check(not self.enabled or self.size(size) <= size, source, "multicrop.local_size",
+                   f"must not exceed data.image_size={size} (local crops are the small ones); got {self.local_size}")
+        scale = self.local_scale
+        self.check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "multicrop.local_scale",
+                   f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
+        self.check(self.weight > 0, source, "multicrop.weight", f"must be > 0; got {self.weight}")
+        needs = objective_needs(cfg)
+        self.check(not self.enabled or needs.methods or not needs.local_views or self.weight == 1, source,
+                   "multicrop.weight", f"is MoCo-v2's weight on the small crops' loss: objective={cfg.objective} "
+                   f"weighs them by its own loss and reads none, so it must stay 1; got {self.weight}")
 
 
 def crop_major(crops: torch.Tensor) -> torch.Tensor:
@@ -60,6 +108,7 @@ class MultiCrop(Method):
     """Multi-crop on the method seam: the small crops of each sample as queries (see the module docstring)."""
 
     section = "multicrop"
+    config_section = MultiCropConfig
     order = 40  # hook order (Method.order)
     queries_per_step = True  # the crops are queries against either direction's keys
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config, HvsConfig, objective_needs
+from ..config import Config, objective_needs
 from ..methods import ViewChoice, pick_view
-from ..methods.hvs import random_pairs, rescaled, select_pairs, selects, view_choice
+from ..methods.hvs import HvsConfig, random_pairs, rescaled, select_pairs, selects, view_choice
 from ..models.split_bn import side_effect_free_bn
 from ..random_streams import StepRandom
 from ..step import StepOutput
