@@ -71,7 +71,9 @@ def test_a_structural_change_on_resume_is_one_error_line_naming_the_keys(quick_o
     assert sorted(p.name for p in one_step_checkpoint.parent.iterdir()) == before  # nothing written
 
 
-@pytest.mark.parametrize("change, message", [("seed=1", "seed 0 -> 1"), ("optim.name=adamw", "optim.name 'sgd' -> 'adamw'")])
+@pytest.mark.parametrize("change, message", [
+    ("seed=1", "seed 0 -> 1"), ("optim.name=adamw", "optim.name 'sgd' -> 'adamw'"),
+])
 def test_a_seed_or_optimiser_change_on_resume_is_refused(quick_overrides, one_step_checkpoint, change, message):
     with pytest.raises(ConfigError, match=message):
         Trainer(load_config(None, quick_overrides + ["optim.steps=1", change]), resume=one_step_checkpoint)
