@@ -56,6 +56,7 @@ from timing import (  # noqa: E402
 from mochi_hvs.config import load_config, views_per_image  # noqa: E402
 from mochi_hvs.data.batches import DeviceAugmentedBatches, LoaderBatches  # noqa: E402
 from mochi_hvs.data.datasets import ImageSet, load_images  # noqa: E402
+from mochi_hvs.models import SplitBatchNorm2d  # noqa: E402
 from mochi_hvs.runtime import autocast  # noqa: E402
 from mochi_hvs.train import Trainer  # noqa: E402
 
@@ -79,12 +80,15 @@ HVS = ["hvs.enabled=true", "hvs.num_views=4", "hvs.scorer=query"]
 VARIANTS = {
     "moco_v2": [],
     "moco_v2_plain": ["moco.shuffle_bn=false", "model.bn_splits=1"],
-    "moco_v2_channels_last": ["channels_last=true"],  # split BN on channels_last: the layout the default avoids
+    "moco_v2_channels_last": ["channels_last=true"],  # split BN on channels_last: its fused formulation
+    "moco_v2_channels_last_grouped": ["channels_last=true"],  # the same through the grouped one (layout copies)
+    "moco_v2_fused": [],  # the contiguous default through the fused formulation
     "mochi": MOCHI,
     "hvs": HVS,
     "mochi_hvs": MOCHI + HVS + ["hvs.score_with_mochi=true"],
     "fast_moco": ["fast_moco.enabled=true"],  # 2 x 2 patches, 6 pairs replacing the whole view's query
 }
+SPLIT_BN_FORMULATION = {"moco_v2_channels_last_grouped": "grouped", "moco_v2_fused": "fused"}  # else "auto"
 SETTINGS = {  # arch -> (small stem, image size, queue size, batch on CPU, batch on GPU)
     "resnet18": (True, 32, 4096, 64, 256),
     "resnet50": (False, 224, 65536, 16, 256),
@@ -179,6 +183,9 @@ def step_function(name: str, common: list[str], size: int, batch: int, device: t
         views = synthetic_batch(batch, 2, size, device).views
         return partial(runner.step, views[:, 0], views[:, 1])
     trainer = benchmark_trainer(common + VARIANTS[name], str(device))
+    for layer in trainer.parts.model.modules():
+        if isinstance(layer, SplitBatchNorm2d):
+            layer.formulation = SPLIT_BN_FORMULATION.get(name, "auto")
     views = views_per_image(trainer.cfg)
     return partial(trainer.train_step, synthetic_batch(batch, views, size, device))
 

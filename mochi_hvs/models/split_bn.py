@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum
 
+FORMULATIONS = ("auto", "grouped", "fused")
+
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics come from `num_splits` groups of the batch.
@@ -20,19 +22,34 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     that with shuffled keys a query and its key are never normalised with the same statistics.
     In eval mode it is plain BatchNorm with the shared running statistics (the group average).
     With `track_running_stats` off in training mode, batch statistics are used and no buffer changes.
+
+    Two formulations compute the same thing. `grouped` views the batch as (N / G, G * C, H, W) and runs one
+    BatchNorm kernel over G * C channels: the view exists only for the contiguous layout, so a channels_last input
+    is copied in and out. `fused` views it as (N / G, G, C, H, W), which every layout allows, and normalises with
+    the groups' moments from one var_mean pass. `auto` (the default) takes `fused` for channels_last inputs.
     """
 
-    def __init__(self, num_features: int, num_splits: int, **kwargs) -> None:
+    def __init__(self, num_features: int, num_splits: int, formulation: str = "auto", **kwargs) -> None:
         super().__init__(num_features, **kwargs)
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"split BatchNorm formulation {formulation!r} is not one of {FORMULATIONS}")
         self.num_splits = num_splits
+        self.formulation = formulation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.num_splits == 1:
             return super().forward(x)
+        if x.shape[0] % self.num_splits:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {self.num_splits} BatchNorm groups")
+        fused = self.formulation == "fused" or (
+            self.formulation == "auto" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+        return self._fused(x) if fused else self._grouped(x)
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """One BatchNorm over the groups laid side by side as channels; each group's running statistics are updated
+        by the kernel, then averaged."""
         n, c, h, w = x.shape
         s = self.num_splits
-        if n % s:
-            raise ValueError(f"batch of {n} does not split into {s} BatchNorm groups")
         grouped = x.reshape(n // s, c * s, h, w)
         weight, bias = self.weight.repeat(s), self.bias.repeat(s)
         if not self.track_running_stats:
@@ -46,6 +63,24 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.running_var.copy_(var.view(s, c).mean(dim=0))
             self.num_batches_tracked.add_(1)
         return out.view(n, c, h, w)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The groups' moments in one pass over a (N / G, G, C, H, W) view, then one scale-and-shift; statistics in
+        float32 at least (as BatchNorm keeps them under autocast), the output in the input's dtype and layout."""
+        groups = x.unflatten(0, (-1, self.num_splits))
+        wide = groups.to(torch.promote_types(x.dtype, torch.float32))
+        var, mean = torch.var_mean(wide, dim=(0, 3, 4), correction=0)  # (G, C) each
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        out = torch.addcmul(shift[:, :, None, None], wide, scale[:, :, None, None]).to(x.dtype).flatten(0, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                count = groups.numel() // groups.shape[1] // groups.shape[2]  # the values behind one group's moment
+                unbiased = var.mean(dim=0) * (count / max(count - 1, 1))
+                self.running_mean.lerp_(mean.mean(dim=0), self.momentum)
+                self.running_var.lerp_(unbiased, self.momentum)
+                self.num_batches_tracked.add_(1)
+        return out
 
 
 class SplitBatchNormAct2d(SplitBatchNorm2d):
