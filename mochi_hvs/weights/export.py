@@ -48,7 +48,7 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, verify: b
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     state, meta = read_backbone_state(checkpoint, verify=verify)
     if fmt == "safetensors":
-        out = save_export(out, lambda handle: handle.write(to_safetensors(state, meta.config)))
+        out = save_export(out, lambda handle: handle.write(to_safetensors(state, meta.config, meta.run or None)))
     elif fmt == "torchvision":
         out = save_export(out, lambda handle: torch.save(state, handle))
     else:

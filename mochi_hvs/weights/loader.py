@@ -37,7 +37,7 @@ from .errors import CheckpointError, WeightsError
 from .integrity import NOT_CHECKED, embedded_digest, verify_digest
 from .layouts import Layout, find_backbone
 from .reading import SAFETENSORS, FileContent, read_file
-from .safetensors_format import EXPORT_FORMAT, recorded_digest, stored_config
+from .safetensors_format import EXPORT_FORMAT, recorded_digest, stored_mapping
 
 DESCRIPTIONS = {"mochi_hvs": "our training checkpoint", "moco": "an official MoCo checkpoint",
                 "torchvision": "a torch state dict", "detectron2": "a detectron2 pickle",
@@ -53,6 +53,7 @@ class WeightsMeta:
     path: str
     architecture: Architecture
     config: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)  # what the file records of its run: steps, commit
     found: str = ""
     digest: str = ""
 
@@ -98,30 +99,39 @@ def _found(description: str, layout: Layout, architecture: Architecture) -> str:
     return text + (f"; ignored {layout.ignored_summary()}" if layout.ignored else "")
 
 
-def _export_config(metadata: dict[str, str], path: str) -> dict[str, Any] | None:
-    """The run's config a safetensors export records (None without one); unreadable JSON is a CheckpointError."""
+def _export_mapping(metadata: dict[str, str], key: str, path: str) -> dict[str, Any] | None:
+    """The run's `config` or `run` record a safetensors export holds (None without one); unreadable JSON is a
+    CheckpointError."""
     try:
-        return stored_config(metadata)
+        return stored_mapping(metadata, key)
     except ValueError as err:  # json's errors are ValueErrors too
-        raise CheckpointError(f"{path}: the config in its safetensors metadata cannot be read ({err})") from err
+        raise CheckpointError(f"{path}: the {key} in its safetensors metadata cannot be read ({err})") from err
+
+
+def _checkpoint_run(obj: dict[str, Any]) -> dict[str, Any]:
+    """What our training checkpoint records of its run: the steps trained and the code's commit (where kept)."""
+    return {key: obj[entry] for key, entry in (("steps", "global_step"), ("commit", "commit")) if entry in obj}
 
 
 def _backbone_state(content: FileContent, path: str, ours: bool) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """The torchvision-named backbone state of a file's content, and its metadata (the run's config: from our
     checkpoints and safetensors exports)."""
     layout = find_backbone(content.obj, path)
+    run: dict[str, Any] | None = None
     if content.kind == SAFETENSORS:
-        source, config = SAFETENSORS, _export_config(content.metadata, path)
+        source, config = SAFETENSORS, _export_mapping(content.metadata, "config", path)
+        run = _export_mapping(content.metadata, "run", path)
         description = "our safetensors export" if ours else DESCRIPTIONS[SAFETENSORS]
     else:
         source, description = layout.source, DESCRIPTIONS[layout.source]
         config = content.obj.get("config") if source == "mochi_hvs" else None
+        run = _checkpoint_run(content.obj) if source == "mochi_hvs" else None
     try:
         architecture = architecture_of(layout.state, config)
     except WeightsError as err:
         raise WeightsError(f"{path}: {err}") from err
     found = _found(description, layout, architecture)
-    return layout.state, WeightsMeta(source, path, architecture, config, found)
+    return layout.state, WeightsMeta(source, path, architecture, config, run or {}, found)
 
 
 def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
