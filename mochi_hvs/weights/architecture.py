@@ -73,9 +73,10 @@ def _named(kind: str, keys: list[str]) -> list[str]:
     return [f"{len(keys)} {kind} ({', '.join(keys[:SHOWN_KEYS])})"] if keys else []
 
 
-def check_fits(state: dict[str, torch.Tensor], architecture: Architecture) -> None:
-    """The state must be exactly that of `architecture`'s backbone (same names and shapes, built on the meta
-    device); a WeightsError names what differs."""
+def fit_problems(state: dict[str, torch.Tensor], architecture: Architecture) -> list[str]:
+    """What keeps `state` from being exactly that of `architecture`'s backbone (built on the meta device): tensors
+    missing, unexpected or of another shape, in words; empty when it fits. An architecture that cannot be built is a
+    WeightsError."""
     try:
         with torch.device("meta"):
             own = architecture.build()[0].state_dict()
@@ -84,10 +85,8 @@ def check_fits(state: dict[str, torch.Tensor], architecture: Architecture) -> No
                            f"({first_line(err)})") from err
     shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
               for k, v in state.items() if k in own and v.shape != own[k].shape]
-    problems = (_named("missing", [k for k in own if k not in state])
-                + _named("unexpected", [k for k in state if k not in own]) + _named("of another shape", shapes))
-    if problems:
-        raise WeightsError(f"does not hold the {architecture} backbone its config names: {'; '.join(problems)}")
+    return (_named("missing", [k for k in own if k not in state])
+            + _named("unexpected", [k for k in state if k not in own]) + _named("of another shape", shapes))
 
 
 def architecture_of(state: dict[str, torch.Tensor], config: dict[str, Any] | None) -> Architecture:
@@ -95,5 +94,6 @@ def architecture_of(state: dict[str, torch.Tensor], config: dict[str, Any] | Non
     stored = stored_architecture(config)
     if stored is None:
         return infer_resnet(state)
-    check_fits(state, stored)
+    if problems := fit_problems(state, stored):
+        raise WeightsError(f"does not hold the {stored} backbone its config names: {'; '.join(problems)}")
     return stored

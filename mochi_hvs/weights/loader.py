@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .architecture import Architecture, architecture_of
+from .architecture import Architecture, architecture_of, fit_problems
 from .checkpoint import FORMAT, check_layout
 from .errors import CheckpointError, WeightsError
 from .integrity import NOT_CHECKED, embedded_digest, verify_digest
@@ -167,3 +167,13 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -
     result = backbone.load_state_dict(state, strict=False)
     return LoadReport(len(matched), list(result.missing_keys), list(result.unexpected_keys))
 
+
+def exact_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta) -> tuple[nn.Module, int]:
+    """The backbone `meta` describes holding exactly `state` (no tensor missing, extra or of another shape: else a
+    WeightsError naming them), in eval mode, and its feature width: what export and hubconf.py hand over."""
+    if problems := fit_problems(state, meta.architecture):
+        raise WeightsError(f"{meta.path}: does not hold exactly the {meta.architecture} backbone: "
+                           f"{'; '.join(problems)}")
+    module, width = meta.architecture.build()
+    module.load_state_dict(state)
+    return module.eval(), width
