@@ -1,10 +1,11 @@
 """`mochi-export` to every place a user takes a backbone, each checked by loading it there: torchvision (strict, the
-classifier as Identity), torch.hub through hubconf.py, and ONNX in onnxruntime; for a tiny ResNet-18 at 28 px and a
-tiny timm ViT. Every load holds
+classifier as Identity), timm (a pretrained file and an offline Hugging Face folder with its model card), torch.hub
+through hubconf.py, and ONNX in onnxruntime; for a tiny ResNet-18 at 28 px and a tiny timm ViT. Every load holds
 exactly our backbone's tensors (none missing, none extra) and gives its features."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torchvision
@@ -20,6 +22,8 @@ from test_backbones import VIT, VIT_KWARGS
 from weight_files import our_checkpoint
 
 from mochi_hvs.config import load_config
+from mochi_hvs.provenance import code_commit
+from mochi_hvs.train.loop import Trainer
 from mochi_hvs.weights.checkpoint import save_checkpoint
 from mochi_hvs.weights.errors import ExportError, WeightsError
 from mochi_hvs.weights.export import export_backbone, main
@@ -34,6 +38,7 @@ RUNS = {  # name -> the run's settings
     "vit": VIT,
     "mobilenet": ["model.arch=torchvision/mobilenet_v3_small"],
 }
+TIMM_NAMES = {"resnet18": ("resnet18", {}), "vit": ("vit_tiny_patch16_224", VIT_KWARGS)}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,59 @@ def test_the_torchvision_export_loads_strictly_into_torchvision_with_its_classif
     assert_is_ours(net, path, expected)
 
 
+# ------------------------------------------------------------------------------------------------------------- timm
+
+@pytest.mark.parametrize("name", ["resnet18", "vit"])
+def test_timm_takes_the_safetensors_export_as_its_pretrained_file(runs, tmp_path, name):
+    path, expected = runs[name]
+    out = tmp_path / "backbone.safetensors"
+    export_backbone(path, "safetensors", out)
+    timm_name, kwargs = TIMM_NAMES[name]
+    # As timm's documentation spells it; with num_classes=0 in the overlay too, timm loads strictly.
+    for overlay in (dict(file=str(out)), dict(file=str(out), num_classes=0)):
+        net = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
+        assert_is_ours(net, path, expected)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit"])
+def test_the_timm_folder_loads_offline_by_its_config_and_reads_back(runs, tmp_path, name):
+    path, expected = runs[name]
+    folder = tmp_path / "backbone"
+    _, line = export_backbone(path, "timm", folder)
+    assert line.endswith(f'; load it with timm.create_model("local-dir:{folder}", pretrained=True)')
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                        "model.safetensors.sha256"]
+    timm_name, kwargs = TIMM_NAMES[name]
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["architecture"], config["model_args"], config["num_classes"]) == (timm_name, kwargs, 0)
+    assert config["pretrained_cfg"]["input_size"] == [3, 28, 28]
+    net = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert net.num_classes == 0
+    assert_is_ours(net, path, expected)
+    state, meta = read_backbone_state(folder / "model.safetensors")  # our loader reads it too, digests checked
+    assert meta.architecture == read_backbone_state(path)[1].architecture and meta.run == {"steps": 7,
+                                                                                            "commit": "0123abc"}
+    card = (folder / "README.md").read_text()
+    for row in ("| steps | 7 |", "| seed | 0 |", "| commit | 0123abc |", "| data | fashion_mnist |"):
+        assert row in card
+    assert f'timm.create_model("local-dir:{folder.name}", pretrained=True)' in card
+
+
+def test_the_model_card_reports_the_figures_a_trained_run_recorded(quick_overrides, tmp_path):
+    trainer = Trainer(load_config(None, [*quick_overrides, "optim.epochs=1"]))
+    summary = trainer.fit()  # writes summary.json and the final kNN line of metrics.jsonl beside last.pth
+    checkpoint = trainer.state.checkpoint_path
+    export_backbone(checkpoint, "timm", tmp_path / "backbone")
+    card = (tmp_path / "backbone" / "README.md").read_text()
+    last_knn = [json.loads(line) for line in (checkpoint.parent / "metrics.jsonl").read_text().splitlines()
+                if '"knn/top1"' in line][-1]
+    for row in (f"| steps | {summary['steps']} |", f"| commit | {code_commit()} |",
+                f"| kNN top-1 (%), trained backbone | {summary['knn_top1']} |",
+                f"| kNN top-1 (%), raw pixels | {summary['pixels_knn_top1']} |",
+                f"| knn/top1 at step {last_knn['step']} (metrics.jsonl) | {round(last_knn['knn/top1'], 2)} |"):
+        assert row in card
+
+
 # -------------------------------------------------------------------------------------------------------- torch.hub
 
 @pytest.mark.parametrize("name", ["resnet18_small_stem", "vit"])
@@ -166,9 +224,13 @@ def test_the_onnx_export_gives_the_backbones_features_in_onnxruntime(runs, tmp_p
 
 @pytest.mark.parametrize(("name", "fmt", "message"), [
     ("vit", "torchvision", "timm/vit_tiny_patch16_224 is a timm model, which torchvision does not build; export it "
-                           "as safetensors or onnx"),
+                           "as safetensors, timm or onnx"),
     ("vit", "detectron2", "detectron2 takes resnet18, resnet34 or resnet50 backbones; .* holds a "
-                          "timm/vit_tiny_patch16_224 .* backbone: export it as safetensors or onnx"),
+                          "timm/vit_tiny_patch16_224 .* backbone: export it as safetensors, timm or onnx"),
+    ("resnet18_small_stem", "timm", r"timm has no ResNet with the small stem of this resnet18 \(small stem\) "
+                                    r"backbone .*; export it as safetensors or onnx, or load it through hubconf\.py"),
+    ("mobilenet", "timm", "torchvision/mobilenet_v3_small is a torchvision model, which timm does not build; "
+                          "export it as safetensors, torchvision or onnx"),
 ])
 def test_a_format_that_cannot_hold_the_backbone_refuses_it_in_one_line(runs, tmp_path, capsys, name, fmt, message):
     path, _ = runs[name]

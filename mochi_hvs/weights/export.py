@@ -1,16 +1,17 @@
 """Backbone export, for every place a user takes a backbone: a safetensors file (the default), a torchvision state
-dict, the detectron2 pickle used for MoCo backbones, or an ONNX graph.
+dict, the detectron2 pickle used for MoCo backbones, a timm folder in the Hugging Face layout, or an ONNX graph.
 
-`python -m mochi_hvs.export --checkpoint FILE [--format safetensors|torchvision|detectron2|onnx] --out PATH
+`python -m mochi_hvs.export --checkpoint FILE [--format safetensors|torchvision|detectron2|timm|onnx] --out PATH
 [--image-size N] [--no-verify]`
 
 The safetensors file holds the backbone under its own parameter names (torchvision's for the ResNets), with our
 marker, its digest, the run's config and record in its metadata (see safetensors_format). The torchvision file is
 the state dict a torchvision model loads strictly once its classifier is nn.Identity(); the detectron2 layout is
-that of MoCo's `detection/convert-pretrain-to-detectron2.py` (see detectron2_format); the ONNX graph (checked in
-onnxruntime before it is written) is described in onnx_format. A format that cannot hold the backbone (detectron2 and
-torchvision: a timm ViT) is refused in one line. Each file gets a `sha256sum` file beside it (`<out>.sha256`); the
-input is checked against its own digest unless --no-verify is given.
+that of MoCo's `detection/convert-pretrain-to-detectron2.py` (see detectron2_format); the timm folder is described in
+timm_format, the ONNX graph (checked in onnxruntime before it is written) in onnx_format. A format that cannot hold
+the backbone (detectron2 and torchvision: a timm ViT; timm: the small stem) is refused in one line. Each file gets a
+`sha256sum` file beside it (`<out>.sha256`; the timm folder's model.safetensors too); the input is checked against
+its own digest unless --no-verify is given.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from .integrity import sidecar_line, sidecar_path
 from .loader import WeightsMeta, exact_backbone, read_backbone_state
 from .onnx_format import onnx_difference, to_onnx
 from .safetensors_format import to_safetensors
+from .timm_format import WEIGHTS, timm_folder
 
-FORMATS = ("safetensors", "torchvision", "detectron2", "onnx")  # the first is the default
+FORMATS = ("safetensors", "torchvision", "detectron2", "timm", "onnx")  # the first is the default
 DEFAULT_IMAGE_SIZE = 224  # the ONNX input of a file without a run config
 
 
@@ -49,15 +51,24 @@ def save_export(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
 
 
 def _refuse_elsewhere(fmt: str, meta: WeightsMeta) -> None:
-    """An ExportError where `fmt` cannot hold the backbone: detectron2 takes our ResNets, torchvision no timm
-    model."""
+    """An ExportError where `fmt` cannot hold the backbone: detectron2 takes our ResNets, torchvision no timm model
+    (timm's own refusals are timm_format's)."""
     architecture = meta.architecture
     if fmt == "detectron2" and not architecture.is_resnet:
         raise ExportError(f"detectron2 takes resnet18, resnet34 or resnet50 backbones; {meta.path} holds a "
-                          f"{architecture} backbone: export it as safetensors or onnx")
+                          f"{architecture} backbone: export it as safetensors, timm or onnx")
     if fmt == "torchvision" and library_and_name(architecture.arch)[0] == "timm":
         raise ExportError(f"{architecture.arch} is a timm model, which torchvision does not build; export it as "
-                          "safetensors or onnx")
+                          "safetensors, timm or onnx")
+
+
+def _write_timm(state: dict[str, torch.Tensor], meta: WeightsMeta, out: Path) -> str:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; the timm export is a folder")
+    for name, content in timm_folder(state, meta, out).items():
+        writer = save_export if name == WEIGHTS else write_atomic
+        writer(out / name, lambda handle, content=content: handle.write(content))
+    return f'; load it with timm.create_model("local-dir:{out}", pretrained=True)'
 
 
 def _write_onnx(state: dict[str, torch.Tensor], meta: WeightsMeta, out: Path, image_size: int | None) -> str:
@@ -80,7 +91,7 @@ def _detectron2_note(meta: WeightsMeta) -> str:
 def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, verify: bool = True,
                     image_size: int | None = None) -> tuple[Path, str]:
     """Write the backbone of `checkpoint` (any supported format, its digest checked with `verify`) as `fmt`, with
-    a `sha256sum` digest beside it; returns the file and a summary line. `image_size`:
+    `sha256sum` digests beside what it writes; returns the file (the timm folder) and a summary line. `image_size`:
     the ONNX input's side (default: the run's data.image_size, else 224)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -94,6 +105,8 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, verify: b
     elif fmt == "detectron2":
         save_export(out, lambda handle: pickle.dump(to_detectron2(state), handle))
         note = _detectron2_note(meta)
+    elif fmt == "timm":
+        note = _write_timm(state, meta, out)
     else:
         note = _write_onnx(state, meta, out, image_size)
     return out, (f"exported {meta.architecture} backbone ({len(state)} tensors) to {out} as {fmt}, from "
@@ -111,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="our checkpoint, an exported backbone, or a MoCo .pth.tar")
     parser.add_argument("--format", default=FORMATS[0], choices=FORMATS, help=f"default: {FORMATS[0]}")
     parser.add_argument("--out", required=True,
-                        help="output file (.safetensors; .pth for torchvision, .pkl for detectron2, .onnx)")
+                        help="output: a file (.safetensors; .pth for torchvision, .pkl for detectron2, .onnx) or, "
+                             "for timm, a folder")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"onnx: the input's side in px (default: the run's data.image_size, else "
                              f"{DEFAULT_IMAGE_SIZE})")
