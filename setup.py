@@ -4,6 +4,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+ONNX = ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"]  # mochi-export --format onnx and its check
+
 setup(
     name="mochi_hvs",
     version="0.1.0",
@@ -27,7 +29,8 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7"],
+        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7", *ONNX],
+        "onnx": ONNX,
         "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],
         "bench": ["lightly>=1.5"],

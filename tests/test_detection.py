@@ -7,8 +7,10 @@ import torch
 from mochi_hvs.data.datasets import DatasetError
 from mochi_hvs.data.detection import DetectionSet, read_detection_source
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
-from mochi_hvs.evaluation.detection import coco_box_ap, detection_transfer
+from mochi_hvs.evaluation.detection import build_detector, coco_box_ap, detection_transfer
 from mochi_hvs.evaluator_settings import DetectionSettings
+from mochi_hvs.weights.architecture import Architecture
+from mochi_hvs.weights.errors import WeightsError
 from mochi_hvs.weights.loader import WeightsMeta
 
 
@@ -107,8 +109,16 @@ def test_fine_tuned_detector_beats_the_trivial_baseline(tiny_set):
     settings = DetectionSettings(train=[f"{tiny_set}:train"], val=f"{tiny_set}:val", iterations=40, batch_size=4,
                                  warmup_iterations=10, min_size=64, max_size=64, proposals=128, roi_batch=16,
                                  workers=0)
-    meta = WeightsMeta("torchvision", "<random>", "resnet18", False)
+    meta = WeightsMeta("torchvision", "<random>", Architecture("resnet18"))
     metrics, report = detection_transfer(None, meta, settings, [0.286] * 3, [0.353] * 3, torch.device("cpu"))
     assert report.loaded == 0
     assert metrics["AP50"] > baseline["AP50"] + 5.0
     assert metrics["AP"] > baseline["AP"]
+
+
+def test_detection_transfer_refuses_a_backbone_other_than_a_resnet_in_one_line():
+    meta = WeightsMeta("safetensors", "vit.safetensors", Architecture("timm/vit_tiny_patch16_224", False,
+                                                                      {"img_size": 28, "patch_size": 4}))
+    with pytest.raises(WeightsError, match=r"^detection transfer builds a ResNet-FPN detector \(resnet18, resnet34 or "
+                                           r"resnet50\); vit.safetensors holds a timm/vit_tiny_patch16_224 "):
+        build_detector(None, meta, 3, DetectionSettings(), [0.5] * 3, [0.5] * 3)

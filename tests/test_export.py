@@ -1,3 +1,4 @@
+import json
 import pickle
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from weight_files import official_moco, our_checkpoint
 
 from mochi_hvs.config import load_config, to_dict
 from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.weights.checkpoint import save_checkpoint
 from mochi_hvs.weights.detectron2_format import from_detectron2, from_detectron2_key, to_detectron2, to_detectron2_key
 from mochi_hvs.weights.errors import CheckpointError
 from mochi_hvs.weights.export import export_backbone, main
@@ -165,3 +167,15 @@ def test_a_safetensors_export_checks_its_own_digest_without_its_sidecar(tmp_path
         read_backbone_state(out)
     assert (read_backbone_state(out, verify=False)[0]["layer2.0.conv1.weight"] != expected[
         "layer2.0.conv1.weight"]).sum() == 1
+
+
+def test_the_safetensors_export_records_the_steps_and_commit_of_its_run(tmp_path):
+    our_checkpoint(tmp_path / "last.pth")
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    save_checkpoint({**saved, "global_step": 7, "commit": "0123abc"}, tmp_path / "last.pth")
+    export_backbone(tmp_path / "last.pth", "safetensors", tmp_path / "backbone.safetensors")
+    with safetensors.safe_open(tmp_path / "backbone.safetensors", "pt") as handle:
+        assert json.loads(handle.metadata()["run"]) == {"steps": 7, "commit": "0123abc"}
+    assert read_backbone_state(tmp_path / "backbone.safetensors")[1].run == {"steps": 7, "commit": "0123abc"}
+    export_backbone(tmp_path / "backbone.safetensors", "safetensors", tmp_path / "again.safetensors")
+    assert read_backbone_state(tmp_path / "again.safetensors")[1].run == {"steps": 7, "commit": "0123abc"}

@@ -162,6 +162,24 @@ def test_init_from_with_the_wrong_architecture_or_no_match_is_an_error(tiny_over
         Trainer(load_config(None, tiny_overrides + [f"model.init_from={path}"]))
 
 
+def test_init_from_takes_a_vit_checkpoint_and_refuses_other_arch_kwargs(tiny_overrides, tmp_path):
+    from test_backbones import VIT
+    from weight_files import our_checkpoint
+
+    from mochi_hvs.weights.errors import WeightsError
+
+    path = tmp_path / "vit.pth"
+    expected = our_checkpoint(path, load_config(None, VIT + ["optim.batch_size=32", "moco.queue_size=64"]))
+    trainer = Trainer(load_config(None, tiny_overrides + VIT + [f"model.init_from={path}"]))
+    assert_backbone_equals(trainer.model.encoder_q.backbone, expected)
+    assert trainer.parts.init_report.loaded == len(expected) and not trainer.parts.init_report.missing
+    trainer.close()
+    wider = [o.replace("embed_dim: 64", "embed_dim: 32") for o in VIT]
+    with pytest.raises(WeightsError, match=r"holds a timm/vit_tiny_patch16_224 \{.*'embed_dim': 64.*\} backbone but "
+                                           r"the run builds timm/vit_tiny_patch16_224 \{.*'embed_dim': 32"):
+        Trainer(load_config(None, tiny_overrides + wider + [f"model.init_from={path}"]))
+
+
 def staged_recipe(tmp_path, tiny_overrides):
     recipe = tmp_path / "staged.yaml"
     recipe.write_text(

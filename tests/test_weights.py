@@ -2,13 +2,15 @@ import pytest
 import safetensors.torch
 import torch
 import torchvision
+from test_backbones import CONVNEXT_KWARGS, VIT, VIT_KWARGS
 from weight_files import official_moco, our_checkpoint, torchvision_state
 
-from mochi_hvs.config import load_config
+from mochi_hvs.config import load_config, to_dict
 from mochi_hvs.models.backbone import build_backbone
+from mochi_hvs.weights.architecture import Architecture, infer_resnet
 from mochi_hvs.weights.errors import CheckpointError, WeightsError
 from mochi_hvs.weights.export import export_backbone
-from mochi_hvs.weights.loader import infer_arch, load_backbone_weights, read_backbone_state
+from mochi_hvs.weights.loader import load_backbone_weights, read_backbone_state
 
 
 def assert_same(a, b):
@@ -64,7 +66,7 @@ def test_plain_torchvision_state_drops_fc(tmp_path):
 @pytest.mark.parametrize("small_stem", [False, True])
 def test_architecture_and_stem_are_inferred(arch, small_stem):
     backbone, _ = build_backbone(arch, small_stem)
-    assert infer_arch(backbone.state_dict()) == (arch, small_stem)
+    assert infer_resnet(backbone.state_dict()) == Architecture(arch, small_stem)
 
 
 def test_loading_copies_weights_and_reports(tmp_path):
@@ -158,3 +160,43 @@ def test_keys_under_two_prefixes_side_by_side_are_an_error(tmp_path):
                tmp_path / "two.pth")
     with pytest.raises(WeightsError, match="keys under both backbone., model.: cannot tell which holds the backbone"):
         read_backbone_state(tmp_path / "two.pth")
+
+
+TINY_RUN = ["optim.batch_size=32", "moco.queue_size=64"]
+CONVNEXT = ["model.arch=timm/convnext_atto", "model.arch_kwargs={patch_size: 1, depths: [1, 1, 1, 1]}",
+            "model.bn_splits=1", "moco.shuffle_bn=false"]
+
+
+@pytest.mark.parametrize(("settings", "expected_arch"), [
+    (VIT, Architecture("timm/vit_tiny_patch16_224", False, VIT_KWARGS)),
+    (CONVNEXT, Architecture("timm/convnext_atto", False, CONVNEXT_KWARGS)),
+])
+def test_any_arch_reads_back_with_the_architecture_its_config_names(tmp_path, settings, expected_arch):
+    cfg = load_config(None, settings + TINY_RUN)
+    expected = our_checkpoint(tmp_path / "last.pth", cfg)
+    state, meta = read_backbone_state(tmp_path / "last.pth")
+    assert meta.architecture == expected_arch and meta.config == to_dict(cfg)
+    assert meta.found.startswith(f"our training checkpoint: {expected_arch} backbone ({len(expected)} tensors)")
+    assert_same(state, expected)
+    export_backbone(tmp_path / "last.pth", "safetensors", tmp_path / "backbone.safetensors")
+    exported, meta = read_backbone_state(tmp_path / "backbone.safetensors")
+    assert meta.architecture == expected_arch
+    assert_same(exported, expected)
+    backbone, _ = meta.architecture.build()  # what the evaluators and init_from build: every tensor loads
+    assert not load_backbone_weights(backbone, exported).missing
+
+
+def test_a_state_that_is_not_the_backbone_its_config_names_is_an_error(tmp_path):
+    cfg = load_config(None, VIT + TINY_RUN)
+    our_checkpoint(tmp_path / "last.pth", cfg)
+    saved = torch.load(tmp_path / "last.pth")
+    saved["config"]["model"]["arch_kwargs"]["depth"] = 3  # the config says three blocks, the state holds two
+    torch.save(saved, tmp_path / "edited.pth")
+    with pytest.raises(WeightsError, match=r"edited.pth: does not hold the timm/vit_tiny_patch16_224 \{.*'depth': 3"
+                                           r".*\} backbone its config names: 12 missing \(blocks.2.norm1.weight, "):
+        read_backbone_state(tmp_path / "edited.pth", verify=False)
+    saved["config"]["model"]["arch"] = "timm/no_such_model"
+    torch.save(saved, tmp_path / "edited.pth")
+    with pytest.raises(WeightsError, match="edited.pth: its config names model.arch timm/no_such_model .*, which "
+                                           "cannot be built here"):
+        read_backbone_state(tmp_path / "edited.pth", verify=False)

@@ -46,8 +46,9 @@ def torchvision_state(path: Path, arch: str = "resnet18") -> dict[str, torch.Ten
 
 def small_training_checkpoint(path: Path) -> None:
     """A complete training checkpoint (every entry Trainer.state_dict writes, digest included) with a handful of tiny
-    tensors: the layout of a real one at a fraction of the size, for fuzzing. Its backbone has just enough keys to
-    read as a resnet18 (conv1 and the first conv of every block), so it fits no real network."""
+    tensors: the layout of a real one at a fraction of the size, for fuzzing. Its config names no model.arch, so the
+    loader infers a ResNet from the backbone's keys, which are just enough to read as a resnet18 (conv1 and the
+    first conv of every block): it fits no real network."""
     blocks = [f"layer{stage}.{block}.conv1.weight" for stage in range(1, 5) for block in range(2)]
     model = {f"encoder_q.backbone.{k}": torch.randn(2, 2, 1, 3) for k in ["conv1.weight", *blocks]}
     model["queue.features"] = torch.randn(4, 8)
@@ -56,8 +57,10 @@ def small_training_checkpoint(path: Path) -> None:
     weight.sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    config = to_dict(Config())
+    del config["model"]["arch"]
     save_checkpoint({
-        "format": FORMAT, "config": to_dict(Config()), "model": model, "optimizer": optimizer.state_dict(),
+        "format": FORMAT, "config": config, "model": model, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": {}, "epoch": 1, "batch_in_epoch": 2, "global_step": 10,
         "rng": capture_rng(),
     }, path)

@@ -42,7 +42,6 @@ import yaml
 from ..config import Config, DataConfig, add_config_arguments, load_config
 from ..distributed import init_distributed
 from ..errors import UserError
-from ..models.backbone import build_backbone
 from ..provenance import provenance
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights, read_backbone_state
@@ -204,7 +203,7 @@ def inherited_settings(stored: dict[str, Any] | None) -> dict[str, Any]:
 def load_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta, random_init: bool, seed: int) -> LoadedBackbone:
     """The checkpoint's architecture with its weights, or (random_init) at the initialisation of `seed`."""
     seed_everything(seed)
-    module, width = build_backbone(meta.arch, meta.small_stem)
+    module, width = meta.architecture.build()
     if random_init:
         return LoadedBackbone(module, width, None, meta, LoadReport(0, missing=list(module.state_dict())))
     return LoadedBackbone(module, width, state, meta, load_backbone_weights(module, state))
@@ -267,10 +266,11 @@ def append_result(path: str | Path, entry: dict[str, Any]) -> Path:
 
 
 def backbone_record(args: argparse.Namespace, backbone: LoadedBackbone) -> dict[str, Any]:
-    """One backbone's weights: format, architecture and load count."""
+    """One backbone's weights: format, architecture (arch_kwargs where it has them) and load count."""
     meta = backbone.meta
-    return {"format": meta.source, "arch": meta.arch, "small_stem": meta.small_stem, "random_init": args.random_init,
-            "loaded_tensors": backbone.report.loaded}
+    kwargs = {"arch_kwargs": meta.architecture.arch_kwargs} if meta.architecture.arch_kwargs else {}
+    return {"format": meta.source, "arch": meta.arch, "small_stem": meta.small_stem, **kwargs,
+            "random_init": args.random_init, "loaded_tensors": backbone.report.loaded}
 
 
 def weights_record(args: argparse.Namespace, ctx: EvalContext) -> dict[str, Any]:

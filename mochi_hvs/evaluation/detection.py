@@ -24,6 +24,7 @@ from ..errors import TrainingDiverged
 from ..evaluator_settings import DetectionSettings
 from ..models.resnet import use_small_stem
 from ..schedule import lr_multiplier
+from ..weights.errors import WeightsError
 from ..weights.loader import LoadReport, WeightsMeta, load_backbone_weights
 
 COCO_METRICS = ("AP", "AP50", "AP75")
@@ -32,7 +33,11 @@ COCO_METRICS = ("AP", "AP50", "AP75")
 def build_detector(state: dict[str, torch.Tensor] | None, meta: WeightsMeta, num_classes: int,
                    settings: DetectionSettings, mean: list[float], std: list[float]
                    ) -> tuple[FasterRCNN, LoadReport]:
-    """Faster R-CNN with a ResNet-FPN backbone of `meta.arch`, its ResNet loaded from `state` (None: random init)."""
+    """Faster R-CNN with a ResNet-FPN backbone of `meta.arch`, its ResNet loaded from `state` (None: random init);
+    a backbone other than the project's ResNets is a WeightsError."""
+    if not meta.architecture.is_resnet:
+        raise WeightsError(f"detection transfer builds a ResNet-FPN detector (resnet18, resnet34 or resnet50); "
+                           f"{meta.path} holds a {meta.architecture} backbone")
     norm_layer = FrozenBatchNorm2d if settings.norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(backbone_name=meta.arch, weights=None, norm_layer=norm_layer,
                                    trainable_layers=settings.trainable_layers)

@@ -308,7 +308,7 @@ class StudyRunner:
 
         def backbone() -> tuple[nn.Module, int]:
             state, meta = read_backbone_state(run.run_dir / LAST)
-            model, width = build_backbone(meta.arch, meta.small_stem)
+            model, width = meta.architecture.build()
             load_backbone_weights(model, state)
             return model.to(resolve_device(cfg.device)), width
 

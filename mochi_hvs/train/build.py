@@ -24,6 +24,7 @@ from ..models.moco import MoCo
 from ..objectives.base import Objective, Step, objective_of, wrapped_step
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..schedule import lr_multiplier
+from ..weights.architecture import Architecture
 from ..weights.errors import WeightsError
 from ..weights.loader import LoadReport, load_backbone_weights, read_backbone_state
 
@@ -97,11 +98,10 @@ def initialise_backbone(model: MoCo, cfg: Config, verify: bool, announce: bool) 
     projection head keeps its fresh initialisation, the queue starts empty and the optimiser fresh."""
     path = cfg.model.init_from
     state, meta = read_backbone_state(path, verify=verify)
-    wanted = (cfg.model.arch, cfg.model.small_stem)
-    if (meta.arch, meta.small_stem) != wanted:
-        raise WeightsError(f"model.init_from={path} holds a {meta.arch} backbone (small stem: {meta.small_stem}) "
-                           f"but the run builds {wanted[0]} (small stem: {wanted[1]}); set model.arch and "
-                           "model.small_stem to match")
+    wanted = Architecture(cfg.model.arch, cfg.model.small_stem, cfg.model.arch_kwargs)
+    if meta.architecture != wanted:
+        raise WeightsError(f"model.init_from={path} holds a {meta.architecture} backbone but the run builds {wanted}; "
+                           "set model.arch, model.small_stem and model.arch_kwargs to match")
     report = load_backbone_weights(model.encoder_q.backbone, state)
     if model.encoder_k is not None:
         model.encoder_k.load_state_dict(model.encoder_q.state_dict())

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import Config, to_dict
 from ..distributed import DistEnv
 from ..errors import TrainingDiverged
+from ..provenance import code_commit
 from ..run_files import LAST
 from ..weights.atomic import NoSpaceError, remove_stale_temporaries
 from ..weights.checkpoint import FORMAT, capture_rng, load_checkpoint, nonfinite_entries, restore_rng, save_checkpoint
@@ -55,7 +56,8 @@ class RunState:
         return "none written yet" if self.last_good is None else f"{self.last_good[0]} (step {self.last_good[1]})"
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: model, queue, optimiser, schedules, position, RNG."""
+        """Everything needed to continue exactly: model, queue, optimiser, schedules, position, RNG; and the commit of
+        the code that wrote it."""
         parts = self.parts
         return {
             "format": FORMAT,
@@ -70,6 +72,7 @@ class RunState:
             "train_seconds": self.position.train_seconds,
             "seconds_from_step": self.position.seconds_from_step,
             "rng": capture_rng(),
+            "commit": code_commit(),  # the code that wrote it: what an export's model card names
         }
 
     def save(self) -> Path | None:

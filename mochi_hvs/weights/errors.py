@@ -16,3 +16,8 @@ class WeightsError(CheckpointError):
 class UnsafeFileError(CheckpointError):
     """A pickle that would run code when read (it calls a function other than those that rebuild tensors and
     arrays); refused before anything runs."""
+
+
+class ExportError(CheckpointError):
+    """An export the chosen format cannot hold (e.g. a ViT as a detectron2 ResNet), or one that fails its own check
+    (an ONNX graph whose outputs differ from the backbone's)."""

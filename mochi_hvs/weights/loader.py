@@ -1,20 +1,22 @@
-"""Backbone weights from every file format users bring, in torchvision ResNet names: the one loader of init_from,
-HPT stages, the evaluators, studies and export.
+"""Backbone weights from every file format users bring, under the backbone's own parameter names (torchvision's for
+the ResNets): the one loader of init_from, HPT stages, the evaluators, studies, export and hubconf.py.
 
 Formats read (by content, not by file name; see reading.py, nothing read runs code):
 - ``mochi_hvs``: our training checkpoints (``format: mochi_hvs.checkpoint``; ``model`` holds the MoCo
   state, the backbone under ``encoder_q.backbone.``; the run's config comes along);
 - ``moco``: the official MoCo ``.pth.tar`` (``state_dict`` with ``module.encoder_q.*``; its head ``fc.*``
   is dropped);
-- ``safetensors``: a safetensors file of a torchvision-named ResNet, including our exports (whose metadata
-  brings the run's config along);
+- ``safetensors``: a safetensors file of a torchvision-named ResNet, or our export of any backbone (whose
+  metadata brings the run's config along);
 - ``torchvision``: a plain torchvision ResNet state dict, including our torchvision exports
   (``fc.*``, when present, is dropped);
 - ``detectron2``: a detectron2 backbone pickle (numpy arrays under detectron2 names), including our
   detectron2 exports; names are mapped back to torchvision's.
 
 Where the state dict and the backbone sit in a file (containers, key prefixes such as `module.` or `backbone.`) is
-found by layouts.py. The architecture (resnet18/34/50) and the small stem are inferred from the keys and shapes.
+found by layouts.py. The architecture is the one the run's stored config names (our checkpoints and safetensors
+exports: any model.arch, with its small stem and arch_kwargs), checked against the state; a file without a config
+holds a ResNet (resnet18/34/50), its small stem inferred from the keys and shapes (architecture.py).
 Files are checked against every SHA-256 digest they carry unless told not to; ours must carry one, a file from
 elsewhere without one loads with a note (see integrity.verify_digest). WeightsMeta.summary says in one line what
 was found, what was ignored and what was checked.
@@ -29,18 +31,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .architecture import Architecture, architecture_of, fit_problems
 from .checkpoint import FORMAT, check_layout
 from .errors import CheckpointError, WeightsError
 from .integrity import NOT_CHECKED, embedded_digest, verify_digest
 from .layouts import Layout, find_backbone
 from .reading import SAFETENSORS, FileContent, read_file
-from .safetensors_format import EXPORT_FORMAT, recorded_digest, stored_config
+from .safetensors_format import EXPORT_FORMAT, recorded_digest, stored_mapping
 
-ARCH_OF_LAYOUT = {  # (block type, blocks per stage) -> torchvision architecture
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-}
 DESCRIPTIONS = {"mochi_hvs": "our training checkpoint", "moco": "an official MoCo checkpoint",
                 "torchvision": "a torch state dict", "detectron2": "a detectron2 pickle",
                 "safetensors": "a safetensors file"}
@@ -48,16 +46,26 @@ DESCRIPTIONS = {"mochi_hvs": "our training checkpoint", "moco": "an official MoC
 
 @dataclass
 class WeightsMeta:
-    """Where backbone weights came from: the detected format, architecture, stem and run config (ours only); what
-    the loader found and ignored, and what it checked, in words."""
+    """Where backbone weights came from: the detected format, architecture and run config (ours only); what the
+    loader found and ignored, and what it checked, in words."""
 
     source: str
     path: str
-    arch: str
-    small_stem: bool
+    architecture: Architecture
     config: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)  # what the file records of its run: steps, commit
     found: str = ""
     digest: str = ""
+
+    @property
+    def arch(self) -> str:
+        """model.arch of the backbone (resnet18, timm/<name>, ...)."""
+        return self.architecture.arch
+
+    @property
+    def small_stem(self) -> bool:
+        """Whether the ResNet has the small-image stem."""
+        return self.architecture.small_stem
 
     def summary(self) -> str:
         """One line: the file, what was found in it and ignored, and its digest check."""
@@ -82,56 +90,48 @@ class LoadReport:
         return text
 
 
-def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, bool]:
-    """(arch, small_stem) of a torchvision-named ResNet state: block type and counts, first-conv kernel."""
-    if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
-        raise WeightsError("not a ResNet backbone state (no conv1.weight / layer1.0.conv1.weight); found keys "
-                           f"like {', '.join(list(state)[:4]) or 'none'}")
-    if state["conv1.weight"].dim() != 4:
-        raise WeightsError(f"conv1.weight has shape {tuple(state['conv1.weight'].shape)}, not that of a convolution")
-    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-    kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    arch = ARCH_OF_LAYOUT.get((kind, blocks))
-    if arch is None:
-        raise WeightsError(f"unsupported ResNet layout: {kind} blocks {blocks}; supported: "
-                           + ", ".join(f"{a} ({k} {b})" for (k, b), a in ARCH_OF_LAYOUT.items()))
-    return arch, state["conv1.weight"].shape[-1] == 3
-
-
-def _found(description: str, layout: Layout, arch: str, small_stem: bool) -> str:
+def _found(description: str, layout: Layout, architecture: Architecture) -> str:
     """What the loader found and ignored, e.g. 'an official MoCo checkpoint: resnet50 backbone (318 tensors) under
     module.encoder_q.* in 'state_dict'; ignored module.encoder_k.* (322), module.queue'."""
     where = (f" under {layout.prefix}*" if layout.prefix else "") + (
         f" in '{layout.container}'" if layout.container else "")
-    text = (f"{description}: {arch}{' (small stem)' if small_stem else ''} backbone ({len(layout.state)} tensors)"
-            f"{where}")
+    text = f"{description}: {architecture} backbone ({len(layout.state)} tensors){where}"
     return text + (f"; ignored {layout.ignored_summary()}" if layout.ignored else "")
 
 
-def _export_config(metadata: dict[str, str], path: str) -> dict[str, Any] | None:
-    """The run's config a safetensors export records (None without one); unreadable JSON is a CheckpointError."""
+def _export_mapping(metadata: dict[str, str], key: str, path: str) -> dict[str, Any] | None:
+    """The run's `config` or `run` record a safetensors export holds (None without one); unreadable JSON is a
+    CheckpointError."""
     try:
-        return stored_config(metadata)
+        return stored_mapping(metadata, key)
     except ValueError as err:  # json's errors are ValueErrors too
-        raise CheckpointError(f"{path}: the config in its safetensors metadata cannot be read ({err})") from err
+        raise CheckpointError(f"{path}: the {key} in its safetensors metadata cannot be read ({err})") from err
+
+
+def _checkpoint_run(obj: dict[str, Any]) -> dict[str, Any]:
+    """What our training checkpoint records of its run: the steps trained and the code's commit (where kept)."""
+    return {key: obj[entry] for key, entry in (("steps", "global_step"), ("commit", "commit")) if entry in obj}
 
 
 def _backbone_state(content: FileContent, path: str, ours: bool) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """The torchvision-named backbone state of a file's content, and its metadata (the run's config: from our
     checkpoints and safetensors exports)."""
     layout = find_backbone(content.obj, path)
-    try:
-        arch, small_stem = infer_arch(layout.state)
-    except WeightsError as err:
-        raise WeightsError(f"{path}: {err}") from err
+    run: dict[str, Any] | None = None
     if content.kind == SAFETENSORS:
-        source, config = SAFETENSORS, _export_config(content.metadata, path)
+        source, config = SAFETENSORS, _export_mapping(content.metadata, "config", path)
+        run = _export_mapping(content.metadata, "run", path)
         description = "our safetensors export" if ours else DESCRIPTIONS[SAFETENSORS]
     else:
         source, description = layout.source, DESCRIPTIONS[layout.source]
         config = content.obj.get("config") if source == "mochi_hvs" else None
-    found = _found(description, layout, arch, small_stem)
-    return layout.state, WeightsMeta(source, path, arch, small_stem, config, found)
+        run = _checkpoint_run(content.obj) if source == "mochi_hvs" else None
+    try:
+        architecture = architecture_of(layout.state, config)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    found = _found(description, layout, architecture)
+    return layout.state, WeightsMeta(source, path, architecture, config, run or {}, found)
 
 
 def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
@@ -146,8 +146,9 @@ def read_backbone_state(path: str | Path, verify: bool = True) -> tuple[dict[str
         check_layout(content.obj, path)
         embedded = embedded_digest(content.obj)
         ours = content.obj.get("format") == FORMAT
+    digest = verify_digest(path, embedded, ours) if verify else NOT_CHECKED
     state, meta = _backbone_state(content, str(path), ours)
-    meta.digest = verify_digest(path, embedded, ours) if verify else NOT_CHECKED
+    meta.digest = digest
     return state, meta
 
 
@@ -166,3 +167,13 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor]) -
     result = backbone.load_state_dict(state, strict=False)
     return LoadReport(len(matched), list(result.missing_keys), list(result.unexpected_keys))
 
+
+def exact_backbone(state: dict[str, torch.Tensor], meta: WeightsMeta) -> tuple[nn.Module, int]:
+    """The backbone `meta` describes holding exactly `state` (no tensor missing, extra or of another shape: else a
+    WeightsError naming them), in eval mode, and its feature width: what export and hubconf.py hand over."""
+    if problems := fit_problems(state, meta.architecture):
+        raise WeightsError(f"{meta.path}: does not hold exactly the {meta.architecture} backbone: "
+                           f"{'; '.join(problems)}")
+    module, width = meta.architecture.build()
+    module.load_state_dict(state)
+    return module.eval(), width

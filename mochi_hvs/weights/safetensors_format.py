@@ -3,7 +3,8 @@ loader reads from anywhere. A file is a JSON header (names, dtypes, shapes, offs
 followed by the raw tensor bytes, so reading one never runs code.
 
 Our exports say so in their metadata (`format: mochi_hvs.backbone`) and carry there the SHA-256 digest of their
-tensors and other metadata (`sha256`), and the pretraining run's config as JSON (`config`) when the source has one.
+tensors and other metadata (`sha256`), the pretraining run's config as JSON (`config`) and what the source recorded of
+the run, its steps and code commit, as JSON (`run`), when the source has them.
 """
 
 from __future__ import annotations
@@ -39,20 +40,23 @@ def recorded_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
     return (metadata[DIGEST_KEY], content_digest(tensors, metadata)) if DIGEST_KEY in metadata else None
 
 
-def stored_config(metadata: dict[str, str]) -> dict[str, Any] | None:
-    """The pretraining config an export records, or None; ValueError when it is not a JSON mapping."""
-    if "config" not in metadata:
+def stored_mapping(metadata: dict[str, str], key: str) -> dict[str, Any] | None:
+    """The JSON mapping an export records under `key` (`config`, `run`), or None; ValueError when it is not one."""
+    if key not in metadata:
         return None
-    config = json.loads(metadata["config"])
-    if not isinstance(config, dict):
-        raise ValueError(f"its config is a JSON {type(config).__name__}, not a mapping")
-    return config
+    value = json.loads(metadata[key])
+    if not isinstance(value, dict):
+        raise ValueError(f"its {key} is a JSON {type(value).__name__}, not a mapping")
+    return value
 
 
-def to_safetensors(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None) -> bytes:
-    """An export's bytes: the backbone `state`, our format marker, the run's `config` (if any) and the digest."""
+def to_safetensors(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None,
+                   run: dict[str, Any] | None = None) -> bytes:
+    """An export's bytes: the backbone `state`, our format marker, the run's `config` and `run` record (where
+    given) and the digest."""
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
-    metadata = {"format": EXPORT_FORMAT} | ({"config": json.dumps(config)} if config is not None else {})
+    metadata = {"format": EXPORT_FORMAT} | {key: json.dumps(value) for key, value in (("config", config), ("run", run))
+                                            if value is not None}
     return safetensors.torch.save(tensors, metadata | {DIGEST_KEY: content_digest(tensors, metadata)})
 
 
