@@ -78,8 +78,10 @@ def test_campaign_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
 def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_objectives_in_turn():
     campaign = load_campaign(CONFIGS / "campaigns" / "gpu.yaml")
     keys = [run.key for run in campaign.runs]
-    assert keys[:4] == [("fmnist_headline", "long", 0), ("fmnist_headline", "long", 1),
-                        ("fmnist_headline", "long", 2), ("fmnist_headline", "long_supervised", 0)]
+    assert keys[:7] == [("fmnist_headline", "long", 0), ("fmnist_headline", "long", 1),
+                        ("fmnist_headline", "long", 2), ("fmnist_headline", "long_supervised", 0),
+                        ("fmnist_headline", "vit_tiny", 0), ("fmnist_headline", "vit_tiny", 1),
+                        ("fmnist_headline", "vit_tiny", 2)]
     objectives = [(seed, arm) for study, arm, seed in keys if study == "fmnist_objectives"]
     arms = set(campaign.studies["fmnist_objectives"].spec.arms)
     assert {arm for _, arm in objectives} == arms | {"supervised"}

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import statistics
@@ -6,16 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from mochi_hvs.compute_cost import run_units, steps_for_units, units_per_image
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.machine import device_description
+from mochi_hvs.models.backbone import build_backbone
 from mochi_hvs.provenance import code_commit
+from mochi_hvs.runtime import seed_everything
 from mochi_hvs.study import plots
 from mochi_hvs.study.__main__ import main as study_main
+from mochi_hvs.study.floors import FloorKey, arm_floors, floor_label, parse_floor
 from mochi_hvs.study.recipe import load_study
-from mochi_hvs.study.report import read_results, write_report
+from mochi_hvs.study.report import display_name, read_results, write_report
 from mochi_hvs.study.runner import StudyRunner
 from mochi_hvs.study.stats import paired_difference, summarize
 from mochi_hvs.train import Trainer
@@ -24,6 +29,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.train_subset=256", "optim.batch_size=32", "moco.queue_size=128", "model.bn_splits=4",
         "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
         "eval.knn_every=0", "eval.knn_baseline=false"]
+# A tiny timm ViT (tests/test_backbones.py's) on the default recipe, and its floor's label in a study whose baseline
+# is the default's ResNet-18 at 28 px.
+VIT = ["model.arch=timm/vit_tiny_patch16_224", "model.arch_kwargs={img_size: 28, patch_size: 4, embed_dim: 64, "
+       "depth: 2, num_heads: 2}", "model.bn_splits=1", "moco.shuffle_bn=false"]
+VIT_FLOOR = "random_init_timm.vit_tiny_patch16_224-depth2-embed_dim64-img_size28-num_heads2-patch_size4"
 
 
 def write_study(tmp_path, **changes):
@@ -55,6 +65,9 @@ def write_study(tmp_path, **changes):
      "'arms.moco.budget.match' must name another arm"),
     ({"colour": 1}, "unknown key 'colour'"),
     ({"evaluation_set": ["eval.knn_kk=[5]"]}, "evaluation_set: --set: unknown key 'eval.knn_kk'"),
+    ({"arms": {"random_init_42px": {"recipe": str(CONFIGS / "moco_v2.yaml")}}, "baseline": "random_init_42px"},
+     "'arms.random_init_42px' must be a folder-safe name (letters, digits, _ . -), not pixels, random_init, "
+     "supervised or a floor's label"),
 ])
 def test_study_recipe_errors_name_the_key_and_the_file(tmp_path, change, message):
     path = write_study(tmp_path, **change)
@@ -239,13 +252,15 @@ def test_each_arm_is_drawn_against_the_floors_at_its_own_image_size(tmp_path, mo
     plt = plots.matplotlib_pyplot()
     sizes, base = plots.image_sizes(folder, "moco")
     assert (sizes, base) == ({"moco": 28, "big": 42, "supervised": 28}, 28)
-    plots._final_figure(plt, results, plots.arm_colors(results.arms), "moco", sizes, folder / "f.png")
+    floors = arm_floors(folder, "moco")
+    assert floors["big"] == {"pixels": "pixels_42px", "random_init": "random_init_42px"}
+    plots._final_figure(plt, results, plots.arm_colors(results.arms), "moco", sizes, floors, folder / "f.png")
     ax = figures[-1].axes[0]
     beside_big = {tuple(line.get_ydata()) for line in ax.lines if list(line.get_xdata()) == [0.65, 1.35]}
     assert beside_big == {(82.0, 82.0), (85.0, 85.0)}  # big (x = 1) with its own 42 px floors
     across = {line.get_ydata()[0] for line in ax.lines if line.get_label().endswith("at 28 px")}
     assert across == {79.0, 78.0}
-    plots._time_figure(plt, results, plots.arm_colors(results.arms), sizes, base, folder / "t.png")
+    plots._time_figure(plt, results, plots.arm_colors(results.arms), sizes, base, floors, folder / "t.png")
     labels = figures[-1].axes[0].get_legend_handles_labels()[1] + [t.get_text() for t in
                                                                      figures[-1].axes[-1].get_legend().get_texts()]
     assert "moco" in labels and "big" not in labels
@@ -273,6 +288,106 @@ def test_the_random_init_reference_is_the_baselines_backbone_with_its_arch_kwarg
     runner.evaluate_references()
     [(model, width)] = built
     assert width == 128 and model.patch_embed.proj.kernel_size == (4, 4)  # the recipe's ViT, not timm's default
+
+
+def test_a_floors_label_names_the_backbone_and_size_that_differ_from_the_baselines():
+    base = FloorKey(28, "resnet18")
+    vit = FloorKey.of({"data": {"image_size": 28}, "model": {"arch": "timm/vit_tiny_patch16_224", "small_stem": False,
+                       "arch_kwargs": {"patch_size": 4, "num_heads": 2, "img_size": 28, "depth": 2, "embed_dim": 64}}})
+    assert floor_label("random_init", vit, base) == VIT_FLOOR  # the keywords in any order: one backbone, one label
+    assert floor_label("pixels", vit, base) == "pixels"  # raw pixels have no backbone
+    vit_42 = dataclasses.replace(vit, image_size=42)
+    labels = {floor_label("random_init", vit_42, base): ("random_init", VIT_FLOOR.removeprefix("random_init_"), 42),
+              floor_label("pixels", vit_42, base): ("pixels", None, 42),
+              floor_label("random_init", FloorKey(42, "resnet18"), base): ("random_init", None, 42),
+              floor_label("random_init", FloorKey(28, "resnet18", small_stem=True), base):
+                  ("random_init", "resnet18-small_stem", None),
+              floor_label("random_init", base, base): ("random_init", None, None)}
+    assert list(labels) == [VIT_FLOOR + "_42px", "pixels_42px", "random_init_42px", "random_init_resnet18-small_stem",
+                            "random_init"]
+    assert {label: parse_floor(label) for label in labels} == labels
+    assert parse_floor("pixels_vit") is None and parse_floor("e5") is None and parse_floor("supervised") is None
+    assert display_name(VIT_FLOOR + "_42px") == f"random init of {VIT_FLOOR.removeprefix('random_init_')} at 42 px"
+    assert display_name("random_init_42px") == "random init at 42 px"
+
+
+def test_an_arm_with_another_backbone_is_reported_and_drawn_against_its_own_random_init(tmp_path, monkeypatch):
+    """The ViT arm's own floor is its row and its paired comparison, never compared with the baseline; the figures
+    draw it beside the ViT (final accuracy) and in its colour (accuracy against time)."""
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "r"
+    folder.mkdir()
+    model = {"arch": "timm/vit_tiny_patch16_224", "small_stem": False,
+             "arch_kwargs": {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+    (folder / "study.yaml").write_text(yaml.safe_dump({"arms": {
+        "moco": {"config": {"data": {"image_size": 28}, "model": {"arch": "resnet18", "arch_kwargs": {}}}},
+        "vit": {"config": {"data": {"image_size": 28}, "model": model}}}}))
+    top1 = {"moco": (83.0, 82.8, 83.1), "vit": (79.0, 80.0, 79.5), "random_init": (82.0, 81.8, 81.9),
+            VIT_FLOOR: (60.0, 62.0, 61.0)}
+    lines = [{"arm": arm, "seed": seed, "evaluator": "knn", "metrics": {"k20_top1": value}}
+             for arm, values in top1.items() for seed, value in enumerate(values)]
+    lines += [{"arm": arm, "seed": seed, "evaluator": "train", "metrics": {"train_seconds": 60.0}}
+              for arm in ("moco", "vit") for seed in range(3)]
+    (folder / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    floors = arm_floors(folder, "moco")
+    assert floors == {"moco": {"pixels": "pixels", "random_init": "random_init"},
+                      "vit": {"pixels": "pixels", "random_init": VIT_FLOOR}}
+
+    report = write_report(folder, "demo", "moco").read_text()
+    name = display_name(VIT_FLOOR)
+    differences = report[report.index("## Differences to the baseline"):report.index("## Differences to an arm's")]
+    own = report[report.index("## Differences to an arm's own random initialisation"):report.index("## Per-seed")]
+    assert f"| {name} | 3 | — | 61.00 ± 1.00 |" in report and name not in differences  # train s, kNN k=20
+    diffs = np.array([79.0 - 60.0, 80.0 - 62.0, 79.5 - 61.0])
+    half = 4.302652729911275 * diffs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2)
+    assert own.count("| kNN k=20 |") == 1  # the baseline's arm is read against the baseline's floor, above
+    assert (f"| vit | {name} | kNN k=20 | {diffs.mean():+.2f} | [{diffs.mean() - half:+.2f}, "
+            f"{diffs.mean() + half:+.2f}] | 3 | better |") in own
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, title, path: figures.append(fig))
+    results = read_results(folder / "results.jsonl")
+    colors = plots.arm_colors(results.arms)
+    sizes, base = plots.image_sizes(folder, "moco")
+    plots._final_figure(plots.matplotlib_pyplot(), results, colors, "moco", sizes, floors, folder / "f.png")
+    beside = {(tuple(line.get_xdata()), line.get_ydata()[0], line.get_label()) for line in figures[-1].axes[0].lines
+              if line.get_color() == "grey"}
+    assert beside == {((0.65, 1.35), 61.0, "random init of the arm's backbone")}  # at the ViT's x = 1
+    plots._time_figure(plots.matplotlib_pyplot(), results, colors, sizes, base, floors, folder / "t.png")
+    own_lines = [(line.get_ydata()[0], line.get_color()) for line in figures[-1].axes[0].lines
+                 if line.get_label() == "random init of vit's backbone"]
+    assert own_lines == [(61.0, colors["vit"])]
+
+
+def test_references_are_evaluated_for_every_backbone_and_size_an_arm_uses(tmp_path, monkeypatch):
+    """Each arm gets its floors: the ResNet baseline the plain ones, a ViT at 28 px the random init of its own
+    backbone, a ViT at 42 px the pixels at 42 px and its own backbone's random init there (no ResNet at 42 px)."""
+    vit_42 = [*VIT, "data.image_size=42",
+              "model.arch_kwargs={img_size: 42, patch_size: 6, embed_dim: 64, depth: 2, num_heads: 2}"]
+    recipe = str(CONFIGS / "moco_v2.yaml")
+    path = write_study(tmp_path, arms={"moco": {"recipe": recipe}, "vit": {"recipe": recipe, "set": VIT},
+                                       "vit_42": {"recipe": recipe, "set": vit_42}},
+                       references=["pixels", "random_init"])
+    runner = StudyRunner(load_study(path))
+    evaluated, built = [], {}
+
+    def evaluate(arm, seed, cfg, backbone, evaluations, again=False):
+        evaluated.append((arm, seed, cfg.data.image_size))
+        if seed is not None:
+            built[arm] = backbone()[0]
+
+    monkeypatch.setattr(runner, "evaluate", evaluate)
+    runner.evaluate_references()
+    vit_42_floor = "random_init_timm.vit_tiny_patch16_224-depth2-embed_dim64-img_size42-num_heads2-patch_size6_42px"
+    assert evaluated == [("pixels", None, 28), ("random_init", 0, 28), (VIT_FLOOR, 0, 28), ("pixels_42px", None, 42),
+                         (vit_42_floor, 0, 42)]
+    assert not hasattr(built["random_init"], "patch_embed")  # the baseline's ResNet
+    assert built[vit_42_floor].patch_embed.proj.kernel_size == (6, 6)
+    seed_everything(0)  # the ViT's random initialisation of seed 0
+    vit, _ = build_backbone("timm/vit_tiny_patch16_224", arch_kwargs={"img_size": 28, "patch_size": 4, "embed_dim": 64,
+                                                                      "depth": 2, "num_heads": 2})
+    floor = built[VIT_FLOOR].state_dict()
+    assert all(torch.equal(floor[key], value) for key, value in vit.state_dict().items())
 
 
 @pytest.mark.parametrize("count", [3, 14, 20, 27])
@@ -344,6 +459,28 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
     assert study_main(["--config", str(path), "--only", "hvs"]) == 0
     assert fits == [tmp_path / "runs" / "tiny" / "hvs" / "seed0"]
     assert resumed == [tmp_path / "runs" / "tiny" / "hvs" / "seed0" / "last.pth"]
+
+
+@pytest.mark.slow
+def test_a_study_with_a_vit_arm_records_and_reports_the_vits_own_random_init(tmp_path):
+    """End to end: a ResNet baseline and a tiny ViT arm (the ViT recipe with test_backbones.py's small ViT) trained,
+    evaluated and reported; the ViT is read against the random initialisation of its own backbone."""
+    path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
+                                       "vit": {"recipe": str(CONFIGS / "moco_vit_tiny.yaml"), "set": VIT}},
+                       references=["pixels", "random_init"])
+    assert study_main(["--config", str(path)]) == 0
+    results = tmp_path / "results" / "tiny"
+    lines = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    assert {(r["arm"], r["seed"], r["evaluator"]) for r in lines if r["arm"] not in ("moco", "vit")} == {
+        ("pixels", None, "knn"), ("pixels", None, "linear"), ("random_init", 0, "knn"), ("random_init", 0, "linear"),
+        (VIT_FLOOR, 0, "knn"), (VIT_FLOOR, 0, "linear")}
+    top1 = {(r["arm"], r["evaluator"]): r["metrics"]["k20_top1" if r["evaluator"] == "knn" else "top1"]
+            for r in lines if r["evaluator"] in ("knn", "linear")}
+    report = (results / "REPORT.md").read_text()
+    for evaluator, title in (("knn", "kNN k=20"), ("linear", "linear")):
+        difference = top1[("vit", evaluator)] - top1[(VIT_FLOOR, evaluator)]
+        assert (f"| vit | {display_name(VIT_FLOOR)} | {title} | {difference:+.2f} | — | 1 | "
+                "not distinguishable (one seed) |") in report
 
 
 def test_matched_arm_gets_its_targets_encoder_forwards_and_keeps_its_budget(tmp_path):

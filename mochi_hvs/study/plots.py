@@ -8,9 +8,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .report import ACCURACY, REFERENCE_NAMES, StudyResults, display_name, read_results, reference_label
+from .floors import FLOORS, arm_floors, parse_floor, resolved_arms
+from .report import ACCURACY, REFERENCE_NAMES, StudyResults, display_name, read_results
 from .stats import mean_interval, summarize
 
 REFERENCE_STYLES = {"pixels": ":", "random_init": "--", "supervised": "-."}
@@ -48,13 +48,6 @@ def curves(records: dict[int, list[dict]], key: str) -> dict[int, tuple[np.ndarr
             steps, values = zip(*points, strict=True)
             out[seed] = (np.asarray(steps, dtype=float), np.asarray(values, dtype=float))
     return out
-
-
-def resolved_arms(report_dir: Path) -> dict[str, dict]:
-    """Each arm's resolved config, from the study.yaml beside the results (empty without one)."""
-    resolved = report_dir / "study.yaml"
-    arms = yaml.safe_load(resolved.read_text()).get("arms", {}) if resolved.is_file() else {}
-    return {arm: spec.get("config") or {} for arm, spec in arms.items()}
 
 
 def supervised_arms(report_dir: Path) -> set[str]:
@@ -139,20 +132,33 @@ def _reference_lines(ax, results: StudyResults, evaluator: str, metric: str, ref
                        linewidth=1, label=REFERENCE_NAMES[reference] + (f" at {size} px" if size else ""))
 
 
-def _own_floor_ticks(ax, results: StudyResults, evaluator: str, metric: str, x: int, size: int, base: int) -> None:
-    """An arm trained at another image size than the baseline's: its own floors (pixels and random init at its
-    size) as short grey segments at its position, in the floors' line styles."""
-    for reference in ("pixels", "random_init"):
-        level = results.values.get((reference_label(reference, size, base), evaluator, metric))
+def own_floors(floors: dict[str, dict[str, str]], arm: str) -> list[str]:
+    """The labels of an arm's floors that are not the baseline's (`floors` from arm_floors)."""
+    return [label for label in floors.get(arm, {}).values() if label not in FLOORS]
+
+
+def _own_floor_name(label: str) -> str:
+    """An arm's own floor in a legend: e.g. random init at the arm's size, random init of the arm's backbone."""
+    reference, backbone, size = parse_floor(label)
+    if backbone:
+        return f"{REFERENCE_NAMES[reference]} of the arm's backbone" + (" at its size" if size else "")
+    return f"{REFERENCE_NAMES[reference]} at the arm's size"
+
+
+def _own_floor_ticks(ax, results: StudyResults, evaluator: str, metric: str, x: int, labels: list[str]) -> None:
+    """An arm trained at another image size or with another backbone than the baseline's: its own floors (their
+    `labels`) as short grey segments at its position, in the floors' line styles."""
+    for label in labels:
+        level = results.values.get((label, evaluator, metric))
         if level:
             ax.plot([x - 0.35, x + 0.35], [summarize(list(level.values())).mean] * 2, color="grey", linewidth=1.5,
-                    linestyle=REFERENCE_STYLES[reference], label=f"{REFERENCE_NAMES[reference]} at the arm's size")
+                    linestyle=REFERENCE_STYLES[parse_floor(label)[0]], label=_own_floor_name(label))
 
 
 def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: str, sizes: dict[str, int],
-                  path: Path) -> bool:
+                  floors: dict[str, dict[str, str]], path: Path) -> bool:
     """Per accuracy figure: each arm's per-seed values, mean and 95% interval; the floors at the baseline's image
-    size as lines across, an arm at another size with its own floors beside it."""
+    size as lines across, an arm at another size or with another backbone with its own floors beside it."""
     base = sizes.get(baseline)
     panels = [(e, m, t) for e, m, t in ACCURACY if any((a, e, m) in results.values for a in results.arms)]
     if not panels:
@@ -172,8 +178,7 @@ def _final_figure(plt, results: StudyResults, colors: dict[str, str], baseline: 
                             color=colors.get(arm))
             else:
                 ax.plot([x], [mean], "o", zorder=3, color=colors.get(arm))
-            if sizes.get(arm) not in (None, base):
-                _own_floor_ticks(ax, results, evaluator, metric, x, sizes[arm], base)
+            _own_floor_ticks(ax, results, evaluator, metric, x, own_floors(floors, arm))
         _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init", "supervised"), base)
         labels = [display_name(a) + (f" ({sizes[a]} px)" if sizes.get(a) not in (None, base) else "")
                   for a in results.arms]
@@ -198,10 +203,11 @@ def time_points(results: StudyResults, arm: str, evaluator: str, metric: str) ->
 
 
 def _time_figure(plt, results: StudyResults, colors: dict[str, str], sizes: dict[str, int], base: int | None,
-                 path: Path) -> bool:
+                 floors: dict[str, dict[str, str]], path: Path) -> bool:
     """Per accuracy figure: every trained arm at the baseline's image size, its runs at their training minutes, the
-    untrained references at that size as lines: the frontier of accuracy against training time. Arms at other
-    sizes are left out: their floors are not these lines (final_accuracy.png shows them beside their own)."""
+    untrained references at that size as lines (black; an arm with another backbone: its own random init in its
+    colour): the frontier of accuracy against training time. Arms at other sizes are left out: their floors are
+    not these lines (final_accuracy.png shows them beside their own)."""
     trained = [a for a in results.arms + [r for r in results.references if r == "supervised"]
                if sizes.get(a) in (None, base)]
     panels = [(e, m, t) for e, m, t in ACCURACY if any(time_points(results, a, e, m) for a in trained)]
@@ -215,6 +221,13 @@ def _time_figure(plt, results: StudyResults, colors: dict[str, str], sizes: dict
                 minutes, values = zip(*points, strict=True)
                 ax.scatter(minutes, values, s=22, color=colors.get(arm), label=display_name(arm), zorder=3)
         _reference_lines(ax, results, evaluator, metric, ("pixels", "random_init"), base)
+        for arm in trained:
+            for label in own_floors(floors, arm):
+                level = results.values.get((label, evaluator, metric))
+                if level:
+                    ax.axhline(summarize(list(level.values())).mean, linestyle=REFERENCE_STYLES["random_init"],
+                               color=colors.get(arm), linewidth=1, label=f"random init of {display_name(arm)}'s "
+                                                                         "backbone")
         ax.set_xlabel("training minutes")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title)
@@ -269,14 +282,20 @@ def write_plots(report_dir: Path, baseline: str) -> list[tuple[str, str]] | None
     sizes, base = image_sizes(report_dir, baseline)
     others = sorted(arm for arm in results.arms if sizes.get(arm) not in (None, base))
     left_out = f"; arms at other image sizes left out: {', '.join(others)}" if others else ""
+    floors = arm_floors(report_dir, baseline)
+    backbones = [arm for arm in results.arms if any(parse_floor(label)[1] for label in own_floors(floors, arm))]
+    own = "size or backbone where they differ" if backbones else "size where it differs"
+    coloured = [arm for arm in backbones if arm not in others]
+    in_colour = (f"; lines in an arm's colour: the random init of its own backbone ({', '.join(coloured)})"
+                 if coloured else "")
     written = []
     figures = [
         ("final_accuracy.png", "Final accuracy per arm on the full test set (points: seeds; bars: 95% interval "
-         "of the mean; lines: references at the baseline's image size; grey segments: the floors at an arm's own "
-         "size where it differs)", lambda p: _final_figure(plt, results, colors, baseline, sizes, p)),
+         f"of the mean; lines: references at the baseline's image size; grey segments: the floors at an arm's own "
+         f"{own})", lambda p: _final_figure(plt, results, colors, baseline, sizes, floors, p)),
         ("accuracy_vs_time.png", "Final accuracy against training time on this machine (points: runs; lines: raw "
-         f"pixels and random init at the baseline's image size{left_out})",
-         lambda p: _time_figure(plt, results, colors, sizes, base, p)),
+         f"pixels and random init at the baseline's image size{in_colour}{left_out})",
+         lambda p: _time_figure(plt, results, colors, sizes, base, floors, p)),
         ("knn_vs_step.png", "kNN top-1 of the in-training monitor vs step (line: mean over seeds; band: min-max)",
          lambda p: _curve_figure(plt, records, colors, [("knn/top1", "kNN top-1 (%)", 1.0)], "kNN monitor", p)),
         ("proxy_vs_step.png", "Proxy-task top-1 (positive ranked first among K + 1) vs step (the contrastive arms)",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, _apply, _read_yaml, load_config, to_dict
+from .floors import parse_floor
 
 EVALUATIONS = ("knn", "linear", "semisup")
 REFERENCES = ("pixels", "random_init", "supervised")
@@ -113,8 +114,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
     _check(isinstance(arms, dict) and bool(arms), source, "arms", "must map arm names to {recipe: ..., set: [...]}")
     study.arms = {}
     for name, arm_values in arms.items():
-        _check(isinstance(name, str) and bool(ARM_NAME.match(name)) and name not in REFERENCES, source,
-               f"arms.{name}", f"must be a folder-safe name (letters, digits, _ . -), not {', '.join(REFERENCES)}")
+        _check(isinstance(name, str) and bool(ARM_NAME.match(name)) and name not in REFERENCES
+               and parse_floor(name) is None, source, f"arms.{name}", "must be a folder-safe name (letters, digits, "
+               f"_ . -), not {', '.join(REFERENCES)} or a floor's label (e.g. random_init_42px)")
         spec = ArmSpec()
         _apply(spec, arm_values if isinstance(arm_values, dict) else {"recipe": arm_values}, f"arms.{name}.", source)
         study.arms[name] = spec

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..evaluation.linear import OLD_PROTOCOL, PROTOCOL
+from .floors import arm_floors, parse_floor
 from .stats import paired_difference, summarize
 
 OLD_LINEAR = "linear_" + OLD_PROTOCOL  # how the old probe's lines are told apart from the converged probe's
@@ -20,21 +20,17 @@ ACCURACY = [("knn", "k20_top1", "kNN k=20"), ("knn", "k200_top1", "kNN k=200"), 
 TRAINING = [("train", "proxy_top1", "proxy top-1"), ("train", "train_seconds", "train s"),
             ("train", "forward_units", "encoder fwd (M)"), ("train", "embedding_rank", "embedding rank")]
 REFERENCE_NAMES = {"pixels": "raw pixels", "random_init": "random init", "supervised": "supervised (same budget)"}
-AT_SIZE = re.compile(r"^(pixels|random_init)_(\d+)px$")  # a floor at another image size than the baseline's
-
-
-def reference_label(reference: str, size: int, baseline_size: int) -> str:
-    """How an untrained reference at `size` is recorded: its plain name at the baseline's image size, else e.g.
-    random_init_42px."""
-    return reference if size == baseline_size else f"{reference}_{size}px"
 
 
 def display_name(arm: str) -> str:
-    """An arm's or reference's name in tables and legends."""
-    at_size = AT_SIZE.match(arm)
-    if at_size:
-        return f"{REFERENCE_NAMES[at_size.group(1)]} at {at_size.group(2)} px"
-    return REFERENCE_NAMES.get(arm, arm)
+    """An arm's or reference's name in tables and legends; a floor of another arm's backbone or size names them
+    (e.g. random init at 42 px, random init of timm.vit_tiny_patch16_224-...)."""
+    floor = parse_floor(arm)
+    if floor is None:
+        return REFERENCE_NAMES.get(arm, arm)
+    reference, backbone, size = floor
+    return (REFERENCE_NAMES[reference] + (f" of {backbone}" if backbone else "")
+            + (f" at {size} px" if size else ""))
 
 
 @dataclass
@@ -68,7 +64,7 @@ def read_results(path: Path) -> StudyResults:
             continue
         entry = json.loads(line)
         arm = entry["arm"]
-        bucket = references if arm in REFERENCE_NAMES or AT_SIZE.match(arm) else arms
+        bucket = references if arm in REFERENCE_NAMES or parse_floor(arm) else arms
         if arm not in bucket:
             bucket.append(arm)
         if entry.get("device") and entry["device"] not in devices:
@@ -128,23 +124,49 @@ def collapse_note(results: StudyResults) -> list[str]:
             + (f": {', '.join(collapsed)}." if collapsed else "."), ""]
 
 
+def _paired_rows(results: StudyResults, arm: str, against: str) -> list[str]:
+    """Per accuracy figure both record on shared seeds: 'figure | difference | 95% interval | seeds | verdict |' of
+    arm - against."""
+    rows = []
+    for evaluator, metric, title in ACCURACY:
+        mine = results.values.get((arm, evaluator, metric))
+        theirs = results.values.get((against, evaluator, metric))
+        if not mine or not theirs or not set(mine) & set(theirs):
+            continue
+        diff = paired_difference(mine, theirs)
+        interval = "—" if diff.count < 2 else f"[{diff.low:+.2f}, {diff.high:+.2f}]"
+        rows.append(f"{title} | {diff.mean:+.2f} | {interval} | {diff.count} | {diff.verdict} |")
+    return rows
+
+
 def difference_table(results: StudyResults, baseline: str) -> list[str]:
-    """Paired differences arm - baseline per accuracy figure, with the 95% interval and the verdict."""
+    """Paired differences arm - baseline per accuracy figure, with the 95% interval and the verdict; of the
+    references, the baseline's random init and the supervised one (the floors of other arms are read against
+    those arms: own_floor_table)."""
     lines = ["| arm | figure | difference to baseline | 95% interval (paired t) | seeds | verdict |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for arm in results.arms + [r for r in results.references if r != "pixels"]:
-        if arm == baseline:
-            continue
-        for evaluator, metric, title in ACCURACY:
-            mine = results.values.get((arm, evaluator, metric))
-            base = results.values.get((baseline, evaluator, metric))
-            if not mine or not base or not set(mine) & set(base):
-                continue
-            diff = paired_difference(mine, base)
-            interval = "—" if diff.count < 2 else f"[{diff.low:+.2f}, {diff.high:+.2f}]"
-            lines.append(f"| {display_name(arm)} | {title} | {diff.mean:+.2f} | {interval} | "
-                         f"{diff.count} | {diff.verdict} |")
+    for arm in results.arms + [r for r in results.references if r in ("random_init", "supervised")]:
+        if arm != baseline:
+            lines += [f"| {display_name(arm)} | {row}" for row in _paired_rows(results, arm, baseline)]
     return lines
+
+
+def own_floor_table(results: StudyResults, floors: dict[str, dict[str, str]]) -> list[str]:
+    """Paired differences arm - its own random init, for the arms whose random-init floor is not the baseline's
+    (another backbone or image size; `floors` from arm_floors); empty when there is none."""
+    rows = []
+    for arm in results.arms:
+        floor = floors.get(arm, {}).get("random_init", "random_init")
+        if floor != "random_init":
+            named = f"| {display_name(arm)} | {display_name(floor)} | "
+            rows += [named + row for row in _paired_rows(results, arm, floor)]
+    if not rows:
+        return []
+    return ["## Differences to an arm's own random initialisation", "",
+            "Arms whose backbone or image size differs from the baseline's, paired by seed with the random "
+            "initialisation of their own backbone at their own size, as above.", "",
+            "| arm | its random init | figure | difference | 95% interval (paired t) | seeds | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
 def per_seed_table(results: StudyResults) -> list[str]:
@@ -194,6 +216,7 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
               f"Paired by seed (same data order and initialisation); 95% interval of the mean difference from the "
               f"t distribution; *better* / *worse* when the interval excludes 0, else *not distinguishable*. "
               f"Baseline: {baseline}.", "", *difference_table(results, baseline), "",
+              *own_floor_table(results, arm_floors(report_dir, baseline)),
               "## Per-seed values", "", *per_seed_table(results), ""]
     if plots:
         lines += ["## Figures", ""]

@@ -27,7 +27,7 @@ import torch.nn as nn
 import yaml
 
 from ..compute_cost import run_units, steps_for_units
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, to_dict
 from ..data.batches import endless
 from ..data.datasets import load_images
 from ..evaluation.frozen import FrozenEvaluation
@@ -42,8 +42,9 @@ from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
 from ..weights.checkpoint import resolve_resume
 from ..weights.loader import load_backbone_weights, read_backbone_state
+from .floors import FloorKey, floor_label
 from .recipe import Study, resolved
-from .report import evaluator_of, reference_label
+from .report import evaluator_of
 
 RESULTS = "results.jsonl"
 BUDGET = "budget.json"  # a matched run's resolved step budget, fixed when the run starts
@@ -314,35 +315,55 @@ class StudyRunner:
 
         self.evaluate(run.label, run.seed, cfg, backbone, self.study.spec.evaluations, again)
 
+    def floor_key(self, arm: str, *more: str) -> FloorKey:
+        """What the floors of an arm's runs depend on (its image size and backbone)."""
+        return FloorKey.of(to_dict(PlannedRun(self.study, arm, self.study.spec.seeds[0]).config(*more)))
+
     def evaluate_references(self, again: bool = False) -> None:
         """Raw pixels (once) and the random initialisation of each seed, with the same evaluations (all of them
-        `again`), at the baseline's image size and at every other size an arm of this call trains at (recorded as
-        e.g. random_init_42px: each arm is read against the floors at its own resolution)."""
+        `again`): the baseline's floors, and those of every arm of this call that trains at another image size or
+        with another backbone (recorded under floors.floor_label's labels, e.g. random_init_42px: each arm is read
+        against the floors of its own resolution and backbone)."""
         spec = self.study.spec
-        base = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config().data.image_size
-        sizes = sorted({self.study.arm_config(arm, spec.seeds[0]).data.image_size for arm in self.arms} - {base})
-        for size in [base, *sizes]:
-            resize = [] if size == base else [f"data.image_size={size}"]
+        base = self.floor_key(spec.baseline)
+        keys = {arm: self.floor_key(arm) for arm in self.arms}
+        for size in [base.image_size, *sorted({key.image_size for key in keys.values()} - {base.image_size})]:
+            resize = [] if size == base.image_size else [f"data.image_size={size}"]
             cfg = PlannedRun(self.study, spec.baseline, spec.seeds[0]).config(*resize)
             if "pixels" in spec.references:
                 evaluation = self.evaluation_for(cfg)
                 channels = 1 if evaluation.pixels().channels == 1 else 3
                 width = pixel_width(size, channels)
-                self.evaluate(reference_label("pixels", size, base), None, cfg,
+                self.evaluate(floor_label("pixels", dataclasses.replace(base, image_size=size), base), None, cfg,
                               lambda evaluation=evaluation, width=width: (evaluation.pixels(), width),
                               [e for e in spec.evaluations if e != "semisup"], again)
             if "random_init" in spec.references:
-                for seed in self.seeds:
-                    seeded = PlannedRun(self.study, spec.baseline, seed).config(*resize)
+                for arm, overrides in self.random_init_floors(base, keys, size):
+                    self.evaluate_random_init(floor_label("random_init", self.floor_key(arm, *overrides), base),
+                                              arm, overrides, again)
 
-                    def backbone(seeded: Config = seeded) -> tuple[nn.Module, int]:
-                        seed_everything(seeded.seed)
-                        model, width = build_backbone(seeded.model.arch, seeded.model.small_stem,
-                                                      seeded.model.arch_kwargs)
-                        return model.to(resolve_device(seeded.device)), width
+    def random_init_floors(self, base: FloorKey, keys: dict[str, FloorKey], size: int) -> list[tuple[str, list[str]]]:
+        """The random-init floors at one image size, each as (arm, overrides) whose config builds it: the baseline's
+        backbone (resized; at the baseline's size always, elsewhere where an arm of this call uses it), then the first
+        arm of each other backbone at that size."""
+        baseline = self.study.spec.baseline, [] if size == base.image_size else [f"data.image_size={size}"]
+        floors = {base.backbone: baseline} if size == base.image_size else {}
+        for arm, key in keys.items():
+            if key.image_size == size:
+                floors.setdefault(key.backbone, baseline if key.backbone == base.backbone else (arm, []))
+        return list(floors.values())
 
-                    self.evaluate(reference_label("random_init", size, base), seed, seeded, backbone,
-                                  spec.evaluations, again)
+    def evaluate_random_init(self, label: str, arm: str, overrides: list[str], again: bool) -> None:
+        """The random initialisation of an arm's backbone (its config with `overrides`), one per seed, as `label`."""
+        for seed in self.seeds:
+            seeded = PlannedRun(self.study, arm, seed).config(*overrides)
+
+            def backbone(seeded: Config = seeded) -> tuple[nn.Module, int]:
+                seed_everything(seeded.seed)
+                model, width = build_backbone(seeded.model.arch, seeded.model.small_stem, seeded.model.arch_kwargs)
+                return model.to(resolve_device(seeded.device)), width
+
+            self.evaluate(label, seed, seeded, backbone, self.study.spec.evaluations, again)
 
     def run(self) -> None:
         """Train every planned run that has not finished, evaluate every finished one, and the references."""
