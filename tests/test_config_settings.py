@@ -8,8 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from mochi_hvs.config import Config, ConfigError, load_config, registered_sections, setting, to_dict, validate
+from mochi_hvs.config.commandline import yaml_value
 from mochi_hvs.config.schema import METHOD_SECTIONS, MethodConfig, resume_policy, section_types, settings_of
-from mochi_hvs.config.settings import APPLY, REFUSE, Bounds, help_of
+from mochi_hvs.config.settings import APPLY, REFUSE, Bounds, default_of, help_of
+from mochi_hvs.evaluation import commands
+from mochi_hvs.pretrain import build_parser
+from mochi_hvs.study.__main__ import build_parser as study_parser
 
 
 def every_setting() -> list[tuple[str, dataclasses.Field]]:
@@ -42,6 +46,27 @@ class BareConfig(MethodConfig):
 def test_a_setting_without_help_is_found(monkeypatch):
     monkeypatch.setitem(METHOD_SECTIONS, "bare", BareConfig)
     assert undocumented() == ["bare.bare"]
+
+
+def test_pretrain_help_names_every_key_with_its_default_and_help():
+    text = " ".join(build_parser().format_help().split())  # help lines are wrapped
+    missing = [key for key, f in every_setting()
+               if f"{key}={yaml_value(default_of(f))} {' '.join(help_of(f).split())}" not in text]
+    assert missing == []
+    assert "optim.momentum=0.9 SGD's momentum (must be in [0, 1) (SGD momentum))" in text
+    assert "data.augment_on=auto auto: the device for in-memory sets; device: batched, on the training device; cpu " \
+           "(one of: auto, device, cpu)" in text
+
+
+def test_the_study_and_evaluator_commands_list_the_keys_they_read(capsys):
+    study = " ".join(study_parser().format_help().split())
+    assert all(f"{key}=" in study for key, _ in every_setting())
+    with pytest.raises(SystemExit):
+        commands.knn_main(["--help"])
+    knn = " ".join(capsys.readouterr().out.split())
+    for key in ("eval.knn_k=[20,200]", "data.root=null", "data.image_size=28", "device=auto", "amp=auto", "seed=0"):
+        assert f" {key} " in knn
+    assert "data.train_subset" not in knn and "optim.lr" not in knn  # pretraining keys evaluation does not read
 
 
 # ----------------------------------------------------------------------------------------------------- bounds

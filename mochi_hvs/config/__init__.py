@@ -12,7 +12,7 @@ The sections of objectives and training methods are declared beside them and reg
 """
 
 from ..errors import ConfigError
-from .commandline import Keys, add_config_arguments, recipe_intro, settings_help
+from .commandline import Keys, add_config_arguments, every_key, recipe_intro, settings_help
 from .derived import backbone_facts_of, local_crops, method_sections, objective_needs, views_per_image
 from .loading import load_config, parse_override
 from .migrations import RENAMED, RETIRED, RETIRED_VALUES, upgrade_stored
@@ -39,6 +39,6 @@ from .values import apply_values, read_yaml
 __all__ = ["APPLY", "METHOD_SECTIONS", "MIN_BN_GROUP", "REFUSE", "RENAMED", "RETIRED", "RETIRED_VALUES",
            "CollapseConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "Keys", "LocalCrops", "MethodConfig",
            "ModelConfig", "ObjectiveConfig", "OptimConfig", "Section", "add_config_arguments", "apply_values",
-           "backbone_facts_of", "load_config", "local_crops", "method_sections", "objective_needs",
+           "backbone_facts_of", "every_key", "load_config", "local_crops", "method_sections", "objective_needs",
            "parse_override", "read_yaml", "recipe_intro", "registered_sections", "resume_policy", "settings_help",
            "setting", "stage_configs", "to_dict", "upgrade_stored", "validate", "views_per_image"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .schema import section_types
 from .settings import default_of, help_of, nullable
 
 
@@ -31,6 +32,11 @@ class Keys:
         chosen = [f for f in dataclasses.fields(self.settings)
                   if "section" not in f.metadata and (self.names is None or f.name in self.names)]
         return sorted(chosen, key=lambda f: f.name not in own)
+
+
+def every_key() -> list[Keys]:
+    """Every key of a pretraining config, section by section (the run-level keys first)."""
+    return [Keys(prefix, cls) for prefix, cls in section_types()]
 
 
 def yaml_value(value: Any) -> str:

@@ -52,16 +52,24 @@ INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes 
 PRETRAINING_ONLY = {"data": ("train_subset",)}
 
 
+def evaluator_keys(sections: list[Keys]) -> list[Keys]:
+    """The keys an evaluator reads: its sections', then those it may take from a checkpoint (INHERITED_SECTIONS)."""
+    data = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in PRETRAINING_ONLY["data"])
+    inherited = [Keys("", Config, tuple(name for name in INHERITED_SECTIONS if name != "data")),
+                 Keys("data.", DataConfig, data)]
+    return [*sections, *inherited]
+
+
 def base_parser(description: str, sections: list[Keys], example: str,
                 pixels: bool = False) -> argparse.ArgumentParser:
     """The options every evaluator shares (weights, config, baseline switch, results file), its settings in --help
     (`example`: overrides it reads, for --set's help), and with `pixels` the --pixels reference (then --checkpoint
     is optional)."""
     parser = argparse.ArgumentParser(description=textwrap.fill(description, width=100),
-                                     epilog=settings_help(sections, recipe_intro("eval: {linear: {epochs: 50}}"))
-                                     + "\nThe data, device, amp and seed keys of pretraining apply too (e.g. --set "
-                                       "data.root=DIR device=cpu).\nA checkpoint's evaluator settings are not used: "
-                                       "only its data, device, amp and seed.",
+                                     epilog=settings_help(evaluator_keys(sections),
+                                                          recipe_intro("eval: {linear: {epochs: 50}}"))
+                                     + "\nA checkpoint's evaluator settings are not used: only its data, device, amp "
+                                       "and seed.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", metavar="FILE", required=not pixels,
                         help="our training checkpoint, an exported backbone (.safetensors, .pth, .pkl), an official "
