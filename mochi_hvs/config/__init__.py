@@ -6,7 +6,8 @@
 - values.py: values written onto the dataclasses strictly (types, did-you-mean), recipes and their base chain;
 - validation.py: the generic check of what settings declare, the rules across settings, stages;
 - loading.py: load_config (stored values, recipe, --set); commandline.py: --config/--set and the keys' --help;
-- derived.py: what follows from a config (objective needs, views per image, backbone facts).
+- derived.py: what follows from a config (objective needs, views per image, backbone facts);
+- reference.py: the Markdown configuration reference and changelog (docs/reference/).
 
 The sections of objectives and training methods are declared beside them and registered into every Config.
 """
