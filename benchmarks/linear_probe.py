@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mochi_hvs.config.evaluators import L2_GRID  # noqa: E402
 from mochi_hvs.data.datasets import labelled_splits  # noqa: E402
 from mochi_hvs.evaluation.logistic import fit_logistic  # noqa: E402
-from mochi_hvs.evaluator_settings import L2_GRID  # noqa: E402
 from mochi_hvs.machine import machine_info  # noqa: E402
 from mochi_hvs.provenance import provenance  # noqa: E402
 

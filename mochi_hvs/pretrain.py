@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from .config import Config, add_config_arguments, load_config, stage_configs
+from .config import (
+    Config,
+    add_config_arguments,
+    every_key,
+    load_config,
+    recipe_intro,
+    settings_help,
+    stage_configs,
+)
 from .distributed import world
 from .errors import Interrupted, UserError
 from .objectives.registry import declared
@@ -19,7 +27,9 @@ from .weights.errors import CheckpointError
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the pretraining entry point."""
     parser = argparse.ArgumentParser(prog="mochi-pretrain",
-                                     description="Contrastive pretraining (MoCo-v2, MoCHi, HVS).")
+                                     description="Contrastive pretraining (MoCo-v2, MoCHi, HVS).",
+                                     epilog=settings_help(every_key(), recipe_intro("optim: {lr: 0.03}")),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, "YAML recipe (defaults apply where it is silent)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue from the run's last checkpoint (auto) or from a checkpoint file")

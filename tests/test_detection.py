@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from mochi_hvs.config.evaluators import DetectionSettings
 from mochi_hvs.data.datasets import DatasetError
 from mochi_hvs.data.detection import DetectionSet, read_detection_source
 from mochi_hvs.data.synthetic_detection import make_fashion_detection
 from mochi_hvs.evaluation.detection import build_detector, coco_box_ap, detection_transfer
-from mochi_hvs.evaluator_settings import DetectionSettings
 from mochi_hvs.weights.architecture import Architecture
 from mochi_hvs.weights.errors import WeightsError
 from mochi_hvs.weights.loader import WeightsMeta

@@ -12,9 +12,9 @@ import torch
 from weight_files import our_checkpoint
 
 from mochi_hvs.config import ConfigError, load_config
+from mochi_hvs.config.evaluators import DetectionSettings, LinearSettings, SelectSettings, SemisupSettings
 from mochi_hvs.evaluation import commands
 from mochi_hvs.evaluation.cli import prepare
-from mochi_hvs.evaluator_settings import DetectionSettings, LinearSettings, SelectSettings, SemisupSettings
 
 
 def write(tmp_path, text, name="recipe.yaml"):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from eval_outputs import error_line, read_results
 
+from mochi_hvs.config.evaluators import SelectSettings
 from mochi_hvs.data import datasets
 from mochi_hvs.data.datasets import ImageSet
 from mochi_hvs.data.subsets import random_subset, split_file_subset, write_split_file
@@ -19,7 +20,6 @@ from mochi_hvs.evaluation.label_selection import (
     regularised_selection,
     usl_select,
 )
-from mochi_hvs.evaluator_settings import SelectSettings
 
 BLOB_SIZES = [500, 200, 120, 80, 50, 30, 20, 10, 8, 5]
 SEEDS = (0, 1, 2)

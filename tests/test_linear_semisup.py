@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from mochi_hvs.config.evaluators import LinearSettings, SemisupSettings
 from mochi_hvs.evaluation.classifier_training import changed_tensors, snapshot
 from mochi_hvs.evaluation.linear import BackboneChanged, LinearProbe
 from mochi_hvs.evaluation.semisup import SemisupFinetune
-from mochi_hvs.evaluator_settings import LinearSettings, SemisupSettings
 from mochi_hvs.models.backbone import build_backbone
 
 CPU = torch.device("cpu")

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mochi_hvs.config.evaluators import LinearSettings
 from mochi_hvs.evaluation.linear import probe_metrics
 from mochi_hvs.evaluation.logistic import ProbeDataError, fit_logistic, validation_split
-from mochi_hvs.evaluator_settings import LinearSettings
 
 
 def gaussian_classes(means: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from mochi_hvs.config import ConfigError
+from mochi_hvs.config.evaluators import SemisupSettings
 from mochi_hvs.data.datasets import DatasetError, ImageSet
 from mochi_hvs.data.subsets import fraction_subset, per_class_subset, random_subset, split_file_subset
 from mochi_hvs.evaluation.semisup import labelled_subset, subset_fingerprint
-from mochi_hvs.evaluator_settings import SemisupSettings
 
 LABELS = np.repeat(np.arange(4), [100, 200, 50, 7])  # unequal classes
 

@@ -2,7 +2,7 @@
 
 Light to import (the training loop needs only the kNN monitor); the other evaluators live in
 `linear`, `semisup` and `detection`, the unsupervised choice of images to label (USL) in `label_selection` (the
-algorithm) and `usl` (its data), their settings in mochi_hvs.evaluator_settings (the config sections
+algorithm) and `usl` (its data), their settings in mochi_hvs.config.evaluators (the config sections
 eval.linear / eval.semisup / eval.select / eval.detection), their commands in `commands` and its plumbing in `cli`.
 """
 

@@ -10,9 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config.evaluators import SCHEDULES
 from ..data.records import ImageBatch
 from ..errors import TrainingDiverged
-from ..evaluator_settings import SCHEDULES
 from ..schedule import lr_multiplier
 from .knn import topk_accuracy
 

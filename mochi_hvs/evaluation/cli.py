@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import inspect
 import json
 import sys
 import textwrap
@@ -37,9 +36,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 
-from ..config import Config, DataConfig, add_config_arguments, load_config
+from ..config import Config, DataConfig, Keys, add_config_arguments, load_config, recipe_intro, settings_help
 from ..distributed import init_distributed
 from ..errors import UserError
 from ..provenance import provenance
@@ -54,53 +52,24 @@ INHERITED_SECTIONS = ("seed", "device", "amp", "data")  # what evaluation takes 
 PRETRAINING_ONLY = {"data": ("train_subset",)}
 
 
-@dataclass(frozen=True)
-class Section:
-    """Config keys an evaluator reads: the fields `names` (all when None) of `settings` under `prefix`."""
-
-    prefix: str
-    settings: type
-    names: tuple[str, ...] | None = None
-
-    def fields(self) -> list[dataclasses.Field]:
-        """The section's dataclass fields: its own in declaration order, then those it inherits."""
-        own = inspect.get_annotations(self.settings)
-        chosen = [f for f in dataclasses.fields(self.settings) if self.names is None or f.name in self.names]
-        return sorted(chosen, key=lambda f: f.name not in own)
+def evaluator_keys(sections: list[Keys]) -> list[Keys]:
+    """The keys an evaluator reads: its sections', then those it may take from a checkpoint (INHERITED_SECTIONS)."""
+    data = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in PRETRAINING_ONLY["data"])
+    inherited = [Keys("", Config, tuple(name for name in INHERITED_SECTIONS if name != "data")),
+                 Keys("data.", DataConfig, data)]
+    return [*sections, *inherited]
 
 
-def yaml_value(value: Any) -> str:
-    """A value as it is written after --set KEY= (null, true, [0.75,0.92], ''): YAML, lists without spaces."""
-    if isinstance(value, list):
-        return "[" + ",".join(yaml_value(item) for item in value) + "]"
-    return yaml.safe_dump(value, width=10**6).removesuffix("...\n").strip()
-
-
-def settings_help(sections: list[Section]) -> str:
-    """The --help text listing every key of the sections with its default, its help and its choices."""
-    lines = ["evaluator settings: config keys with their defaults; change them with --set KEY=VALUE ... or in the",
-             "--config recipe (e.g. `eval: {linear: {epochs: 50}}`):"]
-    for section in sections:
-        for f in section.fields():
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            text = f.metadata.get("help", "")
-            if "choices" in f.metadata:
-                text += f" (one of: {', '.join(f.metadata['choices'])})"
-            lines.append(f"  {section.prefix}{f.name}={yaml_value(default)}")
-            lines.append(textwrap.fill(text, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                                       break_on_hyphens=False))
-    lines.append("The data, device, amp and seed keys of pretraining apply too (e.g. --set data.root=DIR device=cpu).")
-    lines.append("A checkpoint's evaluator settings are not used: only its data, device, amp and seed.")
-    return "\n".join(lines)
-
-
-def base_parser(description: str, sections: list[Section], example: str,
+def base_parser(description: str, sections: list[Keys], example: str,
                 pixels: bool = False) -> argparse.ArgumentParser:
     """The options every evaluator shares (weights, config, baseline switch, results file), its settings in --help
     (`example`: overrides it reads, for --set's help), and with `pixels` the --pixels reference (then --checkpoint
     is optional)."""
     parser = argparse.ArgumentParser(description=textwrap.fill(description, width=100),
-                                     epilog=settings_help(sections),
+                                     epilog=settings_help(evaluator_keys(sections),
+                                                          recipe_intro("eval: {linear: {epochs: 50}}"))
+                                     + "\nA checkpoint's evaluator settings are not used: only its data, device, amp "
+                                       "and seed.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", metavar="FILE", required=not pixels,
                         help="our training checkpoint, an exported backbone (.safetensors, .pth, .pkl), an official "
@@ -128,7 +97,7 @@ def base_parser(description: str, sections: list[Section], example: str,
     return parser
 
 
-def parse_arguments(parser: argparse.ArgumentParser, sections: list[Section],
+def parse_arguments(parser: argparse.ArgumentParser, sections: list[Keys],
                     argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line; an unknown option that names a setting points to its config key."""
     args, unknown = parser.parse_known_args(argv)

@@ -15,19 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import EvalConfig
+from ..config import EvalConfig, Keys, evaluators
 from ..data.subsets import write_split_file
-from ..evaluator_settings import (
-    DetectionSettings,
-    LinearSettings,
-    SelectSettings,
-    SemisupSettings,
-    TransferabilitySettings,
-    TransferSettings,
-)
 from .cli import (
     EvalContext,
-    Section,
     append_result,
     base_parser,
     parse_arguments,
@@ -45,16 +36,16 @@ from .transferability import TaskEstimate, estimate_transferability, estimates_t
 from .usl import LabelSelection
 
 KNN_KEYS = ("knn_k", "knn_temperature", "knn_backend", "knn_fp16", "knn_train_subset", "knn_test_subset", "batch_size")
-KNN = [Section("eval.", EvalConfig, KNN_KEYS)]
-LINEAR = [Section("eval.linear.", LinearSettings), Section("eval.", EvalConfig, ("batch_size",))]
-SEMISUP = [Section("eval.semisup.", SemisupSettings), Section("eval.", EvalConfig, ("batch_size",))]
-SELECT = [Section("eval.select.", SelectSettings), Section("eval.", EvalConfig, ("batch_size",))]
-DETECTION = [Section("eval.detection.", DetectionSettings)]
+KNN = [Keys("eval.", EvalConfig, KNN_KEYS)]
+LINEAR = [Keys("eval.linear.", evaluators.LinearSettings), Keys("eval.", EvalConfig, ("batch_size",))]
+SEMISUP = [Keys("eval.semisup.", evaluators.SemisupSettings), Keys("eval.", EvalConfig, ("batch_size",))]
+SELECT = [Keys("eval.select.", evaluators.SelectSettings), Keys("eval.", EvalConfig, ("batch_size",))]
+DETECTION = [Keys("eval.detection.", evaluators.DetectionSettings)]
 PROBE_KEYS = ("l2_grid", "val_fraction", "max_iter", "tolerance", "seed")  # the converged probe on frozen features
-TRANSFER = [Section("eval.transfer.", TransferSettings), Section("eval.linear.", LinearSettings, PROBE_KEYS),
-            Section("eval.", EvalConfig, KNN_KEYS)]
-TRANSFERABILITY = [Section("eval.transferability.", TransferabilitySettings),
-                   Section("eval.linear.", LinearSettings, PROBE_KEYS)]
+TRANSFER = [Keys("eval.transfer.", evaluators.TransferSettings),
+            Keys("eval.linear.", evaluators.LinearSettings, PROBE_KEYS), Keys("eval.", EvalConfig, KNN_KEYS)]
+TRANSFERABILITY = [Keys("eval.transferability.", evaluators.TransferabilitySettings),
+                   Keys("eval.linear.", evaluators.LinearSettings, PROBE_KEYS)]
 
 
 def knn_settings(e: EvalConfig) -> dict[str, Any]:
@@ -75,7 +66,7 @@ def knn(ctx: EvalContext) -> tuple[dict, dict[str, float]]:
     return knn_settings(ctx.cfg.eval), metrics
 
 
-def linear(ctx: EvalContext) -> tuple[LinearSettings, dict[str, float]]:
+def linear(ctx: EvalContext) -> tuple[evaluators.LinearSettings, dict[str, float]]:
     """Top-1/top-5 of the linear probe."""
     probe = LinearProbe(ctx.cfg, ctx.cfg.eval.linear, ctx.device, ctx.amp_dtype)
     model = ctx.feature_model()
@@ -108,7 +99,7 @@ def select_labels(ctx: EvalContext, out: str | None) -> tuple[dict, dict]:
     return record, metrics
 
 
-def detection(ctx: EvalContext) -> tuple[DetectionSettings, dict[str, float]]:
+def detection(ctx: EvalContext) -> tuple[evaluators.DetectionSettings, dict[str, float]]:
     """Fine-tune the detector and score it on the validation set."""
     settings, data = ctx.cfg.eval.detection, ctx.cfg.data
     backbone = ctx.single_backbone("detection")

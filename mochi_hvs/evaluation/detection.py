@@ -17,11 +17,11 @@ from torchvision.ops import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from ..config import ConfigError
+from ..config.evaluators import DetectionSettings
 from ..data.batches import endless
 from ..data.datasets import DatasetError
 from ..data.detection import DetectionSet, coco_api, collate_detection, read_detection_source
 from ..errors import TrainingDiverged
-from ..evaluator_settings import DetectionSettings
 from ..models.resnet import use_small_stem
 from ..schedule import lr_multiplier
 from ..weights.errors import WeightsError

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..evaluator_settings import SelectSettings
+from ..config.evaluators import SelectSettings
 from ..faiss_index import faiss_on_gpu, import_faiss
 from .search import search
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
+from ..config.evaluators import LinearSettings
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..errors import UserError
-from ..evaluator_settings import LinearSettings
 from ..runtime import autocast
 from .classifier_training import (
     changed_tensors,

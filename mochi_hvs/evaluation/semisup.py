@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError
+from ..config.evaluators import LABEL_SOURCES, SemisupSettings
 from ..data.datasets import ImageSet, labelled_splits
 from ..data.loader import eval_loader, supervised_loader
 from ..data.subsets import fraction_subset, per_class_subset, random_subset, split_file_subset
-from ..evaluator_settings import LABEL_SOURCES, SemisupSettings
 from ..runtime import autocast
 from .classifier_training import classification_accuracy, image_batches, sgd_with_schedule, train_classifier
 from .linear import new_head

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
+from ..config.evaluators import TransferSettings, task_name_and_root
 from ..data.datasets import DatasetError
-from ..evaluator_settings import TransferSettings, task_name_and_root
 from .calibration import expected_calibration_error
 from .few_shot import TooFewImages, few_shot_accuracy
 from .frozen import FrozenEvaluation, FrozenFeatures

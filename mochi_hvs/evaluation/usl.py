@@ -10,10 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError
+from ..config.evaluators import SelectSettings
 from ..data.datasets import labelled_training_images
 from ..data.loader import eval_loader
 from ..data.subsets import random_subset
-from ..evaluator_settings import SelectSettings
 from .features import extract_features
 from .label_selection import usl_select
 from .pixel_cache import pixel_features

@@ -43,16 +43,17 @@ class FastMocoConfig(MethodConfig):
     """Fast-MoCo combinatorial patches: the query view split into grid x grid patches, each encoded by the backbone,
     their features averaged over every subset of `subset` patches, each combination a query against the key."""
 
-    grid: int = setting(2, "m: the query view is split into m x m equal patches (the paper: 2)")
-    subset: int = setting(2, "n: patches per combination, C(m * m, n) combinations (the paper: 2 of 4, 6 "
-                             "combinations)")
-    weight: float = setting(1.0, "weight of the combinations' loss (their InfoNCE averaged over the combinations)")
+    grid: int = setting(2, "m: the query view is split into m x m equal patches (m divides data.image_size; the "
+                           "paper: 2)", bounds=">= 1")
+    subset: int = setting(2, "n: patches per combination, in [1, m * m]: C(m * m, n) combinations (the paper: 2 of "
+                             "4, 6 combinations)")
+    weight: float = setting(1.0, "weight of the combinations' loss (their InfoNCE averaged over the combinations)",
+                            bounds="> 0")
     mode: str = setting("replace", "replace: the combinations' loss is the query side's loss (the paper); add: added "
                                    "to it", ("replace", "add"))
 
     def validate(self, cfg: Config, source: str) -> None:
-        """Equal patches, a subset size within the patches, few enough combinations, a positive weight."""
-        self.check(self.grid >= 1, source, "fast_moco.grid", f"must be >= 1; got {self.grid}")
+        """Equal patches, a subset size within the patches, few enough combinations."""
         size = cfg.data.image_size
         self.check(not self.enabled or size % self.grid == 0, source, "fast_moco.grid",
                    f"must divide data.image_size={size} into equal patches; got {self.grid}")
@@ -63,7 +64,6 @@ class FastMocoConfig(MethodConfig):
         self.check(count <= MAX_COMBINATIONS, source, "fast_moco.subset",
                    f"with fast_moco.grid={self.grid} gives C({patches}, {self.subset}) = {count} combinations, each "
                    f"a batch of queries against the queue; at most {MAX_COMBINATIONS}")
-        self.check(self.weight > 0, source, "fast_moco.weight", f"must be > 0; got {self.weight}")
 
 
 def split_patches(x: torch.Tensor, grid: int) -> torch.Tensor:

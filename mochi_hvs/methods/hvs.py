@@ -35,14 +35,16 @@ class HvsConfig(MethodConfig):
     pairs on its step's hooks; an objective without them that scores pairs itself (Needs.pair_losses) takes it too."""
 
     read_by: ClassVar[str | None] = "pair_losses"
-    num_views: int = setting(4, "V candidates per image (the view sampler draws this many when enabled)")
+    num_views: int = setting(4, "V candidates per image (the view sampler draws this many when enabled)", bounds=">= 2")
     mode: str = setting("hardest", "the pair each sample trains on; easiest and random for ablations",
                         ("hardest", "easiest", "random"))
     scorer: str = setting("query", "query: q from f_q, k from f_k; momentum: both from f_k (one forward, cheaper); "
                                    "MoCo-v2's only", ("query", "momentum"))
-    select_every: int = setting(1, "select every n steps; other steps train views (0, 1), themselves a random pair")
-    start_epoch: int = setting(0, "plain MoCo-v2 on views (0, 1) before this epoch")
-    score_resolution: int | None = setting(None, "score on views downscaled to this side (null: full resolution)")
+    select_every: int = setting(1, "select every n steps; other steps train views (0, 1), themselves a random pair",
+                                bounds=">= 1")
+    start_epoch: int = setting(0, "plain MoCo-v2 on views (0, 1) before this epoch", bounds=">= 0")
+    score_resolution: int | None = setting(None, "score on views downscaled to this side, in [8, data.image_size] "
+                                                 "(null: full resolution)")
     score_with_mochi: bool = setting(False, "include MoCHi's synthetic negatives in the scoring loss (once mixing "
                                             "runs)")
     reuse_keys: bool = setting(True, "train on the keys computed in scoring (same momentum weights) instead of "
@@ -54,11 +56,8 @@ class HvsConfig(MethodConfig):
         return self.num_views
 
     def validate(self, cfg: Config, source: str) -> None:
-        """At least a pair of candidates, a positive selection interval, scoring no larger than the views, and MoCo's
-        momentum scorer only with MoCo-v2 (an objective that scores pairs itself uses its own networks)."""
-        self.check(self.num_views >= 2, source, "hvs.num_views", f"must be >= 2; got {self.num_views}")
-        self.check(self.select_every >= 1, source, "hvs.select_every", f"must be >= 1; got {self.select_every}")
-        self.check(self.start_epoch >= 0, source, "hvs.start_epoch", "must be >= 0")
+        """Scoring no larger than the views, and MoCo's momentum scorer only with MoCo-v2 (an objective that scores
+        pairs itself uses its own networks)."""
         self.check(self.score_resolution is None or 8 <= self.score_resolution <= cfg.data.image_size, source,
                    "hvs.score_resolution", f"must be null or in [8, data.image_size={cfg.data.image_size}]")
         self.check(not (self.enabled and self.score_with_mochi and not cfg.mochi.enabled), source,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig, backbone_facts_of, setting
+from ..config import APPLY, Config, MethodConfig, backbone_facts_of, setting
 from ..loss import full_precision
 from ..models.arch import RESNETS
 from ..models.moco import MoCo
@@ -43,20 +43,15 @@ class LcConfig(MethodConfig):
     the query view and the key view's locations they fall into in the original image (crop boxes and flips)."""
 
     weight: float = setting(1.0, "factor on the local loss (averaged over the matched locations), added to the MoCo "
-                                 "loss")
-    temperature: float = setting(0.2, "T of the local InfoNCE")
-    dim: int = setting(128, "dense embedding size (the dense head's output channels)")
+                                 "loss", bounds="> 0", resume=APPLY)
+    temperature: float = setting(0.2, "T of the local InfoNCE", bounds="> 0", resume=APPLY)
+    dim: int = setting(128, "dense embedding size (the dense head's output channels)", bounds="positive")
     hidden_dim: int | None = setting(None, "the dense head's hidden channels; null: the backbone's width (DenseCL's "
-                                           "head)")
+                                           "head)", bounds="positive")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """Positive weight, temperature and sizes; when enabled, a last feature map of at least 2 x 2 locations and
-        a whole query view to take its map from (not Fast-MoCo's replacing patches)."""
-        self.check(self.weight > 0, source, "lc.weight", f"must be > 0; got {self.weight}")
-        self.check(self.temperature > 0, source, "lc.temperature", f"must be > 0; got {self.temperature}")
-        self.check(self.dim > 0, source, "lc.dim", f"must be positive; got {self.dim}")
-        self.check(self.hidden_dim is None or self.hidden_dim > 0, source, "lc.hidden_dim",
-                   f"must be null or positive; got {self.hidden_dim}")
+        """When enabled, a last feature map of at least 2 x 2 locations and a whole query view to take its map from
+        (not Fast-MoCo's replacing patches)."""
         if not self.enabled:
             return
         model, size = cfg.model, cfg.data.image_size

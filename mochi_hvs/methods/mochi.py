@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig, setting
+from ..config import APPLY, Config, MethodConfig, setting
 from ..models.moco import MoCo
 from ..retrieval import Retrieval, build_retrieval
 from .base import ExtraNegatives, Method, StepContext, register
@@ -33,30 +33,27 @@ class MochiConfig(MethodConfig):
 
     needs_queue: ClassVar[bool] = True
 
-    num_hard: int = setting(1024, "N: hardest queue negatives per query to mix from")
-    num_mix: int = setting(1024, "s: synthetic negatives mixing two hard negatives")
-    num_query_mix: int = setting(256, "s': harder synthetic negatives mixing the (detached) query with a hard negative")
-    query_mix_max: float = setting(0.5, "query weight b ~ U(0, query_mix_max)")
-    warmup_epochs: int = setting(10, "plain MoCo-v2 before this epoch")
+    num_hard: int = setting(1024, "N: hardest queue negatives per query to mix from, in [2, moco.queue_size]")
+    num_mix: int = setting(1024, "s: synthetic negatives mixing two hard negatives", bounds=">= 0")
+    num_query_mix: int = setting(256, "s': harder synthetic negatives mixing the (detached) query with a hard negative",
+                                 bounds=">= 0")
+    query_mix_max: float = setting(0.5, "query weight b ~ U(0, query_mix_max)", bounds="(0, 1]")
+    warmup_epochs: int = setting(10, "plain MoCo-v2 before this epoch", bounds=">= 0")
     retrieval: str = setting("torch", "torch: exact top-k over the logits already computed; faiss: a Faiss index",
-                             ("torch", "faiss"))
-    faiss_index: str = setting("flat", "flat: exact; ivf: approximate, for large banks", ("flat", "ivf"))
-    faiss_nlist: int = setting(256, "ivf: inverted lists, their centroids trained on the queue")
-    faiss_nprobe: int = setting(16, "ivf: lists searched per query")
+                             ("torch", "faiss"), resume=APPLY)
+    faiss_index: str = setting("flat", "flat: exact; ivf: approximate, for large banks", ("flat", "ivf"), resume=APPLY)
+    faiss_nlist: int = setting(256, "ivf: inverted lists, their centroids trained on the queue (at most "
+                                    "moco.queue_size)", resume=APPLY)
+    faiss_nprobe: int = setting(16, "ivf: lists searched per query, at most mochi.faiss_nlist", resume=APPLY)
     path: str = setting("fast", "fast: from the logits, no mixed features; reference: explicit normalised features",
-                        ("fast", "reference"))
+                        ("fast", "reference"), resume=APPLY)
 
     def validate(self, cfg: Config, source: str) -> None:
         """N within the queue, at least one kind of synthetic negative, Faiss settings that fit the queue."""
         self.check(not self.enabled or 2 <= self.num_hard <= cfg.moco.queue_size, source, "mochi.num_hard",
                    f"must be in [2, moco.queue_size={cfg.moco.queue_size}]; got {self.num_hard}")
-        self.check(self.num_mix >= 0, source, "mochi.num_mix", f"must be >= 0; got {self.num_mix}")
-        self.check(self.num_query_mix >= 0, source, "mochi.num_query_mix", f"must be >= 0; got {self.num_query_mix}")
         self.check(not self.enabled or self.num_mix + self.num_query_mix > 0, source, "mochi.num_mix",
                    "and mochi.num_query_mix cannot both be 0 when mochi.enabled")
-        self.check(0 < self.query_mix_max <= 1, source, "mochi.query_mix_max",
-                   f"must be in (0, 1]; got {self.query_mix_max}")
-        self.check(self.warmup_epochs >= 0, source, "mochi.warmup_epochs", "must be >= 0")
         ivf = self.enabled and self.retrieval == "faiss" and self.faiss_index == "ivf"
         self.check(self.faiss_nlist > 0 and not (ivf and self.faiss_nlist > cfg.moco.queue_size), source,
                    "mochi.faiss_nlist", f"must be positive, and at most moco.queue_size={cfg.moco.queue_size} with "

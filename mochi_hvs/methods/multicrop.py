@@ -55,12 +55,12 @@ class MultiCropConfig(MethodConfig):
     the small crops themselves (Needs.local_views: BYOL, TWIST, ReLICv2) score them by their own loss, through their
     trained network only."""
 
-    local_crops: int = setting(6, "L small crops per image (SwAV: 2 x 224 + 6 x 96)")
+    local_crops: int = setting(6, "L small crops per image (SwAV: 2 x 224 + 6 x 96)", bounds=">= 1")
     local_size: int | None = setting(None, "their side in px; null: data.image_size x 96 / 224 rounded, at least 8 "
-                                           "(28 px: 12)")
-    local_scale: list[float] = setting([0.05, 0.14], "their area range (SwAV's)")
+                                           "(28 px: 12)", bounds=">= 8")
+    local_scale: list[float] = setting([0.05, 0.14], "their area range [low, high], 0 < low <= high <= 1 (SwAV's)")
     weight: float = setting(1.0, "weight of the local crops' InfoNCE (averaged over the crops) beside the global "
-                                 "query's (MoCo-v2's step only)")
+                                 "query's (MoCo-v2's step only)", bounds="> 0")
     read_by: ClassVar[str | None] = "local_views"
 
     def size(self, image_size: int) -> int:
@@ -72,18 +72,14 @@ class MultiCropConfig(MethodConfig):
         return LocalCrops(self.local_crops, self.size(cfg.data.image_size), (self.local_scale[0], self.local_scale[1]))
 
     def validate(self, cfg: Config, source: str) -> None:
-        """At least one crop, a side no larger than the global views', an area range within the image, a positive
-        weight, and no other weight than 1 for an objective that reads the crops itself (its loss weighs them)."""
-        self.check(self.local_crops >= 1, source, "multicrop.local_crops", f"must be >= 1; got {self.local_crops}")
+        """A side no larger than the global views', an area range within the image, and no other weight than 1 for
+        an objective that reads the crops itself (its loss weighs them)."""
         size = cfg.data.image_size
-        self.check(self.local_size is None or self.local_size >= 8, source, "multicrop.local_size",
-                   f"must be null or >= 8; got {self.local_size}")
         self.check(not self.enabled or self.size(size) <= size, source, "multicrop.local_size",
                    f"must not exceed data.image_size={size} (local crops are the small ones); got {self.local_size}")
         scale = self.local_scale
         self.check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, source, "multicrop.local_scale",
                    f"must be [low, high] with 0 < low <= high <= 1; got {scale}")
-        self.check(self.weight > 0, source, "multicrop.weight", f"must be > 0; got {self.weight}")
         needs = objective_needs(cfg)
         self.check(not self.enabled or needs.methods or not needs.local_views or self.weight == 1, source,
                    "multicrop.weight", f"is MoCo-v2's weight on the small crops' loss: objective={cfg.objective} "

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
-from ..config import Config
+from ..config import Config, setting
 from ..methods import Method
 from ..methods.multicrop import crop_major
 from ..models.moco import EncoderOutput, MoCo
@@ -47,7 +47,8 @@ class ByolConfig(TargetEma):
     """BYOL's target network (the EMA momentum tau_base, the paper: 0.996, and its schedule), and whether the online
     side has its predictor (false: the symmetric network of the MoCo-v2 vs BYOL benchmark's ablation)."""
 
-    predictor: bool = True
+    predictor: bool = setting(True, "the online side's predictor head (false: the online projection regresses the "
+                                    "target's)")
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, ObjectiveConfig, objective_needs
+from ..config import APPLY, Config, ObjectiveConfig, objective_needs, setting
 from ..methods import Method
 from ..models.moco import MoCo
 from ..step import ContrastiveStep
@@ -25,18 +25,19 @@ MOMENTUM_SCHEDULES = ("constant", "cosine")
 class MocoConfig(ObjectiveConfig):
     """The MoCo contrastive task."""
 
-    queue_size: int = 4096  # shared: the queue of any objective that needs one
-    momentum: float = 0.99  # shared: the target momentum of objectives without a TargetEma section
-    momentum_schedule: str = "constant"  # constant | cosine (towards 1.0 over training); shared as momentum
-    temperature: float = 0.1
-    symmetric: bool = False
-    shuffle_bn: bool = True  # shuffle the key batch before the key encoder (shared: any momentum encoder)
+    queue_size: int = setting(4096, "keys in the memory queue of negatives, a multiple of optim.batch_size "
+                                    "(shared: the queue of any objective that needs one)")
+    momentum: float = setting(0.99, "momentum of the key encoder (shared: the target momentum of objectives without "
+                                    "a TargetEma section)", bounds="[0, 1]", resume=APPLY)
+    momentum_schedule: str = setting("constant", "constant, or cosine: raised towards 1.0 over training (shared as "
+                                                 "moco.momentum)", MOMENTUM_SCHEDULES, resume=APPLY)
+    temperature: float = setting(0.1, "temperature of the InfoNCE logits", bounds="> 0", resume=APPLY)
+    symmetric: bool = setting(False, "symmetric loss: each view is the query once and the key once (two directions "
+                                     "per step)")
+    shuffle_bn: bool = setting(True, "shuffle the key batch before the key encoder (shared: any momentum encoder)")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """A known schedule; a queue that holds whole batches (two per step with the symmetric loss) where the
-        objective has one; temperature > 0, momentum in [0, 1]."""
-        self.check(self.momentum_schedule in MOMENTUM_SCHEDULES, source, "moco.momentum_schedule",
-                   f"must be one of {', '.join(MOMENTUM_SCHEDULES)}; got {self.momentum_schedule!r}")
+        """A queue that holds whole batches (two per step with the symmetric loss) where the objective has one."""
         queue, batch = objective_needs(cfg).queue, cfg.optim.batch_size
         self.check(self.queue_size > 0 and (self.queue_size % batch == 0 or not queue), source, "moco.queue_size",
                    f"must be a positive multiple of the global batch optim.batch_size={batch}; got {self.queue_size}")
@@ -44,8 +45,6 @@ class MocoConfig(ObjectiveConfig):
             self.check(self.queue_size >= 2 * batch, source, "moco.queue_size",
                        f"must hold the 2 x optim.batch_size={2 * batch} keys enqueued per step with moco.symmetric; "
                        f"got {self.queue_size}")
-        self.check(self.temperature > 0, source, "moco.temperature", f"must be > 0; got {self.temperature}")
-        self.check(0.0 <= self.momentum <= 1.0, source, "moco.momentum", f"must be in [0, 1]; got {self.momentum}")
 
 
 @register

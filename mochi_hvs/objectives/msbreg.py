@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
-from ..config import Config
+from ..config import Config, setting
 from ..loss import full_precision
 from ..methods import Method
 from ..models.moco import MoCo
@@ -57,7 +57,6 @@ from .hard_views import SCORING_STREAM, scoring, unwrapped
 from .registry import OBJECTIVES, Forwards, Needs, declared, register
 
 STREAM = "msbreg"  # the step's random stream of the Brownian directions
-WEIGHTS = ("centroid", "singular", "brownian")
 
 
 @dataclass
@@ -65,18 +64,17 @@ class MsbregConfig(TargetEma):
     """The EMA target's momentum (objective: msbreg), the three terms' weights, and whether the dispersive terms are
     added to another objective's loss instead."""
 
-    centroid: float = 1.0
-    singular: float = 1.0
-    brownian: float = 0.1
-    regularise: bool = False  # add singular and brownian to the configured objective's loss (not objective: msbreg)
+    centroid: float = setting(1.0, "weight of the multi-view centroid term (the online views' mean pulled to the "
+                                   "target's)", bounds=">= 0")
+    singular: float = setting(1.0, "weight of the singular value term (the embeddings pushed towards a uniform "
+                                   "density)", bounds=">= 0")
+    brownian: float = setting(0.1, "weight of the Brownian diffusive term (a random force on each embedding)",
+                              bounds=">= 0")
+    regularise: bool = setting(False, "add the singular and brownian terms to the configured objective's loss "
+                                      "instead (not with objective: msbreg)")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """The target's settings, weights >= 0, and regularise only with an objective that hands over its trained
-        embeddings (not msbreg itself)."""
-        super().validate(cfg, source)
-        for key in WEIGHTS:
-            value = getattr(self, key)
-            self.check(value >= 0, source, f"{self.name}.{key}", f"must be >= 0; got {value}")
+        """regularise only with an objective that hands over its trained embeddings (not msbreg itself)."""
         if not self.regularise:
             return
         self.check(cfg.objective != self.name, source, f"{self.name}.regularise",

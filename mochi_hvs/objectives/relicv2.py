@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..collapse import CollapseSignal
-from ..config import Config
+from ..config import setting
 from ..methods import Method
 from ..methods.multicrop import encode_crops
 from ..models.moco import MoCo
@@ -52,14 +52,8 @@ from .registry import Forwards, Needs, register
 class Relicv2Config(TargetEma):
     """ReLICv2's temperature and invariance weight, and its target network's EMA (momentum, schedule)."""
 
-    temperature: float = 0.2  # of the logits o t^T / temperature
-    alpha: float = 1.0  # the invariance (KL) term's weight
-
-    def validate(self, cfg: Config, source: str) -> None:
-        """The EMA's checks, a positive temperature, a non-negative weight."""
-        super().validate(cfg, source)
-        self.check(self.temperature > 0, source, "relicv2.temperature", f"must be > 0; got {self.temperature}")
-        self.check(self.alpha >= 0, source, "relicv2.alpha", f"must be >= 0; got {self.alpha}")
+    temperature: float = setting(0.2, "temperature of the logits o t^T / temperature", bounds="> 0")
+    alpha: float = setting(1.0, "the invariance (KL) term's weight", bounds=">= 0")
 
 
 @dataclass(frozen=True)

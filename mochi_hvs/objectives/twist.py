@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from ..collapse import CollapseSignal
-from ..config import Config, ObjectiveConfig
+from ..config import Config, ObjectiveConfig, setting
 from ..methods import Method
 from ..methods.multicrop import crop_major
 from ..models.moco import MoCo
@@ -60,17 +60,13 @@ LOGIT_BN = "twist_logit_bn"  # the model attribute of the BatchNorm on the logit
 class TwistConfig(ObjectiveConfig):
     """TWIST's loss weights, sharpening temperature and the epsilon inside its logarithms."""
 
-    lam1: float = 0.0  # the per-sample entropy's weight is 1 + lam1
-    lam2: float = 1.0  # the batch-mean entropy's weight
-    tau: float = 1.0  # the entropy terms read softmax(logits / tau)
-    eps: float = 1e-5  # added inside every log, as the official code
+    lam1: float = setting(0.0, "the per-sample entropy's weight is 1 + lam1", bounds="> -1")
+    lam2: float = setting(1.0, "the batch-mean entropy's weight", bounds=">= 0")
+    tau: float = setting(1.0, "the entropy terms read softmax(logits / tau)", bounds="> 0")
+    eps: float = setting(1e-5, "added inside every log, as in the official code", bounds="(0, 1)")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """Weights >= 0 (lam1 > -1), tau and eps > 0, and at least two twin classes."""
-        self.check(self.lam1 > -1, source, "twist.lam1", f"must be > -1; got {self.lam1}")
-        self.check(self.lam2 >= 0, source, "twist.lam2", f"must be >= 0; got {self.lam2}")
-        self.check(self.tau > 0, source, "twist.tau", f"must be > 0; got {self.tau}")
-        self.check(0 < self.eps < 1, source, "twist.eps", f"must be in (0, 1); got {self.eps}")
+        """At least two twin classes."""
         self.check(cfg.model.feature_dim >= 2, source, "model.feature_dim",
                    f"is TWIST's number of twin classes and must be >= 2; got {cfg.model.feature_dim}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError
+from ..config import ConfigError, every_key, settings_help
 from ..errors import Interrupted, UserError
 from .plots import MATPLOTLIB_MISSING, write_plots
 from .recipe import load_study, relocated
@@ -19,7 +19,11 @@ from .runner import StudyRunner, describe_plan
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the study runner."""
-    parser = argparse.ArgumentParser(prog="mochi-study", description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="mochi-study", description=__doc__.splitlines()[0].strip("`"),
+                                     epilog=settings_help(every_key(), "settings: the pretraining config keys with "
+                                                          "their defaults; an arm's recipe and set change them, --set "
+                                                          "in every arm (e.g. --set device=cuda):"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="study recipe, e.g. configs/studies/fmnist_hardness.yaml")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every arm after the study's own (e.g. device=cuda)")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, _apply, _read_yaml, load_config, to_dict
+from ..config import Config, ConfigError, apply_values, load_config, read_yaml, to_dict
 from .floors import parse_floor
 
 EVALUATIONS = ("knn", "linear", "semisup")
@@ -107,9 +107,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
     `evaluation_overrides` --set values added to the evaluations' settings (after `evaluation_set`)."""
     path = Path(path)
     source = str(path)
-    values = _read_yaml(path)
+    values = read_yaml(path)
     study = StudySpec()
-    _apply(study, {k: v for k, v in values.items() if k != "arms"}, "", source)
+    apply_values(study, {k: v for k, v in values.items() if k != "arms"}, "", source)
     arms = values.get("arms")
     _check(isinstance(arms, dict) and bool(arms), source, "arms", "must map arm names to {recipe: ..., set: [...]}")
     study.arms = {}
@@ -118,7 +118,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
                and parse_floor(name) is None, source, f"arms.{name}", "must be a folder-safe name (letters, digits, "
                f"_ . -), not {', '.join(REFERENCES)} or a floor's label (e.g. random_init_42px)")
         spec = ArmSpec()
-        _apply(spec, arm_values if isinstance(arm_values, dict) else {"recipe": arm_values}, f"arms.{name}.", source)
+        apply_values(spec, arm_values if isinstance(arm_values, dict) else {"recipe": arm_values}, f"arms.{name}.",
+                     source)
         study.arms[name] = spec
     study.shared = [*study.shared, *(overrides or [])]
     study.evaluation_set = [*study.evaluation_set, *(evaluation_overrides or [])]

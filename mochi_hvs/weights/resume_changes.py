@@ -1,5 +1,7 @@
 """What a resume may change: the settings that differ between a checkpoint's config and the new one, and per key
-whether the resumed run applies the new value or refuses to continue.
+whether the resumed run applies the new value or refuses to continue, as each setting declares it (`resume=` on its
+field, else its section's; keys no section declares a policy for, added later or unknown to this version, are
+refused).
 
 Refused: whatever changes the shape of the saved state (model, queue, the optimiser and its state), the data stream
 (seed, data set, subset, batch, views, augmentation) or the method, so that the checkpoint's position would mean
@@ -14,37 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Config, ConfigError, to_dict, upgrade_stored
+from ..config import APPLY, REFUSE, Config, ConfigError, to_dict, upgrade_stored
+from ..config import resume_policy as policy
 
-REFUSE, APPLY = "refuse", "apply"
-
-# A dotted key or a section (ending in "."); the longest entry that matches a key decides. Keys no entry
-# covers (settings added later, or unknown to this version) are refused.
-POLICY: dict[str, str] = {
-    "name": APPLY, "output_dir": APPLY, "device": APPLY, "amp": APPLY, "channels_last": APPLY, "compile": APPLY,
-    "log_every": APPLY, "checkpoint_every": APPLY,
-    "seed": REFUSE, "stages": REFUSE,
-    "data.": REFUSE, "data.root": APPLY, "data.workers": APPLY, "data.augment_on": APPLY,
-    "data.skip_unreadable": APPLY,  # e.g. to continue past an unreadable file the run stopped at
-    "model.": REFUSE,
-    "moco.": REFUSE, "moco.momentum": APPLY, "moco.momentum_schedule": APPLY, "moco.temperature": APPLY,
-    "mochi.": REFUSE, "mochi.retrieval": APPLY, "mochi.faiss_index": APPLY, "mochi.faiss_nlist": APPLY,
-    "mochi.faiss_nprobe": APPLY, "mochi.path": APPLY,
-    "hvs.": REFUSE,
-    "fast_moco.": REFUSE,
-    "multicrop.": REFUSE,
-    "lc.": REFUSE, "lc.weight": APPLY, "lc.temperature": APPLY,
-    "optim.": APPLY, "optim.batch_size": REFUSE,
-    "optim.name": REFUSE,  # another optimiser cannot read the stored one's state (SGD momentum vs AdamW moments)
-    "eval.": APPLY,
-    "collapse.": APPLY,
-}
-
-
-def policy(key: str) -> str:
-    """REFUSE or APPLY for a dotted config key."""
-    matches = [entry for entry in POLICY if entry == key or (entry.endswith(".") and key.startswith(entry))]
-    return POLICY[max(matches, key=len)] if matches else REFUSE
+__all__ = ["ABSENT", "APPLY", "REFUSE", "Change", "check_resume_changes", "config_changes", "policy"]
 
 
 @dataclass(frozen=True)

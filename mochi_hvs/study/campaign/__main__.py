@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...config import every_key, settings_help
 from ...errors import Interrupted, UserError
 from ...train.loop import on_stop_signal
 from .execute import WORK, run_campaign
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", choices=DEVICES, default="cuda",
                              help="the device kind whose cost model sizes the runs (run: the device they run on)")
     run = commands.choices["run"]
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
+    run.epilog = settings_help(every_key(), "settings: the pretraining config keys with their defaults, which --set "
+                                            "changes in every run (e.g. --set optim.steps=2):")
     run.add_argument("--budget", type=float, required=True, help="seconds this call may take")
     run.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/campaign_out"),
                      help="folder of the bundle and the runs' output (default: $OUT, else runs/campaign_out)")

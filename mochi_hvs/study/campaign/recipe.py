@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ConfigError, _apply, _read_yaml
+from ...config import ConfigError, apply_values, read_yaml
 from ..recipe import Study, _check, load_study
 
 DEVICES = ("cuda", "cpu")
@@ -86,9 +86,9 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None,
     """Read and validate a campaign file; the overrides go to every study (load_study's)."""
     path = Path(path)
     source = str(path)
-    values = _read_yaml(path)
+    values = read_yaml(path)
     spec = CampaignSpec()
-    _apply(spec, {k: v for k, v in values.items() if k not in ("cost", "entries")}, "", source)
+    apply_values(spec, {k: v for k, v in values.items() if k not in ("cost", "entries")}, "", source)
     _check(bool(spec.name), source, "name", "must name the campaign")
     _check(spec.margin >= 1.0, source, "margin", f"must be at least 1 (estimates are never shrunk); got {spec.margin}")
     cost = values.get("cost")
@@ -97,7 +97,7 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None,
     for device, device_values in cost.items():
         _check(device in DEVICES, source, f"cost.{device}", f"is not a device kind ({', '.join(DEVICES)})")
         spec.cost[device] = DeviceCost()
-        _apply(spec.cost[device], device_values, f"cost.{device}.", source)
+        apply_values(spec.cost[device], device_values, f"cost.{device}.", source)
         _check(spec.cost[device].forwards_per_second > 0 and spec.cost[device].overhead_seconds >= 0, source,
                f"cost.{device}", "needs forwards_per_second > 0 and overhead_seconds >= 0")
     entries = values.get("entries")
@@ -108,7 +108,7 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None,
     for index, entry_values in enumerate(entries):
         key = f"entries[{index}]"
         entry = EntrySpec()
-        _apply(entry, entry_values, f"{key}.", source)
+        apply_values(entry, entry_values, f"{key}.", source)
         study_path = Path(os.path.normpath(path.parent / entry.study))
         _check(bool(entry.study) and study_path.is_file(), source, f"{key}.study",
                f"must name a study file (relative to the campaign); not found: {study_path}")
