@@ -1,9 +1,9 @@
 """Directives that write parts of the documentation from the code, so those parts cannot drift from it.
 
-- `module-map PACKAGE`: every module of the package with its docstring (autodoc): the targets of {py:mod} links;
-- `config-section KEY`: the keys of one config section (`mochi`, `moco`, `eval.linear`, ...), default and meaning;
-- `config-changes`: the renamed and retired configuration keys and values, from config.py's migration tables, with
-  what the config loader answers to each in a recipe and does with each in a checkpoint's stored config.
+- `module-map PACKAGE`: every module of the package, imported, with its summary and its public classes and functions:
+  the targets of {py:mod}, {py:class} and {py:func} references;
+- `config-section KEY`: the keys of one config section (`mochi`, `moco`, `eval.linear`, ...): default, meaning and
+  allowed values, from the settings' declarations.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import typing
 from types import ModuleType
 from typing import Any
 
@@ -102,81 +103,24 @@ def section_of(key: str) -> Any:
 
 
 class ConfigSection(GeneratedDirective):
-    """A table of one config section's keys: default (as --set writes it) and the meaning its field declares."""
+    """A table of one config section's keys: default (as --set writes it), the meaning and the values its fields
+    declare (mochi_hvs/config: the same text as --help and the configuration reference)."""
 
     required_arguments = 1
 
     def run(self) -> list[nodes.Node]:
-        from mochi_hvs.evaluation.cli import yaml_value
+        from mochi_hvs.config.commandline import Keys, constraints, yaml_value
+        from mochi_hvs.config.settings import default_of, help_of
 
         key = self.arguments[0]
-        section = section_of(key)
-        rows = []
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if dataclasses.is_dataclass(value):
-                continue  # a nested section has its own table
-            meaning = f.metadata.get("help", "")
-            if "choices" in f.metadata:
-                meaning += " (one of: " + ", ".join(f.metadata["choices"]) + ")"
-            rows.append([code(f"{key}.{f.name}"), code(yaml_value(value)), cell(meaning)])
-        return self.parse(markdown_table(["key", "default", "meaning"], rows))
-
-
-def loader_answer(override: str) -> str:
-    """The one-line error the config loader gives for `--set override`."""
-    from mochi_hvs.config import ConfigError, load_config
-
-    try:
-        load_config(None, [override])
-    except ConfigError as error:
-        return f"error: {error}"
-    raise ValueError(f"config-changes: --set {override} was accepted; the migration table says it is gone")
-
-
-def stored_answer(key: str, value: Any) -> str:
-    """What reading a checkpoint's stored config makes of `key: value`."""
-    from mochi_hvs.config import upgrade_stored
-
-    *parents, name = key.split(".")
-    stored: dict[str, Any] = {name: value}
-    for part in reversed(parents):
-        stored = {part: stored}
-    upgraded = upgrade_stored(stored)
-    for part in parents:
-        upgraded = upgraded.get(part, {})
-    if name in upgraded:
-        return f"read as `{key}: {upgraded[name]}`"
-    moved = [f"`{'.'.join(parents + [k])}`" for k in upgraded]
-    return "read as " + ", ".join(moved) if moved else "dropped"
-
-
-class ConfigChanges(GeneratedDirective):
-    """The migration tables of mochi_hvs.config (RENAMED, RETIRED, RETIRED_VALUES) as three tables."""
-
-    def run(self) -> list[nodes.Node]:
-        from mochi_hvs.config import RENAMED, RETIRED, RETIRED_VALUES
-
-        renamed = [[code(old), code(new), code(loader_answer(f"{old}=1")), stored_answer(old, 1)]
-                   for old, new in RENAMED.items()]
-        retired = [[code(key), cell(why), code(loader_answer(f"{key}=1")), stored_answer(key, 1)]
-                   for key, why in RETIRED.items()]
-        values = [[code(key), code(str(old)), code(str(new)), code(loader_answer(f"{key}={old}")),
-                   stored_answer(key, old)]
-                  for key, changes in RETIRED_VALUES.items() for old, new in changes.items()]
-        lines = ["**Renamed keys**", "",
-                 *markdown_table(["key", "its name", "in a recipe or `--set`", "in a checkpoint's stored config"],
-                                 renamed),
-                 "", "**Retired keys**", "",
-                 *markdown_table(["key", "why", "in a recipe or `--set`", "in a checkpoint's stored config"], retired),
-                 "", "**Retired values**", "",
-                 *markdown_table(["key", "value", "replaced by", "in a recipe or `--set`",
-                                  "in a checkpoint's stored config"], values)]
-        return self.parse(lines)
+        settings = type(section_of(key))
+        hints = typing.get_type_hints(settings)
+        rows = [[code(f"{key}.{f.name}"), code(yaml_value(default_of(f))), cell(help_of(f)),
+                 cell(constraints(f, hints[f.name]))] for f in Keys(key + ".", settings).fields()]
+        return self.parse(markdown_table(["key", "default", "meaning", "allowed"], rows))
 
 
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("module-map", ModuleMap)
     app.add_directive("config-section", ConfigSection)
-    app.add_directive("config-changes", ConfigChanges)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
