@@ -29,7 +29,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7", *ONNX],
+        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7", *ONNX, "sphinx>=7.2", "myst-parser>=3.0"],
         "onnx": ONNX,
         "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],

@@ -1,5 +1,6 @@
-"""Every relative link in the README and the docs pages resolves: the file exists and, for a link into a Markdown
-page, the heading its anchor names does too (GitHub's heading slugs)."""
+"""Every relative link in the README and the docs pages resolves as GitHub renders them: the file exists and, for a
+link into a Markdown page, the heading its anchor names does too (GitHub's heading slugs). The documentation site
+checks the same links as Sphinx resolves them (test_docs_build.py)."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

@@ -205,7 +205,7 @@ def write_report(report_dir: Path, name: str, baseline: str, description: str = 
                   "epochs on unnormalised cached features), which did not converge and under-reports (on the raw "
                   "pixels 81.2 against the converged probe's 84.5); 'linear': the converged probe (logistic "
                   "regression fitted by L-BFGS, its L2 strength chosen on a validation split). The two are never "
-                  "mixed in one column; docs/evaluation.md has both protocols.", ""]
+                  "mixed in one column; docs/evaluation/linear-probe.md has both protocols.", ""]
     lines += ["## Results (mean ± std over seeds)", "", *main_table(results, baseline), "", *collapse_note(results),
               "Training time and proxy top-1 (the positive ranked first among the K + 1 logits, at the end of "
               "training; for the supervised reference and arms trained with labels, their training classification "
