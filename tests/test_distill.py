@@ -12,14 +12,12 @@ from weight_files import our_checkpoint
 
 from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config
-from mochi_hvs.models.backbone import build_backbone
 from mochi_hvs.models.regression_head import DistilledStudent, regression_head
 from mochi_hvs.objectives.distill import DistillStep
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.train import Trainer
 from mochi_hvs.weights.export import export_backbone
-from mochi_hvs.weights.loader import read_backbone_state
-from mochi_hvs.weights.safetensors_format import read_safetensors
+from mochi_hvs.weights.loader import exact_backbone, read_backbone_state
 
 HALF_WIDTH = ["model.arch=scaled/resnet18", "model.arch_kwargs={width: 0.5}"]
 
@@ -144,8 +142,9 @@ def test_a_run_trains_the_student_and_heads_and_leaves_the_teachers_alone(tiny_o
     assert head[0].in_features == 256 and head[-1].out_features == 512  # the student's features to the teacher's
     # the exported student is the run's backbone: it loads and computes what the trained backbone does
     out, line = export_backbone(cfg.run_dir / "last.pth", "safetensors", tmp_path / "student.safetensors")
-    exported, _ = build_backbone(cfg.model.arch, arch_kwargs=cfg.model.arch_kwargs)
-    exported.load_state_dict(read_safetensors(out)[0])
+    state, meta = read_backbone_state(out)  # the loader, by the architecture the export's config names
+    assert str(meta.architecture) == "scaled/resnet18 {'width': 0.5}"
+    exported, _ = exact_backbone(state, meta)
     x = torch.randn(4, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(exported.eval()(x), trainer.model.backbone.eval()(x), rtol=0, atol=0)

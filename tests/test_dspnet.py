@@ -18,7 +18,6 @@ from mochi_hvs.compute_cost import units_per_image
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.errors import UserError
 from mochi_hvs.loss import contrastive_logits
-from mochi_hvs.models.backbone import build_backbone
 from mochi_hvs.models.moco import MoCo
 from mochi_hvs.models.slimmable import SlimmableEncoder, SwitchableNorms, sliced_tensors
 from mochi_hvs.objectives.base import objective_of
@@ -27,7 +26,7 @@ from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.step import ContrastiveStep
 from mochi_hvs.train import Trainer
 from mochi_hvs.weights.export import export_backbone
-from mochi_hvs.weights.loader import read_backbone_state
+from mochi_hvs.weights.loader import exact_backbone, read_backbone_state
 from mochi_hvs.weights.safetensors_format import read_safetensors
 from mochi_hvs.weights.width_export import export_width, width_backbone
 
@@ -124,13 +123,17 @@ def test_each_width_exports_as_a_plain_backbone_that_computes_what_the_slimmable
                                | model.slim_norms.tensors(0.5, prefix="backbone"), (x,))
     out, line = export_width(cfg.run_dir / "last.pth", 0.5, tmp_path / "w0.5.safetensors")
     assert "scaled/resnet18" in line and out.with_name("w0.5.safetensors.sha256").is_file()
-    state, metadata = read_safetensors(out)
-    exported, width = build_backbone("scaled/resnet18", arch_kwargs={"width": 0.5})
-    exported.load_state_dict(state)  # strict: exactly the plain half-width ResNet's tensors
-    assert width == 256 and '"scaled/resnet18"' in metadata["config"]
+    state, meta = read_backbone_state(out)  # the loader, by the architecture the export's config names
+    assert str(meta.architecture) == "scaled/resnet18 {'width': 0.5, 'small_stem': False}"
+    exported, width = exact_backbone(state, meta)  # exactly the plain half-width ResNet's tensors
+    assert width == 256 and meta.run["steps"] == 3
     with torch.no_grad():
-        torch.testing.assert_close(exported.eval()(x), slim, rtol=0, atol=0)
-        deployed, deployed_width = width_backbone(cfg.run_dir / "last.pth", 0.5)
+        torch.testing.assert_close(exported(x), slim, rtol=0, atol=0)
+    # and on to the other formats: ONNX, checked in onnxruntime against the backbone before it is written
+    graph, line = export_backbone(out, "onnx", tmp_path / "w0.5.onnx")
+    assert graph.is_file() and "scaled/resnet18" in line
+    deployed, deployed_width = width_backbone(cfg.run_dir / "last.pth", 0.5)
+    with torch.no_grad():
         torch.testing.assert_close(deployed(x), slim, rtol=0, atol=0)
     # the study evaluates the deployed width; mochi-export and the evaluators read the widest network
     deploy = copy.deepcopy(cfg)

@@ -21,7 +21,6 @@ import torch.nn as nn
 from ..config import Config
 from ..data.datasets import ImageSet
 from ..methods import Method
-from ..models.backbone import build_backbone
 from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..schedule import momentum_at
@@ -79,7 +78,7 @@ class Objective(Declared):
         and its feature width: the query backbone, as the evaluators and `mochi-export` read it, by default (DSPNet's:
         its network at dspnet.deploy_width)."""
         state, meta = read_backbone_state(checkpoint)
-        backbone, width = build_backbone(meta.arch, meta.small_stem)
+        backbone, width = meta.architecture.build()
         load_backbone_weights(backbone, state)
         return backbone, width
 

@@ -30,13 +30,12 @@ import torch.nn as nn
 from ..collapse import CollapseSignal
 from ..config import Config, ConfigError, ObjectiveConfig, setting
 from ..methods import Method
-from ..models.backbone import build_backbone
 from ..models.moco import MoCo
 from ..models.regression_head import DistilledStudent, regression_head
 from ..random_streams import StepRandom
 from ..step import StepOutput
 from ..weights.errors import CheckpointError
-from ..weights.loader import load_backbone_weights, read_backbone_state
+from ..weights.loader import exact_backbone, read_backbone_state
 from .base import Objective, Step, Wrap
 from .byol import regression_loss, retrieval_top1
 from .registry import Forwards, Needs, register
@@ -85,8 +84,7 @@ def load_teacher(path: str, index: int, cfg: Config, device: torch.device) -> tu
     width; a CheckpointError names the setting, a ConfigError a teacher pretrained on other normalisation."""
     try:
         state, meta = read_backbone_state(path)
-        backbone, width = build_backbone(meta.arch, meta.small_stem)
-        load_backbone_weights(backbone, state)
+        backbone, width = exact_backbone(state, meta)
     except CheckpointError as err:
         raise type(err)(f"distill.teachers[{index}]: {err}") from err
     data = (meta.config or {}).get("data") or {}
@@ -95,7 +93,7 @@ def load_teacher(path: str, index: int, cfg: Config, device: torch.device) -> tu
         raise ConfigError(f"distill.teachers[{index}]={path} was pretrained on images normalised with data.mean="
                           f"{stored[0]} and data.std={stored[1]}; this run normalises with {cfg.data.mean} and "
                           f"{cfg.data.std}: set them to the teacher's")
-    return backbone.to(device).eval().requires_grad_(False), width
+    return backbone.to(device).requires_grad_(False), width
 
 
 class DistillStep:

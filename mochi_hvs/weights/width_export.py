@@ -26,47 +26,45 @@ from ..models.backbone import build_backbone
 from ..models.slimmable import NORMS, norm_key, sliced_tensors, width_key
 from .checkpoint import load_checkpoint
 from .export import save_export
+from .loader import exact_backbone, read_backbone_state
 from .safetensors_format import to_safetensors
 
-BACKBONE = "encoder_q.backbone."  # where our checkpoints keep the query backbone
 NORMS_PREFIX = "slim_norms.norms."  # where a DSPNet checkpoint keeps the narrower widths' BatchNorm layers
 
 
-def width_state(obj: dict[str, Any], width: float, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The backbone state of a DSPNet checkpoint's network at `width` (copies, torchvision names) and the config that
-    describes it (model.arch scaled/<resnet> at that width); a UserError when the checkpoint is not a DSPNet run's
-    or never trained that width."""
-    config = obj.get("config") or {}
-    dspnet = config.get("objective") == "dspnet"
-    widths = (config.get("dspnet") or {}).get("widths") or [] if dspnet else []
+def width_state(checkpoint: str | Path, width: float,
+                verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """The backbone state of a DSPNet checkpoint's network at `width` (copies, torchvision names), the config that
+    describes it (model.arch scaled/<resnet> at that width) and the run's record; a UserError when the file is not
+    a DSPNet run's checkpoint or its run never trained that width."""
+    wide_state, meta = read_backbone_state(checkpoint, verify=verify)
+    config = meta.config or {}
+    dspnet = meta.source == "mochi_hvs" and config.get("objective") == "dspnet"
+    widths = ((config.get("dspnet") or {}).get("widths") or []) if dspnet else []
     if width not in widths:
         trained = f"objective={config.get('objective')}" + (f", widths {widths}" if dspnet else "")
-        raise UserError(f"{path} holds no network of width {width:g}: it is not a DSPNet run that trained it "
-                        f"({trained})")
-    model = config["model"]
-    with torch.device("meta"):
-        wide, _ = build_backbone(model["arch"], model["small_stem"])
-    wide_state = {name[len(BACKBONE):]: value for name, value in obj["model"].items() if name.startswith(BACKBONE)}
-    wide.load_state_dict(wide_state, assign=True)
+        raise UserError(f"{checkpoint} holds no network of width {width:g}: it is not the checkpoint of a DSPNet run "
+                        f"that trained it ({trained})")
+    wide, _ = exact_backbone(wide_state, meta)
     state = {name: value.clone() for name, value in sliced_tensors(wide, width, keep_output=False).items()}
-    if width != 1:  # the width's own BatchNorm layers
+    if width != 1:  # the width's own BatchNorm layers, beside the backbone in the checkpoint
+        model_state = load_checkpoint(checkpoint, verify=False)["model"]
         for layer_path, layer in wide.named_modules():
             if isinstance(layer, NORMS):
                 own = f"{NORMS_PREFIX}{width_key(width)}.{norm_key('backbone.' + layer_path)}."
                 state |= {layer_path + "." + name[len(own):]: value.clone()
-                          for name, value in obj["model"].items() if name.startswith(own)}
+                          for name, value in model_state.items() if name.startswith(own)}
     described = copy.deepcopy(config)
-    described["model"] |= {"arch": f"scaled/{model['arch']}", "small_stem": False,
-                           "arch_kwargs": {"width": width, "small_stem": model["small_stem"]}}
-    return state, described
+    described["model"] |= {"arch": f"scaled/{meta.arch}", "small_stem": False,
+                           "arch_kwargs": {"width": width, "small_stem": meta.small_stem}}
+    return state, described, meta.run
 
 
 def width_backbone(checkpoint: str | Path, width: float, verify: bool = True) -> tuple[nn.Module, int]:
     """The DSPNet checkpoint's network at `width` as a plain scaled/<resnet> backbone in eval mode, and its feature
     width."""
-    state, config = width_state(load_checkpoint(checkpoint, verify=verify), width, checkpoint)
-    model = config["model"]
-    backbone, features = build_backbone(model["arch"], arch_kwargs=model["arch_kwargs"])
+    state, config, _ = width_state(checkpoint, width, verify)
+    backbone, features = build_backbone(config["model"]["arch"], arch_kwargs=config["model"]["arch_kwargs"])
     backbone.load_state_dict(state)
     return backbone.eval(), features
 
@@ -74,11 +72,10 @@ def width_backbone(checkpoint: str | Path, width: float, verify: bool = True) ->
 def export_width(checkpoint: str | Path, width: float, out: str | Path, verify: bool = True) -> tuple[Path, str]:
     """Write the DSPNet checkpoint's network at `width` as our safetensors export (its digest beside it); returns the
     file and a summary line."""
-    state, config = width_state(load_checkpoint(checkpoint, verify=verify), width, checkpoint)
-    out = save_export(out, lambda handle: handle.write(to_safetensors(state, config)))
-    parameters = sum(value.numel() for name, value in state.items() if not name.endswith(("running_mean",
-                                                                                        "running_var",
-                                                                                        "num_batches_tracked")))
+    state, config, run = width_state(checkpoint, width, verify)
+    out = save_export(out, lambda handle: handle.write(to_safetensors(state, config, run or None)))
+    parameters = sum(value.numel() for name, value in state.items()
+                     if not name.endswith(("running_mean", "running_var", "num_batches_tracked")))
     arch = config["model"]["arch"]
     return out, (f"exported the width-{width:g} network of {checkpoint} ({arch}, {parameters / 1e6:.2f} M parameters) "
                  f"to {out} as safetensors")
