@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..collapse import CollapseSignal
-from ..config import Config, ConfigError, ObjectiveConfig, setting
+from ..config import APPLY, Config, ConfigError, ObjectiveConfig, setting
 from ..methods import Method
 from ..models.moco import MoCo
 from ..models.regression_head import DistilledStudent, regression_head
@@ -50,23 +50,20 @@ class DistillConfig(ObjectiveConfig):
     teachers: list[str] = setting([], "weights files of the frozen teachers, any the loader reads (objective=distill "
                                       "needs one at least); {seed} and {output_dir} are replaced by the run's")
     head_layers: int = setting(4, "linear layers of each teacher's regression head (BatchNorm and ReLU between "
-                                  "them): SimReg's deeper MLP, discarded after distillation")
-    head_hidden_dim: int | None = setting(None, "the heads' hidden width; null: twice the teacher's feature width")
+                                  "them): SimReg's deeper MLP, discarded after distillation", bounds=">= 1")
+    head_hidden_dim: int | None = setting(None, "the heads' hidden width; null: twice the teacher's feature width",
+                                          bounds="positive")
     teacher_cost: float = setting(1.0, "one teacher forward's compute in student forwards, for compute-matched "
                                        "comparisons (compute_cost.py): about 4 for a ResNet-18 teaching one at width "
-                                       "0.5")
+                                       "0.5", bounds="> 0", resume=APPLY)
 
     def teacher_paths(self, cfg: Config) -> list[str]:
         """The teachers' files, their placeholders replaced by the run's seed and output_dir."""
         return [path.format(seed=cfg.seed, output_dir=cfg.output_dir) for path in self.teachers]
 
     def validate(self, cfg: Config, source: str) -> None:
-        """A head of one layer at least, positive sizes and cost; with objective=distill, a teacher at least, whose
-        paths name no placeholder but {seed} and {output_dir}."""
-        self.check(self.head_layers >= 1, source, "distill.head_layers", f"must be >= 1; got {self.head_layers}")
-        self.check(self.head_hidden_dim is None or self.head_hidden_dim > 0, source, "distill.head_hidden_dim",
-                   f"must be null or positive; got {self.head_hidden_dim}")
-        self.check(self.teacher_cost > 0, source, "distill.teacher_cost", f"must be > 0; got {self.teacher_cost}")
+        """With objective=distill, a teacher at least, whose paths name no placeholder but {seed} and
+        {output_dir}."""
         if cfg.objective != "distill":
             return
         self.check(bool(self.teachers), source, "distill.teachers",

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ObjectiveConfig, setting
+from ..config import APPLY, Config, ObjectiveConfig, setting
 from ..loss import contrastive_logits, positive_rank_top1
 from ..methods import Method
 from ..models.arch import RESNETS
@@ -59,10 +59,12 @@ class DspnetConfig(ObjectiveConfig):
 
     widths: list[float] = setting([0.25, 0.5, 0.75, 1.0], "the widths trained together, 1 among them (each a multiple "
                                                           "of 1/64: whole channels in every layer)")
-    distill_weight: float = setting(1.0, "factor on the narrower widths' distillation terms, added to MoCo-v2's loss")
-    distill_temperature: float | None = setting(None, "T of the distillation's softmaxes; null: moco.temperature")
+    distill_weight: float = setting(1.0, "factor on the narrower widths' distillation terms, added to MoCo-v2's loss",
+                                    bounds="> 0")
+    distill_temperature: float | None = setting(None, "T of the distillation's softmaxes; null: moco.temperature",
+                                                bounds="> 0")
     deploy_width: float = setting(1.0, "the width of the run a study evaluates (one of the widths); the checkpoint's "
-                                       "backbone is the widest either way")
+                                       "backbone is the widest either way", resume=APPLY)
 
     @property
     def narrower(self) -> list[float]:
@@ -70,8 +72,8 @@ class DspnetConfig(ObjectiveConfig):
         return sorted((w for w in self.widths if w != WIDEST), reverse=True)
 
     def validate(self, cfg: Config, source: str) -> None:
-        """Distinct widths in (0, 1], 1 among them, each leaving whole channels; a positive weight and temperature; a
-        deploy width among the widths; with objective=dspnet, one of the project's ResNets."""
+        """Distinct widths in (0, 1], 1 among them, each leaving whole channels; a deploy width among the widths; with
+        objective=dspnet, one of the project's ResNets."""
         widths = self.widths
         self.check(bool(widths) and len(set(widths)) == len(widths) and all(0 < w <= 1 for w in widths)
                    and WIDEST in widths, source, "dspnet.widths",
@@ -79,9 +81,6 @@ class DspnetConfig(ObjectiveConfig):
         uneven = [w for w in widths if not math.isclose(w * CHANNEL_UNIT, round(w * CHANNEL_UNIT), abs_tol=1e-6)]
         self.check(not uneven, source, "dspnet.widths",
                    f"must be multiples of 1/{CHANNEL_UNIT} (whole channels in every layer); got {uneven[:1]}")
-        self.check(self.distill_weight > 0, source, "dspnet.distill_weight", f"must be > 0; got {self.distill_weight}")
-        self.check(self.distill_temperature is None or self.distill_temperature > 0, source,
-                   "dspnet.distill_temperature", f"must be null or > 0; got {self.distill_temperature}")
         self.check(self.deploy_width in widths, source, "dspnet.deploy_width",
                    f"must be one of dspnet.widths {widths}; got {self.deploy_width}")
         if cfg.objective == "dspnet":
