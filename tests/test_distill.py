@@ -158,10 +158,6 @@ def test_teacher_paths_name_the_runs_seed_and_folder_and_are_checked(tiny_overri
         load_config(None, [*tiny_overrides, "objective=distill", "distill.teachers=['runs/{arm}/last.pth']"])
     with pytest.raises(ConfigError, match="'distill.teachers' must name a teacher's weights file at least"):
         load_config(None, [*tiny_overrides, "objective=distill"])
-    for key, value, message in (("head_layers", 0, "must be >= 1"), ("head_hidden_dim", 0, "must be null or positive"),
-                                ("teacher_cost", 0, "must be > 0")):
-        with pytest.raises(ConfigError, match=f"'distill.{key}' {message}"):
-            load_config(None, [*tiny_overrides, f"distill.{key}={value}"])
 
 
 def test_a_missing_teacher_or_one_normalised_otherwise_stops_the_run_in_one_line(tiny_overrides, tmp_path):

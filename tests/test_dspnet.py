@@ -175,8 +175,6 @@ def test_the_cost_counts_each_narrower_width_at_its_square():
     ("dspnet.widths=[0.5,0.5,1.0]", "must be distinct"),
     ("dspnet.widths=[0.3,1.0]", r"must be multiples of 1/64 .*\[0.3\]"),
     ("dspnet.deploy_width=0.125", r"must be one of dspnet.widths"),
-    ("dspnet.distill_weight=0", "must be > 0"),
-    ("dspnet.distill_temperature=0", "must be null or > 0"),
     ("model.arch=timm/resnet18", "must be one of resnet18, resnet34, resnet50 with objective=dspnet"),
 ])
 def test_settings_are_checked(setting, message):

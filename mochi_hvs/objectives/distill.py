@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..collapse import CollapseSignal
-from ..config import APPLY, Config, ConfigError, ObjectiveConfig, setting
+from ..config import Config, ConfigError, ObjectiveConfig, setting
 from ..methods import Method
 from ..models.moco import MoCo
 from ..models.regression_head import DistilledStudent, regression_head
@@ -55,7 +55,7 @@ class DistillConfig(ObjectiveConfig):
                                           bounds="positive")
     teacher_cost: float = setting(1.0, "one teacher forward's compute in student forwards, for compute-matched "
                                        "comparisons (compute_cost.py): about 4 for a ResNet-18 teaching one at width "
-                                       "0.5", bounds="> 0", resume=APPLY)
+                                       "0.5", bounds="> 0")
 
     def teacher_paths(self, cfg: Config) -> list[str]:
         """The teachers' files, their placeholders replaced by the run's seed and output_dir."""

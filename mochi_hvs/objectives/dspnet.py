@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import APPLY, Config, ObjectiveConfig, setting
+from ..config import Config, ObjectiveConfig, setting
 from ..loss import contrastive_logits, positive_rank_top1
 from ..methods import Method
 from ..models.arch import RESNETS
@@ -64,7 +64,7 @@ class DspnetConfig(ObjectiveConfig):
     distill_temperature: float | None = setting(None, "T of the distillation's softmaxes; null: moco.temperature",
                                                 bounds="> 0")
     deploy_width: float = setting(1.0, "the width of the run a study evaluates (one of the widths); the checkpoint's "
-                                       "backbone is the widest either way", resume=APPLY)
+                                       "backbone is the widest either way")
 
     @property
     def narrower(self) -> list[float]:
