@@ -222,6 +222,11 @@ BAD_VALUES = [
     ('collapse.min_rank=-1', "'collapse.min_rank' must be >= 0 (0: not checked); got -1.0"),
     ('collapse.loss_tolerance=-1', "'collapse.loss_tolerance' must be >= 0 (0: not checked); got -1.0"),
     ("msbreg.momentum=2", "'msbreg.momentum' must be in [0, 1]; got 2.0"),
+    ("distill.head_layers=0", "'distill.head_layers' must be >= 1; got 0"),
+    ("distill.head_hidden_dim=0", "'distill.head_hidden_dim' must be null or positive; got 0"),
+    ("distill.teacher_cost=0", "'distill.teacher_cost' must be > 0; got 0.0"),
+    ("dspnet.distill_weight=0", "'dspnet.distill_weight' must be > 0; got 0.0"),
+    ("dspnet.distill_temperature=0", "'dspnet.distill_temperature' must be null or > 0; got 0.0"),
 ]
 
 

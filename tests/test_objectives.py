@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_checkpoint import assert_resume_is_exact
+from weight_files import our_checkpoint
 
 from mochi_hvs.collapse import CollapseSignal
 from mochi_hvs.compute_cost import units_per_image
@@ -175,11 +176,22 @@ def assert_exports_and_initialises(trainer: Trainer, overrides: list[str], tmp_p
 SHIPPED = sorted(set(OBJECTIVES))  # the catalogue's objectives (the test-registered ones come and go in fixtures)
 
 
+def required_settings(name: str, base: list[str], tmp_path) -> list[str]:
+    """What an objective cannot run without: distill's teacher (a checkpoint of the ResNet-18 the base settings
+    build)."""
+    if name != "distill":
+        return []
+    teacher = tmp_path / "teacher.pth"
+    our_checkpoint(teacher, load_config(None, base))
+    return [f"distill.teachers=[{teacher}]"]
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_objective_trains_reports_exports_and_initialises(name, quick_overrides, tmp_path):
     # Whatever the objective, the run ends with the kNN report under its label, and its checkpoint feeds export and
     # the next stage (HPT's init_from) like MoCo-v2's.
     overrides = quick_overrides + [f"objective={name}", "model.head=mlp_bn", "optim.steps=2", "log_every=1"]
+    overrides += required_settings(name, quick_overrides, tmp_path)
     trainer = Trainer(load_config(None, overrides))
     summary = trainer.fit()
     assert "knn_top1" in json.dumps(summary)

@@ -1,25 +1,31 @@
-"""The names model.arch takes: the project's ResNets (resnet18 | resnet34 | resnet50, with model.small_stem) and
-any image model of timm (`timm/<name>`, one of timm.list_models()) or torchvision (`torchvision/<name>`, one of its
-classification models), checked against the library's own list. Torch-free until a library name is checked."""
+"""The names model.arch takes: the project's ResNets (resnet18 | resnet34 | resnet50, with model.small_stem), the same
+at a width multiplier (`scaled/<resnet>`, models/scaled_resnet.py) and any image model of timm (`timm/<name>`, one of
+timm.list_models()) or torchvision (`torchvision/<name>`, one of its classification models), checked against the
+library's own list. Torch-free until a library name is checked."""
 
 from __future__ import annotations
 
 import difflib
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
-LIBRARIES = ("timm", "torchvision")
-FORMS = ("must be resnet18, resnet34, resnet50, timm/<name> (a model of timm.list_models()) or torchvision/<name> "
-         "(a model of torchvision.models.list_models(torchvision.models))")
+LIBRARIES = ("timm", "torchvision", "scaled")
+FORMS = ("must be resnet18, resnet34, resnet50, timm/<name> (a model of timm.list_models()), scaled/<resnet18|resnet34|"
+         "resnet50> (at model.arch_kwargs' width) or torchvision/<name> (a model of "
+         "torchvision.models.list_models(torchvision.models))")
 
 
 def library_and_name(arch: str) -> tuple[str | None, str]:
-    """('timm', name) for `timm/<name>`, ('torchvision', name) likewise; (None, arch) for the project's ResNets."""
+    """('timm', name) for `timm/<name>`, ('torchvision', name) and ('scaled', name) likewise; (None, arch) for the
+    project's ResNets."""
     library, slash, name = arch.partition("/")
     return (library, name) if slash else (None, arch)
 
 
 def library_models(library: str) -> list[str]:
-    """The image models a library builds by name: timm's registry, torchvision's classification models."""
+    """The image models a library builds by name: timm's registry, torchvision's classification models, the project's
+    ResNets at a width."""
+    if library == "scaled":
+        return list(RESNETS)
     if library == "timm":
         import timm
 

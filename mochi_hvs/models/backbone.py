@@ -12,6 +12,7 @@ import torchvision
 
 from .arch import arch_problem, library_and_name
 from .resnet import build_resnet, resnet_feature_map, resnet_pooled
+from .scaled_resnet import build_scaled_resnet
 
 
 def build_backbone(arch: str, small_stem: bool = False,
@@ -19,7 +20,8 @@ def build_backbone(arch: str, small_stem: bool = False,
     """The backbone of `arch` and its feature width (what its forward returns per image).
 
     small_stem: the project's ResNets' small-image stem (models/resnet.py). arch_kwargs: keyword arguments of
-    timm.create_model or torchvision.models.get_model (e.g. a ViT's img_size and patch_size).
+    timm.create_model or torchvision.models.get_model (e.g. a ViT's img_size and patch_size), or of
+    build_scaled_resnet (width, small_stem) for `scaled/<resnet>`.
     """
     problem = arch_problem(arch)
     if problem is not None:
@@ -29,6 +31,8 @@ def build_backbone(arch: str, small_stem: bool = False,
         return build_resnet(name, small_stem)
     if library == "timm":
         return timm_backbone(name, arch_kwargs or {})
+    if library == "scaled":
+        return build_scaled_resnet(name, **(arch_kwargs or {}))
     return torchvision_backbone(name, arch_kwargs or {})
 
 

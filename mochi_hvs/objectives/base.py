@@ -12,6 +12,7 @@ backward, the optimiser and the enqueue; it never learns which objective runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -24,6 +25,7 @@ from ..models.moco import MoCo
 from ..random_streams import StepRandom
 from ..schedule import momentum_at
 from ..step import StepOutput
+from ..weights.loader import load_backbone_weights, read_backbone_state
 from .ema import TargetEma
 from .hard_views import selecting
 from .registry import OBJECTIVES, Declared, Forwards, declared
@@ -70,6 +72,15 @@ class Objective(Declared):
         """The step, on `model` (built from the needs, on its device; a module added here is checkpointed and
         optimised with it). Trained forwards go through wrap(module); num_classes: the pretraining images'."""
         raise NotImplementedError
+
+    def deployed_backbone(self, checkpoint: Path) -> tuple[nn.Module, int]:
+        """The backbone a finished run of this objective deploys, read from its checkpoint (what a study evaluates),
+        and its feature width: the query backbone, as the evaluators and `mochi-export` read it, by default (DSPNet's:
+        its network at dspnet.deploy_width)."""
+        state, meta = read_backbone_state(checkpoint)
+        backbone, width = meta.architecture.build()
+        load_backbone_weights(backbone, state)
+        return backbone, width
 
     @classmethod
     def wrap_step(cls, cfg: Config, step: Step) -> Step:

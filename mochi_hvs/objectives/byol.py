@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..collapse import CollapseSignal
 from ..config import Config, setting
+from ..loss import full_precision
 from ..methods import Method
 from ..methods.multicrop import crop_major
 from ..models.moco import EncoderOutput, MoCo
@@ -53,8 +54,8 @@ class ByolConfig(TargetEma):
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BYOL's normalised mean squared error per row (the last axis, broadcast): ||p / ||p|| - z / ||z|| ||^2 =
-    2 - 2 cos(p, z)."""
-    p, z = F.normalize(prediction.float(), dim=-1), F.normalize(target.float(), dim=-1)
+    2 - 2 cos(p, z), in at least float32."""
+    p, z = (F.normalize(t, dim=-1) for t in full_precision(prediction, target))
     return 2 - 2 * (p * z).sum(dim=-1)
 
 

@@ -36,12 +36,12 @@ from ..evaluation.pixels import pixel_width
 from ..evaluation.semisup import SemisupFinetune
 from ..machine import device_description
 from ..models.backbone import build_backbone
+from ..objectives.base import objective_of
 from ..provenance import provenance
 from ..run_files import LAST, METRICS, SUMMARY
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
 from ..weights.checkpoint import resolve_resume
-from ..weights.loader import load_backbone_weights, read_backbone_state
 from .floors import FloorKey, floor_label
 from .recipe import Study, resolved
 from .report import evaluator_of
@@ -304,13 +304,12 @@ class StudyRunner:
             self.record(arm, seed, "semisup", finetune.evaluate(model, width), label_fraction=SEMISUP_FRACTION)
 
     def evaluate_run(self, run: PlannedRun, again: bool = False) -> None:
-        """Evaluate a finished run's query backbone with the study's evaluations (all of them `again`)."""
+        """Evaluate the backbone a finished run deploys (Objective.deployed_backbone: its query backbone, unless its
+        objective says otherwise) with the study's evaluations (all of them `again`)."""
         cfg = run.config()
 
         def backbone() -> tuple[nn.Module, int]:
-            state, meta = read_backbone_state(run.run_dir / LAST)
-            model, width = meta.architecture.build()
-            load_backbone_weights(model, state)
+            model, width = objective_of(cfg).deployed_backbone(run.run_dir / LAST)
             return model.to(resolve_device(cfg.device)), width
 
         self.evaluate(run.label, run.seed, cfg, backbone, self.study.spec.evaluations, again)
