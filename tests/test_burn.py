@@ -93,15 +93,21 @@ def test_a_step_trains_the_binary_network_and_the_classifier_not_the_teacher(pla
     assert torch.equal(teacher.network.bn1.running_mean, running)  # frozen: eval-mode BatchNorm
 
 
-def test_the_first_stage_keeps_real_weights(plain_run):
-    _, model, _, _ = built_step(plain_run.cfg.run_dir / "last.pth", "burn.binary_weights=false")
-    assert {conv.binary_weights for conv in binary_convolutions(model.encoder_q.backbone)} == {False}
+@pytest.mark.parametrize(("until", "binary_from"), [(0.5, 50), (0.0, 0), (1.0, 100), (0.33, 33)])
+def test_the_first_stage_keeps_real_weights_until_its_share_of_the_run(plain_run, until, binary_from):
+    _, model, objective, step = built_step(plain_run.cfg.run_dir / "last.pth", f"burn.real_weights_until={until}")
+    convs = binary_convolutions(model.encoder_q.backbone)
+    views = torch.randn(8, 2, 3, 28, 28)
+    for at in sorted({0, 32, 33, 49, 50, 99} | {binary_from - 1} - {-1}):
+        out = step(views, StepRandom(0, at, 0, torch.device("cpu")), step=at)  # of 100 steps (built_step)
+        assert {conv.binary_weights for conv in convs} == {at >= binary_from}, at
+        assert out.metrics["binary_weights"].item() == float(at >= binary_from)
 
 
 def test_a_later_stage_starts_its_classifier_and_head_from_a_burn_checkpoint(plain_run, quick_overrides):
     teacher = plain_run.cfg.run_dir / "last.pth"
     cfg = load_config(None, [*quick_overrides, *burn(teacher), "optim.steps=1", "eval.knn_baseline=false",
-                             "eval.knn_pixels=false", "burn.binary_weights=false", "model.feature_dim=16"])
+                             "eval.knn_pixels=false", "burn.real_weights_until=1", "model.feature_dim=16"])
     first = Trainer(cfg)
     first.train()
     first.close()
@@ -109,7 +115,7 @@ def test_a_later_stage_starts_its_classifier_and_head_from_a_burn_checkpoint(pla
     _, model, _, _ = built_step(teacher, f"model.init_from={cfg.run_dir / 'last.pth'}")
     state = model.state_dict()
     carried = [key for key in trained if key.startswith((f"{CLASSIFIER}.", "encoder_q.head."))]
-    assert len(carried) == 8 and all(torch.equal(state[key], trained[key]) for key in carried)
+    assert len(carried) == 11 and all(torch.equal(state[key], trained[key]) for key in carried)  # 2 + 2 heads, BN
     assert not torch.equal(state["encoder_q.backbone.conv1.weight"], trained["encoder_q.backbone.conv1.weight"])
     with pytest.raises(WeightsError, match="its BURN classifier and head do not fit this run's"):
         built_step(teacher, f"model.init_from={cfg.run_dir / 'last.pth'}", "model.feature_dim=32")
@@ -129,10 +135,12 @@ def test_its_cost_is_two_trained_and_two_teacher_forwards(tmp_path):
     assert units_per_image(load_config(None, burn(tmp_path)), selecting=False) == 2 * 3 + 2 * 1
 
 
-def test_a_relative_teacher_is_read_from_output_dir(plain_run, tmp_path):
-    cfg = load_config(None, [*burn("seed0/last.pth"), f"output_dir={tmp_path}"])
-    assert cfg.burn.teacher_path(cfg.output_dir) == tmp_path / "seed0" / "last.pth"
-    with pytest.raises(ConfigError, match=f"burn.teacher: no weights file at {tmp_path}/seed0/last.pth"):
+def test_the_teacher_path_takes_the_runs_seed_and_output_dir(tmp_path):
+    cfg = load_config(None, [*burn("'{output_dir}/../teacher/seed{seed}/last.pth'"), f"output_dir={tmp_path}",
+                             "seed=2"])
+    path = cfg.burn.teacher_path(cfg)
+    assert path == tmp_path / ".." / "teacher" / "seed2" / "last.pth"
+    with pytest.raises(ConfigError, match=f"burn.teacher: no weights file at {path}"):
         objective_of(cfg).build_step(MoCo("binary/resnet18", queue_size=None, momentum_encoder=False), [],
                                      lambda module: module, 10)
 
@@ -140,9 +148,9 @@ def test_a_relative_teacher_is_read_from_output_dir(plain_run, tmp_path):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["objective=burn"], "'burn.teacher' must name the pretrained floating-point feature extractor's weights"),
     (["burn.temperature=0"], "'burn.temperature' must be > 0; got 0.0"),
+    (["burn.teacher='{run}/last.pth'"], "'burn.teacher' may name {seed} and {output_dir} only; got '{run}/last.pth'"),
     (["burn.lambda_end=1.5"], r"'burn.lambda_end' must be in \[0, 1\]; got 1.5"),
-    (["model.arch=resnet18", "burn.binary_weights=false"],
-     "'burn.binary_weights' false keeps a binary backbone's weights real; model.arch=resnet18 has none"),
+    (["burn.real_weights_until=1.5"], r"'burn.real_weights_until' must be in \[0, 1\]; got 1.5"),
 ])
 def test_config_errors_name_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message):

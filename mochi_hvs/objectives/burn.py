@@ -15,19 +15,26 @@ The dynamic balance moves lambda from `lambda_start` to `lambda_end` on a cosine
 lambda(t) = end - (end - start) (1 + cos(pi t / T)) / 2 at step t of T (the official code's BURNHook), so the
 feature similarity term leads while g is young.
 
-The modified multi-stage schedule is a staged run (`stages:`): a first stage with `burn.binary_weights: false`
-(binary activations, real weights), then a stage with binary weights, initialised from the first (model.init_from,
-chained by the stages); where model.init_from is a BURN checkpoint, the classifier g and the binary network's
-projection head start from it too, not only the backbone (the modification: both the target and the binary network
-get their initial point from the previous stage). Configs: configs/compact/burn.yaml and burn_imagenet.yaml.
+The modified multi-stage schedule: binary activations with real weights first, then binary weights, the second
+stage starting from the first's binary network and also from its classifier g and projection head (the
+modification: both the target and the binary network get their initial point from the first stage). In one run, the
+first `burn.real_weights_until` of its steps keep the weights real and the rest binarise them, the optimiser and
+the learning-rate schedule running on across the switch (configs/compact/burn.yaml, and a study's arm). As a staged
+run (`stages:`), the paper's form with a schedule per stage: a first stage with real_weights_until 1, a second with
+0, initialised from the first (model.init_from, chained by the stages); where model.init_from is a BURN checkpoint,
+the classifier and the projection head start from it too, not only the backbone (configs/compact/
+burn_imagenet.yaml).
 
-Our reading: g is the project's projection head (model.head at model.feature_dim, on F's features); the paper's
-ReActNet and 2000-way classifier are replaced by Bi-Real binary ResNets and model.feature_dim.
+Our reading: g is the project's projection head (model.head at model.feature_dim, on F's features) followed by a
+BatchNorm without affine parameters, which keeps each of its outputs at unit variance over the batch: without it the
+jointly trained target and the binary network collapsed to one output within 60 steps on the embedded data. The
+paper's ReActNet and 2000-way classifier are replaced by Bi-Real binary ResNets and model.feature_dim.
 """
 
 from __future__ import annotations
 
 import math
+import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +46,8 @@ import torch.nn.functional as F
 from ..collapse import CollapseSignal
 from ..config import Config, ConfigError, ObjectiveConfig, setting
 from ..methods import Method
-from ..models.backbone import build_backbone
 from ..models.backbone_facts import first_line
-from ..models.binary import binary_convolutions
+from ..models.binary import BinaryConv2d, binary_convolutions
 from ..models.head import projection_head
 from ..models.moco import EncoderOutput, MoCo
 from ..random_streams import StepRandom
@@ -61,36 +67,40 @@ STUDENT_HEAD = "encoder_q.head."  # the binary network's projection head in the 
 @dataclass
 class BurnConfig(ObjectiveConfig):
     """BURN's target (the pretrained feature extractor and the temperature of its classifier's soft assignments),
-    the dynamic loss balance and the stage's binary weights."""
+    the dynamic loss balance and the first stage's share of the run."""
 
     teacher: str | None = setting(None, "weights file of the pretrained floating-point feature extractor (any format "
-                                        "the loader reads); a relative path is read from output_dir (the folder "
-                                        "of the runs: runs/moco_v2/last.pth is moco_v2/last.pth)")
+                                        "the loader reads); {seed} and {output_dir} are replaced by the run's (a "
+                                        "study's arm finds its seed's teacher in a sibling arm's folder)")
     temperature: float = setting(0.2, "T of the soft assignments softmax(z / T) the KL term compares (the paper: "
                                       "0.2)")
     lambda_start: float = setting(0.1, "weight lambda of the KL term at the first step (1 - lambda: the feature "
                                        "similarity term's; the paper: 0.1)")
     lambda_end: float = setting(0.3, "lambda at the last step, reached on a cosine (the paper: 0.3)")
-    binary_weights: bool = setting(True, "binary weights; false: binary activations with real weights (the first "
-                                         "stage of the multi-stage schedule)")
+    real_weights_until: float = setting(0.5, "share of the run's steps trained with real weights and binary "
+                                             "activations (the first stage); its other steps binarise the weights "
+                                             "too. 0: binary weights from the start; 1: the first stage alone")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """A teacher for objective=burn, T > 0, both lambdas in [0, 1], real weights only on a binary backbone."""
+        """For objective=burn: a teacher naming no placeholder but {seed} and {output_dir}, T > 0, both lambdas and
+        the first stage's share in [0, 1]."""
         if cfg.objective != "burn":
             return
         self.check(bool(self.teacher), source, "burn.teacher",
                    "must name the pretrained floating-point feature extractor's weights (objective=burn)")
+        named = [field for _, field, _, _ in string.Formatter().parse(str(self.teacher)) if field is not None]
+        self.check(set(named) <= {"seed", "output_dir"}, source, "burn.teacher",
+                   f"may name {{seed}} and {{output_dir}} only; got {self.teacher!r}")
         self.check(self.temperature > 0, source, "burn.temperature", f"must be > 0; got {self.temperature}")
         for key in ("lambda_start", "lambda_end"):
             value = getattr(self, key)
             self.check(0 <= value <= 1, source, f"burn.{key}", f"must be in [0, 1]; got {value}")
-        self.check(self.binary_weights or cfg.model.arch.startswith("binary/"), source, "burn.binary_weights",
-                   f"false keeps a binary backbone's weights real; model.arch={cfg.model.arch} has none")
+        self.check(0 <= self.real_weights_until <= 1, source, "burn.real_weights_until",
+                   f"must be in [0, 1]; got {self.real_weights_until}")
 
-    def teacher_path(self, output_dir: str) -> Path:
-        """The teacher's file: as given when absolute (after ~), else under output_dir."""
-        path = Path(self.teacher or "").expanduser()
-        return path if path.is_absolute() else Path(output_dir) / path
+    def teacher_path(self, cfg: Config) -> Path:
+        """The teacher's file, its placeholders replaced by the run's seed and output_dir."""
+        return Path(str(self.teacher).format(seed=cfg.seed, output_dir=cfg.output_dir)).expanduser()
 
 
 def loss_balance(step: int, total_steps: int, start: float, end: float) -> float:
@@ -139,16 +149,20 @@ class BurnNetworks(nn.Module):
 class BurnStep:
     """One BURN step (see the module docstring):
 
+        binary weights from step real_weights_until x T on
         z, z' = head(f_b(v)), head(f_b(v'))     # the binary network, both views
         t, t' = g(F(v)), g(F(v'))               # F frozen (no gradient), g trained: the moving target
         lam = lambda(step)                      # the dynamic balance
         loss = mean(L(z, t') + L(z', t))        # feature similarity and KL, both directions
     """
 
-    def __init__(self, networks: nn.Module, teacher: nn.Module, cfg: BurnConfig, schedule: Objective) -> None:
-        """networks: BurnNetworks (or its DDP wrapper); schedule: the objective, which knows the run's length."""
+    def __init__(self, networks: nn.Module, teacher: nn.Module, binary: list[BinaryConv2d], cfg: BurnConfig,
+                 schedule: Objective) -> None:
+        """networks: BurnNetworks (or its DDP wrapper); binary: the binary network's binary convolutions; schedule:
+        the objective, which knows the run's length."""
         self.networks = networks
         self.teacher = teacher
+        self.binary = binary
         self.cfg = cfg
         self.schedule = schedule
 
@@ -158,18 +172,21 @@ class BurnStep:
         """views (B, V, C, H, W): views 0 and 1 of each sample. Nothing is enqueued; the trained embeddings are the
         binary network's outputs z, z'."""
         v, v_prime = views[:, 0], views[:, 1]
+        binary_weights = step >= self.cfg.real_weights_until * self.schedule.total_steps
+        for conv in self.binary:
+            conv.binary_weights = binary_weights
         with torch.no_grad():
             features, features_prime = self.teacher(v), self.teacher(v_prime)
         student, target = self.networks(v, features)
         student_prime, target_prime = self.networks(v_prime, features_prime)
         lam = loss_balance(step, self.schedule.total_steps, self.cfg.lambda_start, self.cfg.lambda_end)
-        z, z_prime = student.projection, student_prime.projection
+        z, z_prime = student.projection, student_prime.projection  # the binary network's outputs
         first, sim_a, kl_a = burn_loss(z, target_prime, lam, self.cfg.temperature)
         second, sim_b, kl_b = burn_loss(z_prime, target, lam, self.cfg.temperature)
         loss = (first + second).mean()
         metrics = {"loss": loss.detach(), "proxy_top1": retrieval_top1(z.detach(), target_prime.detach()),
-                   "lambda": torch.tensor(lam), "similarity": (sim_a + sim_b).mean().detach() / 2,
-                   "kl": (kl_a + kl_b).mean().detach() / 2}
+                   "lambda": torch.tensor(lam), "binary_weights": torch.tensor(float(binary_weights)),
+                   "similarity": (sim_a + sim_b).mean().detach() / 2, "kl": (kl_a + kl_b).mean().detach() / 2}
         return StepOutput(loss=loss, keys=None, metrics=metrics,
                           signal=CollapseSignal(student.embedding.detach(), loss.detach()), trained=[z, z_prime])
 
@@ -180,7 +197,7 @@ def load_teacher(path: Path, announce: bool) -> tuple[nn.Module, int]:
         raise ConfigError(f"burn.teacher: no weights file at {path} (train the teacher first, e.g. configs/"
                           "moco_v2.yaml, or give its path)")
     state, meta = read_backbone_state(path)
-    teacher, width = build_backbone(meta.arch, meta.small_stem)
+    teacher, width = meta.architecture.build()
     report = load_backbone_weights(teacher, state)
     if announce:
         print(f"burn.teacher {meta.summary()}; {report.summary()}", file=sys.stderr)
@@ -219,16 +236,16 @@ class Burn(Objective):
         return Forwards(trained=2, target=2)
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
-        """The teacher F (frozen) and the classifier g added to the model, the stage's binary weights set, what a
-        previous BURN stage carries loaded; BurnStep on the wrapped networks."""
+        """The teacher F (frozen) and the classifier g added to the model, what a previous BURN stage carries
+        loaded; BurnStep on the wrapped networks."""
         burn, device = self.cfg.burn, next(model.encoder_q.parameters()).device
-        teacher, width = load_teacher(burn.teacher_path(self.cfg.output_dir), announce=True)
+        teacher, width = load_teacher(burn.teacher_path(self.cfg), announce=True)
         model.add_module(TEACHER, FrozenNetwork(teacher).to(device))
-        classifier = projection_head(width, self.cfg.model.feature_dim, self.cfg.model.head,
-                                     self.cfg.model.head_hidden_dim).to(device)
+        model_cfg = self.cfg.model
+        classifier = nn.Sequential(projection_head(width, model_cfg.feature_dim, model_cfg.head,
+                                                   model_cfg.head_hidden_dim),
+                                   nn.BatchNorm1d(model_cfg.feature_dim, affine=False)).to(device)
         model.add_module(CLASSIFIER, classifier)
-        for conv in binary_convolutions(model.encoder_q.backbone):
-            conv.binary_weights = burn.binary_weights
         if self.cfg.model.init_from and (carried := carried_state(self.cfg.model.init_from)):
             try:
                 model.load_state_dict(carried, strict=False)
@@ -237,4 +254,5 @@ class Burn(Objective):
                                 first_line(err))
                 raise WeightsError(f"model.init_from={self.cfg.model.init_from}: its BURN classifier and head do not "
                                    f"fit this run's (model.head, model.feature_dim): {mismatch}") from err
-        return BurnStep(wrap(BurnNetworks(model.encoder_q, classifier)), getattr(model, TEACHER), burn, self)
+        return BurnStep(wrap(BurnNetworks(model.encoder_q, classifier)), getattr(model, TEACHER),
+                        binary_convolutions(model.encoder_q.backbone), burn, self)
