@@ -1,5 +1,6 @@
-"""The integer ONNX export: ONNX Runtime's integer convolutions against the fake-quantized and binary forwards, within
-the quantization error derived here for int8 and lower bit-widths; the compact backbones' graphs; the command line."""
+"""Exporting compact backbones: ONNX Runtime's integer convolutions against the fake-quantized and binary forwards,
+within the quantization error derived here for int8 and lower bit-widths; the compact backbones' graphs; the command
+line; and their checkpoints exported and loaded again as the compact arch they trained as."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mochi_hvs import export_integer
+from mochi_hvs.config import load_config
 from mochi_hvs.models.backbone import build_backbone
 from mochi_hvs.models.fake_quant import (
     BitWidths,
@@ -17,6 +19,8 @@ from mochi_hvs.models.fake_quant import (
     quantize_weight,
     weight_scale,
 )
+from mochi_hvs.train import Trainer
+from mochi_hvs.weights.export import export_backbone
 from mochi_hvs.weights.integer_onnx import (
     IntegerExportError,
     deployment_bits,
@@ -25,6 +29,7 @@ from mochi_hvs.weights.integer_onnx import (
     run_graph,
     to_integer_onnx,
 )
+from mochi_hvs.weights.loader import exact_backbone, read_backbone_state
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -45,7 +50,7 @@ def one_layer(bits: BitWidths) -> nn.Module:
 def test_one_integer_convolution_is_within_the_derived_quantization_error(bits):
     net = one_layer(bits)
     images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    exported = torch.from_numpy(run_graph(to_integer_onnx(net, 8), images))
+    exported = torch.from_numpy(run_graph(to_integer_onnx(net, 8)[0], images))
     with torch.no_grad():
         x = net[0](images)  # the quantized layer's input
         conv = net[1]
@@ -84,7 +89,7 @@ def trained_bn():
 def test_compact_resnets_run_in_integers(arch, kwargs, tolerance, trained_bn):
     torch.manual_seed(0)
     net = trained_bn(build_backbone(arch, False, kwargs)[0])
-    graph = to_integer_onnx(net, 28)
+    graph, _ = to_integer_onnx(net, 28)
     images = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(2))
     exported = torch.from_numpy(run_graph(graph, images))
     with torch.no_grad():
@@ -132,3 +137,25 @@ def test_the_command_quantizes_a_checkpoint_after_training(checkpoint, tmp_path,
     assert export_integer.main(["--checkpoint", str(checkpoint), "--out", str(out), "--bits", "w1a8"]) == 2
     assert export_integer.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 2
     assert "no quantized or binary convolution" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compact", ["ssql", "burn"])
+def test_compact_checkpoints_export_and_load_as_their_arch(compact, plain_run, quick_overrides, tmp_path):
+    recipe = {"ssql": ["ssql.enabled=true", "model.arch=quantized/resnet18",
+                       "model.arch_kwargs={weight_bits: 3, act_bits: 5}"],
+              "burn": ["objective=burn", "model.arch=binary/resnet18",
+                       f"burn.teacher={plain_run.cfg.run_dir / 'last.pth'}"]}[compact]
+    trainer = Trainer(load_config(None, [*quick_overrides, *recipe, "optim.steps=1", "eval.knn_baseline=false",
+                                         "eval.knn_pixels=false"]))
+    trainer.train()
+    trainer.close()
+    out = tmp_path / "backbone.safetensors"
+    export_backbone(trainer.cfg.run_dir / "last.pth", "safetensors", out)
+    state, meta = read_backbone_state(out)
+    assert meta.architecture.arch == trainer.cfg.model.arch
+    assert meta.architecture.arch_kwargs == trainer.cfg.model.arch_kwargs
+    loaded, _ = exact_backbone(state, meta)
+    images = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), trainer.model.backbone.eval()(images))  # quantized / binary as trained

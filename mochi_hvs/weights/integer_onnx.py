@@ -2,9 +2,9 @@
 binary/<resnet> one, as one ONNX graph (images -> pooled features) whose quantized and binary convolutions run as
 ONNX Runtime's integer convolutions (ConvInteger: int8 weights, uint8 activations, int32 sums).
 
-The full-precision graph of the backbone comes from torch.onnx.export (each quantized or binary convolution exported
-as a plain one on its latent weights, so the exporter may fold the BatchNorm after it); then each of those Conv nodes
-is replaced by
+The full-precision graph of the backbone comes from the ONNX export (onnx_format.to_onnx; each quantized or binary
+convolution exported as a plain one on its latent weights, so the exporter may fold the BatchNorm after it); then each
+of those Conv nodes is replaced by
 
     activation quantizer -> ConvInteger(q, W_int8, zero point) -> Cast(float) x activation step x weight steps [+ bias]
 
@@ -35,19 +35,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.backbone_facts import first_line
 from ..models.binary import BinaryConv2d, weight_alpha
 from ..models.fake_quant import BitWidths, QuantConv2d, QuantLinear, check_bits, weight_integers
-from .errors import WeightsError
+from .errors import ExportError
+from .onnx_format import INPUT, OUTPUT, to_onnx
 
-INPUT, OUTPUT = "images", "features"
 CHECK_IMAGES = 3  # seeded images of the numerical check, run one at a time
 # The weight integers travel as uint8 with zero point 128: ONNX Runtime's uint8 x int8 kernels on x86 CPUs without
 # VNNI add pairs of products in saturating int16 (255 x 127 x 2 overflows it), its uint8 x uint8 kernels do not.
 WEIGHT_OFFSET = 128
 
 
-class IntegerExportError(WeightsError):
+class IntegerExportError(ExportError):
     """A backbone that cannot be exported with integer convolutions, or whose integer graph does not match it."""
 
 
@@ -76,7 +75,7 @@ def integer_layers(backbone: nn.Module) -> dict[str, IntegerLayer]:
             layers[key] = IntegerLayer(module.weight.detach(), integers, steps, bits.activation)
         elif isinstance(module, BinaryConv2d):
             if not module.binary_weights:
-                raise IntegerExportError(f"{name}: a binary convolution with real weights (burn.binary_weights=false) "
+                raise IntegerExportError(f"{name}: a binary convolution with real weights (BURN's first stage) "
                                          "has no integer form")
             weight = module.weight.detach()
             integers = torch.where(weight >= 0, 1, -1).to(torch.int8)
@@ -104,20 +103,13 @@ def _require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise IntegerExportError(f"the integer ONNX export needs {module} (pip install onnx onnxscript "
-                                 "onnxruntime)") from err
+        raise IntegerExportError(f"the integer ONNX export needs {module} (pip install 'mochi_hvs[onnx]': onnx, "
+                                 "onnxscript, onnxruntime)") from err
 
 
 def float_graph(backbone: nn.Module, image_size: int) -> Any:
     """The ONNX model (onnx.ModelProto) of a full-precision backbone on (batch, 3, size, size) images."""
-    _require("onnxscript")
-    images = torch.zeros(2, 3, image_size, image_size)
-    try:
-        program = torch.onnx.export(backbone.eval(), (images,), input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
-    except Exception as err:  # the exporter fails in many ways (unsupported operators, data-dependent control flow)
-        raise IntegerExportError(f"torch.onnx.export cannot export this backbone ({first_line(err)})") from err
-    return program.model_proto
+    return _require("onnx").load_model_from_string(to_onnx(backbone, image_size))
 
 
 class _GraphEditor:
@@ -218,17 +210,16 @@ def integer_graph(model: Any, layers: dict[str, IntegerLayer]) -> Any:
     return model
 
 
-def to_integer_onnx(backbone: nn.Module, image_size: int) -> bytes:
-    """The integer ONNX bytes of a compact backbone (eval mode), checked by integer_difference; an
-    IntegerExportError when it has no layer to run in integers."""
+def to_integer_onnx(backbone: nn.Module, image_size: int) -> tuple[bytes, float]:
+    """The integer ONNX bytes of a compact backbone (eval mode) and their difference from it (integer_difference);
+    an IntegerExportError when it has no layer to run in integers."""
     backbone = backbone.eval()
     layers = integer_layers(backbone)
     if not layers:
         raise IntegerExportError("the backbone has no quantized or binary convolution to run in integers (a "
                                  "quantized/<arch> or binary/<resnet> backbone, or --bits)")
     graph = integer_graph(float_graph(plain_copy(backbone), image_size), layers).SerializeToString()
-    integer_difference(graph, backbone, image_size)
-    return graph
+    return graph, integer_difference(graph, backbone, image_size)
 
 
 def run_graph(graph: bytes, images: torch.Tensor) -> np.ndarray:
