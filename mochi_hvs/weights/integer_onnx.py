@@ -27,7 +27,6 @@ Before a graph is returned, ONNX Runtime runs it on seeded images, one at a time
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..models.binary import BinaryConv2d, weight_alpha
 from ..models.fake_quant import BitWidths, QuantConv2d, QuantLinear, check_bits, weight_integers
 from .errors import ExportError
 from .onnx_format import INPUT, OUTPUT, to_onnx
+from .onnx_format import _require as require  # the optional dependency, or the extra that installs it
 
 CHECK_IMAGES = 3  # seeded images of the numerical check, run one at a time
 # The weight integers travel as uint8 with zero point 128: ONNX Runtime's uint8 x int8 kernels on x86 CPUs without
@@ -98,25 +98,16 @@ def plain_copy(backbone: nn.Module) -> nn.Module:
     return plain
 
 
-def _require(module: str) -> Any:
-    """An optional dependency of the ONNX export, imported; an IntegerExportError naming what installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise IntegerExportError(f"the integer ONNX export needs {module} (pip install 'mochi_hvs[onnx]': onnx, "
-                                 "onnxscript, onnxruntime)") from err
-
-
 def float_graph(backbone: nn.Module, image_size: int) -> Any:
     """The ONNX model (onnx.ModelProto) of a full-precision backbone on (batch, 3, size, size) images."""
-    return _require("onnx").load_model_from_string(to_onnx(backbone, image_size))
+    return require("onnx").load_model_from_string(to_onnx(backbone, image_size))
 
 
 class _GraphEditor:
     """Adds initializers and nodes to an ONNX graph under fresh names."""
 
     def __init__(self, graph: Any) -> None:
-        self.onnx = _require("onnx")
+        self.onnx = require("onnx")
         self.graph = graph
         self.count = 0
 
@@ -171,7 +162,7 @@ def _folding(folded: np.ndarray, latent: np.ndarray) -> np.ndarray:
 def integer_graph(model: Any, layers: dict[str, IntegerLayer]) -> Any:
     """`model` (the float graph, changed in place and returned) with each Conv node on a listed weight replaced by
     its integer convolution; an IntegerExportError when a listed layer is missing from the graph."""
-    onnx = _require("onnx")
+    onnx = require("onnx")
     graph, edit = model.graph, _GraphEditor(model.graph)
     initializers = {init.name: init for init in graph.initializer}
     nodes, done = list(graph.node), set()
@@ -224,7 +215,7 @@ def to_integer_onnx(backbone: nn.Module, image_size: int) -> tuple[bytes, float]
 
 def run_graph(graph: bytes, images: torch.Tensor) -> np.ndarray:
     """ONNX Runtime's output of a graph (CPU) for images (N, 3, H, W), one image at a time."""
-    session = _require("onnxruntime").InferenceSession(graph, providers=["CPUExecutionProvider"])
+    session = require("onnxruntime").InferenceSession(graph, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run([OUTPUT], {INPUT: image[None].numpy()})[0] for image in images])
 
 
