@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, MethodConfig, setting
-from ..models.fake_quant import MAX_BITS, MIN_BITS, BitWidths, make_quantizable, quantized
+from ..models.fake_quant import BitWidths, make_quantizable, quantized
 from ..models.moco import MoCo
 from ..random_streams import stream_number, stream_seed
 from .base import ExtraQueries, Method, StepContext, register
@@ -41,18 +41,18 @@ class SsqlConfig(MethodConfig):
     """SSQL's quantized queries: the bit-width ranges drawn from each step and the weight of their loss."""
 
     weight_bits: list[int] = setting([2, 8], "[low, high]: the weights' bit-width of each step, drawn uniformly from "
-                                             "low..high (the paper: 2-8)")
+                                             "low..high (the paper: 2-8)", bounds="[2, 8]")
     act_bits: list[int] = setting([4, 8], "[low, high]: the activations' bit-width of each step, drawn uniformly "
-                                          "from low..high (the paper: 4-8)")
-    weight: float = setting(1.0, "weight of the quantized queries' InfoNCE, added to the full-precision one's")
+                                          "from low..high (the paper: 4-8)", bounds="[2, 8]")
+    weight: float = setting(1.0, "weight of the quantized queries' InfoNCE, added to the full-precision one's",
+                            bounds="> 0")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """Ranges of bit-widths an int8 kernel holds, a positive weight."""
+        """Each range a pair, low <= high."""
         for key in ("weight_bits", "act_bits"):
             bits = getattr(self, key)
-            self.check(len(bits) == 2 and MIN_BITS <= bits[0] <= bits[1] <= MAX_BITS, source, f"ssql.{key}",
-                       f"must be [low, high] with {MIN_BITS} <= low <= high <= {MAX_BITS}; got {bits}")
-        self.check(self.weight > 0, source, "ssql.weight", f"must be > 0; got {self.weight}")
+            self.check(len(bits) == 2 and bits[0] <= bits[1], source, f"ssql.{key}",
+                       f"must be [low, high] with low <= high; got {bits}")
 
 
 def draw_bits(seed: int, step: int, weight_bits: list[int], act_bits: list[int]) -> BitWidths:

@@ -73,17 +73,17 @@ class BurnConfig(ObjectiveConfig):
                                         "the loader reads); {seed} and {output_dir} are replaced by the run's (a "
                                         "study's arm finds its seed's teacher in a sibling arm's folder)")
     temperature: float = setting(0.2, "T of the soft assignments softmax(z / T) the KL term compares (the paper: "
-                                      "0.2)")
+                                      "0.2)", bounds="> 0")
     lambda_start: float = setting(0.1, "weight lambda of the KL term at the first step (1 - lambda: the feature "
-                                       "similarity term's; the paper: 0.1)")
-    lambda_end: float = setting(0.3, "lambda at the last step, reached on a cosine (the paper: 0.3)")
+                                       "similarity term's; the paper: 0.1)", bounds="[0, 1]")
+    lambda_end: float = setting(0.3, "lambda at the last step, reached on a cosine (the paper: 0.3)", bounds="[0, 1]")
     real_weights_until: float = setting(0.5, "share of the run's steps trained with real weights and binary "
                                              "activations (the first stage); its other steps binarise the weights "
-                                             "too. 0: binary weights from the start; 1: the first stage alone")
+                                             "too. 0: binary weights from the start; 1: the first stage alone",
+                                        bounds="[0, 1]")
 
     def validate(self, cfg: Config, source: str) -> None:
-        """For objective=burn: a teacher naming no placeholder but {seed} and {output_dir}, T > 0, both lambdas and
-        the first stage's share in [0, 1]."""
+        """For objective=burn: a teacher, naming no placeholder but {seed} and {output_dir}."""
         if cfg.objective != "burn":
             return
         self.check(bool(self.teacher), source, "burn.teacher",
@@ -91,12 +91,6 @@ class BurnConfig(ObjectiveConfig):
         named = [field for _, field, _, _ in string.Formatter().parse(str(self.teacher)) if field is not None]
         self.check(set(named) <= {"seed", "output_dir"}, source, "burn.teacher",
                    f"may name {{seed}} and {{output_dir}} only; got {self.teacher!r}")
-        self.check(self.temperature > 0, source, "burn.temperature", f"must be > 0; got {self.temperature}")
-        for key in ("lambda_start", "lambda_end"):
-            value = getattr(self, key)
-            self.check(0 <= value <= 1, source, f"burn.{key}", f"must be in [0, 1]; got {value}")
-        self.check(0 <= self.real_weights_until <= 1, source, "burn.real_weights_until",
-                   f"must be in [0, 1]; got {self.real_weights_until}")
 
     def teacher_path(self, cfg: Config) -> Path:
         """The teacher's file, its placeholders replaced by the run's seed and output_dir."""
