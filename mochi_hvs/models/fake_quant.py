@@ -45,9 +45,6 @@ class BitWidths(NamedTuple):
         """These bit-widths, each raised to `bits` where below it."""
         return BitWidths(max(self.weight, bits), max(self.activation, bits))
 
-    def __str__(self) -> str:
-        return f"w{self.weight}a{self.activation}"
-
 
 def check_bits(bits: int, what: str) -> int:
     """`bits` when an int in [MIN_BITS, MAX_BITS]; else a ValueError naming `what`."""
