@@ -144,7 +144,7 @@ def test_the_command_quantizes_a_checkpoint_after_training(checkpoint, tmp_path,
 def test_compact_checkpoints_export_and_load_as_their_arch(compact, plain_run, quick_overrides, tmp_path):
     recipe = {"ssql": ["ssql.enabled=true", "model.arch=quantized/resnet18",
                        "model.arch_kwargs={weight_bits: 3, act_bits: 5}"],
-              "burn": ["objective=burn", "model.arch=binary/resnet18",
+              "burn": ["objective=burn", "model.arch=binary/resnet18", "burn.real_weights_until=0",
                        f"burn.teacher={plain_run.cfg.run_dir / 'last.pth'}"]}[compact]
     trainer = Trainer(load_config(None, [*quick_overrides, *recipe, "optim.steps=1", "eval.knn_baseline=false",
                                          "eval.knn_pixels=false"]))
