@@ -87,7 +87,10 @@ def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_ob
     assert {arm for _, arm in objectives} == arms | {"supervised"}
     assert [seed for seed, _ in objectives] == sorted(seed for seed, _ in objectives)  # seed 0 of every arm first
     assert {seed for seed, arm in objectives if arm in arms} == {0, 1, 2}
-    assert set(campaign.studies) == {"fmnist_headline", "fmnist_objectives", "fmnist_frontier"}
+    assert set(campaign.studies) == {"fmnist_headline", "fmnist_objectives", "fmnist_frontier", "compact_ssql",
+                                     "compact_burn"}
+    burn = [(seed, arm) for study, arm, seed in keys if study == "compact_burn" and arm in ("teacher", "burn")]
+    assert burn == [(seed, arm) for seed in (0, 1, 2) for arm in ("teacher", "burn")]  # BURN reads its teacher
     assert set(campaign.spec.cost) == {"cuda", "cpu"}
 
 
