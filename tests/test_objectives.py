@@ -176,10 +176,12 @@ SHIPPED = sorted(set(OBJECTIVES))  # the catalogue's objectives (the test-regist
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_objective_trains_reports_exports_and_initialises(name, quick_overrides, tmp_path):
+def test_every_shipped_objective_trains_reports_exports_and_initialises(name, quick_overrides, tmp_path, checkpoint):
     # Whatever the objective, the run ends with the kNN report under its label, and its checkpoint feeds export and
-    # the next stage (HPT's init_from) like MoCo-v2's.
+    # the next stage (HPT's init_from) like MoCo-v2's. BURN's binary network needs a pretrained teacher.
     overrides = quick_overrides + [f"objective={name}", "model.head=mlp_bn", "optim.steps=2", "log_every=1"]
+    if name == "burn":
+        overrides += ["model.arch=binary/resnet18", f"burn.teacher={checkpoint}"]
     trainer = Trainer(load_config(None, overrides))
     summary = trainer.fit()
     assert "knn_top1" in json.dumps(summary)
