@@ -222,6 +222,13 @@ BAD_VALUES = [
     ('collapse.min_rank=-1', "'collapse.min_rank' must be >= 0 (0: not checked); got -1.0"),
     ('collapse.loss_tolerance=-1', "'collapse.loss_tolerance' must be >= 0 (0: not checked); got -1.0"),
     ("msbreg.momentum=2", "'msbreg.momentum' must be in [0, 1]; got 2.0"),
+    ("ssql.weight_bits=[1, 8]", "'ssql.weight_bits' must be in [2, 8]; got [1, 8]"),
+    ("ssql.act_bits=[4, 9]", "'ssql.act_bits' must be in [2, 8]; got [4, 9]"),
+    ("ssql.weight=0", "'ssql.weight' must be > 0; got 0.0"),
+    ("burn.temperature=0", "'burn.temperature' must be > 0; got 0.0"),
+    ("burn.lambda_start=-0.1", "'burn.lambda_start' must be in [0, 1]; got -0.1"),
+    ("burn.lambda_end=1.5", "'burn.lambda_end' must be in [0, 1]; got 1.5"),
+    ("burn.real_weights_until=2", "'burn.real_weights_until' must be in [0, 1]; got 2.0"),
 ]
 
 
