@@ -10,8 +10,9 @@ objective's pair losses read) and, when MoCo-v2 reuses the scoring keys, no sepa
 step re-forwards the chosen views). MoCHi adds no encoder forward. Fast-MoCo's
 m x m patches of a query view cost one view together (a convolution's cost follows the pixels; the head on the
 combinations is negligible): nothing more when they replace the whole view's query, one more trained query when
-they are added to it. Multi-crop's L small crops are trained queries at (local_size / image_size)^2 of a view's
-cost each, encoded once per step (the symmetric loss scores the same crops in both directions).
+they are added to it. SSQL's quantized query is one more trained query of the query view. Multi-crop's L small
+crops are trained queries at (local_size / image_size)^2 of a view's cost each, encoded once per step (the
+symmetric loss scores the same crops in both directions).
 LC-loss adds no encoder forward either (the dense maps come from the forwards already counted) and is not counted:
 its dense head, a 1x1 conv MLP at every location of the last feature map, costs about 1% of a backbone forward for
 ResNet-18 at 56 px (2 x 2 locations) and 5% for ResNet-50 at 224 px with DenseCL's 2048 hidden channels (7 x 7; FLOPs
@@ -34,7 +35,7 @@ def units_per_image(cfg: Config, selecting: bool) -> float:
     objective = objective_of(cfg)
     forwards = objective.forwards()
     added_patches = cfg.fast_moco.enabled and cfg.fast_moco.mode == "add"
-    query = QUERY_UNITS * forwards.trained * (2 if added_patches else 1)
+    query = QUERY_UNITS * forwards.trained * (1 + added_patches + cfg.ssql.enabled)
     crops = local_crops(cfg)
     if crops is not None:
         query += QUERY_UNITS * crops.count * (crops.size / cfg.data.image_size) ** 2

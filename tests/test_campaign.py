@@ -88,10 +88,12 @@ def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_ob
     assert [seed for seed, _ in objectives] == sorted(seed for seed, _ in objectives)  # seed 0 of every arm first
     assert {seed for seed, arm in objectives if arm in arms} == {0, 1, 2}
     assert set(campaign.studies) == {"fmnist_headline", "fmnist_objectives", "fmnist_frontier", "compact_distill",
-                                     "compact_dspnet"}
+                                     "compact_dspnet", "compact_ssql", "compact_burn"}
     distill = [(seed, arm) for study, arm, seed in keys if study == "compact_distill"]
     for seed in (0, 1, 2):  # each distilled student right after the teacher whose checkpoint it reads
         assert distill.index((seed, "distilled")) == distill.index((seed, "teacher")) + 1
+    burn = [(seed, arm) for study, arm, seed in keys if study == "compact_burn" and arm in ("teacher", "burn")]
+    assert burn == [(seed, arm) for seed in (0, 1, 2) for arm in ("teacher", "burn")]  # BURN reads its teacher
     assert set(campaign.spec.cost) == {"cuda", "cpu"}
 
 

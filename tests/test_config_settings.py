@@ -227,6 +227,13 @@ BAD_VALUES = [
     ("distill.teacher_cost=0", "'distill.teacher_cost' must be > 0; got 0.0"),
     ("dspnet.distill_weight=0", "'dspnet.distill_weight' must be > 0; got 0.0"),
     ("dspnet.distill_temperature=0", "'dspnet.distill_temperature' must be null or > 0; got 0.0"),
+    ("ssql.weight_bits=[1, 8]", "'ssql.weight_bits' must be in [2, 8]; got [1, 8]"),
+    ("ssql.act_bits=[4, 9]", "'ssql.act_bits' must be in [2, 8]; got [4, 9]"),
+    ("ssql.weight=0", "'ssql.weight' must be > 0; got 0.0"),
+    ("burn.temperature=0", "'burn.temperature' must be > 0; got 0.0"),
+    ("burn.lambda_start=-0.1", "'burn.lambda_start' must be in [0, 1]; got -0.1"),
+    ("burn.lambda_end=1.5", "'burn.lambda_end' must be in [0, 1]; got 1.5"),
+    ("burn.real_weights_until=2", "'burn.real_weights_until' must be in [0, 1]; got 2.0"),
 ]
 
 

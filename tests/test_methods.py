@@ -83,7 +83,7 @@ def test_a_method_adds_negatives_and_a_loss_term_through_the_step_hooks():
 
 
 def test_the_registry_builds_the_enabled_methods_in_order():
-    assert list(METHODS) == ["mochi", "hvs", "fast_moco", "multicrop", "lc"]
+    assert list(METHODS) == ["mochi", "hvs", "fast_moco", "multicrop", "lc", "ssql"]
     model = small_moco()
     cfg = load_config(None, ["hvs.enabled=true", "mochi.enabled=true", "moco.queue_size=4096"])
     assert [m.section for m in build_methods(cfg, model)] == ["mochi", "hvs"]

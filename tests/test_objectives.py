@@ -176,9 +176,11 @@ def assert_exports_and_initialises(trainer: Trainer, overrides: list[str], tmp_p
 SHIPPED = sorted(set(OBJECTIVES))  # the catalogue's objectives (the test-registered ones come and go in fixtures)
 
 
-def required_settings(name: str, base: list[str], tmp_path) -> list[str]:
+def required_settings(name: str, base: list[str], tmp_path, checkpoint) -> list[str]:
     """What an objective cannot run without: distill's teacher (a checkpoint of the ResNet-18 the base settings
-    build)."""
+    build), BURN's binary network and its pretrained teacher."""
+    if name == "burn":
+        return ["model.arch=binary/resnet18", f"burn.teacher={checkpoint}"]
     if name != "distill":
         return []
     teacher = tmp_path / "teacher.pth"
@@ -187,11 +189,11 @@ def required_settings(name: str, base: list[str], tmp_path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_objective_trains_reports_exports_and_initialises(name, quick_overrides, tmp_path):
+def test_every_shipped_objective_trains_reports_exports_and_initialises(name, quick_overrides, tmp_path, checkpoint):
     # Whatever the objective, the run ends with the kNN report under its label, and its checkpoint feeds export and
-    # the next stage (HPT's init_from) like MoCo-v2's.
+    # the next stage (HPT's init_from) like MoCo-v2's. BURN's binary network needs a pretrained teacher.
     overrides = quick_overrides + [f"objective={name}", "model.head=mlp_bn", "optim.steps=2", "log_every=1"]
-    overrides += required_settings(name, quick_overrides, tmp_path)
+    overrides += required_settings(name, quick_overrides, tmp_path, checkpoint)
     trainer = Trainer(load_config(None, overrides))
     summary = trainer.fit()
     assert "knn_top1" in json.dumps(summary)

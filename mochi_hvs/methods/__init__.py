@@ -6,7 +6,7 @@ does, before any config is read). The step calls their hooks in the order each d
 order of these imports.
 """
 
-from . import fast_moco, hvs, lc, mochi, multicrop  # noqa: F401  (registers them)
+from . import fast_moco, hvs, lc, mochi, multicrop, ssql  # noqa: F401  (registers them)
 from .base import (
     METHODS,
     ExtraLoss,

@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from .arch import arch_problem, library_and_name
+from .arch import BINARY, QUANTIZED, arch_problem, library_and_name
+from .binary import binarise_resnet
+from .fake_quant import BitWidths, check_bits, deploy_at, make_quantizable
 from .resnet import build_resnet, resnet_feature_map, resnet_pooled
 from .scaled_resnet import build_scaled_resnet
 
@@ -21,12 +23,20 @@ def build_backbone(arch: str, small_stem: bool = False,
 
     small_stem: the project's ResNets' small-image stem (models/resnet.py). arch_kwargs: keyword arguments of
     timm.create_model or torchvision.models.get_model (e.g. a ViT's img_size and patch_size), or of
-    build_scaled_resnet (width, small_stem) for `scaled/<resnet>`.
+    build_scaled_resnet (width, small_stem) for `scaled/<resnet>`; for quantized/<arch>, its deployment bit-widths
+    (weight_bits, act_bits) and the wrapped arch's own.
     """
     problem = arch_problem(arch)
     if problem is not None:
         raise ValueError(f"model.arch {problem}")
     library, name = library_and_name(arch)
+    if library == QUANTIZED:
+        return quantized_backbone(name, small_stem, arch_kwargs or {})
+    if library == BINARY:
+        if arch_kwargs:
+            raise ValueError(f"binary/{name} takes no arch_kwargs; got {arch_kwargs}")
+        net, width = build_resnet(name, small_stem)
+        return binarise_resnet(net), width
     if library is None:
         return build_resnet(name, small_stem)
     if library == "timm":
@@ -34,6 +44,18 @@ def build_backbone(arch: str, small_stem: bool = False,
     if library == "scaled":
         return build_scaled_resnet(name, **(arch_kwargs or {}))
     return torchvision_backbone(name, arch_kwargs or {})
+
+
+def quantized_backbone(inner: str, small_stem: bool, kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
+    """The backbone of arch `inner` with its convolutions and linear layers quantizable, deployed (in eval mode) at
+    kwargs' weight_bits and act_bits (8 each by default); the other kwargs are the inner arch's."""
+    kwargs = dict(kwargs)
+    bits = BitWidths(check_bits(kwargs.pop("weight_bits", 8), "weight_bits"),
+                     check_bits(kwargs.pop("act_bits", 8), "act_bits"))
+    net, width = build_backbone(inner, small_stem, kwargs)
+    make_quantizable(net)
+    deploy_at(net, bits)
+    return net, width
 
 
 def timm_backbone(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
