@@ -25,10 +25,11 @@ from mochi_hvs.objectives.dspnet import DspnetConfig, DspnetStep, inplace_distil
 from mochi_hvs.random_streams import StepRandom
 from mochi_hvs.step import ContrastiveStep
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights import export
 from mochi_hvs.weights.export import export_backbone
 from mochi_hvs.weights.loader import exact_backbone, read_backbone_state
 from mochi_hvs.weights.safetensors_format import read_safetensors
-from mochi_hvs.weights.width_export import export_width, width_backbone
+from mochi_hvs.weights.width_export import width_backbone
 
 DSPNET = ["objective=dspnet", "dspnet.widths=[0.5,1.0]"]
 
@@ -121,8 +122,9 @@ def test_each_width_exports_as_a_plain_backbone_that_computes_what_the_slimmable
     with torch.no_grad():
         slim = functional_call(backbone, sliced_tensors(backbone, 0.5, keep_output=False)
                                | model.slim_norms.tensors(0.5, prefix="backbone"), (x,))
-    out, line = export_width(cfg.run_dir / "last.pth", 0.5, tmp_path / "w0.5.safetensors")
-    assert "scaled/resnet18" in line and out.with_name("w0.5.safetensors.sha256").is_file()
+    assert export.main(["--checkpoint", str(cfg.run_dir / "last.pth"), "--width", "0.5",
+                        "--out", str(out := tmp_path / "w0.5.safetensors")]) == 0
+    assert out.with_name("w0.5.safetensors.sha256").is_file()
     state, meta = read_backbone_state(out)  # the loader, by the architecture the export's config names
     assert str(meta.architecture) == "scaled/resnet18 {'width': 0.5, 'small_stem': False}"
     exported, width = exact_backbone(state, meta)  # exactly the plain half-width ResNet's tensors
@@ -149,10 +151,14 @@ def test_each_width_exports_as_a_plain_backbone_that_computes_what_the_slimmable
 def test_a_width_the_run_never_trained_or_a_run_of_another_objective_is_refused(dspnet_run, plain_run, tmp_path):
     last = dspnet_run.cfg.run_dir / "last.pth"
     with pytest.raises(UserError, match=r"holds no network of width 0.25: .*widths \[0.5, 1.0\]"):
-        export_width(last, 0.25, tmp_path / "w.safetensors")
+        export_backbone(last, "safetensors", tmp_path / "w.safetensors", width=0.25)
     assert not (tmp_path / "w.safetensors").exists()
     with pytest.raises(UserError, match=r"holds no network of width 0.5: .*\(objective=contrastive\)"):
-        export_width(plain_run.cfg.run_dir / "last.pth", 0.5, tmp_path / "w.safetensors")
+        export_backbone(plain_run.cfg.run_dir / "last.pth", "safetensors", tmp_path / "w.safetensors", width=0.5)
+    with pytest.raises(UserError, match="torchvision does not build scaled/resnet18"):  # it would load at full width
+        export_backbone(last, "torchvision", tmp_path / "w.pth", width=0.5)
+    with pytest.raises(UserError, match="timm does not build scaled/resnet18"):
+        export_backbone(last, "timm", tmp_path / "w_timm", width=0.5)
 
 
 def test_the_run_checkpoints_the_narrower_widths_batchnorm_and_resumes_exactly(tiny_overrides):

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mochi_hvs import export_integer
 from mochi_hvs.config import load_config
 from mochi_hvs.models.backbone import build_backbone
 from mochi_hvs.models.fake_quant import (
@@ -20,12 +19,15 @@ from mochi_hvs.models.fake_quant import (
     weight_scale,
 )
 from mochi_hvs.train import Trainer
+from mochi_hvs.weights import export
+from mochi_hvs.weights.errors import ExportError
 from mochi_hvs.weights.export import export_backbone
 from mochi_hvs.weights.integer_onnx import (
     IntegerExportError,
     deployment_bits,
     float_graph,
     plain_copy,
+    quantized_at,
     run_graph,
     to_integer_onnx,
 )
@@ -124,19 +126,25 @@ def test_refusals():
 
 
 @pytest.mark.slow
-def test_the_command_quantizes_a_checkpoint_after_training(checkpoint, tmp_path, capsys):
+def test_the_export_command_quantizes_a_checkpoint_after_training(checkpoint, tmp_path, capsys):
     out = tmp_path / "w6a8.onnx"
-    assert export_integer.main(["--checkpoint", str(checkpoint), "--out", str(out), "--bits", "w6a8"]) == 0
-    assert f"quantized/resnet18 at w6a8: wrote {out}" in capsys.readouterr().out
-    backbone, size, _ = export_integer.compact_backbone(str(checkpoint), "w6a8")
+    assert export.main(["--checkpoint", str(checkpoint), "--format", "onnx-int", "--out", str(out),
+                        "--bits", "w6a8"]) == 0
+    assert f"to {out} as onnx-int" in (line := capsys.readouterr().out) and "quantized/resnet18 at w6a8" in line
+    state, meta = read_backbone_state(checkpoint)
+    backbone = quantized_at(exact_backbone(state, meta)[0], meta.arch, "w6a8")
+    size = meta.config["data"]["image_size"]
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = torch.cat([backbone(image[None]) for image in images])
     assert torch.allclose(torch.from_numpy(run_graph(out.read_bytes(), images)), expected,
                           atol=1e-4 * float(expected.abs().max()))
-    assert export_integer.main(["--checkpoint", str(checkpoint), "--out", str(out), "--bits", "w1a8"]) == 2
-    assert export_integer.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert export.main(["--checkpoint", str(checkpoint), "--format", "onnx-int", "--out", str(out),
+                        "--bits", "w1a8"]) == 2
+    assert export.main(["--checkpoint", str(checkpoint), "--format", "onnx-int", "--out", str(out)]) == 2
     assert "no quantized or binary convolution" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --bits belongs to onnx-int
+        export.main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out), "--bits", "w8a8"])
 
 
 @pytest.mark.slow
@@ -159,3 +167,12 @@ def test_compact_checkpoints_export_and_load_as_their_arch(compact, plain_run, q
     images = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(loaded(images), trainer.model.backbone.eval()(images))  # quantized / binary as trained
+    graph, line = export_backbone(trainer.cfg.run_dir / "last.pth", "onnx-int", tmp_path / "backbone.onnx")
+    assert f"{trainer.cfg.model.arch} in integer convolutions" in line  # at its own bit-widths: no --bits
+    with torch.no_grad():
+        expected = torch.cat([loaded(image[None]) for image in images])
+    assert torch.allclose(torch.from_numpy(run_graph(graph.read_bytes(), images)), expected,
+                          atol=0.05 * float(expected.abs().max()))
+    if compact == "burn":  # torchvision builds no binary network: refused rather than loading as a float ResNet
+        with pytest.raises(ExportError, match="torchvision does not build binary/resnet18"):
+            export_backbone(out, "torchvision", tmp_path / "backbone.pth")

@@ -20,10 +20,10 @@ stage starting from the first's binary network and also from its classifier g an
 modification: both the target and the binary network get their initial point from the first stage). In one run, the
 first `burn.real_weights_until` of its steps keep the weights real and the rest binarise them, the optimiser and
 the learning-rate schedule running on across the switch (configs/compact/burn_fmnist.yaml, and a study's arm). As a
-staged run (`stages:`), the paper's form with a schedule per stage: a first stage with real_weights_until 1, a second with
-0, initialised from the first (model.init_from, chained by the stages); where model.init_from is a BURN checkpoint,
-the classifier and the projection head start from it too, not only the backbone (configs/compact/
-burn_imagenet.yaml).
+staged run (`stages:`), the paper's form with a schedule per stage: a first stage with real_weights_until 1, a second
+with 0, initialised from the first (model.init_from, chained by the stages); where model.init_from is a BURN
+checkpoint, the classifier and the projection head start from it too, not only the backbone
+(configs/compact/burn_imagenet.yaml).
 
 Our reading: g is the project's projection head (model.head at model.feature_dim, on F's features) followed by a
 BatchNorm without affine parameters, which keeps each of its outputs at unit variance over the batch: without it the

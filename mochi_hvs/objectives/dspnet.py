@@ -22,7 +22,7 @@ fixed widths, not universally slimmable networks' sampled ones), and the project
 backbone (its output, the embedding, keeps its size).
 
 The checkpoint's backbone is the widest network (what the evaluators and `mochi-export` read); each width exports as
-a plain `scaled/<resnet>` backbone with `python -m mochi_hvs.weights.width_export`. `dspnet.deploy_width` names the
+a plain `scaled/<resnet>` backbone with `python -m mochi_hvs.export`. `dspnet.deploy_width` names the
 width a study evaluates of the run (Objective.deployed_backbone).
 """
 

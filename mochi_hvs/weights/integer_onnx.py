@@ -34,8 +34,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.arch import BINARY, library_and_name
 from ..models.binary import BinaryConv2d, weight_alpha
-from ..models.fake_quant import BitWidths, QuantConv2d, QuantLinear, check_bits, weight_integers
+from ..models.fake_quant import (
+    BitWidths,
+    QuantConv2d,
+    QuantLinear,
+    check_bits,
+    deploy_at,
+    make_quantizable,
+    weight_integers,
+)
 from .errors import ExportError
 from .onnx_format import INPUT, OUTPUT, to_onnx
 from .onnx_format import _require as require  # the optional dependency, or the extra that installs it
@@ -244,3 +253,18 @@ def deployment_bits(text: str) -> BitWidths:
         raise ValueError(f"bit-widths are written w<bits>a<bits> (e.g. w8a8, w4a4); got {text!r}")
     return BitWidths(check_bits(int(weight), "the weights' bit-width"),
                      check_bits(int(activation), "the activations' bit-width"))
+
+
+def quantized_at(backbone: nn.Module, arch: str, bits: str) -> nn.Module:
+    """The backbone (of model.arch `arch`) with its convolutions and linear layers deployed at `bits`
+    ('w<bits>a<bits>'): post-training quantization of any non-binary backbone, or a quantized/<arch> backbone's
+    bit-widths overridden; an IntegerExportError for a binary backbone or a malformed `bits`."""
+    if library_and_name(arch)[0] == BINARY:
+        raise IntegerExportError(f"--bits: {arch} is binary; its convolutions have no bit-widths to choose")
+    try:
+        chosen = deployment_bits(bits)
+    except ValueError as err:
+        raise IntegerExportError(f"--bits: {err}") from err
+    make_quantizable(backbone)
+    deploy_at(backbone, chosen)
+    return backbone.eval()

@@ -40,8 +40,10 @@ def timm_model(architecture: Architecture) -> tuple[str, dict[str, Any]]:
                           "load it through hubconf.py")
     if library is None:
         return name, {}
-    raise ExportError(f"{architecture.arch} is a torchvision model, which timm does not build; export it as "
-                      "safetensors, torchvision or onnx")
+    if library == "torchvision":
+        raise ExportError(f"{architecture.arch} is a torchvision model, which timm does not build; export it as "
+                          "safetensors, torchvision or onnx")
+    raise ExportError(f"timm does not build {architecture.arch}; export it as safetensors or onnx")
 
 
 def timm_config(name: str, model_args: dict[str, Any], data: dict[str, Any] | None) -> tuple[dict[str, Any], int]:

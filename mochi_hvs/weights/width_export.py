@@ -1,42 +1,34 @@
 """One width of a DSPNet run as a plain backbone: the widest network's weights sliced to that width, with the width's
 own BatchNorm layers, as a `scaled/<resnet>` backbone (models/scaled_resnet.py) of the same parameter names.
 
-`python -m mochi_hvs.weights.width_export --checkpoint runs/dspnet/last.pth --width 0.5 --out dspnet_w0.5.safetensors
-[--no-verify]`
-
-The safetensors file is the toolkit's export (safetensors_format), its config the run's with model.arch
-`scaled/<resnet>` and model.arch_kwargs `{width, small_stem}`: the loader reads it as that backbone (model.init_from,
-the evaluators), and `mochi-export` turns it into the other formats. Width 1 gives the widest backbone, as
-`mochi-export` does from the checkpoint.
+`python -m mochi_hvs.export --checkpoint runs/dspnet/last.pth --width 0.5 --out dspnet_w0.5.safetensors` (any
+format: weights/export.py). The safetensors export's config is the run's with model.arch `scaled/<resnet>` and
+model.arch_kwargs `{width, small_stem}`: the loader reads it as that backbone (model.init_from, the evaluators). Width
+1 gives the widest backbone, as the export without --width does.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..models.backbone import build_backbone
 from ..models.slimmable import NORMS, norm_key, sliced_tensors, width_key
+from .architecture import architecture_of
 from .checkpoint import load_checkpoint
-from .export import save_export
-from .loader import exact_backbone, read_backbone_state
-from .safetensors_format import to_safetensors
+from .loader import WeightsMeta, exact_backbone, read_backbone_state
 
 NORMS_PREFIX = "slim_norms.norms."  # where a DSPNet checkpoint keeps the narrower widths' BatchNorm layers
 
 
 def width_state(checkpoint: str | Path, width: float,
-                verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """The backbone state of a DSPNet checkpoint's network at `width` (copies, torchvision names), the config that
-    describes it (model.arch scaled/<resnet> at that width) and the run's record; a UserError when the file is not
-    a DSPNet run's checkpoint or its run never trained that width."""
+                verify: bool = True) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """The backbone state of a DSPNet checkpoint's network at `width` (copies, torchvision names) and the metadata
+    the loader would read from its export: the run's config with model.arch scaled/<resnet> at that width, its record;
+    a UserError when the file is not a DSPNet run's checkpoint or its run never trained that width."""
     wide_state, meta = read_backbone_state(checkpoint, verify=verify)
     config = meta.config or {}
     dspnet = meta.source == "mochi_hvs" and config.get("objective") == "dspnet"
@@ -57,47 +49,12 @@ def width_state(checkpoint: str | Path, width: float,
     described = copy.deepcopy(config)
     described["model"] |= {"arch": f"scaled/{meta.arch}", "small_stem": False,
                            "arch_kwargs": {"width": width, "small_stem": meta.small_stem}}
-    return state, described, meta.run
+    architecture = architecture_of(state, described)
+    found = f"the width-{width:g} network of a DSPNet run: {architecture} backbone ({len(state)} tensors)"
+    return state, WeightsMeta(meta.source, meta.path, architecture, described, meta.run, found, meta.digest)
 
 
 def width_backbone(checkpoint: str | Path, width: float, verify: bool = True) -> tuple[nn.Module, int]:
     """The DSPNet checkpoint's network at `width` as a plain scaled/<resnet> backbone in eval mode, and its feature
     width."""
-    state, config, _ = width_state(checkpoint, width, verify)
-    backbone, features = build_backbone(config["model"]["arch"], arch_kwargs=config["model"]["arch_kwargs"])
-    backbone.load_state_dict(state)
-    return backbone.eval(), features
-
-
-def export_width(checkpoint: str | Path, width: float, out: str | Path, verify: bool = True) -> tuple[Path, str]:
-    """Write the DSPNet checkpoint's network at `width` as our safetensors export (its digest beside it); returns the
-    file and a summary line."""
-    state, config, run = width_state(checkpoint, width, verify)
-    out = save_export(out, lambda handle: handle.write(to_safetensors(state, config, run or None)))
-    parameters = sum(value.numel() for name, value in state.items()
-                     if not name.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    arch = config["model"]["arch"]
-    return out, (f"exported the width-{width:g} network of {checkpoint} ({arch}, {parameters / 1e6:.2f} M parameters) "
-                 f"to {out} as safetensors")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line export of one width; user errors print one line and exit with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m mochi_hvs.weights.width_export",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="a DSPNet run's training checkpoint (last.pth)")
-    parser.add_argument("--width", required=True, type=float, help="one of the run's dspnet.widths")
-    parser.add_argument("--out", required=True, help="output file (.safetensors)")
-    parser.add_argument("--no-verify", action="store_true", help="read --checkpoint even when it fails its digest")
-    args = parser.parse_args(argv)
-    try:
-        _, line = export_width(args.checkpoint, args.width, args.out, verify=not args.no_verify)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return exact_backbone(*width_state(checkpoint, width, verify))
