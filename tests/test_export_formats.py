@@ -246,5 +246,5 @@ def test_the_image_size_is_an_onnx_option_only(runs, tmp_path, capsys):
     path, _ = runs["resnet18"]
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(path), "--out", str(tmp_path / "b.safetensors"), "--image-size", "32"])
-    assert "--image-size applies to --format onnx only" in capsys.readouterr().err
+    assert "--image-size applies to --format onnx and onnx-int only" in capsys.readouterr().err
     assert not (tmp_path / "b.safetensors").exists()

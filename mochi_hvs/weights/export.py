@@ -70,6 +70,9 @@ def _refuse_elsewhere(fmt: str, meta: WeightsMeta) -> None:
     if fmt == "detectron2" and not architecture.is_resnet:
         raise ExportError(f"detectron2 takes resnet18, resnet34 or resnet50 backbones; {meta.path} holds a "
                           f"{architecture} backbone: export it as safetensors, timm or onnx")
+    if fmt == "torchvision" and library_and_name(architecture.arch)[0] == "timm":
+        raise ExportError(f"{architecture.arch} is a timm model, which torchvision does not build; export it as "
+                          "safetensors, timm or onnx")
     if fmt == "torchvision" and not torchvision_builds(architecture.arch):
         raise ExportError(f"torchvision does not build {architecture.arch}; export it as safetensors or onnx")
 
