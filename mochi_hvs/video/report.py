@@ -1,0 +1,67 @@
+"""results/<name>/REPORT.md of a video study, made from its results.jsonl: per arm and task the probe's test top-1
+(mean, standard deviation and every seed), chance, and paired differences (95% t interval) of the distilled encoder
+to the temporal one and to the image model alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..study.stats import paired_difference, summarize
+
+ARM_NAMES = {"image_model": "image model alone (frame features averaged)", "random_init": "video encoder, random init",
+             "temporal": "video encoder, temporal InfoNCE", "distilled": "video encoder, InfoNCE + distillation"}
+COMPARISONS = (("distilled", "temporal"), ("distilled", "image_model"), ("temporal", "random_init"))
+
+
+def read_results(path: Path) -> list[dict]:
+    """The lines of a results.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def top1_by_seed(lines: list[dict], arm: str, task: str) -> dict[int, float]:
+    """seed -> test top-1 of one arm and task (the last line of each seed)."""
+    return {r["seed"]: r["metrics"]["top1"] for r in lines if r["arm"] == arm and r["task"] == task}
+
+
+def write_report(results: Path, recipe_note: str = "") -> Path:
+    """Write REPORT.md beside `results` and return its path."""
+    lines = read_results(results)
+    tasks = list(dict.fromkeys(r["task"] for r in lines))
+    arms = [arm for arm in ARM_NAMES if any(r["arm"] == arm for r in lines)]
+    chance = {r["task"]: r["metrics"]["chance"] for r in lines}
+    out = [f"# {results.parent.name}", "", "Linear-probe test top-1 (%) on frozen centre-clip features, from "
+           f"[results.jsonl]({results.name}); mean ± standard deviation over seeds, then each seed.", ""]
+    if recipe_note:
+        out += [recipe_note, ""]
+    out += ["| arm | " + " | ".join(f"{t} (chance {chance[t]:.1f})" for t in tasks) + " |",
+            "| --- | " + " | ".join("---" for _ in tasks) + " |"]
+    for arm in arms:
+        cells = []
+        for task in tasks:
+            values = top1_by_seed(lines, arm, task)
+            s = summarize(list(values.values()))
+            cells.append(f"{s.mean:.2f} ± {s.std:.2f} ({', '.join(f'{values[k]:.2f}' for k in sorted(values))})")
+        out.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells) + " |")
+    out += ["", "## Paired differences", "", "Per seed (same seed, same data), 95% t interval over the seeds.", "",
+            "| comparison | task | difference | 95% interval | verdict |", "| --- | --- | --- | --- | --- |"]
+    for arm, base in COMPARISONS:
+        if arm not in arms or base not in arms:
+            continue
+        for task in tasks:
+            d = paired_difference(top1_by_seed(lines, arm, task), top1_by_seed(lines, base, task))
+            out.append(f"| {arm} − {base} | {task} | {d.mean:+.2f} | [{d.low:+.2f}, {d.high:+.2f}] | {d.verdict} |")
+    trained = [r for r in lines if "train" in r and r["task"] == tasks[0]]
+    if trained:
+        out += ["", "## Training", "", "| arm | seed | steps | seconds | final loss | machine |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for r in trained:
+            t = r["train"]
+            out.append(f"| {r['arm']} | {r['seed']} | {t['steps']} | {t['seconds']} | {t['final']['loss']:.3f} | "
+                       f"{r['machine']} |")
+    commits = sorted({r["commit"] for r in lines})
+    out += ["", f"Commits: {', '.join(commits)}. Commands: " + "; ".join(f"`{c}`" for c in
+                                                                        sorted({r['command'] for r in lines})), ""]
+    path = results.parent / "REPORT.md"
+    path.write_text("\n".join(out))
+    return path
