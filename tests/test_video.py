@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,6 +256,13 @@ def test_study_end_to_end_from_frames_folders(tmp_path, image_model_file, monkey
     assert "distilled − temporal" in report and "results.jsonl" in report
     assert video_main(["--config", str(recipe)]) == 0  # everything recorded: nothing measured again
     assert len((tmp_path / "results/tiny/results.jsonl").read_text().splitlines()) == len(lines)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "video").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_video_recipes_load(path):
+    recipe = load_recipe(path)
+    assert recipe.data.frames <= MovingSpec().frames - 1  # two clips at different times fit the generated videos
 
 
 def test_recipe_errors(tmp_path, capsys):
