@@ -24,7 +24,7 @@ def top1_by_seed(lines: list[dict], arm: str, task: str) -> dict[int, float]:
     return {r["seed"]: r["metrics"]["top1"] for r in lines if r["arm"] == arm and r["task"] == task}
 
 
-def write_report(results: Path, recipe_note: str = "") -> Path:
+def write_report(results: Path) -> Path:
     """Write REPORT.md beside `results` and return its path."""
     lines = read_results(results)
     tasks = list(dict.fromkeys(r["task"] for r in lines))
@@ -32,8 +32,7 @@ def write_report(results: Path, recipe_note: str = "") -> Path:
     chance = {r["task"]: r["metrics"]["chance"] for r in lines}
     out = [f"# {results.parent.name}", "", "Linear-probe test top-1 (%) on frozen centre-clip features, from "
            f"[results.jsonl]({results.name}); mean ± standard deviation over seeds, then each seed.", ""]
-    if recipe_note:
-        out += [recipe_note, ""]
+    out += ["Image model: " + "; ".join(f"`{m}`" for m in sorted({r["image_model"] for r in lines})), ""]
     out += ["| arm | " + " | ".join(f"{t} (chance {chance[t]:.1f})" for t in tasks) + " |",
             "| --- | " + " | ".join("---" for _ in tasks) + " |"]
     for arm in arms:
