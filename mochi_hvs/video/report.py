@@ -30,19 +30,17 @@ def write_report(results: Path) -> Path:
     tasks = list(dict.fromkeys(r["task"] for r in lines))
     arms = [arm for arm in ARM_NAMES if any(r["arm"] == arm for r in lines)]
     chance = {r["task"]: r["metrics"]["chance"] for r in lines}
-    out = [f"# {results.parent.name}", "", "Linear-probe test top-1 (%) on frozen centre-clip features, from "
-           f"[results.jsonl]({results.name}); mean ± standard deviation over seeds, then each seed.", ""]
-    out += ["Image model: " + "; ".join(f"`{m}`" for m in sorted({r["image_model"] for r in lines})), ""]
-    out += ["| arm | " + " | ".join(f"{t} (chance {chance[t]:.1f})" for t in tasks) + " |",
-            "| --- | " + " | ".join("---" for _ in tasks) + " |"]
+    out = [f"# Study: {results.parent.name}", "", "Linear-probe test top-1 (%) on frozen centre-clip features; "
+           "records: `results.jsonl` beside this report, each line naming its command, commit and machine.", "",
+           "Image model: " + "; ".join(f"`{m}`" for m in sorted({r["image_model"] for r in lines})), "",
+           "## Results (mean ± std over seeds)", "",
+           "| arm | seeds | " + " | ".join(f"{t} (chance {chance[t]:.1f})" for t in tasks) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in tasks) + " |"]
     for arm in arms:
-        cells = []
-        for task in tasks:
-            values = top1_by_seed(lines, arm, task)
-            s = summarize(list(values.values()))
-            cells.append(f"{s.mean:.2f} ± {s.std:.2f} ({', '.join(f'{values[k]:.2f}' for k in sorted(values))})")
-        out.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells) + " |")
-    out += ["", "## Paired differences", "", "Per seed (same seed, same data), 95% t interval over the seeds.", "",
+        stats = [summarize(list(top1_by_seed(lines, arm, task).values())) for task in tasks]
+        out.append(f"| {ARM_NAMES[arm]} | {stats[0].count} | "
+                   + " | ".join(f"{s.mean:.2f} ± {s.std:.2f}" for s in stats) + " |")
+    out += ["", "## Paired differences", "", "Per seed (same seed, same videos), 95% t interval over the seeds.", "",
             "| comparison | task | difference | 95% interval | verdict |", "| --- | --- | --- | --- | --- |"]
     for arm, base in COMPARISONS:
         if arm not in arms or base not in arms:
@@ -50,14 +48,16 @@ def write_report(results: Path) -> Path:
         for task in tasks:
             d = paired_difference(top1_by_seed(lines, arm, task), top1_by_seed(lines, base, task))
             out.append(f"| {arm} − {base} | {task} | {d.mean:+.2f} | [{d.low:+.2f}, {d.high:+.2f}] | {d.verdict} |")
-    trained = [r for r in lines if "train" in r and r["task"] == tasks[0]]
-    if trained:
-        out += ["", "## Training", "", "| arm | seed | steps | seconds | final loss | machine |",
-                "| --- | --- | --- | --- | --- | --- |"]
-        for r in trained:
-            t = r["train"]
-            out.append(f"| {r['arm']} | {r['seed']} | {t['steps']} | {t['seconds']} | {t['final']['loss']:.3f} | "
-                       f"{r['machine']} |")
+    out += ["", "## Per-seed values", "", "Training: seconds of the run's steps (wall clock) and its last step's loss.",
+            "", "| arm | seed | " + " | ".join(tasks) + " | train s | final loss | machine |",
+            "| --- | --- | " + " | ".join("---" for _ in tasks) + " | --- | --- | --- |"]
+    for arm in arms:
+        for seed in sorted(top1_by_seed(lines, arm, tasks[0])):
+            rows = {r["task"]: r for r in lines if r["arm"] == arm and r["seed"] == seed}
+            train = next((r["train"] for r in rows.values() if "train" in r), None)
+            figures = " | ".join(f"{rows[t]['metrics']['top1']:.2f}" if t in rows else "—" for t in tasks)
+            cost = f"{train['seconds']} | {train['final']['loss']:.3f}" if train else "— | —"
+            out.append(f"| {arm} | {seed} | {figures} | {cost} | {next(iter(rows.values()))['machine']} |")
     commits = sorted({r["commit"] for r in lines})
     out += ["", f"Commits: {', '.join(commits)}. Commands: " + "; ".join(f"`{c}`" for c in
                                                                         sorted({r['command'] for r in lines})), ""]
