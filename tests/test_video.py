@@ -265,7 +265,7 @@ def test_shipped_video_recipes_load(path):
     assert recipe.data.frames <= MovingSpec().frames - 1  # two clips at different times fit the generated videos
 
 
-def test_recipe_errors(tmp_path, capsys):
+def test_recipe_errors(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "video.yaml"
     recipe.write_text("trian: {steps: 3}\n")
     with pytest.raises(ConfigError, match=r"unknown key 'trian' \(did you mean 'train'\?\)"):
@@ -274,5 +274,6 @@ def test_recipe_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="at least 2"):
         load_recipe(recipe)
     recipe.write_text(f"data: {{train: {tmp_path / 'none'}}}\n")
+    monkeypatch.chdir(tmp_path)  # results/<name>/ of its own: nothing recorded yet
     assert video_main(["--config", str(recipe), "--set", "train.steps=1"]) == 2
     assert capsys.readouterr().err.startswith(f"error: frames folder {tmp_path / 'none'} not found")
