@@ -6,7 +6,9 @@ in the docs can be traced to the exact code, command and machine that measured i
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import shlex
 import subprocess
 import sys
@@ -59,3 +61,18 @@ def code_commit() -> str:
 def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
     """command, commit and machine of a result line."""
     return {"command": command_line(), "commit": code_commit(), "machine": device_description(device)}
+
+
+def now() -> str:
+    """UTC time stamp for result lines."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def append_result(path: Path, head: dict[str, Any], metrics: dict[str, Any], tail: dict[str, Any]) -> None:
+    """Append one JSON line to `path`: `head` (what was measured), the metrics (floats to 6 significant digits),
+    the UTC time, then `tail` (further fields and the provenance)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in metrics.items()}  # e.g. l2 1e-05
+    entry = {**head, "metrics": metrics, "time": now(), **tail}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")

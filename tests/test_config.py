@@ -11,7 +11,7 @@ from mochi_hvs.objectives.registry import declared, sections
 
 # The pretraining recipes: not detectron2's own format, the study recipes or the campaign files.
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")
-                 if not {"detectron2", "studies", "campaigns"} & set(p.parts))
+                 if not {"detectron2", "studies", "campaigns", "video"} & set(p.parts))
 
 
 def write(tmp_path, text: str) -> Path:

@@ -10,7 +10,6 @@ results/<study>/ alone.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import shutil
@@ -37,7 +36,7 @@ from ..evaluation.semisup import SemisupFinetune
 from ..machine import device_description
 from ..models.backbone import build_backbone
 from ..objectives.base import objective_of
-from ..provenance import provenance
+from ..provenance import append_result, provenance
 from ..run_files import LAST, METRICS, SUMMARY
 from ..runtime import resolve_amp, resolve_device, seed_everything
 from ..train import Trainer
@@ -126,11 +125,6 @@ def recorded_keys(path: Path) -> set[tuple[str, int | None, str]]:
         return set()
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {(r["arm"], r["seed"], evaluator_of(r)) for r in lines}
-
-
-def now() -> str:
-    """UTC time stamp for result lines."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class StudyRunner:
@@ -224,12 +218,8 @@ class StudyRunner:
     def record(self, arm: str, seed: int | None, evaluator: str, metrics: dict[str, Any], **extra: Any) -> None:
         """Append one result line (arm, seed, evaluator, metrics) with the command, commit and machine that
         produced it (read when the study started)."""
-        self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in metrics.items()}  # e.g. l2 1e-05
-        entry = {"arm": arm, "seed": seed, "evaluator": evaluator, "metrics": metrics, "time": now(), **extra,
-                 **self.provenance}
-        with open(self.results_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_result(self.results_path, {"arm": arm, "seed": seed, "evaluator": evaluator}, metrics,
+                      {**extra, **self.provenance})
 
     def copy_run_files(self, run: PlannedRun) -> None:
         """Copy the run's summary.json and metrics.jsonl beside the results (never its checkpoint)."""

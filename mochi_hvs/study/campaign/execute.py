@@ -24,9 +24,9 @@ from typing import Any
 from ...deadline import GRACE_S, run_until
 from ...errors import Interrupted
 from ...machine import device_description
-from ...provenance import PACKAGE_ROOT, code_commit
+from ...provenance import PACKAGE_ROOT, code_commit, now
 from ..recipe import relocated
-from ..runner import RESULTS, RUN_RECORDS, now, recorded_keys
+from ..runner import RESULTS, RUN_RECORDS, recorded_keys
 from .bundle import BUNDLE, write_bundle
 from .plan import Pending, next_run, pending_runs
 from .recipe import Campaign, cost_of, load_campaign
