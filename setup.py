@@ -48,6 +48,7 @@ setup(
             "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
             "mochi-transfer=mochi_hvs.evaluation.commands:transfer_main",
             "mochi-transferability=mochi_hvs.evaluation.commands:transferability_main",
+            "mochi-nuclei=mochi_hvs.evaluation.commands:nuclei_main",
         ],
     },
 )

@@ -13,6 +13,7 @@ from ..objectives.registry import sections as objective_sections
 from .evaluators import (
     DetectionSettings,
     LinearSettings,
+    NucleiSettings,
     SelectSettings,
     SemisupSettings,
     TransferabilitySettings,
@@ -180,7 +181,7 @@ class OptimConfig:
 class EvalConfig:
     """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
     of the other evaluators (eval/linear.py, eval/semisup.py, eval/select_labels.py, eval/detection.py,
-    eval/transfer.py, eval/transferability.py)."""
+    eval/transfer.py, eval/transferability.py, eval/nuclei.py)."""
 
     knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)", bounds=">= 0")
     knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)",
@@ -208,6 +209,7 @@ class EvalConfig:
     detection: DetectionSettings = section(DetectionSettings)
     transfer: TransferSettings = section(TransferSettings)
     transferability: TransferabilitySettings = section(TransferabilitySettings)
+    nuclei: NucleiSettings = section(NucleiSettings)
 
     @property
     def knn_ks(self) -> list[int]:

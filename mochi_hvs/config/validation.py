@@ -200,6 +200,8 @@ def _validate_eval(cfg: Config, source: str) -> None:
     check(bool(linear.l2_grid) and min(linear.l2_grid) > 0, source, "eval.linear.l2_grid",
           f"must list positive L2 strengths; got {linear.l2_grid}")
     _validate_semisup(ev.semisup, source)
+    check(ev.nuclei.crop % 32 == 0, source, "eval.nuclei.crop",
+          f"must be a multiple of 32 (the backbone's largest stride); got {ev.nuclei.crop}")
     check(_increasing(detection.milestones) and all(m <= 1 for m in detection.milestones), source,
           "eval.detection.milestones", f"must be fractions of training in (0, 1], increasing; got "
           f"{detection.milestones}")
