@@ -22,7 +22,7 @@ DESCRIPTION = """Nuclei instance segmentation on the held-out bottom 128 rows of
 immunohistochemistry image (`skimage.data.immunohistochemistry()`, 512 x 512 RGB), with a small decoder trained on
 the top 384 rows over a frozen ResNet-18 (mochi-nuclei, its default settings). The backbones: pretrained with MoCo-v2
 on the tiles of the top 384 rows only (domain-aligned: three fields of view, quarter turns and vertical flips, with and
-without stain augmentation in HED space; 84 steps), the Fashion-MNIST default backbone, and a random initialisation.
+without stain augmentation in HED space; 56 steps), the Fashion-MNIST default backbone, and a random initialisation.
 
 The labels are pseudo-labels made by a classical algorithm (haematoxylin channel, multi-Otsu threshold, watershed;
 mochi_hvs/pathology/ihc.py), not by a person: the figures measure agreement with that algorithm on one image, with
