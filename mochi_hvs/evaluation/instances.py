@@ -32,8 +32,9 @@ def instance_classes(instances: np.ndarray) -> np.ndarray:
 
 def instances_from_classes(classes: np.ndarray, min_size: int = 1) -> np.ndarray:
     """Instances from predicted classes: the 4-connected components of the interior (those of fewer than `min_size`
-    pixels dropped) are the nuclei, and each boundary pixel joins the nearest one (a marker-based expansion, as
-    watershed on the distance to the interiors); boundary pixels with no interior left are background."""
+    pixels dropped) are the nuclei, and each boundary pixel joins the nearest one in its 4-connected region of
+    nucleus pixels (a marker-based expansion, as watershed on the distance to the interiors); boundary pixels of a
+    region with no interior left are background."""
     seeds, count = ndimage.label(classes == INTERIOR)
     if count:
         sizes = np.bincount(seeds.ravel(), minlength=count + 1)
@@ -42,9 +43,11 @@ def instances_from_classes(classes: np.ndarray, min_size: int = 1) -> np.ndarray
         seeds = np.where(keep[seeds], seeds, 0)
     if not seeds.any():
         return np.zeros(classes.shape, dtype=np.int32)
+    regions, _ = ndimage.label(classes != BACKGROUND)
     _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
     grown = seeds[nearest[0], nearest[1]]
-    labels = np.where(classes != BACKGROUND, grown, 0)
+    same_region = regions[nearest[0], nearest[1]] == regions
+    labels = np.where((classes != BACKGROUND) & same_region, grown, 0)
     _, relabelled = np.unique(labels, return_inverse=True)  # ids 1..n in order, 0 stays 0 (it is the smallest)
     return relabelled.reshape(labels.shape).astype(np.int32)
 
