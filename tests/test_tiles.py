@@ -97,6 +97,7 @@ def test_config_rules_of_unlabelled_sets_and_orientation():
 @pytest.mark.slow
 @pytest.mark.parametrize("augment_on", ["device", "cpu"])
 def test_pretraining_on_slides_with_the_tissue_augmentations(tmp_path, augment_on):
+    from mochi_hvs.pretrain import report
     from mochi_hvs.train.loop import Trainer
 
     write_png(tmp_path / "slides" / "a.png", 64, 64)
@@ -109,3 +110,4 @@ def test_pretraining_on_slides_with_the_tissue_augmentations(tmp_path, augment_o
     summary = Trainer(cfg).fit()
     assert summary["steps"] == (49 + 9) // 16 and "knn_top1" not in summary  # 7 x 7 + 3 x 3 tiles, no labels
     assert (tmp_path / "run" / "last.pth").is_file()
+    assert report(summary).splitlines() == [f"trained for 3 steps in {summary['train_seconds']:.0f} s"]
