@@ -4,6 +4,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+PATHOLOGY = ["scikit-image>=0.22"]  # the IHC demonstration: its bundled ihc.png and classical nuclei pseudo-labels
 ONNX = ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"]  # mochi-export --format onnx and its check
 
 setup(
@@ -29,12 +30,14 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7", *ONNX, "sphinx>=7.2", "myst-parser>=3.0"],
+        "test": ["pytest>=7.4", "mlxtend>=0.23", "matplotlib>=3.7", *ONNX, "sphinx>=7.2", "myst-parser>=3.0",
+                 *PATHOLOGY],
         "onnx": ONNX,
         "hpt": ["mlxtend>=0.23"],
         "gpu": ["faiss-gpu-cu12"],
         "bench": ["lightly>=1.5"],
         "report": ["matplotlib>=3.7"],
+        "pathology": PATHOLOGY,
     },
     entry_points={
         "console_scripts": [
@@ -48,6 +51,7 @@ setup(
             "mochi-detect=mochi_hvs.evaluation.commands:detection_main",
             "mochi-transfer=mochi_hvs.evaluation.commands:transfer_main",
             "mochi-transferability=mochi_hvs.evaluation.commands:transferability_main",
+            "mochi-nuclei=mochi_hvs.evaluation.commands:nuclei_main",
         ],
     },
 )

@@ -42,14 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report(summary: dict, title: str = "") -> str:
     """The end-of-run table: kNN of the trained backbone next to the same evaluation of its starting point and of
-    the raw pixels."""
+    the raw pixels (where the data set has labels)."""
     trained = declared(summary.get("objective", "contrastive")).label
     start = "random init" if summary.get("init_from") is None else "start (init_from)"
-    rows = [(trained, summary["knn_top1"]), (start, summary.get("init_knn_top1")),
-            ("raw pixels", summary.get("pixels_knn_top1"))]
-    lines = [f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s",
-             f"{'features':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}"]
-    lines += [f"{name:<18}{value:>21.2f}%" for name, value in rows if value is not None]
+    lines = [f"{title}trained for {summary['steps']} steps in {summary['train_seconds']:.0f} s"]
+    if "knn_top1" in summary:  # unlabelled sets (tiles, slides) have no kNN
+        rows = [(trained, summary["knn_top1"]), (start, summary.get("init_knn_top1")),
+                ("raw pixels", summary.get("pixels_knn_top1"))]
+        lines.append(f"{'features':<18}{'kNN top-1 (k=' + str(summary['knn_k']) + ')':>22}")
+        lines += [f"{name:<18}{value:>21.2f}%" for name, value in rows if value is not None]
     collapse = summary.get("collapse")
     if collapse and collapse["collapsed"]:
         lines.append(f"warning: the representation ended collapsed (since step {collapse['since_step']}; "

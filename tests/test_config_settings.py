@@ -234,6 +234,16 @@ BAD_VALUES = [
     ("burn.lambda_start=-0.1", "'burn.lambda_start' must be in [0, 1]; got -0.1"),
     ("burn.lambda_end=1.5", "'burn.lambda_end' must be in [0, 1]; got 1.5"),
     ("burn.real_weights_until=2", "'burn.real_weights_until' must be in [0, 1]; got 2.0"),
+    ('data.tile_size=4', "'data.tile_size' must be >= 8; got 4"),
+    ('data.tile_stride=0', "'data.tile_stride' must be null or positive; got 0"),
+    ('eval.nuclei.crop=16', "'eval.nuclei.crop' must be >= 32; got 16"),
+    ('eval.nuclei.iterations=0', "'eval.nuclei.iterations' must be positive; got 0"),
+    ('eval.nuclei.batch_size=0', "'eval.nuclei.batch_size' must be positive; got 0"),
+    ('eval.nuclei.lr=0', "'eval.nuclei.lr' must be > 0; got 0.0"),
+    ('eval.nuclei.backbone_lr=0', "'eval.nuclei.backbone_lr' must be > 0; got 0.0"),
+    ('eval.nuclei.channels=0', "'eval.nuclei.channels' must be positive; got 0"),
+    ('eval.nuclei.min_size=0', "'eval.nuclei.min_size' must be positive; got 0"),
+    ('eval.nuclei.seed=-1', "'eval.nuclei.seed' must be in [0, 2**63); got -1"),
 ]
 
 

@@ -19,6 +19,7 @@ from .loading import load_config, parse_override
 from .migrations import RENAMED, RETIRED, RETIRED_VALUES, upgrade_stored
 from .schema import (
     METHOD_SECTIONS,
+    UNLABELLED_DATASETS,
     CollapseConfig,
     Config,
     DataConfig,
@@ -38,8 +39,9 @@ from .validation import MIN_BN_GROUP, stage_configs, validate
 from .values import apply_values, read_yaml
 
 __all__ = ["APPLY", "METHOD_SECTIONS", "MIN_BN_GROUP", "REFUSE", "RENAMED", "RETIRED", "RETIRED_VALUES",
-           "CollapseConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "Keys", "LocalCrops", "MethodConfig",
-           "ModelConfig", "ObjectiveConfig", "OptimConfig", "Section", "add_config_arguments", "apply_values",
-           "backbone_facts_of", "every_key", "load_config", "local_crops", "method_sections", "objective_needs",
-           "parse_override", "read_yaml", "recipe_intro", "registered_sections", "resume_policy", "settings_help",
-           "setting", "stage_configs", "to_dict", "upgrade_stored", "validate", "views_per_image"]
+           "UNLABELLED_DATASETS", "CollapseConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "Keys",
+           "LocalCrops", "MethodConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Section",
+           "add_config_arguments", "apply_values", "backbone_facts_of", "every_key", "load_config", "local_crops",
+           "method_sections", "objective_needs", "parse_override", "read_yaml", "recipe_intro", "registered_sections",
+           "resume_policy", "settings_help", "setting", "stage_configs", "to_dict", "upgrade_stored", "validate",
+           "views_per_image"]

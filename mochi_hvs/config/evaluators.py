@@ -1,6 +1,6 @@
 """The evaluators' config sections (eval.linear, eval.semisup, eval.select, eval.detection, eval.transfer,
-eval.transferability): each field defined once, with its default, a one-line help and, where it has them, its choices
-and bounds; `--help`, the configuration reference and config validation read them from here."""
+eval.transferability, eval.nuclei): each field defined once, with its default, a one-line help and, where it has them,
+its choices and bounds; `--help`, the configuration reference and config validation read them from here."""
 
 from __future__ import annotations
 
@@ -178,6 +178,27 @@ class TransferabilitySettings:
     parameters: list[str] = setting(["layer4"], "backbone parameter-name prefixes whose gradients PGE compares "
                                                 "(layer4: the last ResNet stage; '': every parameter)")
     seed: int = setting(0, "seed of the image subsets", bounds="[0, 2**63)")
+
+
+@dataclass
+class NucleiSettings:
+    """Nuclei instance segmentation (mochi-nuclei): a small decoder on the backbone's dense features, trained to
+    classify each pixel as background, nucleus interior or nucleus boundary, the nuclei then recovered as the interiors'
+    connected components grown over the boundaries; Dice and AJI on the test set."""
+
+    train: str = setting("", "training set: a folder with images/ and masks/ (instance maps, same file stems)")
+    test: str = setting("", "test set, the same layout")
+    crop: int = setting(64, "side in px of the random training crops (a multiple of 32)", bounds=">= 32")
+    iterations: int = setting(600, "decoder training steps", bounds="positive")
+    batch_size: int = setting(8, "crops per step", bounds="positive")
+    lr: float = setting(3e-3, "AdamW learning rate of the decoder", bounds="> 0")
+    finetune: bool = setting(False, "also train the backbone (at eval.nuclei.backbone_lr); false: frozen, in eval "
+                                    "mode")
+    backbone_lr: float = setting(1e-4, "finetune: AdamW learning rate of the backbone", bounds="> 0")
+    channels: int = setting(64, "the decoder's width", bounds="positive")
+    min_size: int = setting(10, "predicted nuclei interiors of fewer pixels are dropped", bounds="positive")
+    seed: int = setting(0, "seed of the decoder initialisation, the crops and their orientations",
+                        bounds="[0, 2**63)")
 
 
 def task_name_and_root(task: str) -> tuple[str, str | None]:

@@ -13,6 +13,7 @@ from ..objectives.registry import sections as objective_sections
 from .evaluators import (
     DetectionSettings,
     LinearSettings,
+    NucleiSettings,
     SelectSettings,
     SemisupSettings,
     TransferabilitySettings,
@@ -21,15 +22,18 @@ from .evaluators import (
 from .settings import APPLY, REFUSE, check, section, setting
 
 DATASETS = ("fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits", "cifar10", "cifar100", "stl10",
-            "imagefolder")
+            "imagefolder", "tiles", "slides")
+UNLABELLED_DATASETS = ("tiles", "slides")  # pretraining only: no kNN monitor, no final kNN
 
 
 @dataclass
 class DataConfig:
     """Which images to train on and how views are made."""
 
-    name: str = setting("fashion_mnist", "the dataset (imagefolder: a folder of class folders at data.root)",
-                        DATASETS)
+    name: str = setting("fashion_mnist", "the dataset (imagefolder: a folder of class folders at data.root; tiles: "
+                                         "every image under data.root, unlabelled; slides: every image under "
+                                         "data.root cut into tiles by data.tile_size, tile_stride and "
+                                         "magnifications)", DATASETS)
     root: str | None = setting(None, "where the dataset lives; null: its default location", resume=APPLY)
     image_size: int = setting(28, "side in px of the views", bounds=">= 8")
     augmentation: str = setting("mocov2", "mocov2: aug+, with blur; mocov2_small: aug+ without blur",
@@ -39,6 +43,17 @@ class DataConfig:
     color_jitter: list[float] = setting([0.4, 0.4, 0.4, 0.1], "ColorJitter strengths [brightness, contrast, "
                                                               "saturation, hue], each >= 0 (0: not jittered), hue "
                                                               "<= 0.5; aug+: 0.4, 0.4, 0.4, 0.1")
+    stain_jitter: list[float] = setting([0.0, 0.0], "stain augmentation in HED space [scale, shift]: per view, each "
+                                                    "stain's density d becomes d * U(1 - scale, 1 + scale) + "
+                                                    "U(-shift, shift); 0, 0: off (docs/methods/pathology.md)")
+    orientation: bool = setting(False, "per view, a random quarter turn and vertical flip (for images without an up, "
+                                       "such as tissue)")
+    tile_size: int = setting(64, "slides: side in px of a tile (at magnification m cut at m times the side and "
+                                 "reduced to it)", bounds=">= 8")
+    tile_stride: int | None = setting(None, "slides: px between tiles at magnification 1 (times m at m); null: "
+                                            "data.tile_size", bounds="positive")
+    magnifications: list[int] = setting([1], "slides: the fields of view, each a factor of data.tile_size (e.g. [1, "
+                                             "2, 4])")
     augment_on: str = setting("auto", "auto: the device for in-memory sets; device: batched, on the training device; "
                                       "cpu", ("auto", "device", "cpu"), resume=APPLY)
     train_subset: int | None = setting(None, "train on a fixed, class-balanced subset of this size (at least one "
@@ -166,7 +181,7 @@ class OptimConfig:
 class EvalConfig:
     """Evaluation: the kNN monitor used during and at the end of training (and by eval/knn.py), and the sections
     of the other evaluators (eval/linear.py, eval/semisup.py, eval/select_labels.py, eval/detection.py,
-    eval/transfer.py, eval/transferability.py)."""
+    eval/transfer.py, eval/transferability.py, eval/nuclei.py)."""
 
     knn_every: int = setting(0, "epochs between kNN evaluations during training (0: only at the end)", bounds=">= 0")
     knn_every_steps: int = setting(0, "steps between kNN evaluations, for runs measured in steps (0: off)",
@@ -194,6 +209,7 @@ class EvalConfig:
     detection: DetectionSettings = section(DetectionSettings)
     transfer: TransferSettings = section(TransferSettings)
     transferability: TransferabilitySettings = section(TransferabilitySettings)
+    nuclei: NucleiSettings = section(NucleiSettings)
 
     @property
     def knn_ks(self) -> list[int]:

@@ -19,7 +19,7 @@ from ..run_files import LAST
 from .derived import backbone_facts_of, method_sections, objective_names, objective_needs
 from .evaluators import LABEL_SOURCES, SemisupSettings, task_name_and_root
 from .migrations import RETIRED_VALUES
-from .schema import DATASETS, Config, section_values
+from .schema import DATASETS, UNLABELLED_DATASETS, Config, section_values
 from .settings import check, nullable
 from .values import apply_file, apply_values
 
@@ -176,6 +176,16 @@ def _validate_data(cfg: Config, source: str) -> None:
           "data.color_jitter", "must be [brightness, contrast, saturation, hue], each finite and >= 0 (0: not "
           f"jittered), hue <= 0.5; got {jitter}")
     check(len(data.mean) == 3 and len(data.std) == 3, source, "data.mean", "and data.std need 3 values")
+    stain = data.stain_jitter
+    check(len(stain) == 2 and all(math.isfinite(v) and v >= 0 for v in stain) and stain[0] < 1, source,
+          "data.stain_jitter", f"must be [scale, shift], each finite and >= 0, scale < 1; got {stain}")
+    check(bool(data.magnifications) and all(m >= 1 for m in data.magnifications)
+          and len(set(data.magnifications)) == len(data.magnifications), source, "data.magnifications",
+          f"must list distinct whole factors >= 1; got {data.magnifications}")
+    if data.name in UNLABELLED_DATASETS:
+        for key in ("knn_every", "knn_every_steps", "analysis_every"):
+            check(not getattr(cfg.eval, key), source, f"eval.{key}", f"must be 0 with data.name={data.name}: its "
+                  "images have no labels to score kNN or the embedding analysis with")
     check(data.train_subset is None or data.train_subset >= batch, source, "data.train_subset",
           f"must be null or at least one batch ({batch})")
 
@@ -190,6 +200,8 @@ def _validate_eval(cfg: Config, source: str) -> None:
     check(bool(linear.l2_grid) and min(linear.l2_grid) > 0, source, "eval.linear.l2_grid",
           f"must list positive L2 strengths; got {linear.l2_grid}")
     _validate_semisup(ev.semisup, source)
+    check(ev.nuclei.crop % 32 == 0, source, "eval.nuclei.crop",
+          f"must be a multiple of 32 (the backbone's largest stride); got {ev.nuclei.crop}")
     check(_increasing(detection.milestones) and all(m <= 1 for m in detection.milestones), source,
           "eval.detection.milestones", f"must be fractions of training in (0, 1], increasing; got "
           f"{detection.milestones}")

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from .orientation import RandomOrientation
+from .stain import StainJitter, stain_enabled
+
 # Published MoCo-v2 aug+ parameters (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning").
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -43,14 +46,21 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 def post_crop_transform(augmentation: str, image_size: int, mean: list[float], std: list[float],
-                        color_jitter: Sequence[float] = JITTER) -> v2.Compose:
-    """Everything after the random resized crop: jitter, grayscale, blur (aug+ only), flip, normalise.
+                        color_jitter: Sequence[float] = JITTER, stain_jitter: Sequence[float] = (0.0, 0.0),
+                        orientation: bool = False) -> v2.Compose:
+    """Everything after the random resized crop: orientation and stain augmentation where asked, jitter, grayscale,
+    blur (aug+ only), flip, normalise.
 
     Input: a (3, S, S) uint8 tensor; output: a float32 normalised tensor. `color_jitter`: the ColorJitter strengths
-    (brightness, contrast, saturation, hue; 0 leaves that factor alone). The flip is a RecordedFlip: whether the
-    last call flipped can be read back from it (ViewSampler does).
+    (brightness, contrast, saturation, hue; 0 leaves that factor alone). `stain_jitter`: the HED scale and shift
+    strengths (stain.py; both 0: off); `orientation`: a random quarter turn and vertical flip (orientation.py).
+    The flip is a RecordedFlip: whether the last call flipped can be read back from it (ViewSampler does).
     """
-    steps: list[v2.Transform] = [
+    tissue = [RandomOrientation()] if orientation else []
+    if stain_enabled(stain_jitter):
+        tissue.append(StainJitter(stain_jitter))
+    steps: list = [
+        *tissue,
         v2.RandomApply([v2.ColorJitter(*color_jitter)], p=JITTER_P),
         v2.RandomGrayscale(p=GRAYSCALE_P),
     ]

@@ -1,8 +1,9 @@
 """MoCo-v2 aug+ applied to a whole batch at once, on whatever device the batch lives on.
 
 Same distributions as the torchvision pipeline in `augment.py` (RandomResizedCrop, ColorJitter in
-a random order per sample, grayscale, Gaussian blur, flip), drawn per view from an explicit
-generator, so a step's views depend only on that generator's seed.
+a random order per sample, grayscale, Gaussian blur, flip; where enabled, quarter turns, vertical flips and
+stain augmentation in HED space), drawn per view from an explicit generator, so a step's views depend only on
+that generator's seed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .augment import BLUR_P, BLUR_SIGMA, CROP_RATIO, CROP_SCALE, FLIP_P, GRAYSCALE_P, JITTER, JITTER_P, blur_kernel_size
+from .orientation import draw_orientations, orient
+from .stain import draw_stain_factors, perturb_stains, stain_enabled
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 CROP_ATTEMPTS = 10
@@ -185,6 +188,7 @@ class BatchViewAugmenter:
     def __init__(
         self, num_views: int, image_size: int, augmentation: str, mean: list[float], std: list[float],
         crop_scale: tuple[float, float] = CROP_SCALE, color_jitter: Sequence[float] = JITTER,
+        stain_jitter: Sequence[float] = (0.0, 0.0), orientation: bool = False,
     ) -> None:
         if augmentation not in ("mocov2", "mocov2_small"):
             raise ValueError(f"unknown augmentation {augmentation!r}")
@@ -193,6 +197,8 @@ class BatchViewAugmenter:
         self.blur = augmentation == "mocov2"
         self.crop_scale = tuple(crop_scale)
         self.color_jitter = tuple(color_jitter)  # brightness, contrast, saturation, hue strengths
+        self.stain_jitter = tuple(stain_jitter)  # HED scale and shift strengths (stain.py); both 0: off
+        self.orientation = orientation  # quarter turns and vertical flips (orientation.py)
         self.kernel_size = blur_kernel_size(image_size)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -213,6 +219,10 @@ class BatchViewAugmenter:
         x = resized_crops(images.float().div_(255.0), pixels, source, self.image_size).clamp_(0.0, 1.0)
         flip = torch.rand(n, generator=generator, device=device) < FLIP_P
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.orientation:  # its draws and the stain's only where enabled: without them the views are unchanged
+            x = orient(x, *draw_orientations(n, generator, device))
+        if stain_enabled(self.stain_jitter):
+            x = perturb_stains(x, *draw_stain_factors(n, self.stain_jitter, generator, device))
         x = color_jitter(x, generator, torch.rand(n, generator=generator, device=device) < JITTER_P, self.color_jitter)
         gray = torch.rand(n, generator=generator, device=device) < GRAYSCALE_P
         x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)

@@ -32,12 +32,13 @@ class DeviceAugmentedBatches:
         self.sampler = EpochSampler(len(images), local_batch, seed, rank, world_size)
         self.pixels = torch.from_numpy(images.array.copy()).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(images.labels).to(device)
-        jitter = tuple(data_cfg.color_jitter)
+        colour = {"color_jitter": tuple(data_cfg.color_jitter), "stain_jitter": tuple(data_cfg.stain_jitter),
+                  "orientation": data_cfg.orientation}
         self.augment = BatchViewAugmenter(num_views, data_cfg.image_size, data_cfg.augmentation,
-                                          data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale), jitter)
+                                          data_cfg.mean, data_cfg.std, tuple(data_cfg.crop_scale), **colour)
         self.augment_local = None if local_crops is None else BatchViewAugmenter(
             local_crops.count, local_crops.size, data_cfg.augmentation, data_cfg.mean, data_cfg.std, local_crops.scale,
-            jitter)
+            **colour)
         self.local_batch = local_batch
         self.seed = seed
         self.rank = rank

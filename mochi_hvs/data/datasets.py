@@ -1,5 +1,5 @@
-"""Labelled image sets from disk: the embedded Fashion-MNIST, MNIST-5k, the digit sets of digits.py, CIFAR, STL-10 and
-ImageFolder trees."""
+"""Labelled image sets from disk: the embedded Fashion-MNIST, MNIST-5k, the digit sets of digits.py, CIFAR, STL-10,
+ImageFolder trees, and unlabelled tiles: a folder of tile images, or large images (slides) tiled as they load."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from .tiles import IMAGE_SUFFIXES, Tiling, cut_tiles, image_files, tile_grid
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -262,8 +263,35 @@ def load_image_folder(root: str | None, split: str) -> ImageSet:
     return ImageSet(labels=np.asarray(labels, dtype=np.int64), classes=list(ds.classes), files=list(files))
 
 
-def load_images(name: str, root: str | None, split: str) -> ImageSet:
-    """Dispatch on the dataset name. `split`: pretrain (all images for SSL), train (labelled) or test."""
+def _image_files(name: str, root: str | None) -> list[Path]:
+    """The image files under data.root for the tile sets; DatasetError when the folder is missing or holds none."""
+    path = _require_root(name, root, "image files (png, jpg, tif, bmp; any depth)")
+    files = image_files(path)
+    if not files:
+        raise DatasetError(f"{name}: no image files ({' '.join(IMAGE_SUFFIXES)}) under {path}")
+    return files
+
+
+def load_tiles(root: str | None) -> ImageSet:
+    """A folder of tiles: every image file under data.root (any depth), unlabelled, read as it is used."""
+    files = _image_files("tiles", root)
+    return ImageSet(labels=np.full(len(files), -1, dtype=np.int64), classes=[], files=[str(f) for f in files])
+
+
+def load_slides(root: str | None, tiling: Tiling) -> ImageSet:
+    """Large images tiled as they load: every image file under data.root cut by `tiling` (tiles.py), held in memory,
+    unlabelled; tiles in file order, then magnification, then row by row."""
+    arrays = []
+    for index, path in enumerate(_image_files("slides", root)):
+        image = np.asarray(read_image_file(str(path)))
+        arrays.append(cut_tiles(image, tile_grid(*image.shape[:2], tiling, index, str(path)), tiling.size))
+    array = np.concatenate(arrays)
+    return ImageSet(labels=np.full(len(array), -1, dtype=np.int64), classes=[], array=array)
+
+
+def load_images(name: str, root: str | None, split: str, tiling: Tiling | None = None) -> ImageSet:
+    """Dispatch on the dataset name. `split`: pretrain (all images for SSL), train (labelled) or test; the tile sets
+    (tiles, slides) have one split, unlabelled, and slides are cut by `tiling` (default: Tiling())."""
     if split not in ("pretrain", "train", "test"):
         raise ValueError(f"unknown split {split!r}")
     if name == "fashion_mnist":
@@ -284,6 +312,10 @@ def load_images(name: str, root: str | None, split: str) -> ImageSet:
         return load_stl10(root, {"pretrain": "train+unlabeled", "train": "train", "test": "test"}[split])
     if name == "imagefolder":
         return load_image_folder(root, "val" if split == "test" else "train")
+    if name == "tiles":
+        return load_tiles(root)
+    if name == "slides":
+        return load_slides(root, tiling or Tiling())
     raise DatasetError(f"unknown dataset {name!r}")
 
 
@@ -329,6 +361,8 @@ def check_splits(name: str, root: str | None, splits: tuple[str, ...]) -> None:
             _check_binary_files(name, root, split)
         elif name == "imagefolder":
             _check_image_folder(root, "val" if split == "test" else "train")
+        elif name in ("tiles", "slides"):
+            _image_files(name, root)
         else:
             raise DatasetError(f"unknown dataset {name!r}")
 

@@ -191,7 +191,7 @@ def native_size(images: ImageSet) -> int | None:
 def local_view_sampler(data_cfg, crops: LocalCrops) -> ViewSampler:
     """The sampler of multi-crop's small crops: the views' augmentation at the crops' size and area range."""
     post = post_crop_transform(data_cfg.augmentation, crops.size, data_cfg.mean, data_cfg.std,
-                               tuple(data_cfg.color_jitter))
+                               tuple(data_cfg.color_jitter), tuple(data_cfg.stain_jitter), data_cfg.orientation)
     return ViewSampler(crops.count, crops.size, post, crops.scale)
 
 
@@ -202,7 +202,7 @@ def pretrain_loader(
     """Loader of multi-view batches (with multi-crop's small crops when `local_crops` is given); its `.sampler` is the
     EpochSampler to drive per epoch."""
     post = post_crop_transform(data_cfg.augmentation, data_cfg.image_size, data_cfg.mean, data_cfg.std,
-                               tuple(data_cfg.color_jitter))
+                               tuple(data_cfg.color_jitter), tuple(data_cfg.stain_jitter), data_cfg.orientation)
     views = ViewSampler(num_views, data_cfg.image_size, post, tuple(data_cfg.crop_scale))
     local = None if local_crops is None else local_view_sampler(data_cfg, local_crops)
     dataset = MultiViewDataset(images, views, seed, data_cfg.skip_unreadable, local)

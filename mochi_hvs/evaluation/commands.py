@@ -1,6 +1,7 @@
 """The evaluator commands `mochi-knn`, `mochi-linear`, `mochi-semisup`, `mochi-select`, `mochi-detect`,
-`mochi-transfer` and `mochi-transferability` (console scripts, also run as `python eval/knn.py`, `eval/linear.py`,
-`eval/semisup.py`, `eval/select_labels.py`, `eval/detection.py`, `eval/transfer.py`, `eval/transferability.py`).
+`mochi-transfer`, `mochi-transferability` and `mochi-nuclei` (console scripts, also run as `python eval/knn.py`,
+`eval/linear.py`, `eval/semisup.py`, `eval/select_labels.py`, `eval/detection.py`, `eval/transfer.py`,
+`eval/transferability.py`, `eval/nuclei.py`).
 Each reads its settings from its config section; `--help` lists them."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .cli import (
 from .detection import detection_transfer
 from .knn import KnnMonitor
 from .linear import LinearProbe
+from .nuclei import nuclei_segmentation
 from .semisup import SemisupFinetune, subset_fingerprint
 from .transfer import TaskResult, evaluate_task, group_lines, markdown_table
 from .transfer_ranking import Measured, correlation_table, correlations, read_measured
@@ -41,6 +43,7 @@ LINEAR = [Keys("eval.linear.", evaluators.LinearSettings), Keys("eval.", EvalCon
 SEMISUP = [Keys("eval.semisup.", evaluators.SemisupSettings), Keys("eval.", EvalConfig, ("batch_size",))]
 SELECT = [Keys("eval.select.", evaluators.SelectSettings), Keys("eval.", EvalConfig, ("batch_size",))]
 DETECTION = [Keys("eval.detection.", evaluators.DetectionSettings)]
+NUCLEI = [Keys("eval.nuclei.", evaluators.NucleiSettings)]
 PROBE_KEYS = ("l2_grid", "val_fraction", "max_iter", "tolerance", "seed")  # the converged probe on frozen features
 TRANSFER = [Keys("eval.transfer.", evaluators.TransferSettings),
             Keys("eval.linear.", evaluators.LinearSettings, PROBE_KEYS), Keys("eval.", EvalConfig, KNN_KEYS)]
@@ -107,6 +110,13 @@ def detection(ctx: EvalContext) -> tuple[evaluators.DetectionSettings, dict[str,
     return settings, metrics
 
 
+def nuclei(ctx: EvalContext) -> tuple[evaluators.NucleiSettings, dict[str, float]]:
+    """Train the nuclei decoder on the backbone and score its instances on the test set."""
+    settings, data = ctx.cfg.eval.nuclei, ctx.cfg.data
+    backbone = ctx.single_backbone("nuclei")
+    return settings, nuclei_segmentation(backbone.module, settings, data.mean, data.std, ctx.device)
+
+
 def knn_main(argv: list[str] | None = None) -> int:
     """mochi-knn: weighted kNN top-1/top-5 of a backbone (or of the raw pixels) for every eval.knn_k."""
     parser = base_parser("Weighted kNN top-1/top-5 of a frozen backbone (or of the raw pixels), for every k.", KNN,
@@ -156,6 +166,18 @@ def detection_main(argv: list[str] | None = None) -> int:
                          "fine-tuned on eval.detection.train and scored on eval.detection.val (COCO AP/AP50/AP75).",
                          DETECTION, "eval.detection.train=[data/det:train] eval.detection.val=data/det:val")
     return run_evaluation("detection", parse_arguments(parser, DETECTION, argv), detection)
+
+
+def nuclei_main(argv: list[str] | None = None) -> int:
+    """mochi-nuclei: nuclei instance segmentation with a small decoder on a frozen or fine-tuned backbone, Dice and
+    AJI."""
+    parser = base_parser("Nuclei instance segmentation: a small decoder on the dense maps of the backbone's first "
+                         "three stages (frozen, or fine-tuned with eval.nuclei.finetune=true) learns background / "
+                         "interior / boundary per pixel on eval.nuclei.train; nuclei are the interiors' connected "
+                         "components grown over the boundaries; Dice and aggregated Jaccard index (AJI) on "
+                         "eval.nuclei.test. Each set is a folder with images/ and masks/ (instance maps).", NUCLEI,
+                         "eval.nuclei.train=data/nuclei/train eval.nuclei.test=data/nuclei/test device=cpu")
+    return run_evaluation("nuclei", parse_arguments(parser, NUCLEI, argv), nuclei)
 
 
 def transfer(ctx: EvalContext) -> tuple[dict[str, Any], list[TaskResult]]:

@@ -51,7 +51,8 @@ class LcConfig(MethodConfig):
 
     def validate(self, cfg: Config, source: str) -> None:
         """When enabled, a last feature map of at least 2 x 2 locations and a whole query view to take its map from
-        (not Fast-MoCo's replacing patches)."""
+        (not Fast-MoCo's replacing patches), and views whose geometry the boxes and flips describe (no
+        data.orientation)."""
         if not self.enabled:
             return
         model, size = cfg.model, cfg.data.image_size
@@ -72,6 +73,9 @@ class LcConfig(MethodConfig):
         self.check(not (cfg.fast_moco.enabled and cfg.fast_moco.mode == "replace"), source, "lc.enabled",
                    "cannot be combined with fast_moco.mode=replace: the local loss needs the whole query view's "
                    "feature map, which Fast-MoCo's patches replace (use fast_moco.mode=add)")
+        self.check(not cfg.data.orientation, source, "lc.enabled",
+                   "cannot be combined with data.orientation=true: the local loss matches locations through the "
+                   "views' crop boxes and horizontal flips, which quarter turns and vertical flips would break")
 
 
 def cell_centres(side: int, device: torch.device | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import Config, ConfigError, local_crops, objective_needs, views_per_image
 from ..data.batches import BatchSource, build_batches
 from ..data.datasets import ImageSet, balanced_subset, load_images
+from ..data.tiles import Tiling
 from ..distributed import DistEnv
 from ..methods import Method, build_methods
 from ..models.backbone import freeze_all_but_batchnorm, freeze_patch_embed
@@ -66,7 +67,7 @@ def check_world(cfg: Config, env: DistEnv) -> None:
 
 def pretraining_images(cfg: Config) -> ImageSet:
     """The pretraining images (data.train_subset: a fixed class-balanced subset)."""
-    images = load_images(cfg.data.name, cfg.data.root, "pretrain")
+    images = load_images(cfg.data.name, cfg.data.root, "pretrain", Tiling.of(cfg.data))
     if cfg.data.train_subset:
         images = images.subset(balanced_subset(images.labels, cfg.data.train_subset, cfg.seed))
     return images

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..collapse import CollapseSignal
-from ..config import Config
+from ..config import UNLABELLED_DATASETS, Config
 from ..data.datasets import ImageSet, check_splits
 from ..data.records import ViewBatch
 from ..distributed import all_gather_cat, all_reduce_mean, init_distributed
@@ -301,24 +301,30 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train, then report kNN of the trained backbone beside its starting point (random init or init_from) and
-        the raw pixels; writes summary.json and closes the run on every exit."""
+        the raw pixels (labelled data sets only); writes summary.json and closes the run on every exit."""
         try:
             if (finished := self.finished_summary()) is not None:
                 return finished
             summary = self.train()
             with on_stop_signal(self._stop_during_evaluation):
-                trained = self.monitors.knn(self.position)
-                summary.update(knn_k=trained.k, knn_top1=round(trained.top1, 2),
-                               knn_top5=None if trained.top5 is None else round(trained.top5, 2))
+                if self.cfg.data.name not in UNLABELLED_DATASETS:  # kNN needs labels; tiles and slides have none
+                    summary.update(self._final_knn())
                 summary["init_from"] = self.cfg.model.init_from
                 summary["objective"] = self.cfg.objective
                 summary["collapse"] = self.monitors.collapse.summary()
-                if self.cfg.eval.knn_baseline:
-                    summary["init_knn_top1"] = round(self.monitors.start_knn().top1, 2)
-                if self.cfg.eval.knn_pixels:
-                    summary["pixels_knn_top1"] = round(self.monitors.pixels_knn().top1, 2)
             if self.env.is_main:
                 (self.cfg.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
             return summary
         finally:
             self.close()
+
+    def _final_knn(self) -> dict[str, Any]:
+        """kNN of the trained backbone, of its starting point and of the raw pixels, as the summary records them."""
+        trained = self.monitors.knn(self.position)
+        summary = {"knn_k": trained.k, "knn_top1": round(trained.top1, 2),
+                   "knn_top5": None if trained.top5 is None else round(trained.top5, 2)}
+        if self.cfg.eval.knn_baseline:
+            summary["init_knn_top1"] = round(self.monitors.start_knn().top1, 2)
+        if self.cfg.eval.knn_pixels:
+            summary["pixels_knn_top1"] = round(self.monitors.pixels_knn().top1, 2)
+        return summary
