@@ -221,6 +221,11 @@ BAD_VALUES = [
     ('collapse.min_std=-1', "'collapse.min_std' must be >= 0 (0: not checked); got -1.0"),
     ('collapse.min_rank=-1', "'collapse.min_rank' must be >= 0 (0: not checked); got -1.0"),
     ('collapse.loss_tolerance=-1', "'collapse.loss_tolerance' must be >= 0 (0: not checked); got -1.0"),
+    ('continual.split=-1', "'continual.split' must be >= 0; got -1"),
+    ('continual.split_seed=-1', "'continual.split_seed' must be >= 0; got -1"),
+    ('continual.steps_per_task=0', "'continual.steps_per_task' must be positive; got 0"),
+    ('continual.distill_weight=0', "'continual.distill_weight' must be > 0; got 0.0"),
+    ('continual.predictor_hidden=0', "'continual.predictor_hidden' must be positive; got 0"),
     ("msbreg.momentum=2", "'msbreg.momentum' must be in [0, 1]; got 2.0"),
 ]
 
