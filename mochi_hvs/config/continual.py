@@ -74,7 +74,8 @@ def _classes(values: Any, count: int | None, source: str, key: str) -> tuple[int
     check(len(set(values)) == len(values), source, key, f"lists a class twice: {values}")
     if count is not None:
         outside = [c for c in values if not 0 <= c < count]
-        check(not outside, source, key, f"class {outside[0]} is out of range: the dataset has classes 0-{count - 1}")
+        if outside:
+            check(False, source, key, f"class {outside[0]} is out of range: the dataset has classes 0-{count - 1}")
     return tuple(values)
 
 
@@ -83,7 +84,8 @@ def _listed_task(index: int, values: Any, source: str) -> TaskSpec:
     key = f"continual.tasks[{index}]"
     check(isinstance(values, dict), source, key, f"must be a mapping {{data: NAME, classes: [..]}}; got {values!r}")
     unknown = [k for k in values if k not in TASK_KEYS]
-    check(not unknown, source, key, f"has no key {unknown[0] if unknown else ''!r} (keys: {', '.join(TASK_KEYS)})")
+    if unknown:
+        check(False, source, key, f"has no key {unknown[0]!r} (keys: {', '.join(TASK_KEYS)})")
     data = values.get("data")
     close = difflib.get_close_matches(str(data), DATASET_CLASSES, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
