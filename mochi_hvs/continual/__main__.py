@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..config import ConfigError
-from ..errors import Interrupted, UserError
+from ..errors import exit_status
 from ..study.recipe import load_study
 from .report import write_report
 from .runner import ContinualStudy
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run or report a continual study; user errors print one line and exit 2, an interruption exits 130."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run_and_report() -> None:
         study = load_study(args.config, args.set)
         runner = ContinualStudy(study, args.only, args.seeds)
         if not args.report:
@@ -41,14 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{runner.results}: no results yet; run the study first")
         spec = study.spec
         print(f"report: {write_report(study.report_dir, spec.name, spec.description, spec.baseline)}")
-    except Interrupted as stop:
-        print(f"\ninterrupted: {stop}; run the same command again to continue the study", file=sys.stderr)
-        return 130
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
+    return exit_status(run_and_report, "; run the same command again to continue the study")
 
 if __name__ == "__main__":
     sys.exit(main())
