@@ -150,7 +150,8 @@ def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_ste
 
 def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: bool = True,
                 images: ImageSet | None = None) -> TrainingParts:
-    """Build a run from its config. `images`: the pretraining images when given in memory (else read from disk).
+    """Build a run from its config. `images`: the pretraining images when given in memory (else read from disk;
+    a continual run reads its tasks' images, data/tasks.py).
 
     A resume restores the model from its checkpoint; model.init_from is then loaded only when the starting point's
     kNN baseline will be evaluated (it is that baseline).
@@ -160,6 +161,7 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(cfg, env, device)
     check_world(cfg, env)
     seed_everything(cfg.seed)
+
     def batches_of(pretrain: ImageSet) -> BatchSource:
         return build_batches(pretrain, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size,
                              cfg.seed, device, env.rank, env.world_size, local_crops(cfg))
