@@ -3,6 +3,9 @@ points print its message as one `error: ...` line and exit with status 2, never 
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """A problem the user can fix (bad setting, missing data, damaged file, ...); the message says how."""
@@ -23,3 +26,17 @@ class TrainingCollapsed(UserError, RuntimeError):
 
 class Interrupted(Exception):
     """The run stopped on request (Ctrl-C, SIGTERM); the message says what was kept and how to go on (exit 130)."""
+
+
+def exit_status(action: Callable[[], object], again: str) -> int:
+    """A command's exit status for running `action`: 0; 2 after a UserError's one `error:` line; 130 after an
+    interruption's line, with `again` (how to go on) after it."""
+    try:
+        action()
+    except Interrupted as stop:
+        print(f"\ninterrupted: {stop}{again}", file=sys.stderr)
+        return 130
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -31,6 +31,15 @@ def info_nce(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.cross_entropy(logits / temperature, target)
 
 
+def batch_info_nce(prediction: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of each row of prediction (B, D) against its own row of target (B, D), the batch's other target rows
+    its negatives: mean cross-entropy of the cosine logits / T with the positive on the diagonal (in float32 at
+    least)."""
+    p, z = full_precision(F.normalize(prediction, dim=1), F.normalize(target, dim=1))
+    logits = p @ z.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
 def positive_rank_top1(logits: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose positive (column 0) scores strictly above every negative."""
     return (logits[:, 0:1] > logits[:, 1:]).all(dim=1).float().mean()

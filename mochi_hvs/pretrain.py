@@ -16,7 +16,7 @@ from .config import (
     stage_configs,
 )
 from .distributed import world
-from .errors import Interrupted, UserError
+from .errors import exit_status
 from .objectives.registry import declared
 from .run_files import SUMMARY
 from .train import Trainer
@@ -81,19 +81,14 @@ def run(cfg: Config, resume: str | None, verify: bool = True) -> list[tuple[str,
 def main(argv: list[str] | None = None) -> int:
     """Run pretraining; user errors print one clear line and exit with status 2."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def train_and_report() -> None:
         cfg = load_config(args.config, args.set)
         results = run(cfg, args.resume, verify=not args.no_verify)
-    except Interrupted as stop:
-        print(f"\ninterrupted: {stop}", file=sys.stderr)
-        return 130
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if world()[0] == 0:
-        print("\n\n".join(report(summary, f"[{name}] " if cfg.stages else "") for name, summary in results))
-    return 0
+        if world()[0] == 0:
+            print("\n\n".join(report(summary, f"[{name}] " if cfg.stages else "") for name, summary in results))
 
+    return exit_status(train_and_report, "")
 
 if __name__ == "__main__":
     sys.exit(main())

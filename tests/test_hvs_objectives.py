@@ -153,7 +153,7 @@ def built(name: str, *settings: str):
                              "hvs.num_views=3", *PAIR_SCORING[name], *settings])
     torch.manual_seed(0)
     model = build_model(cfg, DistEnv())
-    return model, wrapped_step(cfg, objective_of(cfg).build_step(model, [], lambda module: module, 10))
+    return model, wrapped_step(cfg, objective_of(cfg).build_step(model, [], lambda module: module, 10), model)
 
 
 def candidates(batch: int = 8, views: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

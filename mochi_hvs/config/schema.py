@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..objectives.registry import sections as objective_sections
+from .continual import DATASET_CLASSES, ContinualConfig
 from .evaluators import (
     DetectionSettings,
     LinearSettings,
@@ -21,9 +22,8 @@ from .evaluators import (
 )
 from .settings import APPLY, REFUSE, check, section, setting
 
-DATASETS = ("fashion_mnist", "mnist5k", "sklearn_digits", "opencv_digits", "cifar10", "cifar100", "stl10",
-            "imagefolder", "tiles", "slides")
 UNLABELLED_DATASETS = ("tiles", "slides")  # pretraining only: no kNN monitor, no final kNN
+DATASETS = tuple(DATASET_CLASSES) + UNLABELLED_DATASETS  # the labelled ones with their classes: config/continual.py
 
 
 @dataclass
@@ -265,6 +265,7 @@ class Config:
     optim: OptimConfig = section(OptimConfig, resume=APPLY)
     eval: EvalConfig = section(EvalConfig, resume=APPLY)
     collapse: CollapseConfig = section(CollapseConfig, resume=APPLY)
+    continual: ContinualConfig = section(ContinualConfig)
     stages: list[dict[str, Any]] = setting([], "staged (HPT) runs: each entry overrides this config for one stage "
                                                "(name, base recipe, data, optim, model...); stages run in order, "
                                                "each initialised from the previous stage's backbone")

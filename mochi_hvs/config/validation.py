@@ -44,6 +44,7 @@ def validate(cfg: Config, source: str) -> None:
     for name in objective_sections():
         getattr(cfg, name).validate(cfg, source)
     _validate_methods(cfg, source)
+    cfg.continual.validate(cfg, source)
     stage_configs(cfg, source)  # each stage must be a valid run of its own
 
 

@@ -26,6 +26,7 @@ from ..random_streams import StepRandom
 from ..schedule import momentum_at
 from ..step import StepOutput
 from ..weights.loader import load_backbone_weights, read_backbone_state
+from .distillation import distilling
 from .ema import TargetEma
 from .hard_views import selecting
 from .registry import OBJECTIVES, Declared, Forwards, declared
@@ -82,6 +83,11 @@ class Objective(Declared):
         load_backbone_weights(backbone, state)
         return backbone, width
 
+    def distillation_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The objective's own loss between predictions (B, D) and frozen targets (B, D), a scalar: what predictor
+        distillation scores (objectives/distillation.py; declared by `distillation`)."""
+        raise NotImplementedError
+
     @classmethod
     def wrap_step(cls, cfg: Config, step: Step) -> Step:
         """The configured objective's step, wrapped where this objective adds terms to any objective's as a
@@ -90,15 +96,17 @@ class Objective(Declared):
         return step
 
 
-def wrapped_step(cfg: Config, step: Step) -> Step:
+def wrapped_step(cfg: Config, step: Step, model: MoCo) -> Step:
     """The configured objective's step as the loop calls it: behind HVS's view selection where the objective scores
     pairs itself (hard_views.selecting; first, as it asks the objective's own step), then passed through every
-    registered objective's wrap_step in turn."""
+    registered objective's wrap_step in turn, and last behind predictor distillation where continual.distill is on
+    (distillation.distilling: it reads every trained forward of the steps inside)."""
     step = selecting(cfg, step)
     for cls in OBJECTIVES.values():
         if issubclass(cls, Objective):
             step = cls.wrap_step(cfg, step)
-    return step
+    objective = objective_of(cfg)
+    return distilling(cfg, step, model, objective.distillation_loss if objective.distillation else None)
 
 
 def objective_of(cfg: Config) -> Objective:

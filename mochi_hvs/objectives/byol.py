@@ -148,6 +148,7 @@ class Byol(Objective):
     needs = Needs(views=2, momentum_encoder=True, queue=False, predictor=True, local_views=True, pair_losses=True)
     section = ByolConfig
     trained_embeddings = True  # the predictions q, q' (what its loss compares with the target)
+    distillation = "the regression 2 - 2 cos(prediction, target)"
 
     @classmethod
     def needs_for(cls, cfg: Config) -> Needs:
@@ -158,6 +159,10 @@ class Byol(Objective):
         """Both views through the online network (trained) and through the target (compute_cost.py adds multi-crop's
         small crops, as online forwards: the target never sees them); HVS scores each candidate through both."""
         return Forwards(trained=2, target=2, candidate=2)
+
+    def distillation_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """BYOL's regression loss between each prediction and its target, averaged over the batch."""
+        return regression_loss(prediction, target).mean()
 
     def build_step(self, model: MoCo, methods: list[Method], wrap: Wrap, num_classes: int) -> Step:
         """ByolStep on the wrapped online network."""

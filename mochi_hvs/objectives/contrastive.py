@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..config import APPLY, Config, ObjectiveConfig, objective_needs, setting
+from ..loss import batch_info_nce
 from ..methods import Method
 from ..models.moco import MoCo
 from ..step import ContrastiveStep
@@ -57,6 +60,7 @@ class MocoV2(Objective):
     section = MocoConfig
     section_key = "moco"
     trained_embeddings = True  # each direction's queries (ContrastiveStep)
+    distillation = "InfoNCE against the batch's other targets, at moco.temperature"
 
     def forwards(self) -> Forwards:
         """A trained query and a key per direction (two with moco.symmetric); HVS scores each candidate through the
@@ -68,3 +72,8 @@ class MocoV2(Objective):
         """ContrastiveStep with the enabled methods; queries through the wrapped query encoder."""
         moco = self.cfg.moco
         return ContrastiveStep(model, moco.temperature, moco.symmetric, methods, wrap(model.encoder_q))
+
+    def distillation_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of each prediction against its own target, the batch's other targets its negatives (CaSSLe's
+        contrastive distillation), at moco.temperature."""
+        return batch_info_nce(prediction, target, self.cfg.moco.temperature)

@@ -41,6 +41,9 @@ class Declared:
     section_key: ClassVar[str | None] = None  # that section's key in a config; None: the objective's name
     # its step hands over its trained embeddings (StepOutput.trained), which a regulariser added to it reads
     trained_embeddings: ClassVar[bool] = False
+    # its loss between a prediction and a frozen target, for continual.distill (Objective.distillation_loss): what
+    # the loss is, for messages; None: it has none
+    distillation: ClassVar[str | None] = None
 
     @classmethod
     def needs_for(cls, cfg: Any) -> Needs:

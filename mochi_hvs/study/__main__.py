@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..config import ConfigError, every_key, settings_help
-from ..errors import Interrupted, UserError
+from ..errors import exit_status
 from .plots import MATPLOTLIB_MISSING, write_plots
 from .recipe import load_study, relocated
 from .report import write_report
@@ -57,12 +57,13 @@ def report(runner: StudyRunner) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run, plan or report a study; user errors print one line and exit 2, an interruption exits 130."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def act() -> None:
         study = load_study(args.config, args.set, args.evaluation_set)
         runner = StudyRunner(relocated(study, args.into) if args.into else study, args.only, args.seeds)
         if args.dry_run:
             print(describe_plan(runner))
-            return 0
+            return
         if args.reprobe:
             for run in runner.reprobe():
                 print(f"not re-evaluated: {run.label} seed {run.seed} ({run.status}; no finished checkpoint in "
@@ -72,14 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if not runner.results_path.is_file():
             raise ConfigError(f"{runner.results_path}: no results yet; run the study first")
         report(runner)
-    except Interrupted as stop:
-        print(f"\ninterrupted: {stop}; run the same command again to continue the study", file=sys.stderr)
-        return 130
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
+    return exit_status(act, "; run the same command again to continue the study")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,8 +15,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, ConfigError, local_crops, objective_needs, views_per_image
+from ..config.continual import task_specs
 from ..data.batches import BatchSource, build_batches
 from ..data.datasets import ImageSet, balanced_subset, load_images
+from ..data.tasks import TaskBatches, task_batches
 from ..data.tiles import Tiling
 from ..distributed import DistEnv
 from ..methods import Method, build_methods
@@ -37,7 +39,7 @@ class TrainingParts:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
-    batches: BatchSource
+    batches: BatchSource | TaskBatches
     steps_per_epoch: int
     total_steps: int
     model: MoCo
@@ -126,9 +128,10 @@ def base_lr(cfg: Config) -> float:
 
 
 def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_steps: int, device: torch.device,
-                       amp_dtype: torch.dtype | None):
+                       amp_dtype: torch.dtype | None, period: int | None = None):
     """SGD or AdamW (optim.name) over the trainable parameters (f_q's; f_k follows by momentum), its per-step lr
-    schedule and the AMP loss scaler."""
+    schedule and the AMP loss scaler. period: the schedule restarts every `period` steps (continual's tasks; None:
+    one schedule over total_steps)."""
     optim = cfg.optim
     trained = [p for p in model.parameters() if p.requires_grad]
     if optim.name == "adamw":
@@ -137,15 +140,19 @@ def build_optimisation(cfg: Config, model: MoCo, steps_per_epoch: int, total_ste
         optimizer = torch.optim.SGD(trained, lr=base_lr(cfg), momentum=optim.momentum, weight_decay=optim.weight_decay)
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
     milestones = [m * steps_per_epoch for m in optim.lr_milestones]
+    period = period or total_steps
+    last_cycle = total_steps // period - 1  # the step after the last one stays on the last cycle's curve
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, optim.schedule, milestones))
+        optimizer, lambda s: lr_multiplier(s - period * min(s // period, last_cycle), period, warmup, optim.schedule,
+                                           milestones))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return optimizer, scheduler, scaler
 
 
 def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: bool = True,
                 images: ImageSet | None = None) -> TrainingParts:
-    """Build a run from its config. `images`: the pretraining images when given in memory (else read from disk).
+    """Build a run from its config. `images`: the pretraining images when given in memory (else read from disk;
+    a continual run reads its tasks' images, data/tasks.py).
 
     A resume restores the model from its checkpoint; model.init_from is then loaded only when the starting point's
     kNN baseline will be evaluated (it is that baseline).
@@ -155,13 +162,23 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(cfg, env, device)
     check_world(cfg, env)
     seed_everything(cfg.seed)
-    images = pretraining_images(cfg) if images is None else images
+
+    def batches_of(pretrain: ImageSet) -> BatchSource:
+        return build_batches(pretrain, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size,
+                             cfg.seed, device, env.rank, env.world_size, local_crops(cfg))
+
     objective = objective_of(cfg)
+    if cfg.continual.enabled:  # epoch t is task t (data/tasks.py)
+        c = cfg.continual
+        batches, images = task_batches(task_specs(cfg), c.steps_per_task, c.joint, cfg.data.image_size, batches_of)
+        steps_per_epoch = batches.batches_per_epoch
+        total_steps = steps_per_epoch * len(batches.sources)
+    else:
+        images = pretraining_images(cfg) if images is None else images
+        batches = batches_of(images)
+        steps_per_epoch = batches.sampler.batches_per_epoch
+        total_steps = cfg.optim.steps or cfg.optim.epochs * steps_per_epoch
     objective.check_images(images)
-    batches = build_batches(images, cfg.data, views_per_image(cfg), cfg.optim.batch_size // env.world_size, cfg.seed,
-                            device, env.rank, env.world_size, local_crops(cfg))
-    steps_per_epoch = batches.sampler.batches_per_epoch
-    total_steps = cfg.optim.steps or cfg.optim.epochs * steps_per_epoch
     model = build_model(cfg, env, channels_last)
     init_report = None
     if cfg.model.init_from and (resume is None or cfg.eval.knn_baseline):
@@ -178,7 +195,9 @@ def build_parts(cfg: Config, env: DistEnv, resume: Path | None = None, verify: b
     initial_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     methods = build_methods(cfg, model)
     step = wrapped_step(cfg, objective.build_step(model, methods, lambda module: data_parallel(module, env, device),
-                                                  len(images.classes)))
-    optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype)
+                                                  len(images.classes)), model)
+    period = steps_per_epoch if cfg.continual.enabled else total_steps  # the schedule restarts with each task
+    optimizer, scheduler, scaler = build_optimisation(cfg, model, steps_per_epoch, total_steps, device, amp_dtype,
+                                                      period)
     return TrainingParts(device, amp_dtype, channels_last, batches, steps_per_epoch, total_steps, model, objective,
                          methods, step, optimizer, scheduler, scaler, initial_backbone, init_report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from ..config import Config, to_dict
 from ..distributed import DistEnv
 from ..errors import TrainingDiverged
 from ..provenance import code_commit
-from ..run_files import LAST
+from ..run_files import LAST, TASK
 from ..weights.atomic import NoSpaceError, remove_stale_temporaries
 from ..weights.checkpoint import FORMAT, capture_rng, load_checkpoint, nonfinite_entries, restore_rng, save_checkpoint
 from ..weights.errors import CheckpointError
@@ -77,8 +78,9 @@ class RunState:
 
     def save(self) -> Path | None:
         """Atomically write the rolling checkpoint with its digest (main process only), then remove temporaries that
-        interrupted writes left. A state holding NaN or infinity (weights, buffers, queue, optimiser state) is never
-        written: TrainingDiverged names it; a full disk is a CheckpointError. Either way the last good one stays."""
+        interrupted writes left; in a continual run the checkpoint that ends a task is kept as task<index>.pth. A
+        state holding NaN or infinity (weights, buffers, queue, optimiser state) is never written: TrainingDiverged
+        names it; a full disk is a CheckpointError. Either way the last good one stays."""
         state = self.state_dict()
         bad = nonfinite_entries({"model": state["model"], "optimizer": state["optimizer"]["state"]})
         step = self.position.global_step
@@ -97,6 +99,8 @@ class RunState:
             raise CheckpointError(f"no space left on {err.folder} while writing the checkpoint; {kept}") from err
         remove_stale_temporaries(path)
         self.last_good = (path, step)
+        if self.cfg.continual.enabled and self.position.batch_in_epoch == 0 and self.position.epoch > 0:
+            shutil.copyfile(path, self.cfg.run_dir / TASK.format(self.position.epoch - 1))  # a task just ended
         return path
 
     def load(self, path: Path) -> None:
