@@ -235,9 +235,10 @@ def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny
     mixed.parts.step = capture
     metrics = mixed.train_step(batch)
     out = captured["out"]
-    assert int(mixed.model.queue.pointer) == pointer + 32  # the batch's keys, nothing more
-    assert torch.equal(mixed.model.queue.features[pointer:pointer + 32], out.keys.float())
-    assert torch.equal(mixed.model.queue.labels[pointer:pointer + 32], batch.labels)
+    batch_size = mixed.cfg.optim.batch_size
+    assert int(mixed.model.queue.pointer) == pointer + batch_size  # the batch's keys, nothing more
+    assert torch.equal(mixed.model.queue.features[pointer:pointer + batch_size], out.keys.float())
+    assert torch.equal(mixed.model.queue.labels[pointer:pointer + batch_size], batch.labels)
     assert "mochi/logit_synthetic" in metrics
     mixed.parts.step = real_step
     mixed.train()

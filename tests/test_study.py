@@ -26,7 +26,7 @@ from mochi_hvs.study.stats import paired_difference, summarize
 from mochi_hvs.train import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["data.train_subset=256", "optim.batch_size=32", "moco.queue_size=128", "model.bn_splits=4",
+TINY = ["data.train_subset=128", "optim.batch_size=16", "moco.queue_size=128", "model.bn_splits=2",
         "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
         "eval.knn_every=0", "eval.knn_baseline=false"]
 # A tiny timm ViT (tests/test_backbones.py's) on the default recipe, and its floor's label in a study whose baseline
@@ -494,7 +494,7 @@ def test_matched_arm_gets_its_targets_encoder_forwards_and_keeps_its_budget(tmp_
     assert planned["moco_matched"].extra == ["optim.steps=6"]  # HVS V=3, momentum scorer: 6 / 4 per image
     resolved = runner.resolve_budget(planned["moco_matched"])
     budget = json.loads((resolved.run_dir / "budget.json").read_text())
-    assert budget["steps"] == 6 and budget["target_forward_units"] == 4 * 32 * 6
+    assert budget["steps"] == 6 and budget["target_forward_units"] == 4 * 16 * 6
     # The fixed budget wins over a later change of the target (a resume keeps what the run started with).
     later = load_study(write_study(tmp_path, arms=arms, shared=[*TINY, "optim.steps=8"]))
     assert StudyRunner(later).planned("moco_matched", 0).extra == ["optim.steps=6"]
@@ -517,12 +517,12 @@ def test_seconds_matched_arm_gets_the_targets_training_time_over_its_measured_st
 
 def test_step_timing_warms_up_past_the_boosted_first_steps_even_when_an_epoch_is_shorter(tmp_path, monkeypatch):
     import mochi_hvs.study.runner as runner_module
-    runner = StudyRunner(load_study(write_study(tmp_path)))  # 256 images of 32: 8 steps an epoch
+    runner = StudyRunner(load_study(write_study(tmp_path)))  # 128 images of 16: 8 steps an epoch
     steps = []
     monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(batch.views.shape[0]))
     assert runner_module.seconds_per_step(runner.planned("moco", 0)) >= 0
     assert len(steps) == runner_module.WARMUP_STEPS + runner_module.TIMED_STEPS > 8
-    assert set(steps) == {32}
+    assert set(steps) == {16}
 
 
 def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys, monkeypatch):
