@@ -49,17 +49,20 @@ def tiny_cfg(tiny_overrides):
     return load_config(None, tiny_overrides)
 
 
+QUICK = ["data.train_subset=64", "moco.queue_size=64"]  # the tiny run on half its images: 4 steps per epoch
+
+
 @pytest.fixture
 def quick_overrides(tiny_overrides) -> list[str]:
-    """The tiny run at half the batch: 64 images, batch 16, 4 steps per epoch (runs, resumes and their logs)."""
-    return tiny_overrides + ["data.train_subset=64", "optim.batch_size=16", "moco.queue_size=64", "model.bn_splits=2"]
+    """The tiny run on 64 images, 4 steps of 16 per epoch (runs, resumes and their logs)."""
+    return tiny_overrides + QUICK
 
 
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory) -> Trainer:
-    """The tiny run of plain MoCo-v2 (tiny_settings unchanged, 2 epochs of 8 steps), trained once for the session:
-    the tests that hold a method's run against it, or read its checkpoint, only read it."""
-    trainer = Trainer(load_config(None, tiny_settings(tmp_path_factory.mktemp("plain"))))
+    """The quick run of plain MoCo-v2 (quick_overrides unchanged, 2 epochs of 4 steps), trained once for the
+    session: the tests that hold a method's run against it, or read its checkpoint, only read it."""
+    trainer = Trainer(load_config(None, tiny_settings(tmp_path_factory.mktemp("plain")) + QUICK))
     trainer.train()
     trainer.close()
     return trainer

@@ -229,7 +229,8 @@ def test_checkpoint_holds_everything_needed(plain_run):
         assert key in state, key
     assert "queue.features" in state["model"] and "queue.pointer" in state["model"]
     assert any(k.startswith("encoder_k.") for k in state["model"])
-    assert int(state["model"]["queue.pointer"]) == (16 * 32) % 128
+    cfg = plain_run.cfg
+    assert int(state["model"]["queue.pointer"]) == (8 * cfg.optim.batch_size) % cfg.moco.queue_size
     torch.load(plain_run.state.checkpoint_path, weights_only=True)  # safe-loadable content only
 
 

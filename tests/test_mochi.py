@@ -211,17 +211,19 @@ def mochi_overrides(tiny_overrides, *extra):
                              "mochi.num_query_mix=8", *extra]
 
 
-def test_mochi_in_warm_up_is_exactly_moco_v2(tiny_overrides, plain_run):
-    warm = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=warm", "mochi.warmup_epochs=5")))
+def test_mochi_in_warm_up_is_exactly_moco_v2(quick_overrides, plain_run):
+    warm = Trainer(load_config(None, mochi_overrides(quick_overrides, "name=warm", "mochi.warmup_epochs=5")))
     warm.train()
     for key, value in plain_run.model.state_dict().items():
         assert torch.equal(value, warm.model.state_dict()[key]), key
 
 
 def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny_overrides):
-    plain = Trainer(load_config(None, tiny_overrides + ["name=plain", "optim.epochs=1"]))
+    """A step on the first batch, then one more through train(): the same updates with mixing on and off."""
+    plain = Trainer(load_config(None, tiny_overrides + ["name=plain", "optim.steps=1"]))
+    plain.train_step(next(iter(plain.parts.batches)))
     plain.train()
-    mixed = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=mixed", "optim.epochs=1",
+    mixed = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=mixed", "optim.steps=1",
                                                       "mochi.warmup_epochs=0")))
     batch = next(iter(mixed.parts.batches))
     pointer = int(mixed.model.queue.pointer)
