@@ -42,7 +42,8 @@ def write_study(tmp_path, **changes):
         "arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
                  "hvs": {"recipe": str(CONFIGS / "moco_hvs.yaml")}},
         "evaluations": ["knn", "linear"], "references": ["pixels", "random_init", "supervised"],
-        "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]"],
+        "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]",
+                           "eval.linear.l2_grid=[0.1,0.01]"],  # two strengths: still chosen on a validation split
         "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
     }
     study.update(changes)
@@ -414,6 +415,13 @@ def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path,
 
 # ------------------------------------------------------------------ running
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """A study call without its figures (drawing them takes seconds): for the tests that read only the records and
+    REPORT.md; the first test below and test_plots_are_written_with_matplotlib_and_skipped_cleanly_without draw them."""
+    monkeypatch.setattr("mochi_hvs.study.__main__.write_plots", lambda folder, baseline: [])
+
+
 def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(tmp_path, monkeypatch):
     path = write_study(tmp_path)
     assert study_main(["--config", str(path)]) == 0
@@ -425,6 +433,7 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
                     ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
                     ("supervised", 0, "knn"), ("supervised", 0, "linear")}
     assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
+    assert (results / "final_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # the study draws its figures
     trained = {r["arm"]: r["metrics"] for r in lines if r["evaluator"] == "train"}
     assert all(trained[arm]["collapsed"] is False and trained[arm]["embedding_rank"] > 1.5 for arm in ("moco", "hvs"))
     assert "collapsed" not in trained["supervised"]  # the supervised reference is not monitored
@@ -462,7 +471,7 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
 
 
 @pytest.mark.slow
-def test_a_study_with_a_vit_arm_records_and_reports_the_vits_own_random_init(tmp_path):
+def test_a_study_with_a_vit_arm_records_and_reports_the_vits_own_random_init(tmp_path, no_plots):
     """End to end: a ResNet baseline and a tiny ViT arm (the ViT recipe with test_backbones.py's small ViT) trained,
     evaluated and reported; the ViT is read against the random initialisation of its own backbone."""
     path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
@@ -543,7 +552,8 @@ def test_report_only_needs_results(tmp_path, capsys):
     assert "no results yet" in capsys.readouterr().err
 
 
-def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(tmp_path, monkeypatch, capsys):
+def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(tmp_path, monkeypatch, capsys,
+                                                                               no_plots):
     """Records of the old SGD probe (no protocol) stay in the file under their own name; --reprobe evaluates the
     kept checkpoints again without training: kNN exactly as before, linear with today's probe."""
     path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")}},
