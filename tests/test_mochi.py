@@ -276,8 +276,8 @@ def test_labels_never_reach_the_loss(tiny_overrides):
 @pytest.mark.slow
 def test_mochi_recipe_runs_and_logs_every_analysis_metric(tmp_path):
     cfg = load_config("configs/moco_mochi.yaml", [
-        f"output_dir={tmp_path}", "name=m", "data.train_subset=512", "optim.batch_size=64", "moco.queue_size=256",
-        "optim.epochs=2", "mochi.warmup_epochs=1", "mochi.num_hard=64", "log_every=4", "eval.analysis_every=1",
+        f"output_dir={tmp_path}", "name=m", "data.train_subset=256", "optim.batch_size=64", "moco.queue_size=256",
+        "optim.epochs=2", "mochi.warmup_epochs=1", "mochi.num_hard=64", "log_every=2", "eval.analysis_every=1",
         "eval.analysis_samples=64", "eval.knn_every=0", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
         "eval.knn_baseline=false"])
     Trainer(cfg).fit()
