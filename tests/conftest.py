@@ -29,10 +29,11 @@ def _seed_and_threads():
 
 
 def tiny_settings(output_dir: Path) -> list[str]:
-    """A few seconds of real MoCo training: 256 Fashion-MNIST images, batch 32, ResNet-18 at 28 px."""
+    """A few seconds of real MoCo training: 128 Fashion-MNIST images, batch 16 (8 steps per epoch), ResNet-18 at
+    28 px."""
     return [
-        f"output_dir={output_dir}", "name=tiny", "data.train_subset=256", "optim.batch_size=32",
-        "moco.queue_size=128", "model.bn_splits=4", "optim.epochs=2", "log_every=2",
+        f"output_dir={output_dir}", "name=tiny", "data.train_subset=128", "optim.batch_size=16",
+        "moco.queue_size=128", "model.bn_splits=2", "optim.epochs=2", "log_every=2",
         "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
     ]
 
@@ -48,17 +49,20 @@ def tiny_cfg(tiny_overrides):
     return load_config(None, tiny_overrides)
 
 
+QUICK = ["data.train_subset=64", "moco.queue_size=64"]  # the tiny run on half its images: 4 steps per epoch
+
+
 @pytest.fixture
 def quick_overrides(tiny_overrides) -> list[str]:
-    """The tiny run at half the batch: 64 images, batch 16, 4 steps per epoch (runs, resumes and their logs)."""
-    return tiny_overrides + ["data.train_subset=64", "optim.batch_size=16", "moco.queue_size=64", "model.bn_splits=2"]
+    """The tiny run on 64 images, 4 steps of 16 per epoch (runs, resumes and their logs)."""
+    return tiny_overrides + QUICK
 
 
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory) -> Trainer:
-    """The tiny run of plain MoCo-v2 (tiny_settings unchanged, 2 epochs of 8 steps), trained once for the session:
-    the tests that hold a method's run against it, or read its checkpoint, only read it."""
-    trainer = Trainer(load_config(None, tiny_settings(tmp_path_factory.mktemp("plain"))))
+    """The quick run of plain MoCo-v2 (quick_overrides unchanged, 2 epochs of 4 steps), trained once for the
+    session: the tests that hold a method's run against it, or read its checkpoint, only read it."""
+    trainer = Trainer(load_config(None, tiny_settings(tmp_path_factory.mktemp("plain")) + QUICK))
     trainer.train()
     trainer.close()
     return trainer

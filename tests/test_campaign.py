@@ -123,13 +123,13 @@ def test_planner_skips_recorded_runs_continues_started_ones_first_and_estimates_
                                                  ("tiny", "supervised", 1), ("tiny", "supervised", 2)]
     assert [(p.steps_done, p.evaluations_only) for p in pending] == [(4, True), (2, False), (0, False), (0, False),
                                                                      (0, False)]
-    seconds = [OVERHEAD, expected_seconds(2, 32, 4), expected_seconds(4, 32, 4), expected_seconds(4, 32, 3),
-               expected_seconds(4, 32, 3)]
+    seconds = [OVERHEAD, expected_seconds(2, 16, 4), expected_seconds(4, 16, 4), expected_seconds(4, 16, 3),
+               expected_seconds(4, 16, 3)]
     assert [p.seconds for p in pending] == pytest.approx(seconds)
     assert next_run(pending, OVERHEAD - 1) is None
     assert next_run(pending, OVERHEAD) is pending[0]
     # a run that does not fit is passed over for a later one that does
-    assert next_run(pending[2:], expected_seconds(4, 32, 3)) is pending[3]
+    assert next_run(pending[2:], expected_seconds(4, 16, 3)) is pending[3]
 
 
 # ------------------------------------------------------------------ bundle and merge
@@ -261,16 +261,16 @@ def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_
         capsys.readouterr()
         return code
 
-    first = call(2 * 32 * 4 + 60, "machine1")  # short's 256 forwards fit, longer's 512 do not
+    first = call(2 * 16 * 4 + 120, "machine1")  # short's 128 forwards fit, longer's 256 do not
     assert [(e["event"], e.get("arm"), e.get("status")) for e in first] == [("run", "short", "ok"),
                                                                           ("end", None, None)]
-    assert first[-1]["reason"] == "no pending run fits: tiny longer seed 0 needs 512 s"
+    assert first[-1]["reason"] == "no pending run fits: tiny longer seed 0 needs 256 s"
     assert merge() == 2  # a dry run's bundle is refused by default
     assert merge("--with-overrides") == 0
     keys = [(r["arm"], r["evaluator"]) for r in map(json.loads, results.read_text().splitlines())]
     assert keys == [("short", "train"), ("short", "knn"), ("short", "linear")]
 
-    second = call(4 * 32 * 4 + 60, "machine2")
+    second = call(4 * 16 * 4 + 120, "machine2")
     assert [(e["event"], e.get("arm"), e.get("status")) for e in second] == [("run", "longer", "ok"),
                                                                            ("end", None, None)]
     assert merge("--with-overrides") == 0 and merge("--with-overrides") == 0

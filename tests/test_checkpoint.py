@@ -124,7 +124,8 @@ def assert_same_state(a, b):
 
 @pytest.mark.parametrize("augment_on", ["device", "cpu"])
 def test_resume_after_an_epoch_is_exact(quick_overrides, tmp_path, augment_on):
-    over = quick_overrides + [f"data.augment_on={augment_on}", "data.workers=0"]  # 2 epochs of 4 steps
+    over = quick_overrides + [f"data.augment_on={augment_on}", "data.workers=0", "data.train_subset=32"]  # 2 epochs
+    # of 2 steps
     straight = Trainer(load_config(None, over + ["name=straight"]))
     straight.train()
     first = Trainer(load_config(None, over + ["name=split"]))
@@ -138,7 +139,7 @@ def test_resume_after_an_epoch_is_exact(quick_overrides, tmp_path, augment_on):
     with pytest.raises(SystemExit):
         first.train()
     second = Trainer(load_config(None, over + ["name=split"]), resume=tmp_path / "split" / "last.pth")
-    assert second.position.epoch == 1 and second.position.global_step == 4
+    assert second.position.epoch == 1 and second.position.global_step == 2
     second.train()
     assert_same_state(weights(straight), weights(second))
     assert torch.equal(straight.model.queue.features, second.model.queue.features)
@@ -163,7 +164,7 @@ def stop_after(trainer, steps):
     trainer.train_step = step_then_stop
 
 
-def assert_resume_is_exact(overrides, steps=3, stop=2):
+def assert_resume_is_exact(overrides, steps=2, stop=1):
     """A run of `overrides` stopped after `stop` of its `steps` steps and resumed ends with the weights and queue of
     the same run straight through."""
     over = [*overrides, f"optim.steps={steps}", "eval.knn_baseline=false", "eval.knn_pixels=false"]
@@ -182,37 +183,38 @@ def assert_resume_is_exact(overrides, steps=3, stop=2):
     return resumed
 
 
-def test_interrupt_mid_epoch_then_resume_is_exact(tiny_overrides, tmp_path):
-    cfg = load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5"])
-    straight = Trainer(load_config(None, tiny_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5", "name=ref"]))
+def test_interrupt_mid_epoch_then_resume_is_exact(quick_overrides, tmp_path):
+    over = quick_overrides + ["optim.epochs=1", "optim.warmup_epochs=0.5"]  # 4 steps, the first 2 warming up
+    cfg = load_config(None, over)
+    straight = Trainer(load_config(None, over + ["name=ref"]))
     straight.train()
 
     interrupted = Trainer(cfg)
-    stop_after(interrupted, 3)
+    stop_after(interrupted, 1)  # mid-epoch and mid-warm-up
     with pytest.raises(Interrupted, match="--resume auto"):
         interrupted.train()
     resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
-    assert (resumed.position.epoch, resumed.position.batch_in_epoch) == (0, 3)
+    assert (resumed.position.epoch, resumed.position.batch_in_epoch) == (0, 1)
     resumed.train()
-    assert resumed.position.global_step == 8
+    assert resumed.position.global_step == 4
     assert_same_state(weights(straight), weights(resumed))
     last_steps = [t.parts.scheduler.state_dict()["last_epoch"] for t in (straight, resumed)]
-    assert last_steps == [8, 8]
+    assert last_steps == [4, 4]
 
 
 def test_resumed_run_reports_the_whole_runs_steps_and_seconds(tiny_overrides):
     """The summary of a resumed run counts every step and the training seconds of every segment (kept in the
     checkpoint), not only the last process's; a checkpoint from before the seconds were kept says where they start."""
-    cfg = load_config(None, tiny_overrides + ["optim.steps=6"])
+    cfg = load_config(None, tiny_overrides + ["optim.steps=3"])
     interrupted = Trainer(cfg)
-    stop_after(interrupted, 4)
+    stop_after(interrupted, 2)
     with pytest.raises(Interrupted):
         interrupted.train()
     first = load_checkpoint(cfg.run_dir / "last.pth")
-    assert first["global_step"] == 4 and first["train_seconds"] > 0 and first["seconds_from_step"] == 0
+    assert first["global_step"] == 2 and first["train_seconds"] > 0 and first["seconds_from_step"] == 0
     resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
     summary = resumed.train()
-    assert summary["steps"] == 6 and summary["train_seconds_from_step"] == 0
+    assert summary["steps"] == 3 and summary["train_seconds_from_step"] == 0
     final = load_checkpoint(cfg.run_dir / "last.pth")["train_seconds"]  # saved before the end-of-run monitors
     assert first["train_seconds"] < final <= summary["train_seconds"]
     resumed.close()
@@ -220,7 +222,7 @@ def test_resumed_run_reports_the_whole_runs_steps_and_seconds(tiny_overrides):
     legacy = {key: value for key, value in first.items() if key not in ("train_seconds", "seconds_from_step")}
     save_atomic(legacy, cfg.run_dir / "old.pth")
     old = Trainer(cfg, resume=cfg.run_dir / "old.pth", verify=False)
-    assert (old.position.train_seconds, old.position.seconds_from_step) == (0.0, 4)
+    assert (old.position.train_seconds, old.position.seconds_from_step) == (0.0, 2)
 
 
 def test_checkpoint_holds_everything_needed(plain_run):
@@ -229,7 +231,8 @@ def test_checkpoint_holds_everything_needed(plain_run):
         assert key in state, key
     assert "queue.features" in state["model"] and "queue.pointer" in state["model"]
     assert any(k.startswith("encoder_k.") for k in state["model"])
-    assert int(state["model"]["queue.pointer"]) == (16 * 32) % 128
+    cfg = plain_run.cfg
+    assert int(state["model"]["queue.pointer"]) == (8 * cfg.optim.batch_size) % cfg.moco.queue_size
     torch.load(plain_run.state.checkpoint_path, weights_only=True)  # safe-loadable content only
 
 
@@ -294,13 +297,13 @@ def test_nonfinite_entries_names_every_non_finite_tensor_of_nested_state():
 
 
 def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_overrides):
-    cfg = load_config(None, tiny_overrides + ["optim.steps=6", "checkpoint_every=1", "log_every=1"])
+    cfg = load_config(None, tiny_overrides + ["optim.steps=4", "checkpoint_every=1", "log_every=1"])
     trainer = Trainer(cfg)
     real_step = trainer.train_step
     seen = {}
 
     def step(batch):
-        poisoned = trainer.position.global_step == 3  # the 4th step: an infinite learning rate for its update only
+        poisoned = trainer.position.global_step == 2  # the 3rd step: an infinite learning rate for its update only
         if poisoned:
             seen["checkpoint"] = trainer.state.checkpoint_path.read_bytes()
             for group in trainer.parts.optimizer.param_groups:
@@ -315,14 +318,14 @@ def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_overrid
         trainer.train()
     assert math.isfinite(seen["loss"])
     message = str(err.value)
-    assert message.startswith("training diverged: at step 4 (epoch 1) the state to save holds non-finite values in "
+    assert message.startswith("training diverged: at step 3 (epoch 1) the state to save holds non-finite values in "
                               "model/encoder_q.")
-    assert message.endswith(f"it was not saved. Last good checkpoint: {trainer.state.checkpoint_path} (step 3)")
+    assert message.endswith(f"it was not saved. Last good checkpoint: {trainer.state.checkpoint_path} (step 2)")
     assert trainer.state.checkpoint_path.read_bytes() == seen["checkpoint"]  # untouched, bit for bit
     resumed = Trainer(cfg, resume=trainer.state.checkpoint_path)
-    assert resumed.position.global_step == 3
+    assert resumed.position.global_step == 2
     resumed.train()
-    assert resumed.position.global_step == 6
+    assert resumed.position.global_step == 4
     assert not nonfinite_entries(load_checkpoint(resumed.state.checkpoint_path))
 
 
@@ -384,23 +387,23 @@ def test_pretrain_cli_reports_a_full_disk_in_one_line(tiny_overrides, tmp_path, 
     assert load_checkpoint(run_dir / "last.pth")["global_step"] == 1
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_overrides):
-    cfg = load_config(None, tiny_overrides + ["optim.epochs=2"])
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(quick_overrides):
+    cfg = load_config(None, quick_overrides + ["optim.epochs=2"])  # 4 steps per epoch
     trainer = Trainer(cfg)
     real_step = trainer.train_step
 
     def poisoned(batch):
         out = real_step(batch)
-        if trainer.position.global_step == 10:  # step index 10 (the 3rd step of epoch 2)
+        if trainer.position.global_step == 6:  # step index 6 (the 3rd step of epoch 2)
             out["loss"] = torch.tensor(float("nan"))
         return out
 
     trainer.train_step = poisoned
-    with pytest.raises(TrainingDiverged, match="step 10") as err:
+    with pytest.raises(TrainingDiverged, match="step 6") as err:
         trainer.train()
     assert str(trainer.state.checkpoint_path) in str(err.value)
     kept = load_checkpoint(trainer.state.checkpoint_path)
-    assert kept["global_step"] == 8 and kept["epoch"] == 1
+    assert kept["global_step"] == 4 and kept["epoch"] == 1
 
 
 def test_metric_window_means_nan_handling_and_first_non_finite_step():
@@ -433,12 +436,13 @@ def tensorboard_losses(run_dir):
 
 
 def test_a_resumed_run_supersedes_the_logs_written_after_its_checkpoint(quick_overrides):
-    cfg = load_config(None, quick_overrides + ["optim.epochs=2"])  # 4 steps per epoch, logged every 2
+    cfg = load_config(None, quick_overrides + ["data.train_subset=32", "optim.epochs=2", "log_every=1"])  # 2 epochs
+    # of 2 steps, each logged
     crashing = Trainer(cfg)
     real_step = crashing.train_step
 
     def crash_in_the_last_step(batch):
-        if crashing.position.global_step == 7:  # steps 5-7 ran (step 6 logged) after the checkpoint at step 4
+        if crashing.position.global_step == 3:  # step 3 ran (and was logged) after the checkpoint at step 2
             raise SystemExit("killed")
         return real_step(batch)
 
@@ -446,15 +450,15 @@ def test_a_resumed_run_supersedes_the_logs_written_after_its_checkpoint(quick_ov
     with pytest.raises(SystemExit):
         crashing.train()
     steps, before = logged_steps(cfg.run_dir)
-    assert steps == [2, 4, 6] and load_checkpoint(crashing.state.checkpoint_path)["global_step"] == 4
+    assert steps == [1, 2, 3] and load_checkpoint(crashing.state.checkpoint_path)["global_step"] == 2
     resumed = Trainer(cfg, resume=crashing.state.checkpoint_path)
     resumed.train()
     resumed.close()
     steps, after = logged_steps(cfg.run_dir)
-    assert steps == [2, 4, 6, 8]  # each step of a straight run once
+    assert steps == [1, 2, 3, 4]  # each step of a straight run once
     assert after[:2] == before[:2]  # the history up to the checkpoint is kept as it was
     losses = tensorboard_losses(cfg.run_dir)
-    assert [step for step, _ in losses] == [2, 4, 6, 8]
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
     assert [value for _, value in losses] == [float(torch.tensor(line["train/loss"])) for line in after]
 
 

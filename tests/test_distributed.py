@@ -219,7 +219,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_overrid
     one, r0, r1 = (torch.load(p) for p in (single / "rank0.pt", tmp_path / "rank0.pt", tmp_path / "rank1.pt"))
     assert len(one["losses"]) == len(r0["losses"]) == 8
     losses_one, losses_two = torch.tensor(one["losses"]), torch.tensor(r0["losses"])
-    # Same loss at the first steps to float precision. Later, convolutions over 16 instead of 32 images sum
+    # Same loss at the first steps to float precision. Later, convolutions over 8 instead of 16 images sum
     # in another order, and 1e-7 differences flip max-pool / ReLU ties on the exact-zero background pixels,
     # so trajectories drift apart slowly; a wrong BN grouping or shuffle would differ by ~0.1 at once.
     assert torch.allclose(losses_one[:2], losses_two[:2], atol=1e-5)

@@ -128,7 +128,7 @@ def test_a_checkpoint_pretrained_on_a_subset_below_the_default_batch_evaluates_w
     assert pretrain(run) == 0
     checkpoint = tmp_path / "tiny" / "last.pth"
     stored = torch.load(checkpoint, weights_only=True)["config"]
-    assert (stored["data"]["train_subset"], stored["optim"]["batch_size"]) == (64, 32)  # valid only with its batch
+    assert (stored["data"]["train_subset"], stored["optim"]["batch_size"]) == (64, 16)  # valid only with its batch
     results = tmp_path / "results.jsonl"
     assert cli("knn")(["--checkpoint", str(checkpoint), "--results", str(results), *SMALL_KNN]) == 0
     (entry,) = read_results(results)

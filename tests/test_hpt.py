@@ -34,29 +34,29 @@ def test_bn_only_training_changes_batchnorm_and_head_but_no_other_backbone_weigh
     assert all(id(p) not in trained for n, p in trainer.model.encoder_q.named_parameters() if n in frozen)
 
 
-def test_a_run_measured_in_steps_ends_mid_epoch_and_resumes_exactly(tiny_overrides, tmp_path):
-    over = tiny_overrides + ["optim.steps=11", "checkpoint_every=0"]  # 8 steps per epoch
+def test_a_run_measured_in_steps_ends_mid_epoch_and_resumes_exactly(quick_overrides, tmp_path):
+    over = quick_overrides + ["optim.steps=7", "checkpoint_every=0"]  # 4 steps per epoch
     straight = Trainer(load_config(None, over + ["name=straight"]))
     straight.train()
-    assert (straight.position.global_step, straight.parts.total_steps, straight.parts.num_epochs) == (11, 11, 2)
-    assert straight.parts.scheduler.state_dict()["last_epoch"] == 11
+    assert (straight.position.global_step, straight.parts.total_steps, straight.parts.num_epochs) == (7, 7, 2)
+    assert straight.parts.scheduler.state_dict()["last_epoch"] == 7
     cfg = load_config(None, over + ["name=split"])
     interrupted = Trainer(cfg)
     real_step = interrupted.train_step
 
-    def stop_at_ten(batch):
+    def stop_at_six(batch):
         out = real_step(batch)
-        if interrupted.position.global_step == 9:  # this step is the 10th
+        if interrupted.position.global_step == 5:  # this step is the 6th
             interrupted.request_stop()
         return out
 
-    interrupted.train_step = stop_at_ten
+    interrupted.train_step = stop_at_six
     with pytest.raises(Interrupted):
         interrupted.train()
     resumed = Trainer(cfg, resume=resolve_resume("auto", cfg.run_dir))
     assert (resumed.position.epoch, resumed.position.batch_in_epoch) == (1, 2)
     resumed.train()
-    assert resumed.position.global_step == 11
+    assert resumed.position.global_step == 7
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
@@ -185,10 +185,11 @@ def staged_recipe(tmp_path, tiny_overrides):
     recipe.write_text(
         "name: staged\n"
         "stages:\n"
-        "  - {name: source, optim: {steps: 6}}\n"
-        "  - {name: target, data: {name: mnist5k, train_subset: 256}, model: {train_bn_only: true},\n"
-        "     optim: {steps: 5, lr: 0.02}}\n")
-    return load_config(recipe, [o for o in tiny_overrides if not o.startswith(("name=", "optim.epochs"))])
+        "  - {name: source, optim: {steps: 2}}\n"
+        "  - {name: target, data: {name: mnist5k, train_subset: 128}, model: {train_bn_only: true},\n"
+        "     optim: {steps: 4, lr: 0.02}}\n")
+    return load_config(recipe, [o for o in tiny_overrides if not o.startswith(("name=", "optim.epochs"))]
+                       + ["eval.knn_baseline=false", "eval.knn_pixels=false"])
 
 
 def test_staged_run_chains_stages_and_resumes_mid_stage(tiny_overrides, tmp_path):
@@ -198,38 +199,38 @@ def test_staged_run_chains_stages_and_resumes_mid_stage(tiny_overrides, tmp_path
     source, target = stage_configs(cfg)
     results = pretrain.run(cfg, None)
     assert [name for name, _ in results] == ["source", "target"]
-    assert results[1][1]["init_from"] == str(source.run_dir / "last.pth") and results[1][1]["steps"] == 5
+    assert results[1][1]["init_from"] == str(source.run_dir / "last.pth") and results[1][1]["steps"] == 4
     straight = torch.load(target.run_dir / "last.pth")["model"]
     source_backbone = {k: v for k, v in torch.load(source.run_dir / "last.pth")["model"].items()
                        if k.startswith("encoder_q.backbone.") and "bn" not in k and "downsample.1" not in k}
     for key, value in source_backbone.items():  # BN-only target stage: every other weight is the source's
         assert torch.equal(straight[key], value), key
 
-    # Interrupt the target stage after 3 steps, then --resume auto: the source stage is skipped (finished),
+    # Interrupt the target stage after 2 steps, then --resume auto: the source stage is skipped (finished),
     # the target stage continues from its checkpoint and ends where the straight run ended.
     (target.run_dir / "summary.json").unlink()
     (target.run_dir / "last.pth").unlink()
     real_init = Trainer.__init__
 
-    def init_then_stop_after_three(self, *args, **kwargs):
+    def init_then_stop_after_two(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         real_step = self.train_step
 
         def step(batch):
             out = real_step(batch)
-            if self.position.global_step == 2:
+            if self.position.global_step == 1:
                 self.request_stop()
             return out
 
         self.train_step = step
 
-    Trainer.__init__ = init_then_stop_after_three
+    Trainer.__init__ = init_then_stop_after_two
     try:
         with pytest.raises(Interrupted):
             pretrain.run(cfg, "auto")
     finally:
         Trainer.__init__ = real_init
-    assert torch.load(target.run_dir / "last.pth")["global_step"] == 3
+    assert torch.load(target.run_dir / "last.pth")["global_step"] == 2
     resumed = pretrain.run(cfg, "auto")
     assert resumed[0][1] == results[0][1]  # read back from the finished source stage, not retrained
     final = torch.load(target.run_dir / "last.pth")["model"]

@@ -91,12 +91,12 @@ def test_semisup_defaults_warm_up_over_the_first_epoch_then_decay_by_cosine(tiny
         return optimizer, scheduler
 
     monkeypatch.setattr(semisup_module, "sgd_with_schedule", recording)
-    settings = SemisupSettings(labels_per_class=8, batch_size=16, epochs=4, test_subset=20)  # 80 images: 5 steps/epoch
+    settings = SemisupSettings(labels_per_class=8, batch_size=16, epochs=2, test_subset=20)  # 80 images: 5 steps/epoch
     assert (settings.lr_head, settings.warmup_epochs, settings.schedule) == (0.05, 1.0, "cosine")
     backbone, width = small_stem_backbone()
     SemisupFinetune(tiny_cfg, settings, CPU).evaluate(backbone, width)
 
-    per_epoch, total = 5, 20
+    per_epoch, total = 5, 10
     assert len(stepped) == total
     head = [h for _, h in stepped]
     assert head[:per_epoch] == pytest.approx([0.05 * (i + 1) / per_epoch for i in range(per_epoch)])

@@ -116,10 +116,10 @@ def test_the_test_labels_play_no_part_in_the_choice():
 
 @pytest.fixture(scope="module")
 def pixels():
-    """Raw pixel values in [0, 1] of 3,000 training and 1,000 test images of Fashion-MNIST (class-balanced)."""
+    """Raw pixel values in [0, 1] of 1,500 training and 1,000 test images of Fashion-MNIST (class-balanced)."""
     from mochi_hvs.data.datasets import labelled_splits
 
-    train, test = labelled_splits("fashion_mnist", None, 3000, 1000, 0)
+    train, test = labelled_splits("fashion_mnist", None, 1500, 1000, 0)
 
     def values(images):
         array = images.array.reshape(len(images), -1).astype(np.float32) / 255
@@ -136,7 +136,7 @@ def test_on_raw_pixels_the_probe_agrees_with_scikit_learn(pixels):
     from sklearn.preprocessing import StandardScaler
 
     train, train_labels, test, test_labels = pixels
-    fit = fit_logistic(train, train_labels, 10, [1e-1, 1e-2, 1e-3, 1e-4], 0.1, seed=0)
+    fit = fit_logistic(train, train_labels, 10, [1.0, 1e-1, 1e-2, 1e-3], 0.1, seed=0)
     scaler = StandardScaler().fit(train.numpy())
     reference = LogisticRegression(C=1 / (fit.l2 * len(train)), tol=1e-5, max_iter=5000)
     reference.fit(scaler.transform(train.numpy()), train_labels.numpy())
@@ -146,6 +146,6 @@ def test_on_raw_pixels_the_probe_agrees_with_scikit_learn(pixels):
                       + fit.l2 / 2 * (torch.from_numpy(reference.coef_) ** 2).sum())
     ours = accuracy(fit.logits(test), test_labels)
     theirs = float((reference.predict(scaler.transform(test.numpy())) == test_labels.numpy()).mean() * 100)
-    assert fit.converged and 1e-4 < fit.l2 < 1e-1  # on 2,700 images the strength is neither extreme of the grid
+    assert fit.converged and 1e-3 < fit.l2 < 1.0  # on 1,350 images the strength is neither extreme of the grid
     assert fit.objective == pytest.approx(objective, rel=2e-3)
     assert abs(ours - theirs) <= 0.5, (ours, theirs)

@@ -211,17 +211,19 @@ def mochi_overrides(tiny_overrides, *extra):
                              "mochi.num_query_mix=8", *extra]
 
 
-def test_mochi_in_warm_up_is_exactly_moco_v2(tiny_overrides, plain_run):
-    warm = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=warm", "mochi.warmup_epochs=5")))
+def test_mochi_in_warm_up_is_exactly_moco_v2(quick_overrides, plain_run):
+    warm = Trainer(load_config(None, mochi_overrides(quick_overrides, "name=warm", "mochi.warmup_epochs=5")))
     warm.train()
     for key, value in plain_run.model.state_dict().items():
         assert torch.equal(value, warm.model.state_dict()[key]), key
 
 
 def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny_overrides):
-    plain = Trainer(load_config(None, tiny_overrides + ["name=plain", "optim.epochs=1"]))
+    """A step on the first batch, then one more through train(): the same updates with mixing on and off."""
+    plain = Trainer(load_config(None, tiny_overrides + ["name=plain", "optim.steps=1"]))
+    plain.train_step(next(iter(plain.parts.batches)))
     plain.train()
-    mixed = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=mixed", "optim.epochs=1",
+    mixed = Trainer(load_config(None, mochi_overrides(tiny_overrides, "name=mixed", "optim.steps=1",
                                                       "mochi.warmup_epochs=0")))
     batch = next(iter(mixed.parts.batches))
     pointer = int(mixed.model.queue.pointer)
@@ -235,9 +237,10 @@ def test_mixing_changes_training_and_synthetic_negatives_are_never_enqueued(tiny
     mixed.parts.step = capture
     metrics = mixed.train_step(batch)
     out = captured["out"]
-    assert int(mixed.model.queue.pointer) == pointer + 32  # the batch's keys, nothing more
-    assert torch.equal(mixed.model.queue.features[pointer:pointer + 32], out.keys.float())
-    assert torch.equal(mixed.model.queue.labels[pointer:pointer + 32], batch.labels)
+    batch_size = mixed.cfg.optim.batch_size
+    assert int(mixed.model.queue.pointer) == pointer + batch_size  # the batch's keys, nothing more
+    assert torch.equal(mixed.model.queue.features[pointer:pointer + batch_size], out.keys.float())
+    assert torch.equal(mixed.model.queue.labels[pointer:pointer + batch_size], batch.labels)
     assert "mochi/logit_synthetic" in metrics
     mixed.parts.step = real_step
     mixed.train()
@@ -273,8 +276,8 @@ def test_labels_never_reach_the_loss(tiny_overrides):
 @pytest.mark.slow
 def test_mochi_recipe_runs_and_logs_every_analysis_metric(tmp_path):
     cfg = load_config("configs/moco_mochi.yaml", [
-        f"output_dir={tmp_path}", "name=m", "data.train_subset=512", "optim.batch_size=64", "moco.queue_size=256",
-        "optim.epochs=2", "mochi.warmup_epochs=1", "mochi.num_hard=64", "log_every=4", "eval.analysis_every=1",
+        f"output_dir={tmp_path}", "name=m", "data.train_subset=256", "optim.batch_size=64", "moco.queue_size=256",
+        "optim.epochs=2", "mochi.warmup_epochs=1", "mochi.num_hard=64", "log_every=2", "eval.analysis_every=1",
         "eval.analysis_samples=64", "eval.knn_every=0", "eval.knn_train_subset=200", "eval.knn_test_subset=100",
         "eval.knn_baseline=false"])
     Trainer(cfg).fit()

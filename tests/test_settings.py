@@ -43,7 +43,7 @@ def test_momentum_schedule_sets_the_key_encoder_momentum_of_each_step(tiny_overr
 def test_base_batch_size_scales_the_optimiser_lr(tiny_overrides):
     trainer = Trainer(load_config(None, tiny_overrides + ["optim.lr=0.1", "optim.base_batch_size=64",
                                                           "optim.schedule=constant"]))
-    assert trainer.parts.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 64)
+    assert trainer.parts.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 16 / 64)
     trainer.close()
 
 

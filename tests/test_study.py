@@ -26,7 +26,7 @@ from mochi_hvs.study.stats import paired_difference, summarize
 from mochi_hvs.train import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["data.train_subset=256", "optim.batch_size=32", "moco.queue_size=128", "model.bn_splits=4",
+TINY = ["data.train_subset=128", "optim.batch_size=16", "moco.queue_size=128", "model.bn_splits=2",
         "log_every=2", "eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.batch_size=100",
         "eval.knn_every=0", "eval.knn_baseline=false"]
 # A tiny timm ViT (tests/test_backbones.py's) on the default recipe, and its floor's label in a study whose baseline
@@ -42,7 +42,8 @@ def write_study(tmp_path, **changes):
         "arms": {"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
                  "hvs": {"recipe": str(CONFIGS / "moco_hvs.yaml")}},
         "evaluations": ["knn", "linear"], "references": ["pixels", "random_init", "supervised"],
-        "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]"],
+        "evaluation_set": ["eval.knn_train_subset=200", "eval.knn_test_subset=100", "eval.knn_k=[5,20]",
+                           "eval.linear.l2_grid=[0.1,0.01]"],  # two strengths: still chosen on a validation split
         "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
     }
     study.update(changes)
@@ -414,6 +415,13 @@ def test_plots_are_written_with_matplotlib_and_skipped_cleanly_without(tmp_path,
 
 # ------------------------------------------------------------------ running
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """A study call without its figures (drawing them takes seconds): for the tests that read only the records and
+    REPORT.md; the first test below and test_plots_are_written_with_matplotlib_and_skipped_cleanly_without draw them."""
+    monkeypatch.setattr("mochi_hvs.study.__main__.write_plots", lambda folder, baseline: [])
+
+
 def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(tmp_path, monkeypatch):
     path = write_study(tmp_path)
     assert study_main(["--config", str(path)]) == 0
@@ -425,6 +433,7 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
                     ("random_init", 0, "knn"), ("random_init", 0, "linear"), ("supervised", 0, "train"),
                     ("supervised", 0, "knn"), ("supervised", 0, "linear")}
     assert (results / "REPORT.md").is_file() and (results / "study.yaml").is_file()
+    assert (results / "final_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # the study draws its figures
     trained = {r["arm"]: r["metrics"] for r in lines if r["evaluator"] == "train"}
     assert all(trained[arm]["collapsed"] is False and trained[arm]["embedding_rank"] > 1.5 for arm in ("moco", "hvs"))
     assert "collapsed" not in trained["supervised"]  # the supervised reference is not monitored
@@ -462,7 +471,7 @@ def test_study_runs_skips_finished_runs_resumes_an_interrupted_one_and_reports(t
 
 
 @pytest.mark.slow
-def test_a_study_with_a_vit_arm_records_and_reports_the_vits_own_random_init(tmp_path):
+def test_a_study_with_a_vit_arm_records_and_reports_the_vits_own_random_init(tmp_path, no_plots):
     """End to end: a ResNet baseline and a tiny ViT arm (the ViT recipe with test_backbones.py's small ViT) trained,
     evaluated and reported; the ViT is read against the random initialisation of its own backbone."""
     path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")},
@@ -494,7 +503,7 @@ def test_matched_arm_gets_its_targets_encoder_forwards_and_keeps_its_budget(tmp_
     assert planned["moco_matched"].extra == ["optim.steps=6"]  # HVS V=3, momentum scorer: 6 / 4 per image
     resolved = runner.resolve_budget(planned["moco_matched"])
     budget = json.loads((resolved.run_dir / "budget.json").read_text())
-    assert budget["steps"] == 6 and budget["target_forward_units"] == 4 * 32 * 6
+    assert budget["steps"] == 6 and budget["target_forward_units"] == 4 * 16 * 6
     # The fixed budget wins over a later change of the target (a resume keeps what the run started with).
     later = load_study(write_study(tmp_path, arms=arms, shared=[*TINY, "optim.steps=8"]))
     assert StudyRunner(later).planned("moco_matched", 0).extra == ["optim.steps=6"]
@@ -517,12 +526,12 @@ def test_seconds_matched_arm_gets_the_targets_training_time_over_its_measured_st
 
 def test_step_timing_warms_up_past_the_boosted_first_steps_even_when_an_epoch_is_shorter(tmp_path, monkeypatch):
     import mochi_hvs.study.runner as runner_module
-    runner = StudyRunner(load_study(write_study(tmp_path)))  # 256 images of 32: 8 steps an epoch
+    runner = StudyRunner(load_study(write_study(tmp_path)))  # 128 images of 16: 8 steps an epoch
     steps = []
     monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(batch.views.shape[0]))
     assert runner_module.seconds_per_step(runner.planned("moco", 0)) >= 0
     assert len(steps) == runner_module.WARMUP_STEPS + runner_module.TIMED_STEPS > 8
-    assert set(steps) == {32}
+    assert set(steps) == {16}
 
 
 def test_dry_run_prints_the_plan_with_estimates(tmp_path, capsys, monkeypatch):
@@ -543,7 +552,8 @@ def test_report_only_needs_results(tmp_path, capsys):
     assert "no results yet" in capsys.readouterr().err
 
 
-def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(tmp_path, monkeypatch, capsys):
+def test_reprobe_reproduces_knn_and_recomputes_linear_with_the_converged_probe(tmp_path, monkeypatch, capsys,
+                                                                               no_plots):
     """Records of the old SGD probe (no protocol) stay in the file under their own name; --reprobe evaluates the
     kept checkpoints again without training: kNN exactly as before, linear with today's probe."""
     path = write_study(tmp_path, arms={"moco": {"recipe": str(CONFIGS / "moco_v2.yaml")}},

@@ -27,7 +27,7 @@ def test_the_supervised_reference_learns_to_classify(tiny_overrides):
     with torch.no_grad():
         logits = torch.cat([network(batch.images) for batch in eval_loader(test, cfg.data, 100, workers=0)])
     accuracy = (logits.argmax(dim=1) == torch.from_numpy(test.labels)).float().mean().item()
-    assert accuracy > 0.3  # 10 classes: chance is 0.1; 256 labelled images, 48 steps of 32 reach about 0.49
+    assert accuracy > 0.3  # 10 classes: chance is 0.1; 128 labelled images, 48 steps of 16 reach about 0.42
     lines = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [line["train/loss"] for line in lines if "train/loss" in line]
     assert losses[-1] < losses[0] and int(trainer.model.queue.pointer) == 0  # nothing is enqueued
