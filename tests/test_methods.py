@@ -210,7 +210,7 @@ class Spread(Method):
 
     section = "spread"
     config_section = SpreadConfig
-    order = 60
+    order = 90  # after every shipped method
 
     def extra_loss(self, q, k, ctx):
         similarity = q @ q.t()

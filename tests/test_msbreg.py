@@ -171,7 +171,7 @@ def test_resume_of_moco_v2_with_the_regulariser_is_exact(quick_overrides):
      "--set: 'msbreg.regularise' adds MSBReg's terms to another objective's loss; objective=msbreg has them already"),
     (["objective=supervised", "msbreg.regularise=true"],
      "--set: 'msbreg.regularise' needs an objective whose step hands over its trained embeddings "
-     "(objective=byol|contrastive|relicv2|twist); objective=supervised has none"),
+     "(objective=byol|burn|contrastive|dspnet|relicv2|twist); objective=supervised has none"),
     (["objective=msbreg", "msbreg.singular=-1"], "--set: 'msbreg.singular' must be >= 0; got -1.0"),
     (["objective=msbreg", "mochi.enabled=true"],
      "--set: 'mochi.enabled' needs an objective with a memory queue (objective=contrastive); objective=msbreg has "

@@ -75,8 +75,8 @@ def write_report(report_dir: Path, title: str, description: str, baseline: str) 
     """REPORT.md beside results.jsonl, made from it alone."""
     lines = [json.loads(line) for line in (report_dir / RESULTS).read_text().splitlines() if line.strip()]
     runs = [r for r in lines if r["evaluator"] == "train"]
-    out = [f"# {title}", "", description.strip(), "",
-           "Made from [results.jsonl](results.jsonl) by `python -m mochi_hvs.continual --config ... --report`. "
+    out = [f"# Study: {title}", "", description.strip(), "",
+           "Made from `results.jsonl` beside this report by `python -m mochi_hvs.continual --config ... --report`. "
            "R[i][j]: top-1 (%) on task j after training on task i, each task's own classes; final average accuracy: "
            "mean of the last row; forgetting: mean over the earlier tasks of their best accuracy before the last "
            "task minus their accuracy after it (docs/methods/continual.md). Differences: arm - baseline paired by "
@@ -89,8 +89,15 @@ def write_report(report_dir: Path, title: str, description: str, baseline: str) 
         out += [f"## {name}", "", *summary_table(by_arm, baseline), ""]
         for arm, seeds in by_arm.items():
             out += [f"### {arm}: accuracy matrix ({name}, mean over {len(seeds)} seeds)", "", *mean_matrix(seeds), ""]
-    out += ["## Runs", "", "| arm | seed | steps | training seconds |", "| --- | --- | --- | --- |"]
-    out += [f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['train_seconds']:.0f} |" for r in runs]
+    finals = {evaluator: {arm: {seed: average_accuracy(r) for seed, r in seeds.items()}
+                          for arm, seeds in matrices(lines, evaluator).items()} for evaluator in EVALUATORS}
+    out += ["## Per-seed values", "",
+            "| arm | seed | " + " | ".join(f"final average accuracy, {e}" for e in EVALUATORS)
+            + " | steps | training seconds |", "| --- | --- | " + "--- | " * len(EVALUATORS) + "--- | --- |"]
+    for r in runs:
+        cells = [finals[e].get(r["arm"], {}).get(r["seed"]) for e in EVALUATORS]
+        out.append(f"| {r['arm']} | {r['seed']} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells)
+                   + f" | {r['steps']} | {r['train_seconds']:.0f} |")
     machines = sorted({r["machine"] for r in lines})
     commits = sorted({r["commit"] for r in lines})
     out += ["", "Machines: " + "; ".join(machines) + ".", "", "Commits: " + ", ".join(commits) + ".", ""]

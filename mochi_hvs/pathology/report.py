@@ -54,7 +54,7 @@ def report_text(records: list[dict[str, Any]]) -> str:
     machines = sorted({record["machine"] for record in records})
     commits = sorted({record["commit"] for record in records})
     true = sorted({record["metrics"]["nuclei_true"] for record in records})
-    lines = ["# Pathology recipe on the IHC image", "", DESCRIPTION, "",
+    lines = ["# Study: pathology_ihc (the pathology recipe on the IHC image)", "", DESCRIPTION, "",
              f"Measured on: {'; '.join(machines)}. Commits: {', '.join(commits)}. Records: results.jsonl beside this "
              "report, one line per arm and seed, each with its command.", "",
              "## Results (mean ± std over seeds)", "",
