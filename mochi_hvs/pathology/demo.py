@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, exit_status
 from .ihc import prepare_ihc
 from .report import arm_of, write_report
 
@@ -97,17 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="write REPORT.md from results.jsonl")
     report.add_argument("out", help="the folder of results.jsonl")
     args = parser.parse_args(argv)
-    try:
+
+    def act() -> None:
         if args.command == "prepare":
             print(json.dumps({name: str(path) for name, path in prepare_ihc(args.out).items()}))
         elif args.command == "run":
             run(args)
         else:
             print(f"wrote {write_report(Path(args.out))}")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(act, "")
 
 
 if __name__ == "__main__":

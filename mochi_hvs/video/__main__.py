@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UserError
+from ..errors import UserError, exit_status
 from .recipe import load_recipe
 from .report import write_report
 from .study import VideoStudy
@@ -20,17 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the recipe's)")
     parser.add_argument("--report", action="store_true", help="only write REPORT.md from the recorded lines")
     args = parser.parse_args(argv)
-    try:
+
+    def act() -> None:
         study = VideoStudy(load_recipe(args.config, args.set))
         if not args.report:
             study.run(args.seeds)
         if not study.results.is_file():
             raise UserError(f"{study.results} does not exist yet: run without --report first")
         print(f"wrote {write_report(study.results)}")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(act, "")
 
 
 if __name__ == "__main__":
