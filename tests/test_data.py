@@ -8,7 +8,7 @@ from mochi_hvs.config import LocalCrops, load_config
 from mochi_hvs.data.augment import post_crop_transform
 from mochi_hvs.data.batches import DeviceAugmentedBatches, LoaderBatches
 from mochi_hvs.data.datasets import DatasetError, balanced_subset, load_fashion_mnist, load_images
-from mochi_hvs.data.loader import EpochSampler, pretrain_loader
+from mochi_hvs.data.loader import EpochSampler, TooFewImagesError, pretrain_loader
 from mochi_hvs.data.views import ViewSampler
 
 
@@ -100,6 +100,30 @@ def test_imagefolder_tree(tmp_path):
     assert train.classes == ["cat", "dog"] and train.labels.tolist() == [0, 0, 1, 1]
     assert train.image(0).size == (40, 30)
     assert len(load_images("imagefolder", str(tmp_path), "test")) == 4
+
+
+def test_pretraining_on_fewer_images_than_a_batch_is_one_error_line(tmp_path, capsys):
+    from PIL import Image
+
+    from mochi_hvs.pretrain import main as pretrain_main
+
+    for split, count in (("train", 3), ("val", 1)):
+        (tmp_path / split / "tile").mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (40, 40), (i * 50, 10, 10)).save(tmp_path / split / "tile" / f"{i}.png")
+    code = pretrain_main(["--config", "configs/moco_v2.yaml", "--set", "data.name=imagefolder",
+                          f"data.root={tmp_path}", "data.image_size=32", "device=cpu", "data.workers=0",
+                          f"output_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: the pretraining data holds 3 image(s), fewer than one batch of 256 "
+                                 "(optim.batch_size=256): lower optim.batch_size to at most 3, or give it more images"]
+
+
+def test_epoch_sampler_counts_every_process_in_the_batch_it_cannot_fill():
+    message = "holds 15 image\\(s\\), fewer than one batch of 16 \\(optim.batch_size=16\\)"
+    with pytest.raises(TooFewImagesError, match=message):
+        EpochSampler(15, local_batch=8, seed=0, rank=1, world_size=2)
+    assert EpochSampler(16, local_batch=8, seed=0, rank=1, world_size=2).batches_per_epoch == 1
 
 
 def test_balanced_subset_is_deterministic_and_balanced():

@@ -1,5 +1,7 @@
 """The IHC demonstration's data (regions and pseudo-labels on disk) and its report made from records."""
 
+from pathlib import Path
+
 import numpy as np
 
 from mochi_hvs.data.datasets import load_images
@@ -39,3 +41,26 @@ def test_report_reads_arms_from_the_records():
     # Fashion-MNIST - recipe, paired: AJI -0.10 and -0.20 (mean -0.15), Dice -0.10 and -0.30 (mean -0.20)
     assert "| AJI | -0.150 |" in text and "| Dice | -0.200 |" in text
     assert "| random | 0 | 0.100 | 0.300 | 40 | 0.500 |" in text
+
+
+def test_demo_run_ends_in_one_error_line_when_its_slides_cannot_fill_a_batch(tmp_path, monkeypatch, capfd):
+    """The recipe's batch of 128 over the 59 tiles of a 128 px slide: the pretraining step says so, and the
+    demonstration stops with one line of its own."""
+    from PIL import Image
+
+    from mochi_hvs.pathology import demo
+
+    (tmp_path / "data" / "slides").mkdir(parents=True)
+    Image.new("RGB", (128, 128), (180, 120, 140)).save(tmp_path / "data" / "slides" / "slide.png")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(demo.RECIPE).read_text().replace("batch_size: 64", "batch_size: 128"))
+    monkeypatch.setattr(demo, "RECIPE", str(recipe))
+    (tmp_path / "fmnist.pth").touch()
+    code = demo.main(["run", "--fmnist", str(tmp_path / "fmnist.pth"), "--data", str(tmp_path / "data"), "--runs",
+                      str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--seeds", "0"])
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 2
+    assert errors[0] == ("error: the pretraining data holds 59 image(s), fewer than one batch of 128 "
+                         "(optim.batch_size=128): lower optim.batch_size to at most 59, or give it more images")
+    assert errors[1].startswith("error: this step stopped with exit status 2, its error above: ")
+    assert "-m mochi_hvs.pretrain --config" in errors[1]

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from ..config import LocalCrops
+from ..errors import UserError
 from ..random_streams import STREAMS, stream_seed
 from .augment import clean_transform, post_crop_transform, supervised_transform
 from .datasets import DatasetError, ImageSet, UnreadableImageError
@@ -25,11 +26,16 @@ from .records import ImageBatch, ImageSample, ViewBatch, ViewSample
 from .views import ViewSampler
 
 
+class TooFewImagesError(UserError, ValueError):
+    """The pretraining images cannot fill one batch (every batch is full)."""
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields (index, epoch): a per-epoch permutation from (seed, epoch), sharded over ranks.
 
     `start_batch` skips the batches already consumed in this epoch (mid-epoch resume).
-    Batches are full (drop_last): each rank gets `batches_per_epoch * local_batch` indices.
+    Batches are full (drop_last): each rank gets `batches_per_epoch * local_batch` indices; TooFewImagesError when
+    the images cannot fill one global batch.
     """
 
     def __init__(self, size: int, local_batch: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -40,9 +46,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
-        self.batches_per_epoch = size // (local_batch * world_size)
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"dataset of {size} images is smaller than one global batch ({local_batch * world_size})")
+        global_batch = local_batch * world_size
+        if size < global_batch:
+            raise TooFewImagesError(f"the pretraining data holds {size} image(s), fewer than one batch of "
+                                    f"{global_batch} (optim.batch_size={global_batch}): lower optim.batch_size to at "
+                                    f"most {size}, or give it more images")
+        self.batches_per_epoch = size // global_batch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch (and the first batch to yield in it)."""

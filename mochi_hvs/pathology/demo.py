@@ -31,8 +31,11 @@ PRETRAINED_ARMS = {"ihc_stain": [], "ihc_plain": ["data.stain_jitter=[0,0]"]}  #
 
 
 def _run(command: list[str]) -> None:
+    """Run one step's command; UserError when it fails (its own error line is printed above)."""
     print("+", " ".join(command), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
+    code = subprocess.run(command).returncode
+    if code:
+        raise UserError(f"this step stopped with exit status {code}, its error above: {' '.join(command)}")
 
 
 def pretrain(arm: str, seed: int, data: Path, runs: Path) -> Path:
