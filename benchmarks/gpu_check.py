@@ -164,7 +164,8 @@ def tests_phase(check: Check) -> None:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "junit.xml"
         status, _, seconds = check.run("tests", [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-rs",
-                                                 "tests/test_cuda.py", f"--junitxml={report}"])
+                                                 "tests/test_cuda.py", "tests/test_video.py",
+                                                 f"--junitxml={report}"])
         cases = ET.parse(report).getroot().iter("testcase") if report.is_file() else []
         outcomes = {}
         for case in cases:

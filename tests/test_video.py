@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from mochi_hvs.errors import ConfigError
+from mochi_hvs.video import study as video_study
 from mochi_hvs.video.__main__ import main as video_main
 from mochi_hvs.video.clips import (
     ClipError,
@@ -32,7 +33,7 @@ from mochi_hvs.video.moving import DIRECTIONS, MovingSpec, moving_clips
 from mochi_hvs.video.objective import VideoSsl, distillation_loss, temporal_info_nce
 from mochi_hvs.video.recipe import VideoTrain, load_recipe
 from mochi_hvs.video.teacher import load_image_model
-from mochi_hvs.video.train import gather_targets, train_video
+from mochi_hvs.video.train import clip_features, gather_targets, train_video
 
 MEAN, STD = [0.286] * 3, [0.353] * 3
 
@@ -256,6 +257,85 @@ def test_study_end_to_end_from_frames_folders(tmp_path, image_model_file, monkey
     assert "distilled − temporal" in report and "results.jsonl" in report
     assert video_main(["--config", str(recipe)]) == 0  # everything recorded: nothing measured again
     assert len((tmp_path / "results/tiny/results.jsonl").read_text().splitlines()) == len(lines)
+
+
+def labelled_clips(count: int, seed: int) -> ClipSet:
+    """Random 10-frame videos of 16 px with random content and motion labels: enough for the study's path."""
+    rng = np.random.default_rng(seed)
+    videos = [rng.integers(0, 256, (10, 16, 16, 1), dtype=np.uint8) for _ in range(count)]
+    labels = {"content": rng.integers(0, 2, count), "motion": rng.integers(0, 2, count)}
+    return ClipSet(videos, [f"v{i}" for i in range(count)], labels)
+
+
+def test_device_setting_reaches_training_the_teacher_and_the_features(tmp_path, image_model_file, monkeypatch):
+    """The recipe's `device` goes through runtime.resolve_device (here stood in for, to see its answer reach every
+    module: a GPU is not needed to check the wiring), and the records name the resolved device's machine."""
+    for split, count in (("train", 16), ("test", 8)):
+        write_frames_folder(labelled_clips(count, seed=len(split)), tmp_path / split)
+    recipe = tmp_path / "video.yaml"
+    recipe.write_text(f"name: tiny\nimage_model: {image_model_file}\nseeds: [0]\ndevice: cuda:3\n"
+                      f"data: {{train: {tmp_path / 'train'}, test: {tmp_path / 'test'}, frames: 4}}\n"
+                      "train: {width: 4, steps: 1, batch_size: 4}\n")
+    asked, seen = [], []
+    monkeypatch.setattr(video_study, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(video_study, "provenance", lambda device: seen.append(("provenance", device)) or {})
+    real_teacher, real_train, real_features = (video_study.load_image_model, video_study.train_video,
+                                               video_study.clip_features)
+
+    def teacher(*args, **kwargs):
+        model, found = real_teacher(*args, **kwargs)
+        seen.append(("teacher", model.mean.device, kwargs["device"]))
+        return model, found
+
+    def train(*args):
+        seen.append(("train", args[-1]))
+        return real_train(*args)
+
+    def features(encoder, *args):
+        seen.append(("features", next(encoder.parameters()).device))
+        return real_features(encoder, *args)
+
+    monkeypatch.setattr(video_study, "load_image_model", teacher)
+    monkeypatch.setattr(video_study, "train_video", train)
+    monkeypatch.setattr(video_study, "clip_features", features)
+    study = video_study.VideoStudy(load_recipe(recipe), tmp_path / "results")
+    study.run(log=lambda line: None)
+    cpu = torch.device("cpu")
+    assert asked == ["cuda:3"] and study.device == cpu
+    assert seen[:2] == [("provenance", cpu), ("teacher", cpu, cpu)]
+    assert sorted(set(seen[2:]), key=str) == [("features", cpu), ("train", cpu)]
+    assert [entry[0] for entry in seen[2:]].count("train") == 2  # temporal and distilled
+    assert len((tmp_path / "results" / "tiny" / "results.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is")
+def test_a_gpu_asked_for_where_there_is_none_is_one_error_line(tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "video.yaml"
+    recipe.write_text("device: cuda\n")
+    monkeypatch.chdir(tmp_path)
+    assert video_main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: device=cuda was requested but no CUDA GPU is available here (torch.cuda.is_available() is "
+                   "False); use --set device=cpu or device=auto"]
+
+
+@pytest.mark.cuda
+def test_training_and_features_run_on_a_gpu(image_model_file):
+    """A few distilled steps on cuda: the teacher's targets, the modules and the step on the GPU, the features back
+    on the CPU; finite losses, and the first step's loss as on the CPU (to 1%: cuDNN may convolve in TF32)."""
+    clips, spec, cuda = labelled_clips(12, seed=0), ClipSpec(4), torch.device("cuda")
+    settings = VideoTrain(width=4, steps=3, batch_size=6)
+    teacher, _ = load_image_model(image_model_file, mean=MEAN, std=STD, device=cuda)
+    targets = teacher.clip_set_features(clips)
+    assert all(t.device.type == "cuda" for t in targets)
+    result = train_video(clips, spec, settings, 0, MEAN, STD, targets, cuda)
+    assert all(p.device.type == "cuda" for p in result.model.parameters())
+    assert all(math.isfinite(value) for value in result.final.values())
+    features = clip_features(result.model.encoder, clips, spec, MEAN, STD)
+    assert features.device.type == "cpu" and features.shape == (12, 16) and torch.isfinite(features).all()
+    one = dataclasses.replace(settings, steps=1)
+    on_cpu = train_video(clips, spec, one, 0, MEAN, STD, [t.cpu() for t in targets]).final["loss"]
+    assert train_video(clips, spec, one, 0, MEAN, STD, targets, cuda).final["loss"] == pytest.approx(on_cpu, rel=1e-2)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "video").glob("*.yaml")),

@@ -45,6 +45,7 @@ class VideoRecipe:
     """A video study: the arms image_model, random_init, temporal (InfoNCE only) and distilled, for each seed."""
 
     name: str = "video_moving_digits"  # results/<name>/
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.resolve_device), as the pretraining configs spell it
     image_model: str = "runs/moco_v2/backbone.safetensors"  # any weights file the loader reads
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     data: VideoData = field(default_factory=VideoData)

@@ -16,6 +16,7 @@ import torch
 from ..config.evaluators import L2_GRID
 from ..evaluation.logistic import fit_logistic
 from ..provenance import append_result, provenance
+from ..runtime import resolve_device
 from .clips import ClipError, ClipSet, ClipSpec, check_clips, read_frames_folder
 from .encoder import VideoEncoder
 from .recipe import VideoRecipe
@@ -44,7 +45,8 @@ class VideoStudy:
         self.recipe = recipe
         self.results = Path(results_root) / recipe.name / RESULTS
         self.spec = ClipSpec(recipe.data.frames, recipe.data.stride)
-        self.provenance = provenance("cpu")
+        self.device = resolve_device(recipe.device)
+        self.provenance = provenance(self.device)
         self.image_model = ""  # the loader's line about the image model, once loaded
 
     def recorded(self) -> set[tuple[str, int, str]]:
@@ -76,7 +78,7 @@ class VideoStudy:
             log(f"{self.results}: every arm and seed is recorded")
             return
         train, test = self.load_split(r.data.train), self.load_split(r.data.test)
-        teacher, found = load_image_model(r.image_model, mean=r.data.mean, std=r.data.std)
+        teacher, found = load_image_model(r.image_model, mean=r.data.mean, std=r.data.std, device=self.device)
         log(f"image model {found}")
         self.image_model = found
         targets = {"train": teacher.clip_set_features(train), "test": teacher.clip_set_features(test)}
@@ -105,10 +107,10 @@ class VideoStudy:
         r = self.recipe
         if arm == "random_init":
             torch.manual_seed(seed)
-            return VideoEncoder(r.train.width)
+            return VideoEncoder(r.train.width).to(self.device)
         distil = arm == "distilled"
         result = train_video(train, self.spec, r.train, seed, r.data.mean, r.data.std,
-                             targets if distil else None)
+                             targets if distil else None, self.device)
         extra["train"] = {"steps": r.train.steps, "seconds": round(result.seconds, 1), "final": result.final,
                           "settings": {**asdict(r.train), "distill_weight": r.train.distill_weight if distil else 0}}
         return result.model.encoder

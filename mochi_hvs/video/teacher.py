@@ -36,18 +36,21 @@ class FrozenImageModel(nn.Module):
 
     @torch.no_grad()
     def clip_set_features(self, clips: ClipSet, batch_frames: int = 512) -> list[torch.Tensor]:
-        """Per-frame features of every video, (F, D) each: the distillation targets, computed once."""
+        """Per-frame features of every video, (F, D) each, on the model's device: the distillation targets, computed
+        once."""
+        device = self.mean.device
         frames = torch.from_numpy(np.concatenate(clips.videos)).permute(0, 3, 1, 2)
-        features = torch.cat([self(chunk) for chunk in frames.split(batch_frames)])
+        features = torch.cat([self(chunk.to(device)) for chunk in frames.split(batch_frames)])
         return list(features.split([len(video) for video in clips.videos]))
 
 
 def load_image_model(path: str | Path, verify: bool = True, mean: list[float] | None = None,
-                     std: list[float] | None = None) -> tuple[FrozenImageModel, str]:
-    """The frozen image model of a weights file and the loader's line about it. Normalisation: the file's run
-    config (data.mean/std) where it has one, else `mean`/`std`."""
+                     std: list[float] | None = None,
+                     device: torch.device | str = "cpu") -> tuple[FrozenImageModel, str]:
+    """The frozen image model of a weights file, on `device`, and the loader's line about it. Normalisation: the
+    file's run config (data.mean/std) where it has one, else `mean`/`std`."""
     state, meta = read_backbone_state(path, verify=verify)
     backbone, width = exact_backbone(state, meta)
     data = (meta.config or {}).get("data", {})
-    model = FrozenImageModel(backbone, width, data.get("mean", mean), data.get("std", std))
+    model = FrozenImageModel(backbone, width, data.get("mean", mean), data.get("std", std)).to(device)
     return model, meta.summary()
