@@ -13,6 +13,8 @@ combinations is negligible): nothing more when they replace the whole view's que
 they are added to it. SSQL's quantized query is one more trained query of the query view. Multi-crop's L small
 crops are trained queries at (local_size / image_size)^2 of a view's cost each, encoded once per step (the
 symmetric loss scores the same crops in both directions).
+Continual predictor distillation (continual.distill) passes every trained forward through the frozen encoder of
+the previous task as well, from the second task on: one more no-grad forward each.
 LC-loss adds no encoder forward either (the dense maps come from the forwards already counted) and is not counted:
 its dense head, a 1x1 conv MLP at every location of the last feature map, costs about 1% of a backbone forward for
 ResNet-18 at 56 px (2 x 2 locations) and 5% for ResNet-50 at 224 px with DenseCL's 2048 hidden channels (7 x 7; FLOPs
@@ -52,10 +54,17 @@ def units_per_image(cfg: Config, selecting: bool) -> float:
     return query + scoring + keys
 
 
+def distillation_units(cfg: Config, epoch: int) -> float:
+    """Encoder forwards one image costs the frozen previous-task encoder in epoch (task) `epoch` of a continual run."""
+    distilling = cfg.continual.enabled and cfg.continual.distill and epoch >= 1
+    return KEY_UNITS * objective_of(cfg).forwards().trained if distilling else 0.0
+
+
 def run_units(cfg: Config, steps_per_epoch: int, total_steps: int) -> float:
     """Encoder forwards of a whole run of `total_steps` steps of the global batch."""
     batch = cfg.optim.batch_size
-    return sum(batch * units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
+    return sum(batch * (units_per_image(cfg, selects(cfg.hvs, step // steps_per_epoch, step))
+                        + distillation_units(cfg, step // steps_per_epoch))
                for step in range(total_steps))
 
 

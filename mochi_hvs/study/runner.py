@@ -27,6 +27,7 @@ import yaml
 
 from ..compute_cost import run_units, steps_for_units
 from ..config import Config, ConfigError, to_dict
+from ..config.continual import task_specs
 from ..data.batches import endless
 from ..data.datasets import load_images
 from ..evaluation.frozen import FrozenEvaluation
@@ -96,7 +97,11 @@ def pretrain_size(name: str, root: str | None) -> int:
 
 
 def steps_of(cfg: Config) -> tuple[int, int]:
-    """(steps per epoch, total steps) of a run, as the trainer counts them."""
+    """(steps per epoch, total steps) of a run, as the trainer counts them (a continual run: an epoch per task, one
+    epoch of every task's steps when joint)."""
+    if cfg.continual.enabled:
+        total = cfg.continual.steps_per_task * len(task_specs(cfg))
+        return (total if cfg.continual.joint else cfg.continual.steps_per_task), total
     size = pretrain_size(cfg.data.name, cfg.data.root)
     if cfg.data.train_subset:
         size = min(size, cfg.data.train_subset)
