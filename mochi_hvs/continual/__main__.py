@@ -1,8 +1,10 @@
-"""`python -m mochi_hvs.continual --config STUDY.yaml [--report] [--only ARM ...] [--seeds K ...] [--set KEY=VALUE]`.
+"""`python -m mochi_hvs.continual --config STUDY.yaml [--report] [--only ARM ...] [--seeds K ...] [--set KEY=VALUE]
+[--into DIR]`.
 
 Trains every (arm, seed) continual run of a study recipe (configs/studies/continual_*.yaml: arms of continual
 recipes, seeds, shared overrides, the baseline arm), evaluates each task's checkpoint on the tasks seen so far and
-writes results/<study>/results.jsonl and REPORT.md; run again, it continues where it stopped.
+writes results/<study>/results.jsonl and REPORT.md; run again, it continues where it stopped. `--into DIR` keeps the
+runs and results in DIR/runs/ and DIR/results/ (the GPU campaign's work folder).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 
 from ..config import ConfigError
 from ..errors import exit_status
-from ..study.recipe import load_study
+from ..study.recipe import load_study, relocated
 from .report import write_report
 from .runner import ContinualStudy
 
@@ -23,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="study recipe, e.g. configs/studies/continual_fmnist.yaml")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every arm after the study's own")
+    parser.add_argument("--into", metavar="DIR", help="keep the runs in DIR/runs/<study>/ and the results in "
+                                                      "DIR/results/<study>/ instead of the study's own folders")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="run only these seeds")
     parser.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the results")
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_and_report() -> None:
         study = load_study(args.config, args.set)
+        study = relocated(study, args.into) if args.into else study
         runner = ContinualStudy(study, args.only, args.seeds)
         if not args.report:
             runner.run()

@@ -3,7 +3,8 @@ moving on a black canvas in one of 8 directions at a constant speed, labelled wi
 and its motion (the direction). Training clips use the set's training split, test clips its test split; everything
 follows from the seed.
 
-`python -m mochi_hvs.video.moving --out DIR [--train-clips N] [--test-clips N] [--canvas PX] [--frames F] [--seed S]`
+`python -m mochi_hvs.video.moving --out DIR [--train-clips N] [--test-clips N] [--canvas PX] [--frames F] [--seed S]
+[--source SET] [--root FOLDER]`
 writes DIR/train and DIR/test as frames folders (mochi_hvs/video/clips.py), each with its labels.csv.
 """
 
@@ -90,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=MovingSpec.frames, help="frames per video")
     parser.add_argument("--speed", type=int, default=MovingSpec.speed, help="pixels per frame along a moving axis")
     parser.add_argument("--source", choices=SOURCES, default="fashion_mnist", help="the items' image set")
+    parser.add_argument("--root", help="the image set's folder (as data.root; default: where it is installed)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     spec = MovingSpec(args.canvas, args.item, args.frames, args.speed)
     try:
         for split, count in (("train", args.train_clips), ("test", args.test_clips)):
-            write_frames_folder(moving_clips(count, split, spec, args.seed, args.source), Path(args.out) / split)
+            write_frames_folder(moving_clips(count, split, spec, args.seed, args.source, args.root),
+                                Path(args.out) / split)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

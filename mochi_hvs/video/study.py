@@ -69,10 +69,10 @@ class VideoStudy:
         check_clips(clips, self.spec, pair=True)
         return clips
 
-    def run(self, seeds: list[int] | None = None, log=print) -> None:
-        """Measure every (arm, seed, task) not yet recorded."""
+    def run(self, seeds: list[int] | None = None, arms: list[str] | None = None, log=print) -> None:
+        """Measure every (arm, seed, task) not yet recorded, of the given seeds and arms (default: all)."""
         r = self.recipe
-        todo = [(arm, seed) for seed in (seeds or r.seeds) for arm in ARMS
+        todo = [(arm, seed) for seed in (seeds or r.seeds) for arm in ARMS if arm in (arms or ARMS)
                 if any((arm, seed, task) not in self.recorded() for task in TASKS)]
         if not todo:
             log(f"{self.results}: every arm and seed is recorded")
