@@ -73,9 +73,10 @@ SIZES = {
         e2e_args=["--batch", "32", "--e2e-steps", "2", "--e2e-rounds", "2", "--workers", "1"],
         data_args=["--data-batches", "2", "--workers", "1"],
         flagship_overrides=[*TINY_RUN, "optim.epochs=2", "log_every=2", "eval.analysis_samples=64"],
-        campaign_args=["--set", *TINY_RUN, "optim.steps=2", "log_every=1", "eval.knn_every=0",
-                       "eval.knn_baseline=false", "--evaluation-set", "eval.knn_train_subset=200",
-                       "eval.knn_test_subset=100"],
+        campaign_args=["--set", *TINY_RUN, "optim.steps=2", "continual.steps_per_task=1", "log_every=1",
+                       "eval.knn_every=0", "eval.knn_baseline=false", "--evaluation-set", "eval.knn_train_subset=200",
+                       "eval.knn_test_subset=100", "--video-set", "train.steps=2", "train.batch_size=8",
+                       "train.width=4"],
     ),
 }
 

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mochi_hvs.study.campaign.execute import bundle_files
 from mochi_hvs.study.campaign.merge import merge_bundle
 from mochi_hvs.study.campaign.plan import next_run, pending_runs
 from mochi_hvs.study.campaign.recipe import load_campaign
+from mochi_hvs.study.campaign.records import finished_lines, recorded
 from mochi_hvs.study.recipe import load_study, relocated
 from mochi_hvs.study.runner import PlannedRun
 from mochi_hvs.train import Trainer
@@ -83,12 +85,20 @@ def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_ob
                         ("fmnist_headline", "vit_tiny", 0), ("fmnist_headline", "vit_tiny", 1),
                         ("fmnist_headline", "vit_tiny", 2)]
     objectives = [(seed, arm) for study, arm, seed in keys if study == "fmnist_objectives"]
-    arms = set(campaign.studies["fmnist_objectives"].spec.arms)
+    arms = set(campaign.studies["fmnist_objectives"].study.spec.arms)
     assert {arm for _, arm in objectives} == arms | {"supervised"}
     assert [seed for seed, _ in objectives] == sorted(seed for seed, _ in objectives)  # seed 0 of every arm first
     assert {seed for seed, arm in objectives if arm in arms} == {0, 1, 2}
     assert set(campaign.studies) == {"fmnist_headline", "fmnist_objectives", "fmnist_frontier", "compact_distill",
-                                     "compact_dspnet", "compact_ssql", "compact_burn"}
+                                     "compact_dspnet", "compact_ssql", "compact_burn", "continual_fmnist_full",
+                                     "video_moving_digits_gpu"}
+    assert {name: study.kind for name, study in campaign.studies.items() if study.kind != "study"} == {
+        "continual_fmnist_full": "continual", "video_moving_digits_gpu": "video"}
+    assert {(arm, seed) for study, arm, seed in keys if study == "continual_fmnist_full"} == {
+        (arm, seed) for arm in ("finetune", "cassle", "joint") for seed in (0, 1, 2)}
+    assert {(arm, seed) for study, arm, seed in keys if study == "video_moving_digits_gpu"} == {
+        (arm, seed) for arm in ("image_model", "random_init", "temporal", "distilled") for seed in (0, 1, 2)}
+    assert campaign.studies["video_moving_digits_gpu"].recipe.device == "cuda"
     distill = [(seed, arm) for study, arm, seed in keys if study == "compact_distill"]
     for seed in (0, 1, 2):  # each distilled student right after the teacher whose checkpoint it reads
         assert distill.index((seed, "distilled")) == distill.index((seed, "teacher")) + 1
@@ -137,7 +147,7 @@ def test_planner_skips_recorded_runs_continues_started_ones_first_and_estimates_
 def test_bundle_hands_on_new_lines_of_runs_recorded_in_full_and_nothing_of_a_stopped_run(tmp_path):
     write_study(tmp_path, seeds=[0, 1], evaluations=["knn"], references=["pixels"])
     campaign = load_campaign(write_campaign(tmp_path, entries=[{**ENTRY, "seeds": [0, 1]}]))
-    study = campaign.studies["tiny"]
+    study = campaign.studies["tiny"].study
     work = tmp_path / "work"
     there = relocated(study, work)
     own = [line("moco", 0, "train")]  # already merged from an earlier call
@@ -287,3 +297,136 @@ def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_
     assert [(e["event"], e["pending"], e["reason"]) for e in third] == [("end", 0, "no pending run left to try")]
     manifest, files = read_bundle(out)
     assert files == {} and manifest["overrides"] == ["log_every=1"]
+
+
+# ------------------------------------------------------------------ continual and video studies as entries
+
+CONTINUAL_SHARED = ["model.arch=timm/resnet18", "model.arch_kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
+                    "model.bn_splits=1", "model.head_hidden_dim=32", "continual.predictor_hidden=16",
+                    "optim.batch_size=16", "moco.queue_size=64", "continual.split=2", "continual.steps_per_task=3",
+                    "log_every=1", "eval.knn_k=5", "eval.knn_train_subset=40", "eval.knn_test_subset=20",
+                    "eval.knn_baseline=false", "eval.knn_pixels=false", "eval.linear.l2_grid=[0.1]"]
+
+
+def write_continual_study(tmp_path):
+    """Two class-incremental tasks of 3 steps of 16 with a tiny ResNet; sequential fine-tuning and CaSSLe."""
+    recipe = str(CONFIGS / "continual" / "fmnist_classes.yaml")
+    study = {"name": "tiny_continual", "seeds": [0, 1], "baseline": "finetune", "shared": CONTINUAL_SHARED,
+             "arms": {"finetune": {"recipe": recipe, "set": ["continual.distill=false"]}, "cassle": {"recipe": recipe}},
+             "references": [], "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+    (tmp_path / "continual.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+
+
+def write_video_recipe(tmp_path, image_model):
+    """Random labelled videos of 10 frames at 16 px in frames folders, and a recipe of 2 steps of 4 videos."""
+    from test_video import labelled_clips
+
+    from mochi_hvs.video.clips import write_frames_folder
+
+    for split, count in (("train", 16), ("test", 8)):
+        write_frames_folder(labelled_clips(count, seed=len(split)), tmp_path / "clips" / split)
+    (tmp_path / "video.yaml").write_text(
+        f"name: tiny_video\nimage_model: {image_model}\nseeds: [0, 1]\n"
+        f"data: {{train: {tmp_path / 'clips' / 'train'}, test: {tmp_path / 'clips' / 'test'}, frames: 4}}\n"
+        "train: {width: 4, steps: 2, batch_size: 4}\n")
+
+
+def continual_line(arm, seed, after_task, task, evaluator):
+    return json.dumps({"arm": arm, "seed": seed, "after_task": after_task, "task": task, "evaluator": evaluator})
+
+
+def test_entries_name_their_kind_and_are_checked_against_it(tmp_path):
+    write_continual_study(tmp_path)
+    write_video_recipe(tmp_path, "weights.safetensors")  # the image model is read when a run starts, not here
+    for entry, message in [({"kind": "vidoe", "study": "video.yaml", "arms": ["temporal"], "seeds": [0]},
+                            "'entries[0].kind' must be one of study, continual, video; got 'vidoe'"),
+                           ({"kind": "video", "study": "video.yaml", "arms": ["supervised"], "seeds": [0]},
+                            "'supervised' is not a run of tiny_video (image_model, random_init, temporal, distilled)"),
+                           ({"kind": "continual", "study": "continual.yaml", "arms": ["joint"], "seeds": [0]},
+                            "'joint' is not a run of tiny_continual (finetune, cassle)"),
+                           ({"study": "video.yaml", "arms": ["temporal"], "seeds": [0]}, "unknown key 'image_model'")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_campaign(write_campaign(tmp_path, entries=[entry]))
+
+
+def test_continual_and_video_runs_are_pending_until_recorded_in_full_and_estimated_by_forwards(tmp_path):
+    write_continual_study(tmp_path)
+    write_video_recipe(tmp_path, "weights.safetensors")
+    path = write_campaign(tmp_path, entries=[
+        {"kind": "continual", "study": "continual.yaml", "arms": ["finetune", "cassle"], "seeds": [0, 1]},
+        {"kind": "video", "study": "video.yaml", "arms": ["temporal", "image_model"], "seeds": [0]}])
+    campaign = load_campaign(path)
+    results = tmp_path / "results" / "tiny_continual" / "results.jsonl"
+    results.parent.mkdir(parents=True)
+    cells = [(-1, -1, "train"), *((i, j, e) for i in (0, 1) for j in range(i + 1) for e in ("linear", "knn"))]
+    full = [continual_line("finetune", 0, *cell) for cell in cells]  # recorded in full
+    stopped = [continual_line("cassle", 0, *cell) for cell in cells[:-1]]  # its last evaluation missing
+    results.write_text("\n".join(full + stopped) + "\n")
+    video = tmp_path / "results" / "tiny_video" / "results.jsonl"
+    video.parent.mkdir(parents=True)
+    video.write_text(json.dumps({"arm": "temporal", "seed": 0, "task": "content"}) + "\n")  # motion missing
+
+    pending = pending_runs(campaign, campaign.spec.cost["cpu"])
+    assert [p.declared.key for p in pending] == [
+        ("tiny_continual", "cassle", 0), ("tiny_continual", "finetune", 1), ("tiny_continual", "cassle", 1),
+        ("tiny_video", "temporal", 0), ("tiny_video", "image_model", 0)]
+    # MoCo-v2: 4 forwards per image and step; CaSSLe's second task adds the frozen encoder's forward of the query
+    seconds = [(3 * 16 * 4 + 3 * 16 * 5) / FORWARDS_PER_SECOND * MARGIN + OVERHEAD, expected_seconds(6, 16, 4),
+               (3 * 16 * 4 + 3 * 16 * 5) / FORWARDS_PER_SECOND * MARGIN + OVERHEAD,
+               2 * 4 * 2 * 4 * 3 / FORWARDS_PER_SECOND * MARGIN + OVERHEAD,  # steps x videos x clips x frames x 3
+               OVERHEAD]  # the image model alone: its probes only
+    assert [p.seconds for p in pending] == pytest.approx(seconds)
+    assert [(p.steps, p.steps_done) for p in pending] == [(6, 0), (6, 0), (6, 0), (2, 0), (0, 0)]
+    study = campaign.studies["tiny_continual"]
+    assert finished_lines(full + stopped, recorded(study, results), study) == full  # the stopped run hands on none
+
+
+@pytest.mark.slow
+def test_dry_run_executes_a_continual_and_a_video_entry_and_merges_their_records(tmp_path, capsys, monkeypatch):
+    """One call runs one continual run and one video arm end to end (their own commands, in the work folder), its
+    bundle merges their lines and reports, and the next call finds nothing pending. About 25 s on one thread."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    write_continual_study(tmp_path)
+    write_video_recipe(tmp_path, tmp_path / "resnet18.pth")
+    path = write_campaign(tmp_path, cost={"cpu": {"forwards_per_second": 1000, "overhead_seconds": 1}}, entries=[
+        {"kind": "continual", "study": "continual.yaml", "arms": ["cassle"], "seeds": [0]},
+        {"kind": "video", "study": "video.yaml", "arms": ["distilled"], "seeds": [0]}])
+    monkeypatch.chdir(tmp_path)  # the video study's results are relative to the current folder
+
+    def call():
+        assert campaign_main(["run", "--campaign", str(path), "--device", "cpu", "--out", str(tmp_path / "out"),
+                              "--work", str(tmp_path / "work"), "--budget", "600", "--evaluation-set",
+                              "eval.knn_test_subset=10", "--video-set", "train.steps=1"]) == 0
+        return [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+
+    events = call()
+    assert [(e["event"], e.get("study"), e.get("arm"), e.get("status")) for e in events] == [
+        ("run", "tiny_continual", "cassle", "ok"), ("run", "tiny_video", "distilled", "ok"), ("end", None, None, None)]
+    log = (tmp_path / "out" / "campaign.log").read_text()
+    assert "-m mochi_hvs.continual --config" in log and "-m mochi_hvs.video --config" in log
+    manifest, files = read_bundle(tmp_path / "out")
+    assert manifest["kinds"] == {"tiny_continual": "continual", "tiny_video": "video"}
+    assert manifest["video_overrides"] == ["train.steps=1"] and set(files) == {"tiny_continual/results.jsonl",
+                                                                                "tiny_video/results.jsonl"}
+    assert campaign_main(["merge", str(tmp_path / "out"), "--with-overrides"]) == 0
+    capsys.readouterr()
+
+    continual = [json.loads(text) for text in (tmp_path / "results/tiny_continual/results.jsonl").read_text()
+                 .splitlines()]
+    assert sorted((r["after_task"], r["task"], r["evaluator"]) for r in continual) == sorted(
+        [(-1, -1, "train"), *((i, j, e) for i in (0, 1) for j in range(i + 1) for e in ("linear", "knn"))])
+    assert all(r["arm"] == "cassle" and "--into" in r["command"] for r in continual)
+    assert "## converged linear probe" in (tmp_path / "results/tiny_continual/REPORT.md").read_text()
+    video = [json.loads(text) for text in (tmp_path / "results/tiny_video/results.jsonl").read_text().splitlines()]
+    assert [(r["arm"], r["task"], r["train"]["steps"]) for r in video] == [("distilled", "content", 1),
+                                                                           ("distilled", "motion", 1)]
+    assert "distilled" in (tmp_path / "results/tiny_video/REPORT.md").read_text()
+
+    again = call()  # a fresh work folder would plan from the merged records; this one holds them too
+    assert [(e["event"], e["reason"]) for e in again] == [("end", "no pending run left to try")]

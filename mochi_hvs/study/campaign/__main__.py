@@ -18,6 +18,7 @@ from ...config import every_key, settings_help
 from ...errors import Interrupted, UserError
 from ...train.loop import on_stop_signal
 from .execute import WORK, run_campaign
+from .kinds import Overrides
 from .merge import merge_bundle
 from .plan import pending_runs
 from .recipe import DEVICES, cost_of, load_campaign
@@ -48,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                      help="overrides of every run (a dry run's tiny sizes); merge refuses such bundles by default")
     run.add_argument("--evaluation-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                     help="overrides of every study's evaluations (a dry run's small sets); likewise")
+                     help="overrides of every study's evaluations (a dry run's small sets; a continual study's "
+                          "follow its --set); likewise")
+    run.add_argument("--video-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="overrides of every video recipe (e.g. train.steps=2); likewise")
     merge = commands.add_parser("merge", help="merge a bundle into results/ and regenerate the reports",
                                 description="merge a bundle into results/ and regenerate the reports")
     merge.add_argument("bundle", type=Path, help="the campaign.tar.gz a call wrote, or the folder holding it")
@@ -61,11 +65,13 @@ def print_plan(campaign_file: Path, device: str) -> None:
     """The pending runs, those started first, then in priority order, with their estimates."""
     campaign = load_campaign(campaign_file)
     pending = pending_runs(campaign, cost_of(campaign, device))
-    print(f"{'study':<20}{'arm':<22}{'seed':>5}  {'state':<22}{'estimate':>9}")
+    width = max([len("study"), *(len(name) for name in campaign.studies)]) + 2
+    print(f"{'study':<{width}}{'arm':<22}{'seed':>5}  {'state':<22}{'estimate':>9}")
     for run in pending:
         state = ("evaluations only" if run.evaluations_only else
-                 f"from step {run.steps_done} of {run.steps}" if run.steps_done else f"new, {run.steps} steps")
-        print(f"{run.declared.study.spec.name:<20}{run.declared.label:<22}{run.declared.seed:>5}  {state:<22}"
+                 f"from step {run.steps_done} of {run.steps}" if run.steps_done else
+                 f"new, {run.steps} steps" if run.steps else "new, evaluations only")
+        print(f"{run.declared.study.name:<{width}}{run.declared.label:<22}{run.declared.seed:>5}  {state:<22}"
               f"{run.seconds:>7.0f} s")
     total = sum(run.seconds for run in pending)
     print(f"{len(pending)} of {len(campaign.runs)} declared runs pending: {total / 60:.0f} min on {device} by the "
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "GPU machine, or dry-run it with --device cpu and tiny sizes (docs/gpu-campaign.md)")
             with on_stop_signal(stop_requested):
                 run_campaign(args.campaign, args.device, args.out, args.budget, args.work, args.data_root,
-                             args.set, args.evaluation_set)
+                             Overrides(tuple(args.set), tuple(args.evaluation_set), tuple(args.video_set)))
         else:
             for line in merge_bundle(args.bundle, args.with_overrides):
                 print(line)

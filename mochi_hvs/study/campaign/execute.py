@@ -1,12 +1,15 @@
-"""One campaign call: the pending runs that fit in its seconds, one study subprocess each, and the bundle.
+"""One campaign call: the pending runs that fit in its seconds, one subprocess each, and the bundle.
 
 The runs live in a work folder (default runs/campaign/, which git ignores and a GPU machine keeps between calls
-while it stays warm): each study's records are copied there from its results file first, then each run is
+while it stays warm): each study's records are copied there from its results file first, then each run is its
+kind's command (kinds.py), e.g.
 
     python -m mochi_hvs.study --config STUDY --only ARM --seeds K --into WORK --set device=cuda ...
+    python -m mochi_hvs.continual --config STUDY --only ARM --seeds K --into WORK --set device=cuda ...
+    python -m mochi_hvs.video --config RECIPE --arms ARM --seeds K --into WORK --set device=cuda ...
 
-so the study runner trains, evaluates and records it as it would any run, and resumes a run a stopped call left
-in the work folder. A run still going at the deadline gets SIGTERM (it saves its checkpoint and stops) and its
+so its runner trains, evaluates and records it as it would any run, and resumes a run a stopped call left in the
+work folder. A run still going at the deadline gets SIGTERM (it saves its checkpoint and stops) and its
 records stay out of the bundle. The bundle is written again after every run, so what finished is in the output
 folder even when the call itself is cut off.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +27,12 @@ from ...deadline import GRACE_S, run_until
 from ...errors import Interrupted
 from ...machine import device_description
 from ...provenance import PACKAGE_ROOT, code_commit, now
-from ..recipe import relocated
-from ..runner import RESULTS, RUN_RECORDS, recorded_keys
+from ..runner import RESULTS
 from .bundle import BUNDLE, write_bundle
-from .plan import Pending, next_run, pending_runs
+from .kinds import Overrides
+from .plan import next_run, pending_runs
 from .recipe import Campaign, cost_of, load_campaign
-from .records import append_new, finished_lines, read_lines, same_line, trained_labels
+from .records import append_new, finished_lines, read_lines, recorded, same_line
 
 WORK = Path("runs") / "campaign"
 LOG = "campaign.log"
@@ -38,32 +40,22 @@ LOG_TAIL = 20000  # characters of each run's output kept in the log
 WRAP_S = 10.0  # kept back at the end of the call for writing the bundle
 
 
-def study_command(run: Pending, work: Path, sets: list[str], evaluation_sets: list[str]) -> list[str]:
-    """The study runner's command line for one pending run."""
-    declared = run.declared
-    command = [sys.executable, "-m", "mochi_hvs.study", "--config", str(declared.study.path), "--only",
-               declared.label, "--seeds", str(declared.seed), "--into", str(work), "--set", *sets]
-    return command + (["--evaluation-set", *evaluation_sets] if evaluation_sets else [])
-
-
 def bundle_files(campaign: Campaign, work: Path) -> dict[str, bytes]:
     """The work folder's result lines that the studies' own results files lack, less those of runs not recorded in
     full, and the records of the runs they belong to (bundle.py's layout)."""
     files: dict[str, bytes] = {}
     for name, study in campaign.studies.items():
-        here = {same_line(line) for line in read_lines(study.report_dir / RESULTS)}
-        there = relocated(study, work)
-        results = there.report_dir / RESULTS
-        lines = [line for line in finished_lines(read_lines(results), recorded_keys(results), study)
+        here = {same_line(line) for line in read_lines(study.results)}
+        there = study.relocated(work)
+        lines = [line for line in finished_lines(read_lines(there.results), recorded(there, there.results), there)
                  if same_line(line) not in here]
         if not lines:
             continue
         files[f"{name}/{RESULTS}"] = "".join(line + "\n" for line in lines).encode()
-        runs = {(entry["arm"], entry["seed"]) for entry in map(json.loads, lines)
-                if entry["arm"] in trained_labels(study)}
-        for label, seed in sorted(runs):
-            folder = there.runs_dir / label / f"seed{seed}"
-            for record in RUN_RECORDS:
+        runs = {(entry["arm"], entry["seed"]) for entry in map(json.loads, lines) if entry["arm"] in study.trained}
+        for label, seed in sorted(runs) if study.run_records else []:
+            folder = there.run_dir(label, seed)
+            for record in study.run_records:
                 if (folder / record).is_file():
                     files[f"{name}/runs/{label}/seed{seed}/{record}"] = (folder / record).read_bytes()
     return files
@@ -75,27 +67,28 @@ def print_event(event: dict[str, Any]) -> None:
 
 
 def run_campaign(path: Path, device: str, out: Path, budget: float, work: Path = WORK, data_root: str | None = None,
-                 overrides: list[str] | None = None, evaluation_overrides: list[str] | None = None,
+                 overrides: Overrides = Overrides(),
                  emit: Callable[[dict[str, Any]], None] = print_event) -> list[dict[str, Any]]:
     """Run the campaign's pending runs that fit in `budget` seconds on `device`, in the work folder, and write the
     bundle (and the runs' output, campaign.log) to `out`; returns the call's events (also emitted as they happen).
     Interrupted (raised by the caller's stop signal) stops the run in progress and ends the call as its deadline
     would.
-    `overrides` and `evaluation_overrides` change every run (a dry run's tiny sizes): the manifest records them."""
+    `overrides` change every run (a dry run's tiny sizes): the manifest records them."""
     start = time.monotonic()
-    overrides, evaluation_overrides = list(overrides or []), list(evaluation_overrides or [])
-    sets = [f"device={device}", *([f"data.root={data_root}"] if data_root else []), *overrides]
-    campaign = load_campaign(path, sets, evaluation_overrides)
+    applied = overrides.on(device, data_root)
+    campaign = load_campaign(path, applied)
     cost = cost_of(campaign, device)
     out.mkdir(parents=True, exist_ok=True)
     (out / LOG).unlink(missing_ok=True)
     for study in campaign.studies.values():
-        append_new(relocated(study, work).report_dir / RESULTS, read_lines(study.report_dir / RESULTS))
+        append_new(study.relocated(work).results, read_lines(study.results))
     events: list[dict[str, Any]] = []
     manifest = {"campaign": campaign.spec.name, "file": str(path), "device": device,
                 "machine": device_description(device), "commit": code_commit(), "started": now(),
-                "overrides": overrides, "evaluation_overrides": evaluation_overrides,
-                "studies": {name: str(study.path) for name, study in campaign.studies.items()}, "events": events}
+                "overrides": list(overrides.pretraining), "evaluation_overrides": list(overrides.evaluation),
+                "video_overrides": list(overrides.video),
+                "studies": {name: str(study.path) for name, study in campaign.studies.items()},
+                "kinds": {name: study.kind for name, study in campaign.studies.items()}, "events": events}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
 
@@ -115,13 +108,14 @@ def run_campaign(path: Path, device: str, out: Path, budget: float, work: Path =
                     else "no pending run left to try"))
                 break
             tried.add(chosen.declared.key)
-            command = study_command(chosen, work, sets, evaluation_overrides)
+            declared = chosen.declared
+            command = declared.study.command(declared.label, declared.seed, work, applied)
             outcome = run_until(command, Path.cwd(), env, left - GRACE_S)
             with open(out / LOG, "a", encoding="utf-8") as log:
                 log.write(f"===== {chosen.describe()}: {outcome.status}\n$ {' '.join(command)}\n"
                           f"{outcome.output[-LOG_TAIL:]}\n")
-            event(event="run", study=chosen.declared.study.spec.name, arm=chosen.declared.label,
-                  seed=chosen.declared.seed, status=outcome.status, seconds=outcome.seconds,
+            event(event="run", study=declared.study.name, arm=declared.label,
+                  seed=declared.seed, status=outcome.status, seconds=outcome.seconds,
                   estimate_s=round(chosen.seconds), from_step=chosen.steps_done, steps=chosen.steps)
             write_bundle(out / BUNDLE, manifest, bundle_files(campaign, work))
             if outcome.code is None:

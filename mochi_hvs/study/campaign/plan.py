@@ -1,8 +1,9 @@
 """The campaign's plan: which declared runs are still pending, how far each has got, and how long each will take.
 
-A run is pending until its training line and every evaluation of its study are recorded. Its estimate is the
-cost model's: the encoder forwards it has left (compute_cost.py; a run that stopped part-way has only its remaining
-steps left, one that finished training only its evaluations) over the device's forwards per second, times the
+A run is pending until its training line and every evaluation of its study are recorded (kinds.py says which lines
+those are for each kind of study). Its estimate is the cost model's: the encoder forwards it has left
+(compute_cost.py; a run that stopped part-way has only its remaining steps left, one that finished training only its
+evaluations) over the device's forwards per second, times the
 campaign's margin, plus the device's overhead per run.
 """
 
@@ -11,13 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...compute_cost import run_units
-from ...run_files import LAST
-from ...weights.checkpoint import load_checkpoint
-from ..recipe import Study, relocated
-from ..runner import RESULTS, PlannedRun, StudyRunner, recorded_keys, steps_of
+from .kinds import CampaignStudy
 from .recipe import Campaign, Declared, DeviceCost
-from .records import recorded_in_full
+from .records import recorded, recorded_in_full
 
 
 @dataclass
@@ -25,9 +22,8 @@ class Pending:
     """A declared run not yet recorded in full, where it stands and its estimated seconds."""
 
     declared: Declared
-    run: PlannedRun  # in the folder it runs in
     steps_done: int  # steps in its checkpoint
-    steps: int  # steps of the whole run
+    steps: int  # steps of the whole run (0: an arm that trains nothing)
     evaluations_only: bool  # training finished: only the evaluations are left
     seconds: float
 
@@ -38,7 +34,7 @@ class Pending:
 
     def describe(self) -> str:
         """e.g. 'fmnist_headline long seed 0'."""
-        return f"{self.declared.study.spec.name} {self.declared.label} seed {self.declared.seed}"
+        return f"{self.declared.study.name} {self.declared.label} seed {self.declared.seed}"
 
 
 def estimate(cost: DeviceCost, margin: float, forwards: float) -> float:
@@ -46,30 +42,24 @@ def estimate(cost: DeviceCost, margin: float, forwards: float) -> float:
     return forwards / cost.forwards_per_second * margin + cost.overhead_seconds
 
 
-def where(study: Study, work: Path | None) -> Study:
+def where(study: CampaignStudy, work: Path | None) -> CampaignStudy:
     """The study as the campaign runs it: in the work folder when one is given, else in its own folders."""
-    return relocated(study, work) if work is not None else study
+    return study.relocated(work) if work is not None else study
 
 
 def pending_runs(campaign: Campaign, cost: DeviceCost, work: Path | None = None) -> list[Pending]:
     """The declared runs not recorded in full in the results (the work folder's when `work` is given, else each
     study's own), those an earlier call started first, then in the campaign's order."""
-    keys = {name: recorded_keys(where(study, work).report_dir / RESULTS) for name, study in campaign.studies.items()}
+    studies = {name: where(study, work) for name, study in campaign.studies.items()}
+    keys = {name: recorded(study, study.results) for name, study in studies.items()}
     pending = []
     for declared in campaign.runs:
-        study = where(declared.study, work)
-        if recorded_in_full(keys[study.spec.name], study, declared.label, declared.seed):
+        study = studies[declared.study.name]
+        if recorded_in_full(keys[study.name], study, declared.label, declared.seed):
             continue
-        (run,) = StudyRunner(study, [declared.label], [declared.seed]).plan()
-        cfg = run.config()
-        per_epoch, steps = steps_of(cfg)
-        status = run.status
-        done = steps if status == "finished" else 0
-        if status == "resumable":
-            done = load_checkpoint(run.run_dir / LAST, verify=False)["global_step"]
-        forwards = run_units(cfg, per_epoch, steps) * (steps - done) / steps
-        pending.append(Pending(declared, run, done, steps, status == "finished",
-                               estimate(cost, campaign.spec.margin, forwards)))
+        progress = study.progress(declared.label, declared.seed)
+        pending.append(Pending(declared, progress.steps_done, progress.steps, progress.evaluations_only,
+                               estimate(cost, campaign.spec.margin, progress.forwards)))
     return sorted(pending, key=lambda p: not p.started)
 
 

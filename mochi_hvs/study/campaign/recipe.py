@@ -8,11 +8,15 @@ cost:                            # per device kind: seconds = forwards / forward
 entries:                         # in priority order; an entry runs seed by seed, its arms in order within a seed
   - {study: ../studies/fmnist_headline.yaml, arms: [long], seeds: [0, 1, 2]}
   - {study: ../studies/fmnist_objectives.yaml, arms: [moco_v2, byol, supervised], seeds: [0]}
+  - {kind: continual, study: ../studies/continual_fmnist_full.yaml, arms: [finetune, cassle, joint], seeds: [0]}
+  - {kind: video, study: ../video/moving_digits_gpu.yaml, arms: [temporal, distilled], seeds: [0]}
 ```
 
-Study paths are relative to the campaign file; `supervised` names a study's supervised reference (the baseline's
-recipe trained with labels), where the study lists it among its references. Forwards are encoder image-forwards
-(compute_cost.py). Every study is loaded and validated when the campaign is, so a typo stops it before anything runs.
+Study paths are relative to the campaign file; `kind` (default `study`) says what the file is (kinds.py: a
+mochi_hvs.study recipe, a continual study or a video recipe). `supervised` names a study's supervised reference (the
+baseline's recipe trained with labels), where the study lists it among its references. Forwards are encoder
+forwards (compute_cost.py; kinds.py for a video run's). Every study is loaded and validated when the campaign is, so a
+typo stops it before anything runs.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ...config import ConfigError, apply_values, read_yaml
-from ..recipe import Study, _check, load_study
+from ..recipe import _check
+from .kinds import KINDS, CampaignStudy, Overrides, load_kind
 
 DEVICES = ("cuda", "cpu")
-SUPERVISED = "supervised"
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DeviceCost:
 class EntrySpec:
     """Some arms of one study with some of its seeds."""
 
+    kind: str = "study"
     study: str = ""
     arms: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
@@ -61,14 +66,14 @@ class CampaignSpec:
 class Declared:
     """One declared run: an arm of a study (or its supervised reference) with one seed."""
 
-    study: Study
+    study: CampaignStudy
     label: str
     seed: int
 
     @property
     def key(self) -> tuple[str, str, int]:
         """(study name, label, seed)."""
-        return self.study.spec.name, self.label, self.seed
+        return self.study.name, self.label, self.seed
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,12 @@ class Campaign:
 
     spec: CampaignSpec
     path: Path
-    studies: dict[str, Study]
+    studies: dict[str, CampaignStudy]
     runs: list[Declared]
 
 
-def load_campaign(path: str | Path, overrides: list[str] | None = None,
-                  evaluation_overrides: list[str] | None = None) -> Campaign:
-    """Read and validate a campaign file; the overrides go to every study (load_study's)."""
+def load_campaign(path: str | Path, overrides: Overrides = Overrides()) -> Campaign:
+    """Read and validate a campaign file; the overrides go to every study (kinds.py)."""
     path = Path(path)
     source = str(path)
     values = read_yaml(path)
@@ -103,39 +107,39 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None,
     entries = values.get("entries")
     _check(isinstance(entries, list) and bool(entries), source, "entries",
            "must list {study: ..., arms: [...], seeds: [...]} in priority order")
-    studies: dict[Path, Study] = {}
+    studies: dict[tuple[str, Path], CampaignStudy] = {}
     runs: list[Declared] = []
     for index, entry_values in enumerate(entries):
         key = f"entries[{index}]"
         entry = EntrySpec()
         apply_values(entry, entry_values, f"{key}.", source)
         study_path = Path(os.path.normpath(path.parent / entry.study))
+        _check(entry.kind in KINDS, source, f"{key}.kind", f"must be one of {', '.join(KINDS)}; got {entry.kind!r}")
         _check(bool(entry.study) and study_path.is_file(), source, f"{key}.study",
                f"must name a study file (relative to the campaign); not found: {study_path}")
-        if study_path not in studies:
-            studies[study_path] = load_study(study_path, overrides, evaluation_overrides)
-        runs += _entry_runs(studies[study_path], entry, source, key)
-    by_name: dict[str, Study] = {}
+        if (entry.kind, study_path) not in studies:
+            studies[entry.kind, study_path] = load_kind(entry.kind, study_path, overrides)
+        runs += _entry_runs(studies[entry.kind, study_path], entry, source, key)
+    by_name: dict[str, CampaignStudy] = {}
     for study in studies.values():
-        _check(by_name.setdefault(study.spec.name, study) is study, source, "entries",
-               f"name two study files called {study.spec.name!r}; their results would share one folder")
+        _check(by_name.setdefault(study.name, study) is study, source, "entries",
+               f"name two studies called {study.name!r}; their results would share one folder")
     seen: set[tuple[str, str, int]] = set()
     for run in runs:
         _check(run.key not in seen, source, "entries", f"declare {run.label} seed {run.seed} of "
-               f"{run.study.spec.name} twice")
+               f"{run.study.name} twice")
         seen.add(run.key)
     return Campaign(spec, path, by_name, runs)
 
 
-def _entry_runs(study: Study, entry: EntrySpec, source: str, key: str) -> list[Declared]:
+def _entry_runs(study: CampaignStudy, entry: EntrySpec, source: str, key: str) -> list[Declared]:
     """An entry's runs, seed by seed, after checking its arms and seeds against its study."""
-    spec = study.spec
-    labels = [*spec.arms, *([SUPERVISED] if SUPERVISED in spec.references else [])]
-    _check(bool(entry.arms), source, f"{key}.arms", f"must list runs of {spec.name}: {', '.join(labels)}")
+    labels, name = study.labels, study.name
+    _check(bool(entry.arms), source, f"{key}.arms", f"must list runs of {name}: {', '.join(labels)}")
     for arm in entry.arms:
-        _check(arm in labels, source, f"{key}.arms", f"{arm!r} is not a run of {spec.name} ({', '.join(labels)})")
-    _check(bool(entry.seeds) and set(entry.seeds) <= set(spec.seeds), source, f"{key}.seeds",
-           f"must list seeds of {spec.name} ({spec.seeds}); got {entry.seeds}")
+        _check(arm in labels, source, f"{key}.arms", f"{arm!r} is not a run of {name} ({', '.join(labels)})")
+    _check(bool(entry.seeds) and set(entry.seeds) <= set(study.seeds), source, f"{key}.seeds",
+           f"must list seeds of {name} ({study.seeds}); got {entry.seeds}")
     return [Declared(study, arm, seed) for seed in entry.seeds for arm in entry.arms]
 
 

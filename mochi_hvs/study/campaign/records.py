@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..recipe import Study
-from .recipe import SUPERVISED
-
-TRAIN = "train"
+from .kinds import CampaignStudy, Key
 
 
 def read_lines(path: Path) -> list[str]:
@@ -37,23 +34,22 @@ def append_new(path: Path, lines: list[str]) -> int:
     return len(new)
 
 
-def recorded_in_full(keys: set[tuple[str, int | None, str]], study: Study, label: str, seed: int) -> bool:
-    """Whether a run's training line and every evaluation of its study are among the recorded keys."""
-    return {(label, seed, evaluator) for evaluator in (TRAIN, *study.spec.evaluations)} <= keys
+def recorded(study: CampaignStudy, path: Path) -> set[Key]:
+    """The keys of the result lines of a study's results file (none when it does not exist)."""
+    return {study.key(json.loads(line)) for line in read_lines(path)}
 
 
-def trained_labels(study: Study) -> set[str]:
-    """The labels of a study's result lines that come from a training run (its arms and supervised reference)."""
-    return {*study.spec.arms, SUPERVISED}
+def recorded_in_full(keys: set[Key], study: CampaignStudy, label: str, seed: int) -> bool:
+    """Whether every line a run has once it is finished (its training line, every evaluation) is among the keys."""
+    return study.needed(label, seed) <= keys
 
 
-def finished_lines(lines: list[str], keys: set[tuple[str, int | None, str]], study: Study) -> list[str]:
-    """The lines to hand on: each reference line, and the lines of the training runs recorded in full in `keys`;
-    a run stopped before its last evaluation hands on nothing, so that no record of it looks finished."""
-    trained = trained_labels(study)
+def finished_lines(lines: list[str], keys: set[Key], study: CampaignStudy) -> list[str]:
+    """The lines to hand on: each reference line, and the lines of the runs recorded in full in `keys`; a run
+    stopped before its last evaluation hands on nothing, so that no record of it looks finished."""
     kept = []
     for line in lines:
         entry = json.loads(line)
-        if entry["arm"] not in trained or recorded_in_full(keys, study, entry["arm"], entry["seed"]):
+        if entry["arm"] not in study.trained or recorded_in_full(keys, study, entry["arm"], entry["seed"]):
             kept.append(line)
     return kept
