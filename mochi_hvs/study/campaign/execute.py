@@ -52,8 +52,9 @@ def bundle_files(campaign: Campaign, work: Path) -> dict[str, bytes]:
         if not lines:
             continue
         files[f"{name}/{RESULTS}"] = "".join(line + "\n" for line in lines).encode()
-        runs = {(entry["arm"], entry["seed"]) for entry in map(json.loads, lines) if entry["arm"] in study.trained}
-        for label, seed in sorted(runs) if study.run_records else []:
+        runs = {(entry["arm"], entry["seed"]) for entry in map(json.loads, lines)
+                if entry["arm"] in study.trained and study.run_records}
+        for label, seed in sorted(runs):
             folder = there.run_dir(label, seed)
             for record in study.run_records:
                 if (folder / record).is_file():

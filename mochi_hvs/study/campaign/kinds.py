@@ -53,10 +53,6 @@ class Overrides:
     evaluation: tuple[str, ...] = ()  # --evaluation-set: the study kind's evaluation settings
     video: tuple[str, ...] = ()  # --video-set: every video recipe
 
-    def given(self) -> list[str]:
-        """Every override, in one list (a bundle made with any is a dry run's)."""
-        return [*self.pretraining, *self.evaluation, *self.video]
-
     def on(self, device: str, data_root: str | None) -> Overrides:
         """These overrides after the call's device (every kind) and data folder (the pretraining configs')."""
         root = [f"data.root={data_root}"] if data_root else []
@@ -102,6 +98,11 @@ class CampaignStudy(ABC):
         """The folder of a run's files (those in run_records)."""
         raise NotImplementedError(f"the {self.kind} kind keeps no run files beside its results")
 
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, overrides: Overrides) -> CampaignStudy:
+        """The study file, validated, with the campaign's overrides of its kind."""
+
     @abstractmethod
     def relocated(self, work: Path) -> CampaignStudy:
         """The same study with its runs and results in the work folder."""
@@ -136,7 +137,6 @@ class PretrainingRuns(CampaignStudy):
 
     @classmethod
     def load(cls, path: Path, overrides: Overrides) -> PretrainingRuns:
-        """The study file, validated, with the overrides of every arm and of the evaluations."""
         return cls(load_study(path, list(overrides.pretraining), list(overrides.evaluation)))
 
     def relocated(self, work: Path) -> PretrainingRuns:
@@ -245,7 +245,6 @@ class VideoRuns(CampaignStudy):
 
     @classmethod
     def load(cls, path: Path, overrides: Overrides) -> VideoRuns:
-        """The recipe, validated, with the overrides of every video recipe."""
         return cls(load_recipe(path, list(overrides.video)), path)
 
     def relocated(self, work: Path) -> VideoRuns:
@@ -270,7 +269,7 @@ class VideoRuns(CampaignStudy):
         write_video_report(self.results)
 
 
-KINDS: dict[str, Any] = {kind.kind: kind for kind in (StudyRuns, ContinualRuns, VideoRuns)}
+KINDS: dict[str, type[CampaignStudy]] = {kind.kind: kind for kind in (StudyRuns, ContinualRuns, VideoRuns)}
 
 
 def load_kind(kind: str, path: Path, overrides: Overrides = Overrides()) -> CampaignStudy:
