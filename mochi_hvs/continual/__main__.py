@@ -1,8 +1,10 @@
-"""`python -m mochi_hvs.continual --config STUDY.yaml [--report] [--only ARM ...] [--seeds K ...] [--set KEY=VALUE]`.
+"""`python -m mochi_hvs.continual --config STUDY.yaml [--report | --references] [--only ARM ...] [--seeds K ...]
+[--set KEY=VALUE]`.
 
 Trains every (arm, seed) continual run of a study recipe (configs/studies/continual_*.yaml: arms of continual
 recipes, seeds, shared overrides, the baseline arm), evaluates each task's checkpoint on the tasks seen so far and
-writes results/<study>/results.jsonl and REPORT.md; run again, it continues where it stopped.
+the study's untrained references (pixels, random_init) on every task, and writes results/<study>/results.jsonl and
+REPORT.md; run again, it continues where it stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="overrides applied to every arm after the study's own")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="run only these seeds")
-    parser.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the results")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the results")
+    what.add_argument("--references", action="store_true",
+                      help="only evaluate the study's references (no training), then regenerate REPORT.md")
     return parser
 
 
@@ -36,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     def run_and_report() -> None:
         study = load_study(args.config, args.set)
         runner = ContinualStudy(study, args.only, args.seeds)
-        if not args.report:
+        if args.references:
+            runner.evaluate_references()
+        elif not args.report:
             runner.run()
         if not runner.results.is_file():
             raise ConfigError(f"{runner.results}: no results yet; run the study first")
