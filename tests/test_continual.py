@@ -27,9 +27,11 @@ from mochi_hvs.evaluation.linear import probe_metrics
 from mochi_hvs.objectives.base import objective_of, wrapped_step
 from mochi_hvs.objectives.distillation import DistillingStep
 from mochi_hvs.random_streams import StepRandom
-from mochi_hvs.run_files import TASK
+from mochi_hvs.run_files import LAST, TASK
 from mochi_hvs.study.recipe import load_study
+from mochi_hvs.train import Trainer
 from mochi_hvs.train.build import build_model
+from mochi_hvs.weights.checkpoint import load_checkpoint
 
 TINY_ARCH = ["model.arch=timm/resnet18", "model.arch_kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
              "model.bn_splits=1", "model.head_hidden_dim=32", "continual.predictor_hidden=16"]
@@ -256,3 +258,20 @@ def test_a_study_refuses_a_trained_reference(tmp_path, capsys):
     path = tiny_continual_study(tmp_path, ["supervised"])
     assert continual_main(["--config", str(path)]) == 2
     assert "a continual study's are pixels and random_init, not supervised" in capsys.readouterr().err
+
+
+def test_a_task_ending_while_the_monitor_reads_collapse_keeps_its_checkpoint(quick_overrides, tmp_path):
+    """Every check reads collapsed (rank below 1,000), never long enough to stop: the rolling checkpoint is never
+    replaced, yet each task's checkpoint is written, holding the same weights as a run whose monitor stays quiet."""
+    over = [*quick_overrides, *TINY_ARCH, *CONTINUAL, "continual.split=2", "log_every=1"]
+    flagged = Trainer(load_config(None, [*over, "collapse.min_rank=1000", "collapse.patience=1000",
+                                         f"output_dir={tmp_path / 'flagged'}"]))
+    flagged.fit()
+    quiet = Trainer(load_config(None, [*over, f"output_dir={tmp_path / 'quiet'}"]))
+    quiet.fit()
+    assert flagged.monitors.collapse.streak == 4 and not quiet.monitors.collapse.streak
+    assert not (flagged.cfg.run_dir / LAST).exists() and (quiet.cfg.run_dir / LAST).is_file()
+    for task in (0, 1):
+        kept, reference = (load_checkpoint(t.cfg.run_dir / TASK.format(task))["model"] for t in (flagged, quiet))
+        assert kept.keys() == reference.keys()
+        assert all(torch.equal(kept[key], reference[key]) for key in kept)
