@@ -467,9 +467,9 @@ def test_a_checkpoint_every_that_divides_the_epoch_saves_the_epoch_end_once(quic
     real_save = trainer.state.save
     saved = []
 
-    def record_save():
+    def record_save(**kwargs):
         saved.append((trainer.position.global_step, trainer.position.epoch, trainer.position.batch_in_epoch))
-        return real_save()
+        return real_save(**kwargs)
 
     trainer.state.save = record_save
     trainer.train()

@@ -4,24 +4,34 @@ across a task boundary that ends exactly as the run straight through."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from test_checkpoint import assert_resume_is_exact
 
 from mochi_hvs.config import ConfigError, load_config
 from mochi_hvs.config.continual import class_split, task_specs
+from mochi_hvs.continual.__main__ import main as continual_main
+from mochi_hvs.continual.evaluation import TaskEvaluation
 from mochi_hvs.continual.matrix import average_accuracy, forgetting
 from mochi_hvs.continual.report import complete
 from mochi_hvs.data.batches import build_batches
 from mochi_hvs.data.tasks import TaskBatches, task_images
 from mochi_hvs.distributed import DistEnv
+from mochi_hvs.evaluation.linear import probe_metrics
 from mochi_hvs.objectives.base import objective_of, wrapped_step
 from mochi_hvs.objectives.distillation import DistillingStep
 from mochi_hvs.random_streams import StepRandom
-from mochi_hvs.run_files import TASK
+from mochi_hvs.run_files import LAST, TASK
+from mochi_hvs.study.recipe import load_study
+from mochi_hvs.train import Trainer
 from mochi_hvs.train.build import build_model
+from mochi_hvs.weights.checkpoint import load_checkpoint
 
 TINY_ARCH = ["model.arch=timm/resnet18", "model.arch_kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
              "model.bn_splits=1", "model.head_hidden_dim=32", "continual.predictor_hidden=16"]
@@ -192,3 +202,76 @@ def test_resume_across_a_task_boundary_is_exact(quick_overrides, objective, stop
     assert int(resumed.model.distillation.task) == 1
     assert (resumed.cfg.run_dir / TASK.format(0)).is_file() and (resumed.cfg.run_dir / TASK.format(1)).is_file()
     assert resumed.parts.scheduler.last_epoch == 4
+
+
+# ------------------------------------------------------------------ the study: runs, references, records, report
+
+def tiny_continual_study(tmp_path: Path, references: list[str]) -> Path:
+    """A study recipe of 2 class-incremental tasks of 2 steps, fine-tuning and distillation, one seed."""
+    recipe = Path(__file__).resolve().parents[1] / "configs/continual/fmnist_classes.yaml"
+    shared = [*TINY_ARCH, *CONTINUAL, "continual.split=2", "device=cpu", "optim.batch_size=16",
+              "moco.queue_size=32", "eval.knn_k=5", "eval.knn_train_subset=60",
+              "eval.knn_test_subset=40", "eval.knn_baseline=false", "eval.knn_pixels=false"]
+    study = {"name": "tiny_continual", "seeds": [0], "baseline": "finetune", "shared": shared,
+             "arms": {"finetune": {"recipe": str(recipe), "set": ["continual.distill=false"]},
+                      "cassle": {"recipe": str(recipe)}},
+             "references": references, "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_a_study_records_every_row_and_its_references_once(tmp_path):
+    """Each arm's task checkpoints on the tasks seen so far, the pixels and random-init references on every task; a
+    second call records nothing new; the pixel reference is the probe on the flattened images, computed here."""
+    path = tiny_continual_study(tmp_path, ["pixels", "random_init"])
+    assert continual_main(["--config", str(path)]) == 0
+    results = tmp_path / "results/tiny_continual/results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    keys = {(r["arm"], r["after_task"], r["task"], r["evaluator"]) for r in lines}
+    rows = {(arm, i, j, e) for arm in ("finetune", "cassle") for i in (0, 1) for j in range(i + 1)
+            for e in ("linear", "knn")}
+    floors = {(ref, -1, j, e) for ref in ("pixels", "random_init") for j in (0, 1) for e in ("linear", "knn")}
+    trains = {(arm, -1, -1, "train") for arm in ("finetune", "cassle")}
+    assert keys == rows | floors | trains and len(lines) == len(keys)
+    assert all(r["reference"] for r in lines if r["arm"] in ("pixels", "random_init"))
+
+    study = load_study(str(path), [])
+    evaluation = TaskEvaluation(study.arm_config("finetune", 0), torch.device("cpu"))
+    train, test = evaluation.sets(1)
+    cfg = study.arm_config("finetune", 0)
+    flat = [torch.from_numpy(s.array).float().flatten(1) / 255 for s in (train, test)]
+    expected = probe_metrics(flat[0], torch.from_numpy(train.labels), flat[1], torch.from_numpy(test.labels),
+                             len(train.classes), cfg.eval.linear)
+    [pixels] = [r for r in lines if (r["arm"], r["task"], r["evaluator"]) == ("pixels", 1, "linear")]
+    assert pixels["top1"] == pytest.approx(expected["top1"])
+
+    assert continual_main(["--config", str(path)]) == 0
+    assert len(results.read_text().splitlines()) == len(lines)
+    report = (tmp_path / "results/tiny_continual/REPORT.md").read_text()
+    [row] = [line for line in report.splitlines() if line.startswith("| pixels | 1 |")][:1]
+    linear_pixels = [r["top1"] for r in lines if r["arm"] == "pixels" and r["evaluator"] == "linear"]
+    assert row.split(" | ")[2] == f"{sum(linear_pixels) / 2:.2f}"
+
+
+def test_a_study_refuses_a_trained_reference(tmp_path, capsys):
+    path = tiny_continual_study(tmp_path, ["supervised"])
+    assert continual_main(["--config", str(path)]) == 2
+    assert "a continual study's are pixels and random_init, not supervised" in capsys.readouterr().err
+
+
+def test_a_task_ending_while_the_monitor_reads_collapse_keeps_its_checkpoint(quick_overrides, tmp_path):
+    """Every check reads collapsed (rank below 1,000), never long enough to stop: the rolling checkpoint is never
+    replaced, yet each task's checkpoint is written, holding the same weights as a run whose monitor stays quiet."""
+    over = [*quick_overrides, *TINY_ARCH, *CONTINUAL, "continual.split=2", "log_every=1"]
+    flagged = Trainer(load_config(None, [*over, "collapse.min_rank=1000", "collapse.patience=1000",
+                                         f"output_dir={tmp_path / 'flagged'}"]))
+    flagged.fit()
+    quiet = Trainer(load_config(None, [*over, f"output_dir={tmp_path / 'quiet'}"]))
+    quiet.fit()
+    assert flagged.monitors.collapse.streak == 4 and not quiet.monitors.collapse.streak
+    assert not (flagged.cfg.run_dir / LAST).exists() and (quiet.cfg.run_dir / LAST).is_file()
+    for task in (0, 1):
+        kept, reference = (load_checkpoint(t.cfg.run_dir / TASK.format(task))["model"] for t in (flagged, quiet))
+        assert kept.keys() == reference.keys()
+        assert all(torch.equal(kept[key], reference[key]) for key in kept)

@@ -1,10 +1,11 @@
-"""`python -m mochi_hvs.continual --config STUDY.yaml [--report] [--only ARM ...] [--seeds K ...] [--set KEY=VALUE]
-[--into DIR]`.
+"""`python -m mochi_hvs.continual --config STUDY.yaml [--report | --references] [--only ARM ...] [--seeds K ...]
+[--set KEY=VALUE] [--into DIR]`.
 
 Trains every (arm, seed) continual run of a study recipe (configs/studies/continual_*.yaml: arms of continual
 recipes, seeds, shared overrides, the baseline arm), evaluates each task's checkpoint on the tasks seen so far and
-writes results/<study>/results.jsonl and REPORT.md; run again, it continues where it stopped. `--into DIR` keeps the
-runs and results in DIR/runs/ and DIR/results/ (the GPU campaign's work folder).
+the study's untrained references (pixels, random_init) on every task, and writes results/<study>/results.jsonl and
+REPORT.md; run again, it continues where it stopped. `--into DIR` keeps the runs and results in DIR/runs/ and
+DIR/results/ (the GPU campaign's work folder).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "DIR/results/<study>/ instead of the study's own folders")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="K", help="run only these seeds")
-    parser.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the results")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the results")
+    what.add_argument("--references", action="store_true",
+                      help="only evaluate the study's references (no training), then regenerate REPORT.md")
     return parser
 
 
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.config, args.set)
         study = relocated(study, args.into) if args.into else study
         runner = ContinualStudy(study, args.only, args.seeds)
-        if not args.report:
+        if args.references:
+            runner.evaluate_references()
+        elif not args.report:
             runner.run()
         if not runner.results.is_file():
             raise ConfigError(f"{runner.results}: no results yet; run the study first")

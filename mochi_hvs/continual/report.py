@@ -1,5 +1,6 @@
 """results/<study>/REPORT.md from results.jsonl: per arm and evaluator the final average accuracy and the forgetting
-(matrix.py) over seeds, paired differences to the baseline arm, and the accuracy matrix averaged over seeds."""
+(matrix.py) over seeds, paired differences to the baseline arm, the accuracy matrix averaged over seeds, and the
+untrained references (pixels, random init) on every task."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def matrices(lines: list[dict[str, Any]], evaluator: str) -> dict[str, dict[int,
     """arm -> seed -> R (rows: after_task, columns: task; None where not evaluated) of top-1."""
     cells: dict[str, dict[int, dict[tuple[int, int], float]]] = defaultdict(lambda: defaultdict(dict))
     for r in lines:
-        if r.get("evaluator") == evaluator:
+        if r.get("evaluator") == evaluator and not r.get("reference"):
             cells[r["arm"]][r["seed"]][(r["after_task"], r["task"])] = r["top1"]
     out: dict[str, dict[int, list[list[float | None]]]] = defaultdict(dict)
     for arm, seeds in cells.items():
@@ -71,6 +72,27 @@ def mean_matrix(seeds: dict[int, list[list[float | None]]]) -> list[str]:
     return lines
 
 
+def reference_table(lines: list[dict[str, Any]], evaluator: str) -> list[str]:
+    """One row per reference: top-1 on each task (mean over its seeds) and their mean, the floor of the final
+    average accuracy; empty without reference lines."""
+    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in lines:
+        if r.get("reference") and r["evaluator"] == evaluator:
+            cells[r["arm"]][r["task"]].append(r["top1"])
+    if not cells:
+        return []
+    tasks = max(j for per_task in cells.values() for j in per_task) + 1
+    out = ["| reference (untrained) | seeds | average over tasks | " + " | ".join(f"task {j}" for j in range(tasks))
+           + " |", "| --- | --- | --- |" + " --- |" * tasks]
+    for name, per_task in cells.items():
+        if any(not per_task.get(j) for j in range(tasks)):
+            continue  # an interrupted evaluation: its remaining tasks come with the next call
+        means = [sum(per_task[j]) / len(per_task[j]) for j in range(tasks)]
+        out.append(f"| {name} | {len(per_task[0])} | {sum(means) / tasks:.2f} | "
+                   + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return out
+
+
 def write_report(report_dir: Path, title: str, description: str, baseline: str) -> Path:
     """REPORT.md beside results.jsonl, made from it alone."""
     lines = [json.loads(line) for line in (report_dir / RESULTS).read_text().splitlines() if line.strip()]
@@ -87,6 +109,9 @@ def write_report(report_dir: Path, title: str, description: str, baseline: str) 
             continue
         name = "converged linear probe" if evaluator == "linear" else "kNN"
         out += [f"## {name}", "", *summary_table(by_arm, baseline), ""]
+        references = reference_table(lines, evaluator)
+        if references:
+            out += [*references, ""]
         for arm, seeds in by_arm.items():
             out += [f"### {arm}: accuracy matrix ({name}, mean over {len(seeds)} seeds)", "", *mean_matrix(seeds), ""]
     finals = {evaluator: {arm: {seed: average_accuracy(r) for seed, r in seeds.items()}

@@ -1,7 +1,9 @@
 """A continual study: every (arm, seed) continual run trained (resumed, or skipped when finished), then each task's
 checkpoint evaluated on every task seen so far, one JSON line per (arm, seed, after_task, task, evaluator) in
 results/<study>/results.jsonl, each naming its command, commit and machine. A joint arm (continual.joint) has one
-checkpoint, after all its steps, evaluated on every task as the last row. What is recorded is never computed again."""
+checkpoint, after all its steps, evaluated on every task as the last row. The study's references (pixels, random_init)
+are evaluated on every task, untrained (after_task -1, "reference": true): the raw pixels once, the first arm's
+backbone at each seed's initialisation. What is recorded is never computed again."""
 
 from __future__ import annotations
 
@@ -9,16 +11,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+import torch.nn as nn
+
+from ..config import Config, ConfigError
+from ..evaluation.pixels import pixel_model
+from ..models.backbone import build_backbone
 from ..pretrain import run as pretrain
 from ..provenance import provenance
 from ..run_files import LAST, TASK
-from ..runtime import resolve_device
+from ..runtime import resolve_device, seed_everything
 from ..study.recipe import Study
 from .evaluation import TaskEvaluation, checkpoint_backbone
 
 RESULTS = "results.jsonl"
 EVALUATORS = ("linear", "knn")
+REFERENCES = ("pixels", "random_init")
 Key = tuple[str, int, int, int, str]  # arm, seed, after_task, task, evaluator
 
 
@@ -45,6 +52,10 @@ class ContinualStudy:
         self.arms = only or list(study.spec.arms)
         self.seeds = seeds or study.spec.seeds
         self.results = study.report_dir / RESULTS
+        unknown = [r for r in study.spec.references if r not in REFERENCES]
+        if unknown:
+            raise ConfigError(f"{study.path}: references: a continual study's are {' and '.join(REFERENCES)}, "
+                              f"not {', '.join(unknown)}")
         first = study.arm_config(self.arms[0], self.seeds[0])
         self.device = resolve_device(first.device)
         self.provenance = provenance(self.device)
@@ -66,6 +77,7 @@ class ContinualStudy:
                     self.record({"arm": arm, "seed": seed, "after_task": -1, "task": -1, "evaluator": "train",
                                  "steps": summary["steps"], "train_seconds": summary["train_seconds"]})
                 self.evaluate(arm, seed, cfg, done)
+        self.evaluate_references()
 
     def evaluate(self, arm: str, seed: int, cfg: Config, done: set[Key]) -> None:
         """Each row's checkpoint on the tasks seen so far (every task for the joint arm's one row)."""
@@ -77,7 +89,37 @@ class ContinualStudy:
                 continue
             backbone = checkpoint_backbone(path, self.device)
             for j in todo:
-                results = evaluation.evaluate(backbone, j)
-                for name in EVALUATORS:
-                    self.record({"arm": arm, "seed": seed, "after_task": i, "task": j,
-                                 "task_name": evaluation.tasks[j].name, "evaluator": name, **results[name]})
+                self.record_task(evaluation, backbone, j, {"arm": arm, "seed": seed, "after_task": i})
+
+    def record_task(self, evaluation: TaskEvaluation, backbone: nn.Module, j: int, key: dict[str, Any]) -> None:
+        """Evaluate `backbone` on task j and record one line per evaluator under `key` (arm, seed, after_task...)."""
+        results = evaluation.evaluate(backbone, j)
+        for name in EVALUATORS:
+            self.record({**key, "task": j, "task_name": evaluation.tasks[j].name, "evaluator": name,
+                         **results[name]})
+
+    def evaluate_references(self) -> None:
+        """The study's references on every task, untrained: the raw pixels for the first seed, the random
+        initialisation of the first arm's backbone for each seed."""
+        done = recorded(self.results)
+        arm = next(iter(self.study.spec.arms))
+        for reference in self.study.spec.references:
+            for seed in self.seeds[:1] if reference == "pixels" else self.seeds:
+                cfg = self.study.arm_config(arm, seed)
+                evaluation = TaskEvaluation(cfg, self.device)
+                todo = [j for j in range(len(evaluation.tasks))
+                        if any((reference, seed, -1, j, e) not in done for e in EVALUATORS)]
+                if not todo:
+                    continue
+                backbone = None if reference == "pixels" else self.random_init(cfg)
+                for j in todo:
+                    model = (pixel_model(evaluation.sets(j)[1], cfg.data.mean, cfg.data.std) if backbone is None
+                             else backbone)
+                    self.record_task(evaluation, model.to(self.device), j,
+                                     {"arm": reference, "seed": seed, "after_task": -1, "reference": True})
+
+    def random_init(self, cfg: Config) -> nn.Module:
+        """The arm's backbone as its run initialises it (seeded by the run's seed)."""
+        seed_everything(cfg.seed)
+        backbone, _ = build_backbone(cfg.model.arch, cfg.model.small_stem, cfg.model.arch_kwargs)
+        return backbone

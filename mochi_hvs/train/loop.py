@@ -205,11 +205,11 @@ class Trainer:
 
     def _save(self, requested: bool = False) -> None:
         """Write the checkpoint, except while the representation looks collapsed in a run that stops for it: until
-        it recovers, the last good checkpoint stays. requested: a stop request's save, always written (resuming
-        continues exactly)."""
-        if requested or not (self.cfg.collapse.stop and self.monitors.collapse.streak):
-            self._count_seconds()
-            self.state.save()
+        it recovers, the last good checkpoint stays (a continual task that ends then still keeps its task checkpoint:
+        the task is measured as it ended). requested: a stop request's save, always written (resuming continues
+        exactly)."""
+        self._count_seconds()
+        self.state.save(rolling=requested or not (self.cfg.collapse.stop and self.monitors.collapse.streak))
 
     def _count_seconds(self) -> None:
         """Add the training seconds since the last count to the position (kept in the checkpoint: a resumed run's

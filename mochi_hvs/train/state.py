@@ -76,11 +76,18 @@ class RunState:
             "commit": code_commit(),  # the code that wrote it: what an export's model card names
         }
 
-    def save(self) -> Path | None:
+    @property
+    def task_just_ended(self) -> bool:
+        """Whether the position is the end of a continual run's task (the start of the next epoch)."""
+        return self.cfg.continual.enabled and self.position.batch_in_epoch == 0 and self.position.epoch > 0
+
+    def save(self, rolling: bool = True) -> Path | None:
         """Atomically write the rolling checkpoint with its digest (main process only), then remove temporaries that
-        interrupted writes left; in a continual run the checkpoint that ends a task is kept as task<index>.pth. A
-        state holding NaN or infinity (weights, buffers, queue, optimiser state) is never written: TrainingDiverged
-        names it; a full disk is a CheckpointError. Either way the last good one stays."""
+        interrupted writes left; in a continual run the checkpoint that ends a task is kept as task<index>.pth.
+        rolling=False writes only that task checkpoint (the loop's choice while the representation looks collapsed:
+        the last good rolling checkpoint stays, and the task is still measured as it ended). A state holding NaN or
+        infinity (weights, buffers, queue, optimiser state) is never written: TrainingDiverged names it; a full disk
+        is a CheckpointError. Either way the last good one stays."""
         state = self.state_dict()
         bad = nonfinite_entries({"model": state["model"], "optimizer": state["optimizer"]["state"]})
         step = self.position.global_step
@@ -91,17 +98,25 @@ class RunState:
                                    f"Last good checkpoint: {self.last_good_text()}")
         if not self.env.is_main:
             return None
+        task = self.cfg.run_dir / TASK.format(self.position.epoch - 1) if self.task_just_ended else None
+        if not rolling:
+            return self._write(state, task) if task is not None else None
+        path = self._write(state, self.checkpoint_path)
+        self.last_good = (path, step)
+        if task is not None:
+            shutil.copyfile(path, task)
+        return path
+
+    def _write(self, state: dict, path: Path) -> Path:
+        """save_checkpoint, a full disk as CheckpointError, then the interrupted writes' temporaries removed."""
         try:
-            path = save_checkpoint(state, self.checkpoint_path)
+            written = save_checkpoint(state, path)
         except NoSpaceError as err:
             kept = "no checkpoint was written before" if self.last_good is None else (
                 f"the previous one at step {self.last_good[1]} is intact")
             raise CheckpointError(f"no space left on {err.folder} while writing the checkpoint; {kept}") from err
-        remove_stale_temporaries(path)
-        self.last_good = (path, step)
-        if self.cfg.continual.enabled and self.position.batch_in_epoch == 0 and self.position.epoch > 0:
-            shutil.copyfile(path, self.cfg.run_dir / TASK.format(self.position.epoch - 1))  # a task just ended
-        return path
+        remove_stale_temporaries(written)
+        return written
 
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by `save` (its digest checked unless verify is off)."""
