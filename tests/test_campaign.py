@@ -1,3 +1,4 @@
+import importlib
 import json
 import re
 from pathlib import Path
@@ -10,9 +11,11 @@ from mochi_hvs.config import ConfigError
 from mochi_hvs.deadline import Outcome
 from mochi_hvs.errors import Interrupted, UserError
 from mochi_hvs.study.campaign import execute
+from mochi_hvs.study.campaign.__main__ import build_parser as campaign_parser
 from mochi_hvs.study.campaign.__main__ import main as campaign_main
 from mochi_hvs.study.campaign.bundle import BUNDLE, read_bundle, write_bundle
 from mochi_hvs.study.campaign.execute import bundle_files
+from mochi_hvs.study.campaign.kinds import Overrides
 from mochi_hvs.study.campaign.merge import merge_bundle
 from mochi_hvs.study.campaign.plan import next_run, pending_runs
 from mochi_hvs.study.campaign.recipe import load_campaign
@@ -106,6 +109,17 @@ def test_shipped_campaign_runs_the_headline_table_first_then_each_seed_of_the_ob
     assert burn == [(seed, arm) for seed in (0, 1, 2) for arm in ("teacher", "burn")]  # BURN reads its teacher
     assert set(campaign.spec.cost) == {"cuda", "cpu"}
 
+
+
+def test_the_gpu_checks_dry_run_sizes_leave_every_shipped_run_loadable(monkeypatch):
+    """benchmarks/gpu_check.py --device cpu overrides every run of the shipped campaign with its tiny sizes: each
+    config must still load (the ViT arm has no BatchNorm to split; the default's 8 splits need 8 samples each)."""
+    monkeypatch.syspath_prepend(str(CONFIGS.parent / "benchmarks"))
+    gpu_check = importlib.import_module("gpu_check")
+    args = campaign_parser().parse_args(["run", "--budget", "1", *gpu_check.SIZES["cpu"].campaign_args])
+    overrides = Overrides(tuple(args.set), tuple(args.evaluation_set), tuple(args.video_set)).on("cpu", None)
+    campaign = load_campaign(CONFIGS / "campaigns" / "gpu.yaml", overrides)
+    assert len(campaign.runs) == len(load_campaign(CONFIGS / "campaigns" / "gpu.yaml").runs)
 
 # ------------------------------------------------------------------ planning
 
