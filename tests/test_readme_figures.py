@@ -14,7 +14,8 @@ ARMS = {  # the start of a row's first cell -> the arm name in the study records
     "raw pixels": "pixels", "random-init ResNet-18": "random_init", "**the default**": "e5",
     "supervised reference (the default trained with labels": "supervised", "the long recipe": "long",
     "the flagship": "flagship_long", "MoCHi alone": "mochi_long", "HVS alone": "hvs_long",
-    "supervised reference at 7,020 steps": "long_supervised",
+    "supervised reference at 7,020 steps": "long_supervised", "the ViT recipe": "vit_tiny",
+    "random-init ViT": "random_init_timm.vit_tiny_patch16_224-depth6-embed_dim128-img_size28-num_heads4-patch_size4",
 }
 COLUMNS = [("knn", "k20_top1"), ("knn", "k200_top1"), ("linear", "top1"), ("linear_sgd-lr30", "top1")]
 
