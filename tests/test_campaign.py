@@ -1,7 +1,12 @@
+import contextlib
 import importlib
+import io
 import json
 import re
+import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -10,6 +15,7 @@ from test_study import FIXTURE, TINY, write_study
 from mochi_hvs.config import ConfigError
 from mochi_hvs.deadline import Outcome
 from mochi_hvs.errors import Interrupted, UserError
+from mochi_hvs.study.__main__ import main as study_main
 from mochi_hvs.study.campaign import execute
 from mochi_hvs.study.campaign.__main__ import build_parser as campaign_parser
 from mochi_hvs.study.campaign.__main__ import main as campaign_main
@@ -261,8 +267,18 @@ def test_a_failed_run_is_passed_over_and_a_stopped_one_ends_the_call_with_nothin
 
 # ------------------------------------------------------------------ the whole path, on the CPU
 
+def study_in_this_process(command, cwd, env, seconds):
+    """run_until for a `python -m mochi_hvs.study ARGS` command, called in this process with its arguments as
+    sys.argv (what the records name) and its output kept apart."""
+    start = time.monotonic()
+    args = command[command.index("mochi_hvs.study") + 1:]
+    with mock.patch.object(sys, "argv", ["study", *args]), contextlib.redirect_stdout(io.StringIO()) as output:
+        code = study_main(args)
+    return Outcome(code, output.getvalue(), time.monotonic() - start)
+
+
 @pytest.mark.slow
-def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_path, capsys):
+def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_path, capsys, monkeypatch):
     """Two declared runs whose estimates (the cost model at 1 forward per second) fit one call each: the first call
     runs one; on a fresh machine (a new work folder) its merged records make the second call run the other; a third
     call finds nothing pending."""
@@ -294,6 +310,10 @@ def test_dry_run_calls_continue_the_campaign_and_merging_twice_adds_nothing(tmp_
     keys = [(r["arm"], r["evaluator"]) for r in map(json.loads, results.read_text().splitlines())]
     assert keys == [("short", "train"), ("short", "knn"), ("short", "linear")]
 
+    # The first call ran its study in a process of its own, as the campaign does; the second runs it in this one
+    # (without the figures, which the first drew), to spare a second start of Python and torch.
+    monkeypatch.setattr(execute, "run_until", study_in_this_process)
+    monkeypatch.setattr("mochi_hvs.study.__main__.write_plots", lambda folder, baseline: [])
     second = call(4 * 16 * 4 + 120, "machine2")
     assert [(e["event"], e.get("arm"), e.get("status")) for e in second] == [("run", "longer", "ok"),
                                                                            ("end", None, None)]

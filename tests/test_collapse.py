@@ -20,11 +20,12 @@ from mochi_hvs.train import Trainer
 from mochi_hvs.weights.checkpoint import load_checkpoint
 
 # The MoCo-v2 run that ends "successfully" collapsed (loss flat at ln 33, kNN at chance), at the smallest
-# settings; log_every=1 and checkpoint_every=1 check and save after every step.
+# settings; log_every=1 checks after every step. SAVE_EACH_STEP saves after every step too, for the tests that read
+# which checkpoint was the last good one (a ResNet-18 checkpoint takes most of a toy step's time).
 TOY = ["device=cpu", "data.train_subset=64", "data.image_size=16", "optim.batch_size=16", "moco.queue_size=32",
        "data.workers=0", "eval.knn_k=5", "eval.knn_train_subset=100", "eval.knn_test_subset=50", "model.bn_splits=2",
-       "seed=3", "log_every=1", "checkpoint_every=1", "eval.knn_every=0", "eval.knn_baseline=false",
-       "eval.knn_pixels=false"]
+       "seed=3", "log_every=1", "eval.knn_every=0", "eval.knn_baseline=false", "eval.knn_pixels=false"]
+SAVE_EACH_STEP = "checkpoint_every=1"
 RECIPE = "configs/moco_v2.yaml"
 
 
@@ -118,7 +119,7 @@ def collapse_lines(run_dir) -> list[dict]:
 
 def test_the_collapsed_toy_run_stops_by_default_naming_the_step_and_the_last_good_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "lr50"
-    code = pretrain.main(["--config", RECIPE, "--set", *TOY, "optim.lr=50", "optim.steps=40",
+    code = pretrain.main(["--config", RECIPE, "--set", *TOY, SAVE_EACH_STEP, "optim.lr=50", "optim.steps=40",
                           f"output_dir={tmp_path}", "name=lr50"])
     out, err = capsys.readouterr()
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
@@ -179,7 +180,7 @@ def run_with_collapsed_checks(overrides: list[str], steps: set[int]) -> Trainer:
 
 
 def test_a_collapsed_check_followed_by_healthy_ones_does_not_stop_the_run(tmp_path, capsys):
-    overrides = [*TOY, "optim.steps=8", f"output_dir={tmp_path}", "name=dip"]
+    overrides = [*TOY, SAVE_EACH_STEP, "optim.steps=8", f"output_dir={tmp_path}", "name=dip"]
     trainer = run_with_collapsed_checks(overrides, {2, 3, 4, 5})  # patience - 1 collapsed checks in a row
     summary = trainer.fit()
     assert summary["steps"] == 8 and summary["collapse"]["collapsed"] is False
@@ -189,8 +190,8 @@ def test_a_collapsed_check_followed_by_healthy_ones_does_not_stop_the_run(tmp_pa
 
 
 def test_a_fifth_collapsed_check_in_a_row_stops_the_run(tmp_path):
-    trainer = run_with_collapsed_checks([*TOY, "optim.steps=8", f"output_dir={tmp_path}", "name=stays"],
-                                        {2, 3, 4, 5, 6})
+    overrides = [*TOY, SAVE_EACH_STEP, "optim.steps=8", f"output_dir={tmp_path}", "name=stays"]
+    trainer = run_with_collapsed_checks(overrides, {2, 3, 4, 5, 6})
     with pytest.raises(TrainingCollapsed, match=r"at step 6 \(epoch 2\): 5 checks in a row since step 2.*"
                                                 r"Last good checkpoint: .*last\.pth \(step 1\)"):
         trainer.fit()

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_settings
 from test_checkpoint import assert_resume_is_exact
 from torch.func import functional_call
 
@@ -105,11 +106,12 @@ def test_targets_with_gradient_would_train_the_widest_network_otherwise():
     assert detached[0][256:].abs().sum() == 0 and attached[0][256:].abs().sum() > 0
 
 
-@pytest.fixture
-def dspnet_run(tiny_overrides):
-    """A finished 3-step DSPNet run (widths 0.5 and 1) of the tiny settings."""
-    cfg = load_config(None, [*tiny_overrides, *DSPNET, "optim.steps=3", "eval.knn_baseline=false",
-                             "eval.knn_pixels=false"])
+@pytest.fixture(scope="module")
+def dspnet_run(tmp_path_factory):
+    """A finished 3-step DSPNet run (widths 0.5 and 1) of the tiny settings, trained once for the module: the export
+    tests only read it."""
+    cfg = load_config(None, [*tiny_settings(tmp_path_factory.mktemp("dspnet")), *DSPNET, "optim.steps=3",
+                             "eval.knn_baseline=false", "eval.knn_pixels=false"])
     trainer = Trainer(cfg)
     trainer.fit()
     return trainer
