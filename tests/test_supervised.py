@@ -1,6 +1,7 @@
 """The supervised reference: the same backbone, views and optimiser trained with labels."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -27,7 +28,11 @@ def test_the_supervised_reference_learns_to_classify(tiny_overrides):
     with torch.no_grad():
         logits = torch.cat([network(batch.images) for batch in eval_loader(test, cfg.data, 100, workers=0)])
     accuracy = (logits.argmax(dim=1) == torch.from_numpy(test.labels)).float().mean().item()
-    assert accuracy > 0.3  # 10 classes: chance is 0.1; 128 labelled images, 48 steps of 16 reach about 0.42
+    # Above chance (0.1 over 10 classes) by 5 binomial standard deviations of 500 test images: a network that did
+    # not learn passes with probability under 1e-6. What it reaches depends on the kernels and the thread count
+    # (128 labelled images, 48 steps of 16: from 0.28 to about 0.42 seen).
+    chance = 0.1
+    assert accuracy > chance + 5 * math.sqrt(chance * (1 - chance) / len(test.labels))
     lines = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [line["train/loss"] for line in lines if "train/loss" in line]
     assert losses[-1] < losses[0] and int(trainer.model.queue.pointer) == 0  # nothing is enqueued
