@@ -103,10 +103,11 @@ class ContinualStudy:
         initialisation of the first arm's backbone for each seed."""
         done = recorded(self.results)
         arm = next(iter(self.study.spec.arms))
+        # The tasks' labelled sets depend on the evaluation settings, not on the seed: loaded once for all.
+        evaluation = TaskEvaluation(self.study.arm_config(arm, self.seeds[0]), self.device)
         for reference in self.study.spec.references:
             for seed in self.seeds[:1] if reference == "pixels" else self.seeds:
                 cfg = self.study.arm_config(arm, seed)
-                evaluation = TaskEvaluation(cfg, self.device)
                 todo = [j for j in range(len(evaluation.tasks))
                         if any((reference, seed, -1, j, e) not in done for e in EVALUATORS)]
                 if not todo:
